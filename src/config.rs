@@ -1,0 +1,260 @@
+//! The node's configuration: defaults, then a TOML file, then `SKY_*`
+//! environment variables, then command-line flags — each overriding the
+//! one before. `deploy/sky.toml` documents every field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::shard::ShardConfig;
+
+/// Which packet engine runs the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// io_uring if a ring can be created here, else `mmsg`.
+    #[default]
+    Auto,
+    /// io_uring: multishot `recvmsg` into provided buffers.
+    Uring,
+    /// `recvmmsg`/`sendmmsg`.
+    Mmsg,
+}
+
+impl FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "uring" => Ok(EngineChoice::Uring),
+            "mmsg" => Ok(EngineChoice::Mmsg),
+            other => Err(format!(
+                "unknown engine `{other}` (expected auto, uring or mmsg)"
+            )),
+        }
+    }
+}
+
+/// Where `/metrics` is served, or nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(MetricsAddr(None));
+        }
+        s.parse()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|_| format!("metrics: `{s}` is not HOST:PORT or `off`"))
+    }
+}
+
+/// The whole node configuration, after merging.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// UDP address the sky protocol listens on.
+    pub listen: SocketAddr,
+    /// TCP address of `/metrics`; `None` serves no metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Packet shards; `None` means one per core but one, at least one.
+    pub shards: Option<usize>,
+    pub engine: EngineChoice,
+    /// Pin each shard to its own core (core 0 is left for control).
+    pub pin_cores: bool,
+    /// Presence table capacity, in entries.
+    pub capacity: usize,
+    pub keepalive: Duration,
+    pub intros_per_second: u8,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9770";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
+            shards: None,
+            engine: EngineChoice::Auto,
+            pin_cores: true,
+            capacity: 1_000_000,
+            keepalive: Duration::from_secs(25),
+            intros_per_second: 5,
+        }
+    }
+}
+
+/// The TOML file, every field optional. Unknown fields are errors, so a
+/// typo does not silently leave a default in place.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub metrics: Option<String>,
+    pub shards: Option<usize>,
+    pub engine: Option<EngineChoice>,
+    pub pin_cores: Option<bool>,
+    pub capacity: Option<usize>,
+    pub keepalive_secs: Option<u64>,
+    pub intros_per_second: Option<u8>,
+}
+
+/// A configuration that cannot run, and why.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Applies `other` on top of `self`: its set fields win.
+    pub fn overlay(self, other: FileConfig) -> FileConfig {
+        FileConfig {
+            listen: other.listen.or(self.listen),
+            metrics: other.metrics.or(self.metrics),
+            shards: other.shards.or(self.shards),
+            engine: other.engine.or(self.engine),
+            pin_cores: other.pin_cores.or(self.pin_cores),
+            capacity: other.capacity.or(self.capacity),
+            keepalive_secs: other.keepalive_secs.or(self.keepalive_secs),
+            intros_per_second: other.intros_per_second.or(self.intros_per_second),
+        }
+    }
+
+    /// Fills in defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let listen = match self.listen {
+            Some(s) => s
+                .parse()
+                .map_err(|_| ConfigError(format!("listen: `{s}` is not HOST:PORT")))?,
+            None => d.listen,
+        };
+        let metrics = match self.metrics {
+            Some(s) => s.parse::<MetricsAddr>().map_err(ConfigError)?.0,
+            None => d.metrics,
+        };
+        let shards = match self.shards {
+            Some(0) | None => None,
+            Some(n) if n > 1024 => {
+                return Err(ConfigError(format!("shards: {n} is more than 1024")));
+            }
+            Some(n) => Some(n),
+        };
+        let capacity = self.capacity.unwrap_or(d.capacity);
+        if capacity == 0 {
+            return Err(ConfigError("capacity: must be at least 1".into()));
+        }
+        let keepalive = match self.keepalive_secs {
+            None => d.keepalive,
+            Some(s @ 1..=3600) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(ConfigError(format!(
+                    "keepalive_secs: {s} is outside 1..=3600"
+                )));
+            }
+        };
+        let intros_per_second = match self.intros_per_second {
+            None => d.intros_per_second,
+            Some(0) => return Err(ConfigError("intros_per_second: must be at least 1".into())),
+            Some(n) => n,
+        };
+        Ok(Config {
+            listen,
+            metrics,
+            shards,
+            engine: self.engine.unwrap_or(d.engine),
+            pin_cores: self.pin_cores.unwrap_or(d.pin_cores),
+            capacity,
+            keepalive,
+            intros_per_second,
+        })
+    }
+}
+
+impl Config {
+    /// Shards to run on a machine with `cores` cores: the configured number,
+    /// or one per core but one (left for gossip, metrics and control), at
+    /// least one.
+    pub fn shard_count(&self, cores: usize) -> usize {
+        self.shards.unwrap_or(cores.saturating_sub(1).max(1))
+    }
+
+    pub fn shard_config(&self) -> ShardConfig {
+        ShardConfig {
+            keepalive: self.keepalive,
+            intros_per_second: self.intros_per_second,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../deploy/sky.toml");
+        let file: FileConfig = toml::from_str(text).expect("deploy/sky.toml parses");
+        assert_eq!(file.resolve().unwrap(), Config::default());
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let file = FileConfig {
+            listen: Some("0.0.0.0:1".into()),
+            capacity: Some(5),
+            ..Default::default()
+        };
+        let env = FileConfig {
+            listen: Some("0.0.0.0:2".into()),
+            ..Default::default()
+        };
+        let c = file.overlay(env).resolve().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:2".parse().unwrap());
+        assert_eq!(c.capacity, 5);
+    }
+
+    #[test]
+    fn bad_values_say_which_field() {
+        for (toml, field) in [
+            ("listen = \"nope\"", "listen"),
+            ("keepalive_secs = 0", "keepalive_secs"),
+            ("capacity = 0", "capacity"),
+            ("engine = \"fast\"", "engine"),
+            ("typo = 1", "typo"),
+        ] {
+            let err = toml::from_str::<FileConfig>(toml)
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.resolve().map_err(|e| e.0))
+                .unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn shards_default_to_cores_minus_one() {
+        let c = Config::default();
+        assert_eq!(c.shard_count(1), 1);
+        assert_eq!(c.shard_count(2), 1);
+        assert_eq!(c.shard_count(16), 15);
+    }
+}

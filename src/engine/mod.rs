@@ -1,0 +1,345 @@
+//! The engine: sockets, threads, the clock and every `unsafe` line.
+//!
+//! [`Node::start`] binds one `SO_REUSEPORT` UDP socket per packet shard on
+//! the same address, starts a thread per shard (pinned to cores 1..=N) that
+//! drives a sans-IO [`Shard`] with the chosen packet engine, and a control
+//! thread (core 0) that serves `/metrics` and sweeps expired presence.
+//! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`].
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, EngineChoice};
+use crate::keys::NodeSecret;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::shard::Shard;
+
+mod control;
+mod mmsg;
+pub mod sys;
+mod uring;
+
+/// How long a shard may block waiting for datagrams before it looks at the
+/// stop flag and its timers.
+pub const WAKE_EVERY: Duration = Duration::from_millis(100);
+/// How often shards move their counters into Prometheus.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The packet engine a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Uring,
+    Mmsg,
+}
+
+impl Engine {
+    /// The `engine` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Uring => "uring",
+            Engine::Mmsg => "mmsg",
+        }
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The UDP address could not be bound (in use, not local, no permission).
+    Bind(SocketAddr, io::Error),
+    /// The metrics address could not be bound.
+    Metrics(SocketAddr, String),
+    /// `--engine uring` was asked for and io_uring is not available.
+    Uring(io::Error),
+    /// A thread or its engine could not be set up.
+    Shard(io::Error),
+    /// No randomness for the node secret.
+    Random(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}/udp: {e}"),
+            StartError::Metrics(a, e) => write!(f, "cannot serve metrics on {a}/tcp: {e}"),
+            StartError::Uring(e) => write!(
+                f,
+                "io_uring is not available here ({e}); use --engine mmsg or auto"
+            ),
+            StartError::Shard(e) => write!(f, "cannot start a packet shard: {e}"),
+            StartError::Random(e) => write!(f, "cannot read /dev/urandom: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running sky node.
+pub struct Node {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    engine: Engine,
+    shards: usize,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    presence: Arc<Presence>,
+    metrics: Arc<Metrics>,
+}
+
+impl Node {
+    /// Binds, starts every thread, and returns once all shards are ready.
+    pub fn start(config: &Config) -> Result<Node, StartError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = config.shard_count(cores);
+        let engine = match config.engine {
+            EngineChoice::Mmsg => Engine::Mmsg,
+            EngineChoice::Uring => {
+                uring::probe().map_err(StartError::Uring)?;
+                Engine::Uring
+            }
+            EngineChoice::Auto => match uring::probe() {
+                Ok(()) => Engine::Uring,
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable; falling back to recvmmsg");
+                    Engine::Mmsg
+                }
+            },
+        };
+        let sockets = bind_shard_sockets(config.listen, shards, engine)?;
+        let local_addr = sockets[0]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(config.listen);
+
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_engine(engine.label());
+        metrics.shards.set(shards as i64);
+        metrics.presence_capacity.set(config.capacity as i64);
+        let http = match config.metrics {
+            Some(addr) => Some(
+                tiny_http::Server::http(addr)
+                    .map_err(|e| StartError::Metrics(addr, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = http.as_ref().and_then(|s| s.server_addr().to_ip());
+
+        let secret = Arc::new(NodeSecret::new(
+            sys::random_secret().map_err(StartError::Random)?,
+        ));
+        let presence = Arc::new(Presence::new(config.capacity));
+        let stop = Arc::new(AtomicBool::new(false));
+        let origin = Instant::now();
+        let mut threads = Vec::with_capacity(shards + 1);
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let mut shard = Shard::new(
+                secret.clone(),
+                presence.clone(),
+                config.shard_config(),
+                origin.elapsed(),
+            );
+            let shard_metrics = metrics.for_shard(i);
+            let stop = stop.clone();
+            let ready = ready_tx.clone();
+            let pin = (config.pin_cores && cores > 1).then_some(1 + i % (cores - 1));
+            let v6 = local_addr.is_ipv6();
+            let spawned = std::thread::Builder::new()
+                .name(format!("sky-shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = pin
+                        && let Err(e) = sys::pin_to_core(core)
+                    {
+                        tracing::warn!(shard = i, core, error = %e, "cannot pin shard to its core");
+                    }
+                    let fd = socket.as_raw_fd();
+                    let result = match engine {
+                        Engine::Uring => match uring::UringEngine::new(fd, v6) {
+                            Ok(e) => {
+                                let _ = ready.send(Ok(()));
+                                e.run(&mut shard, &shard_metrics, &stop, origin)
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                Err(e)
+                            }
+                        },
+                        Engine::Mmsg => {
+                            let e = mmsg::MmsgEngine::new(fd, v6);
+                            let _ = ready.send(Ok(()));
+                            e.run(&mut shard, &shard_metrics, &stop, origin)
+                        }
+                    };
+                    if let Err(e) = &result {
+                        tracing::error!(shard = i, error = %e, "packet shard stopped on an error");
+                    }
+                    drop(socket);
+                    result
+                })
+                .map_err(StartError::Shard)?;
+            threads.push(spawned);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(io::Error::other("a shard thread exited during start")),
+            }
+        }
+        let control = {
+            let presence = presence.clone();
+            let metrics = metrics.clone();
+            let stop = stop.clone();
+            let keepalive = config.keepalive;
+            let pin = config.pin_cores && cores > 1;
+            std::thread::Builder::new()
+                .name("sky-control".into())
+                .spawn(move || {
+                    if pin && let Err(e) = sys::pin_to_core(0) {
+                        tracing::warn!(error = %e, "cannot pin control thread to core 0");
+                    }
+                    control::run(http, &metrics, &presence, &stop, origin, keepalive);
+                    Ok(())
+                })
+                .map_err(StartError::Shard)?
+        };
+        threads.push(control);
+
+        let node = Node {
+            local_addr,
+            metrics_addr,
+            engine,
+            shards,
+            stop,
+            threads,
+            presence,
+            metrics,
+        };
+        if let Some(e) = failure {
+            let _ = node.shutdown();
+            return Err(StartError::Shard(e));
+        }
+        tracing::info!(
+            listen = %node.local_addr,
+            metrics = %node.metrics_addr.map_or("off".into(), |a| a.to_string()),
+            engine = engine.label(),
+            shards,
+            capacity = config.capacity,
+            "sky node ready"
+        );
+        Ok(node)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Setting this flag stops the node (e.g. from a signal handler).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Blocks until the stop flag is set, then stops every thread.
+    pub fn wait(self) -> io::Result<()> {
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(WAKE_EVERY);
+        }
+        self.shutdown()
+    }
+
+    /// Stops every thread and waits for them. Returns the first error a
+    /// thread stopped with.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = Ok(());
+        for t in self.threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a node thread panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        tracing::info!("sky node stopped");
+        first
+    }
+}
+
+/// One socket per shard on the same address. The address is first bound
+/// *without* `SO_REUSEPORT`, so that a port already served by another
+/// process is an error rather than a silent share, and so that port 0
+/// resolves to one port for every shard.
+fn bind_shard_sockets(
+    listen: SocketAddr,
+    shards: usize,
+    engine: Engine,
+) -> Result<Vec<Socket>, StartError> {
+    let new_socket = |reuse: bool| -> io::Result<Socket> {
+        let s = Socket::new(
+            Domain::for_address(listen),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        if listen.is_ipv6() && listen.ip().is_unspecified() {
+            s.set_only_v6(false)?;
+        }
+        if reuse {
+            s.set_reuse_port(true)?;
+        }
+        Ok(s)
+    };
+    let err = |e| StartError::Bind(listen, e);
+    let probe = new_socket(false).map_err(err)?;
+    probe.bind(&listen.into()).map_err(err)?;
+    let addr = probe.local_addr().map_err(err)?;
+    drop(probe);
+    (0..shards)
+        .map(|_| {
+            let s = new_socket(true)?;
+            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+            if engine == Engine::Mmsg {
+                s.set_read_timeout(Some(WAKE_EVERY))?;
+            }
+            s.bind(&addr)?;
+            Ok(s)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(err)
+}

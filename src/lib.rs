@@ -1,0 +1,29 @@
+//! Sky: a rendezvous appliance for earth nodes behind NATs.
+//!
+//! An earth node registers the virtual address it can be reached under; a
+//! friend looks that address up; the sky node answers whether it is online
+//! and introduces the two so that both punch a UDP path at once. The sky
+//! never relays their traffic. See `ARCHITECTURE.md` for the map of this
+//! crate and `docs/PROTOCOL.md` for the bytes on the wire.
+//!
+//! Layers, from the wire up:
+//! - [`wire`]: parse and emit every message (checked view + parsed value);
+//! - [`keys`]: cookies, introduction keys and MACs;
+//! - [`presence`]: the shared presence table;
+//! - [`shard`]: the sans-IO core that handles one datagram;
+//! - [`engine`]: sockets, threads, io_uring and `recvmmsg`, the control
+//!   thread — the only place with a clock, syscalls or `unsafe`;
+//! - [`metrics`]: every metric name, in one place;
+//! - [`config`]: the node's configuration (file, environment, flags);
+//! - [`probe`]: the operator's blocking client (`sky probe`).
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod keys;
+pub mod metrics;
+pub mod presence;
+pub mod probe;
+pub mod shard;
+pub mod wire;

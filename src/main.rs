@@ -1,0 +1,335 @@
+//! The `sky` command: `sky node` runs a node, `sky probe` checks one.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use sky::config::{Config, ConfigError, EngineChoice, FileConfig};
+use sky::engine::Node;
+use sky::probe::{self, Client, Incoming, Lookup, ProbeError};
+use sky::wire::{self, Token, VirtualAddr};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "sky",
+    version,
+    about = "Sky: a rendezvous appliance for earth nodes behind NATs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sky node (defaults: 127.0.0.1:7700/udp, metrics on 127.0.0.1:9770).
+    Node(NodeArgs),
+    /// Blackbox checks against a running node.
+    #[command(subcommand)]
+    Probe(ProbeCommand),
+}
+
+/// Flags override `SKY_*` environment variables, which override the file.
+#[derive(Args)]
+struct NodeArgs {
+    /// UDP address to serve the sky protocol on.
+    #[arg(long, env = "SKY_LISTEN", value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// TCP address for /metrics, or `off`.
+    #[arg(long, env = "SKY_METRICS", value_name = "HOST:PORT|off")]
+    metrics: Option<String>,
+    /// Packet shards (0: one per core but one).
+    #[arg(long, env = "SKY_SHARDS")]
+    shards: Option<usize>,
+    /// Packet engine.
+    #[arg(long, env = "SKY_ENGINE", value_name = "auto|uring|mmsg")]
+    engine: Option<EngineChoice>,
+    /// Pin shards to cores.
+    #[arg(long, env = "SKY_PIN_CORES", value_name = "true|false")]
+    pin_cores: Option<bool>,
+    /// Presence table capacity, in entries.
+    #[arg(long, env = "SKY_CAPACITY")]
+    capacity: Option<usize>,
+    /// Keepalive interval told to clients, in seconds.
+    #[arg(long, env = "SKY_KEEPALIVE_SECS")]
+    keepalive_secs: Option<u64>,
+    /// Introductions per target per second.
+    #[arg(long, env = "SKY_INTROS_PER_SECOND")]
+    intros_per_second: Option<u8>,
+    /// TOML configuration file (see deploy/sky.toml).
+    #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate FILE (merged with environment and flags) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ProbeCommand {
+    /// Ping a node and print the round trip.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+        /// Pings to send.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Register a token's address, print it and the observed endpoint, and
+    /// hold it (printing introductions) for --hold seconds.
+    Register {
+        #[command(flatten)]
+        target: Target,
+        /// 16-byte registration token, hex.
+        #[arg(long, value_name = "HEX")]
+        token: String,
+        /// Seconds to stay registered, sending keepalives.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+        /// Flag the registration as metered.
+        #[arg(long)]
+        metered: bool,
+    },
+    /// Look an address up: `online <ip:port>` (exit 0) or `offline` (exit 1).
+    Lookup {
+        #[command(flatten)]
+        target: Target,
+        /// 16-byte virtual address, hex.
+        #[arg(long, value_name = "HEX")]
+        address: String,
+        /// The caller's own virtual address, passed on in the introduction.
+        #[arg(long = "as", value_name = "HEX")]
+        caller: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct Target {
+    /// The node, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", default_value = sky::config::DEFAULT_LISTEN)]
+    sky: String,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 2.0)]
+    timeout: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Node(args) => node(args),
+        Command::Probe(cmd) => probe_main(cmd),
+    }
+}
+
+fn node(args: NodeArgs) -> ExitCode {
+    let config = match merged_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sky node: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &args.check_config {
+        println!(
+            "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s)",
+            path.display(),
+            config.listen,
+            config.metrics.map_or("off".into(), |a| a.to_string()),
+            config.shards.map_or("auto".into(), |n| n.to_string()),
+            config.engine,
+            config.capacity,
+            config.keepalive.as_secs()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let node = match Node::start(&config) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sky node: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = node.stop_flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("sky node: cannot handle signal {signal}: {e}");
+            let _ = node.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
+    match node.wait() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sky node: stopped on an error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
+    let file = match args.check_config.as_ref().or(args.config.as_ref()) {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let overrides = FileConfig {
+        listen: args.listen.clone(),
+        metrics: args.metrics.clone(),
+        shards: args.shards,
+        engine: args.engine,
+        pin_cores: args.pin_cores,
+        capacity: args.capacity,
+        keepalive_secs: args.keepalive_secs,
+        intros_per_second: args.intros_per_second,
+    };
+    file.overlay(overrides).resolve()
+}
+
+/// Exit codes: 0 success, 1 negative answer (offline), 2 no answer or a
+/// usage error.
+fn probe_main(cmd: ProbeCommand) -> ExitCode {
+    let target = match &cmd {
+        ProbeCommand::Ping { target, .. }
+        | ProbeCommand::Register { target, .. }
+        | ProbeCommand::Lookup { target, .. } => target,
+    };
+    let fail = |msg: String| {
+        eprintln!("sky probe: {msg}");
+        ExitCode::from(2)
+    };
+    let timeout = match Duration::try_from_secs_f64(target.timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            return fail(format!(
+                "--timeout {} is not a positive number",
+                target.timeout
+            ));
+        }
+    };
+    let sky = match probe::resolve(&target.sky) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot resolve {}: {e}", target.sky)),
+    };
+    let mut client = match Client::new(sky, timeout) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot open a socket: {e}")),
+    };
+    let no_answer = |e: ProbeError| match e {
+        ProbeError::Timeout => fail(format!(
+            "no answer from {sky} within {:.1}s",
+            timeout.as_secs_f64()
+        )),
+        e => fail(format!("{sky}: {e}")),
+    };
+    match cmd {
+        ProbeCommand::Ping { count, .. } => {
+            for _ in 0..count.max(1) {
+                match client.ping() {
+                    Ok(rtt) => println!("pong from {sky} in {:.3} ms", rtt.as_secs_f64() * 1e3),
+                    Err(e) => return no_answer(e),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        ProbeCommand::Lookup {
+            address, caller, ..
+        } => {
+            let Some(target) = wire::from_hex::<16>(&address).map(VirtualAddr) else {
+                return fail("--address must be 32 hex digits".into());
+            };
+            let caller = match caller.map(|c| wire::from_hex::<16>(&c)) {
+                None => VirtualAddr::default(),
+                Some(Some(c)) => VirtualAddr(c),
+                Some(None) => return fail("--as must be 32 hex digits".into()),
+            };
+            match client.lookup(target, caller) {
+                Ok(Lookup::Online { endpoint, flags }) => {
+                    let metered = if flags.metered() { " metered" } else { "" };
+                    println!("online {endpoint}{metered}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Lookup::Offline) => {
+                    println!("offline");
+                    ExitCode::from(1)
+                }
+                Err(e) => no_answer(e),
+            }
+        }
+        ProbeCommand::Register {
+            token,
+            hold,
+            metered,
+            ..
+        } => {
+            let Some(token) = wire::from_hex::<16>(&token).map(Token) else {
+                return fail("--token must be 32 hex digits".into());
+            };
+            println!("address {}", VirtualAddr::from_token(&token).to_hex());
+            let reg = match client.register(token, metered) {
+                Ok(r) => r,
+                Err(e) => return no_answer(e),
+            };
+            println!("registered {}", reg.observed);
+            let _ = std::io::stdout().flush();
+            hold_registration(&mut client, token, metered, reg, Duration::from_secs(hold))
+        }
+    }
+}
+
+/// Keeps a registration alive for `hold`, printing what arrives.
+fn hold_registration(
+    client: &mut Client,
+    token: Token,
+    metered: bool,
+    reg: probe::Registration,
+    hold: Duration,
+) -> ExitCode {
+    let end = Instant::now() + hold;
+    let mut next_keepalive = Instant::now() + reg.keepalive;
+    while Instant::now() < end {
+        let wait = next_keepalive
+            .min(end)
+            .saturating_duration_since(Instant::now());
+        match client.receive(wait) {
+            Ok(Some(Incoming::Introduction { caller, endpoint })) => {
+                println!("introduced {} {endpoint}", caller.to_hex());
+            }
+            Ok(Some(Incoming::Forged)) => eprintln!("sky probe: rejected a forged introduction"),
+            Ok(Some(Incoming::NotRegistered)) => {
+                if let Err(e) = client.register(token, metered) {
+                    eprintln!("sky probe: re-registration failed: {e}");
+                    return ExitCode::from(2);
+                }
+                println!("registered again");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("sky probe: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        let _ = std::io::stdout().flush();
+        if Instant::now() >= next_keepalive {
+            if let Err(e) = client.keepalive(reg.address) {
+                eprintln!("sky probe: keepalive failed: {e}");
+            }
+            next_keepalive = Instant::now() + reg.keepalive;
+        }
+    }
+    if !hold.is_zero() {
+        let _ = client.unregister(token);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,314 @@
+//! The presence table: virtual address → where that earth node is now.
+//!
+//! Shared by every shard of a node: a [`DashMap`] split into
+//! [`TABLE_SHARDS`] locks, hashed with std's `RandomState` (SipHash-1-3 with
+//! per-process random keys: addresses are attacker-chosen, so bucket
+//! collisions must not be).
+//!
+//! **Soft state.** An entry expires `3 × keepalive` after its last register or
+//! keepalive (SPEC §3). An expired entry is treated as absent at once and
+//! removed by [`Presence::sweep`], which the control thread runs every
+//! keepalive interval; the sweep locks one table shard at a time.
+//!
+//! **Capacity and eviction rule.** The table holds at most `capacity`
+//! entries. A registration of a *new* address when the table is full is
+//! refused (counted as `table_full`); registered addresses keep refreshing.
+//! Nothing already present is ever evicted to make room: a flood of fresh
+//! registrations cannot push online users out. Room comes back only through
+//! expiry and unregistration. The count is kept with a relaxed atomic, so
+//! concurrent shards may overshoot the capacity by at most one entry each.
+//!
+//! **Memory.** One entry is the 16-byte key plus a 26-byte [`Entry`], plus
+//! the hash table's control byte and spare buckets. Nothing is written to
+//! disk.
+//!
+//! Time here is whole seconds since the engine's origin, passed in: this
+//! module reads no clock.
+
+use std::hash::RandomState;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+
+use crate::wire::{self, Flags, VirtualAddr};
+
+/// Lock shards of the table. Many small locks keep both packet shards and
+/// the sweep from waiting on each other.
+pub const TABLE_SHARDS: usize = 256;
+
+/// A presence entry, packed to 26 bytes.
+#[derive(Debug)]
+pub struct Entry {
+    /// IPv6 or IPv4-mapped address.
+    ip: [u8; 16],
+    port: [u8; 2],
+    /// Second at which the entry expires.
+    expires: [u8; 4],
+    flags: u8,
+    /// Introduction rate limit: high byte the window (low 8 bits of the
+    /// second), low byte the count sent in it.
+    intro: AtomicU16,
+}
+
+impl Entry {
+    fn new(endpoint: SocketAddr, flags: Flags, expires: u32) -> Entry {
+        let mut e = Entry {
+            ip: [0; 16],
+            port: [0; 2],
+            expires: expires.to_le_bytes(),
+            flags: flags.0 & Flags::METERED,
+            intro: AtomicU16::new(0),
+        };
+        e.set_endpoint(endpoint);
+        e
+    }
+
+    fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.ip = match endpoint.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        self.port = endpoint.port().to_be_bytes();
+    }
+
+    pub fn endpoint(&self) -> SocketAddr {
+        let ip = Ipv6Addr::from(self.ip);
+        wire::canonical(SocketAddr::new(
+            IpAddr::V6(ip),
+            u16::from_be_bytes(self.port),
+        ))
+    }
+
+    fn expires(&self) -> u32 {
+        u32::from_le_bytes(self.expires)
+    }
+
+    fn alive_at(&self, now_secs: u32) -> bool {
+        now_secs < self.expires()
+    }
+
+    /// Takes one introduction from this second's allowance.
+    fn take_introduction(&self, now_secs: u32, per_second: u8) -> bool {
+        let window = (now_secs & 0xff) as u16;
+        let mut seen = self.intro.load(Ordering::Relaxed);
+        // Bounded: a lost race means another shard just introduced to the
+        // same target; after a few we call it rate-limited.
+        for _ in 0..4 {
+            let next = if seen >> 8 != window {
+                (window << 8) | 1
+            } else if (seen & 0xff) < u16::from(per_second) {
+                seen + 1
+            } else {
+                return false;
+            };
+            match self
+                .intro
+                .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+        false
+    }
+}
+
+/// The table was full and the address was new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// What a lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    Offline,
+    Online {
+        endpoint: SocketAddr,
+        flags: Flags,
+        /// The target's introduction allowance had room.
+        introduce: bool,
+    },
+}
+
+pub struct Presence {
+    map: DashMap<VirtualAddr, Entry, RandomState>,
+    len: AtomicUsize,
+    capacity: usize,
+}
+
+impl Presence {
+    pub fn new(capacity: usize) -> Presence {
+        Presence {
+            map: DashMap::with_capacity_and_hasher_and_shard_amount(
+                capacity.min(1 << 16),
+                RandomState::new(),
+                TABLE_SHARDS,
+            ),
+            len: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Entries held, expired-but-unswept included.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers or re-registers `address` at `endpoint` until `expires`.
+    /// A re-registration may move the address to a new endpoint (the token
+    /// proves ownership).
+    pub fn register(
+        &self,
+        address: VirtualAddr,
+        endpoint: SocketAddr,
+        flags: Flags,
+        expires: u32,
+    ) -> Result<(), Full> {
+        if let Some(mut e) = self.map.get_mut(&address) {
+            e.set_endpoint(endpoint);
+            e.flags = flags.0 & Flags::METERED;
+            e.expires = expires.to_le_bytes();
+            return Ok(());
+        }
+        if self.len() >= self.capacity {
+            return Err(Full);
+        }
+        match self.map.entry(address) {
+            dashmap::Entry::Occupied(mut o) => {
+                // Another shard inserted it since our look.
+                *o.get_mut() = Entry::new(endpoint, flags, expires);
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Entry::new(endpoint, flags, expires));
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// A keepalive: extends the entry if it is alive and registered at
+    /// `endpoint`. False means the client must register again.
+    pub fn refresh(
+        &self,
+        address: &VirtualAddr,
+        endpoint: SocketAddr,
+        now_secs: u32,
+        expires: u32,
+    ) -> bool {
+        match self.map.get_mut(address) {
+            Some(mut e) if e.alive_at(now_secs) && e.endpoint() == wire::canonical(endpoint) => {
+                e.expires = expires.to_le_bytes();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Looks `target` up and, if it is online, takes one introduction from
+    /// its allowance of `intros_per_second`.
+    pub fn lookup(&self, target: &VirtualAddr, now_secs: u32, intros_per_second: u8) -> Found {
+        match self.map.get(target) {
+            Some(e) if e.alive_at(now_secs) => Found::Online {
+                endpoint: e.endpoint(),
+                flags: Flags(e.flags),
+                introduce: e.take_introduction(now_secs, intros_per_second),
+            },
+            _ => Found::Offline,
+        }
+    }
+
+    /// Drops `address`. Returns whether it was present.
+    pub fn remove(&self, address: &VirtualAddr) -> bool {
+        let removed = self.map.remove(address).is_some();
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Removes every entry expired at `now_secs`; returns how many.
+    pub fn sweep(&self, now_secs: u32) -> usize {
+        let mut expired = 0;
+        self.map.retain(|_, e| {
+            let keep = e.alive_at(now_secs);
+            expired += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(expired, Ordering::Relaxed);
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn entry_is_packed() {
+        assert_eq!(std::mem::size_of::<Entry>(), 26);
+    }
+
+    #[test]
+    fn expired_entries_read_as_offline_and_are_swept() {
+        let p = Presence::new(10);
+        let a = VirtualAddr([1; 16]);
+        p.register(a, ep("192.0.2.1:1"), Flags(0), 75).unwrap();
+        assert!(matches!(p.lookup(&a, 74, 5), Found::Online { .. }));
+        assert_eq!(p.lookup(&a, 75, 5), Found::Offline);
+        assert_eq!(p.sweep(74), 0);
+        assert_eq!(p.sweep(75), 1);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn full_table_refuses_new_addresses_but_refreshes_old_ones() {
+        let p = Presence::new(2);
+        for i in 0..2 {
+            p.register(VirtualAddr([i; 16]), ep("192.0.2.1:1"), Flags(0), 10)
+                .unwrap();
+        }
+        assert_eq!(
+            p.register(VirtualAddr([9; 16]), ep("192.0.2.1:1"), Flags(0), 10),
+            Err(Full)
+        );
+        assert_eq!(
+            p.register(VirtualAddr([1; 16]), ep("192.0.2.1:2"), Flags(0), 20),
+            Ok(())
+        );
+        assert!(p.refresh(&VirtualAddr([0; 16]), ep("192.0.2.1:1"), 5, 30));
+    }
+
+    #[test]
+    fn keepalive_from_another_endpoint_does_not_refresh() {
+        let p = Presence::new(10);
+        let a = VirtualAddr([1; 16]);
+        p.register(a, ep("192.0.2.1:1"), Flags(0), 10).unwrap();
+        assert!(!p.refresh(&a, ep("192.0.2.1:2"), 5, 30));
+        assert!(p.refresh(&a, ep("[::ffff:192.0.2.1]:1"), 5, 30));
+    }
+
+    #[test]
+    fn introductions_are_limited_per_target_per_second() {
+        let p = Presence::new(10);
+        let a = VirtualAddr([1; 16]);
+        p.register(a, ep("192.0.2.1:1"), Flags(0), 1000).unwrap();
+        let introduced = |now| match p.lookup(&a, now, 3) {
+            Found::Online { introduce, .. } => introduce,
+            Found::Offline => panic!("offline"),
+        };
+        assert_eq!([true, true, true, false], [0; 4].map(|_| introduced(7)));
+        assert!(introduced(8));
+    }
+}

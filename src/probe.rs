@@ -1,0 +1,348 @@
+//! A small blocking client of the sky protocol: what `sky probe` runs, and
+//! what the integration tests use to talk to a real node over real sockets.
+//!
+//! It handles the cookie exchange (a request answered with a cookie is sent
+//! again with it), matches replies by tag, retransmits within its timeout,
+//! and checks every introduction against the keys from its `registered`
+//! replies — a forged one is refused. This is an operator's tool, not the
+//! earth client: it keeps no ratchet and punches no holes.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::engine::sys;
+use crate::keys::{self, IntroError};
+use crate::wire::{self, Cookie, Flags, IntroKey, Message, Tag, Token, VirtualAddr};
+
+/// Why a probe failed.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// No matching answer within the timeout.
+    Timeout,
+    Io(io::Error),
+    /// The node answered with something this request does not expect.
+    Unexpected(wire::Kind),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Timeout => f.write_str("no answer within the timeout"),
+            ProbeError::Io(e) => write!(f, "{e}"),
+            ProbeError::Unexpected(k) => write!(f, "unexpected {k:?} reply"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl From<io::Error> for ProbeError {
+    fn from(e: io::Error) -> Self {
+        ProbeError::Io(e)
+    }
+}
+
+/// What a registration returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub address: VirtualAddr,
+    pub observed: SocketAddr,
+    pub keepalive: Duration,
+}
+
+/// What a lookup returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Online { endpoint: SocketAddr, flags: Flags },
+    Offline,
+}
+
+/// An introduction the client accepted, or a datagram it refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Introduction {
+        caller: VirtualAddr,
+        endpoint: SocketAddr,
+    },
+    /// An introduction whose MAC did not verify: dropped.
+    Forged,
+    /// A reply to a registration's keepalive: register again.
+    NotRegistered,
+}
+
+/// Resolves `HOST:PORT` to its first address.
+pub fn resolve(sky: &str) -> io::Result<SocketAddr> {
+    sky.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{sky} resolves to nothing"),
+        )
+    })
+}
+
+pub struct Client {
+    socket: UdpSocket,
+    sky: SocketAddr,
+    timeout: Duration,
+    cookie: Cookie,
+    intro_keys: Vec<IntroKey>,
+    next_tag: u32,
+    /// Datagrams that arrived while waiting for a reply.
+    pending: Vec<Incoming>,
+}
+
+impl Client {
+    /// A client on a fresh ephemeral port. Every request gives up after
+    /// `timeout`.
+    pub fn new(sky: SocketAddr, timeout: Duration) -> io::Result<Client> {
+        let local: SocketAddr = if sky.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        Client::bind(local, sky, timeout)
+    }
+
+    pub fn bind(local: SocketAddr, sky: SocketAddr, timeout: Duration) -> io::Result<Client> {
+        let socket = UdpSocket::bind(local)?;
+        let seed = sys::random_secret()?;
+        Ok(Client {
+            socket,
+            sky,
+            timeout,
+            cookie: Cookie::default(),
+            intro_keys: Vec::new(),
+            next_tag: u32::from_le_bytes([seed[0], seed[1], seed[2], seed[3]]),
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Round trip of one ping.
+    pub fn ping(&mut self) -> Result<Duration, ProbeError> {
+        let mut rtt = Duration::ZERO;
+        self.request(
+            |tag, cookie| Message::Ping { tag, cookie },
+            |msg, sent| match msg {
+                Message::Pong { .. } => {
+                    rtt = sent.elapsed();
+                    Some(Ok(()))
+                }
+                _ => None,
+            },
+        )?;
+        Ok(rtt)
+    }
+
+    pub fn register(&mut self, token: Token, metered: bool) -> Result<Registration, ProbeError> {
+        let flags = Flags(if metered { Flags::METERED } else { 0 });
+        let reg = self.request(
+            |tag, cookie| Message::Register {
+                tag,
+                cookie,
+                flags,
+                token,
+            },
+            |msg, _| match msg {
+                Message::Registered {
+                    keepalive_secs,
+                    intro_key,
+                    observed,
+                    ..
+                } => Some(Ok((keepalive_secs, intro_key, observed))),
+                _ => None,
+            },
+        )?;
+        let (keepalive_secs, intro_key, observed) = reg;
+        if !self.intro_keys.contains(&intro_key) {
+            self.intro_keys.push(intro_key);
+        }
+        Ok(Registration {
+            address: VirtualAddr::from_token(&token),
+            observed,
+            keepalive: Duration::from_secs(keepalive_secs.into()),
+        })
+    }
+
+    /// Sends a keepalive (no reply is expected when all is well).
+    pub fn keepalive(&mut self, address: VirtualAddr) -> io::Result<()> {
+        let tag = self.tag();
+        self.send(Message::Keepalive {
+            tag,
+            cookie: self.cookie,
+            address,
+        })
+    }
+
+    pub fn unregister(&mut self, token: Token) -> io::Result<()> {
+        let tag = self.tag();
+        self.send(Message::Unregister {
+            tag,
+            cookie: self.cookie,
+            token,
+        })
+    }
+
+    pub fn lookup(
+        &mut self,
+        target: VirtualAddr,
+        caller: VirtualAddr,
+    ) -> Result<Lookup, ProbeError> {
+        self.request(
+            |tag, cookie| Message::Lookup {
+                tag,
+                cookie,
+                target,
+                caller,
+            },
+            |msg, _| match msg {
+                Message::Online {
+                    endpoint, flags, ..
+                } => Some(Ok(Lookup::Online { endpoint, flags })),
+                Message::Offline { .. } => Some(Ok(Lookup::Offline)),
+                _ => None,
+            },
+        )
+    }
+
+    /// Waits up to `wait` for an introduction (or another unsolicited
+    /// datagram). `Ok(None)` when nothing came.
+    pub fn receive(&mut self, wait: Duration) -> Result<Option<Incoming>, ProbeError> {
+        if !self.pending.is_empty() {
+            return Ok(Some(self.pending.remove(0)));
+        }
+        let deadline = Instant::now() + wait;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.socket.set_read_timeout(Some(left))?;
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if let Some(incoming) = self.classify(&buf[..n], from) {
+                        return Ok(Some(incoming));
+                    }
+                }
+                Err(e) if is_timeout(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends a request built for the current tag and cookie, and waits for
+    /// a reply with that tag that `accept` takes. A cookie reply updates the
+    /// cookie and sends again; silence is retried four times per timeout.
+    fn request<T>(
+        &mut self,
+        build: impl Fn(Tag, Cookie) -> Message,
+        mut accept: impl FnMut(Message, Instant) -> Option<Result<T, ProbeError>>,
+    ) -> Result<T, ProbeError> {
+        let deadline = Instant::now() + self.timeout;
+        let retry = self.timeout / 4;
+        let tag = self.tag();
+        let mut sent = Instant::now();
+        self.send(build(tag, self.cookie))?;
+        let mut buf = [0u8; 2048];
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ProbeError::Timeout);
+            }
+            let wait = (sent + retry).min(deadline).saturating_duration_since(now);
+            self.socket
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+            let (n, from) = match self.socket.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if is_timeout(&e) => {
+                    sent = Instant::now();
+                    self.send(build(tag, self.cookie))?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if from != self.sky {
+                if let Some(incoming) = self.classify(&buf[..n], from) {
+                    self.pending.push(incoming);
+                }
+                continue;
+            }
+            let msg = match Message::decode(&buf[..n]) {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            match msg {
+                Message::CookieReply { tag: t, cookie } if t == tag => {
+                    self.cookie = cookie;
+                    sent = Instant::now();
+                    self.send(build(tag, cookie))?;
+                }
+                Message::Introduction { .. } | Message::NotRegistered { .. } => {
+                    if let Some(incoming) = self.classify(&buf[..n], from) {
+                        self.pending.push(incoming);
+                    }
+                }
+                m if tag_of(&m) == Some(tag) => match accept(m, sent) {
+                    Some(result) => return result,
+                    None => return Err(ProbeError::Unexpected(m.kind())),
+                },
+                _ => {} // a late reply to an earlier request
+            }
+        }
+    }
+
+    fn classify(&self, bytes: &[u8], from: SocketAddr) -> Option<Incoming> {
+        if from != self.sky {
+            // Introductions come only from the sky node we registered with.
+            return Some(Incoming::Forged)
+                .filter(|_| matches!(Message::decode(bytes), Ok(Message::Introduction { .. })));
+        }
+        match keys::verify_introduction(&self.intro_keys, bytes) {
+            Ok((caller, endpoint)) => Some(Incoming::Introduction { caller, endpoint }),
+            Err(IntroError::Forged) => Some(Incoming::Forged),
+            Err(_) => match Message::decode(bytes) {
+                Ok(Message::NotRegistered { .. }) => Some(Incoming::NotRegistered),
+                _ => None,
+            },
+        }
+    }
+
+    fn send(&self, msg: Message) -> io::Result<()> {
+        let mut buf = [0u8; wire::MAX_MESSAGE_LEN];
+        let n = msg.emit(&mut buf);
+        self.socket.send_to(&buf[..n], self.sky).map(|_| ())
+    }
+
+    fn tag(&mut self) -> Tag {
+        self.next_tag = self
+            .next_tag
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(0x7F4A_7C15);
+        Tag(self.next_tag.to_le_bytes())
+    }
+}
+
+fn tag_of(m: &Message) -> Option<Tag> {
+    match *m {
+        Message::Pong { tag }
+        | Message::CookieReply { tag, .. }
+        | Message::Registered { tag, .. }
+        | Message::NotRegistered { tag }
+        | Message::Online { tag, .. }
+        | Message::Offline { tag } => Some(tag),
+        _ => None,
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

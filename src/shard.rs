@@ -1,0 +1,733 @@
+//! The sans-IO shard core: what a sky node does with one datagram.
+//!
+//! A [`Shard`] never opens a socket, reads a clock or spawns a thread. The
+//! engine drives it:
+//!
+//! 1. [`Shard::handle_datagram`]`(now, from, buf, len, reply)` for every
+//!    datagram received; it returns an [`Output`] saying what to send;
+//! 2. [`Shard::handle_timeout`]`(now)` at least every [`Shard::poll_timeout`];
+//! 3. [`Shard::take_stats`] whenever the engine publishes metrics.
+//!
+//! **Where it sends.** A reply always goes to `from`, the observed source of
+//! the datagram being handled; an introduction always goes to the endpoint
+//! of a registration that was itself validated by cookie. [`Output`] has no
+//! way to name any other destination, and no v1 request carries an endpoint
+//! the core could be tricked into using (SPEC §3 invariant 1).
+//!
+//! **Never a reflector.** Before a source shows a valid cookie, the only
+//! replies are `pong` (6 bytes) and `cookie` (14 bytes); every request is at
+//! least 14 bytes.
+//!
+//! **Hostile input.** Every datagram is checked by [`wire::Packet`]; failures
+//! are counted in [`Stats::dropped`] by [`DropReason`], never propagated.
+//! Nothing here allocates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
+use crate::presence::{Found, Presence};
+use crate::wire::{self, Flags, Kind, Message, VirtualAddr};
+
+/// Settings a shard needs; the engine builds it from the node config.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// The keepalive interval clients are told to use; entries expire after
+    /// three of them.
+    pub keepalive: Duration,
+    /// Introductions sent to one target per second, at most.
+    pub intros_per_second: u8,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            keepalive: Duration::from_secs(25),
+            intros_per_second: 5,
+        }
+    }
+}
+
+/// A datagram to send, already written into a caller buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub len: usize,
+}
+
+/// What to send after one datagram.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Output {
+    /// Bytes written at the front of `reply`, to send back to `from`.
+    pub reply: Option<usize>,
+    /// An introduction written over the request in `buf`, to send to a
+    /// registered endpoint.
+    pub introduction: Option<Transmit>,
+}
+
+/// Kinds of datagram received, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvKind {
+    Ping,
+    Register,
+    Keepalive,
+    Lookup,
+    Unregister,
+    /// Anything that is not a valid v1 request.
+    Invalid,
+}
+
+impl RecvKind {
+    pub const ALL: [RecvKind; 6] = [
+        RecvKind::Ping,
+        RecvKind::Register,
+        RecvKind::Keepalive,
+        RecvKind::Lookup,
+        RecvKind::Unregister,
+        RecvKind::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RecvKind::Ping => "ping",
+            RecvKind::Register => "register",
+            RecvKind::Keepalive => "keepalive",
+            RecvKind::Lookup => "lookup",
+            RecvKind::Unregister => "unregister",
+            RecvKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// Kinds of datagram sent, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SentKind {
+    Pong,
+    Cookie,
+    Registered,
+    NotRegistered,
+    Online,
+    Offline,
+    Introduction,
+}
+
+impl SentKind {
+    pub const ALL: [SentKind; 7] = [
+        SentKind::Pong,
+        SentKind::Cookie,
+        SentKind::Registered,
+        SentKind::NotRegistered,
+        SentKind::Online,
+        SentKind::Offline,
+        SentKind::Introduction,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SentKind::Pong => "pong",
+            SentKind::Cookie => "cookie",
+            SentKind::Registered => "registered",
+            SentKind::NotRegistered => "not_registered",
+            SentKind::Online => "online",
+            SentKind::Offline => "offline",
+            SentKind::Introduction => "introduction",
+        }
+    }
+
+    fn of(kind: Kind) -> SentKind {
+        match kind {
+            Kind::Pong => SentKind::Pong,
+            Kind::Cookie => SentKind::Cookie,
+            Kind::Registered => SentKind::Registered,
+            Kind::NotRegistered => SentKind::NotRegistered,
+            Kind::Online => SentKind::Online,
+            Kind::Offline => SentKind::Offline,
+            _ => SentKind::Introduction,
+        }
+    }
+}
+
+/// Why a datagram was dropped without an answer. A closed set: these are
+/// the values of the `reason` metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Truncated,
+    Oversized,
+    BadVersion,
+    UnknownKind,
+    BadLength,
+    /// A valid message, but a reply kind: the sky answers only requests.
+    NotARequest,
+    /// A new registration while the presence table is full.
+    TableFull,
+    /// The kernel refused a send (engine).
+    SendFailed,
+    /// The engine had no send slot free (engine).
+    SendQueueFull,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 9] = [
+        DropReason::Truncated,
+        DropReason::Oversized,
+        DropReason::BadVersion,
+        DropReason::UnknownKind,
+        DropReason::BadLength,
+        DropReason::NotARequest,
+        DropReason::TableFull,
+        DropReason::SendFailed,
+        DropReason::SendQueueFull,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Oversized => "oversized",
+            DropReason::BadVersion => "bad_version",
+            DropReason::UnknownKind => "unknown_kind",
+            DropReason::BadLength => "bad_length",
+            DropReason::NotARequest => "not_a_request",
+            DropReason::TableFull => "table_full",
+            DropReason::SendFailed => "send_failed",
+            DropReason::SendQueueFull => "send_queue_full",
+        }
+    }
+
+    fn of(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::Truncated => DropReason::Truncated,
+            wire::Error::BadVersion => DropReason::BadVersion,
+            wire::Error::UnknownKind => DropReason::UnknownKind,
+            wire::Error::BadLength => DropReason::BadLength,
+            wire::Error::Oversized => DropReason::Oversized,
+        }
+    }
+}
+
+/// Counters a shard keeps in plain integers (no atomics on the packet path);
+/// the engine moves them into Prometheus in batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub received: [u64; RecvKind::ALL.len()],
+    pub received_bytes: [u64; RecvKind::ALL.len()],
+    pub sent: [u64; SentKind::ALL.len()],
+    pub sent_bytes: [u64; SentKind::ALL.len()],
+    pub dropped: [u64; DropReason::ALL.len()],
+    pub lookups_online: u64,
+    pub lookups_offline: u64,
+    pub intros_rate_limited: u64,
+}
+
+impl Stats {
+    pub fn record_drop(&mut self, reason: DropReason) {
+        self.dropped[reason as usize] += 1;
+    }
+
+    fn record_sent(&mut self, kind: SentKind, len: usize) {
+        self.sent[kind as usize] += 1;
+        self.sent_bytes[kind as usize] += len as u64;
+    }
+}
+
+/// One packet shard's logic.
+pub struct Shard {
+    secret: Arc<NodeSecret>,
+    cookies: CookieJar,
+    intro_keys: IntroKeys,
+    presence: Arc<Presence>,
+    config: ShardConfig,
+    stats: Stats,
+}
+
+impl Shard {
+    /// `now` is time since the engine's origin, shared by every shard.
+    pub fn new(
+        secret: Arc<NodeSecret>,
+        presence: Arc<Presence>,
+        config: ShardConfig,
+        now: Duration,
+    ) -> Shard {
+        Shard {
+            cookies: CookieJar::new(&secret, now),
+            intro_keys: IntroKeys::new(&secret),
+            secret,
+            presence,
+            config,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Handles one datagram of `len` bytes at the front of `buf`.
+    ///
+    /// A reply is written into `reply` (at least [`wire::MAX_MESSAGE_LEN`]
+    /// bytes) and goes to `from`; an introduction is written over the request
+    /// in `buf` (which must be at least [`wire::MAX_MESSAGE_LEN`] bytes) and
+    /// goes to [`Transmit::dst`].
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        reply: &mut [u8],
+    ) -> Output {
+        let from = wire::canonical(from);
+        let len = len.min(buf.len());
+        let msg = match wire::Message::decode(&buf[..len]) {
+            Ok(m) if m.kind().is_request() => m,
+            Ok(_) => {
+                self.drop_invalid(len, DropReason::NotARequest);
+                return Output::default();
+            }
+            Err(e) => {
+                self.drop_invalid(len, DropReason::of(e));
+                return Output::default();
+            }
+        };
+        let recv = match msg.kind() {
+            Kind::Ping => RecvKind::Ping,
+            Kind::Register => RecvKind::Register,
+            Kind::Keepalive => RecvKind::Keepalive,
+            Kind::Lookup => RecvKind::Lookup,
+            _ => RecvKind::Unregister,
+        };
+        self.stats.received[recv as usize] += 1;
+        self.stats.received_bytes[recv as usize] += len as u64;
+
+        let (tag, cookie) = match msg {
+            Message::Ping { tag, .. } => return self.reply(Message::Pong { tag }, reply),
+            Message::Register { tag, cookie, .. }
+            | Message::Keepalive { tag, cookie, .. }
+            | Message::Lookup { tag, cookie, .. }
+            | Message::Unregister { tag, cookie, .. } => (tag, cookie),
+            _ => unreachable!("requests only"),
+        };
+        self.cookies.rotate(&self.secret, now);
+        if !self.cookies.check(&from, &cookie) {
+            let cookie = self.cookies.issue(&from);
+            return self.reply(Message::CookieReply { tag, cookie }, reply);
+        }
+
+        let now_secs = secs(now);
+        let expires = now_secs.saturating_add(3 * secs(self.config.keepalive));
+        match msg {
+            Message::Register { flags, token, .. } => {
+                let address = VirtualAddr::from_token(&token);
+                match self.presence.register(address, from, flags, expires) {
+                    Err(_) => {
+                        self.stats.record_drop(DropReason::TableFull);
+                        Output::default()
+                    }
+                    Ok(()) => self.reply(
+                        Message::Registered {
+                            tag,
+                            keepalive_secs: secs(self.config.keepalive).min(u16::MAX.into()) as u16,
+                            intro_key: self.intro_keys.key_for(&address),
+                            observed: from,
+                        },
+                        reply,
+                    ),
+                }
+            }
+            Message::Keepalive { address, .. } => {
+                if self.presence.refresh(&address, from, now_secs, expires) {
+                    Output::default()
+                } else {
+                    self.reply(Message::NotRegistered { tag }, reply)
+                }
+            }
+            Message::Lookup { target, caller, .. } => {
+                self.lookup(tag, target, caller, from, now_secs, buf, reply)
+            }
+            Message::Unregister { token, .. } => {
+                self.presence.remove(&VirtualAddr::from_token(&token));
+                Output::default()
+            }
+            _ => unreachable!("requests only"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lookup(
+        &mut self,
+        tag: wire::Tag,
+        target: VirtualAddr,
+        caller: VirtualAddr,
+        from: SocketAddr,
+        now_secs: u32,
+        buf: &mut [u8],
+        reply: &mut [u8],
+    ) -> Output {
+        match self
+            .presence
+            .lookup(&target, now_secs, self.config.intros_per_second)
+        {
+            Found::Offline => {
+                self.stats.lookups_offline += 1;
+                self.reply(Message::Offline { tag }, reply)
+            }
+            Found::Online {
+                endpoint,
+                flags,
+                introduce,
+            } => {
+                self.stats.lookups_online += 1;
+                let mut flags = flags;
+                let introduction = if introduce {
+                    let key = self.intro_keys.key_for(&target);
+                    let intro = Message::Introduction {
+                        caller,
+                        mac: keys::introduction_mac(&key, &caller, &from),
+                        endpoint: from,
+                    };
+                    let len = intro.emit(buf);
+                    self.stats.record_sent(SentKind::Introduction, len);
+                    Some(Transmit { dst: endpoint, len })
+                } else {
+                    self.stats.intros_rate_limited += 1;
+                    flags.0 |= Flags::NOT_INTRODUCED;
+                    None
+                };
+                let out = self.reply(
+                    Message::Online {
+                        tag,
+                        flags,
+                        endpoint,
+                    },
+                    reply,
+                );
+                Output {
+                    introduction,
+                    ..out
+                }
+            }
+        }
+    }
+
+    /// Periodic work; the engine calls it at least every `poll_timeout`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.cookies.rotate(&self.secret, now);
+    }
+
+    /// How long the engine may wait before calling `handle_timeout`.
+    pub fn poll_timeout(&self) -> Duration {
+        keys::COOKIE_ROTATION / 4
+    }
+
+    /// The counters since the last call, leaving zeros behind.
+    pub fn take_stats(&mut self) -> Stats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// For the engine's own drops (send failures, full queues).
+    pub fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
+    /// A datagram the engine saw truncated by the kernel (larger than its
+    /// buffers): counted as received and dropped as oversized.
+    pub fn drop_oversized(&mut self, len: usize) {
+        self.drop_invalid(len, DropReason::Oversized);
+    }
+
+    fn drop_invalid(&mut self, len: usize, reason: DropReason) {
+        let i = RecvKind::Invalid as usize;
+        self.stats.received[i] += 1;
+        self.stats.received_bytes[i] += len as u64;
+        self.stats.record_drop(reason);
+    }
+
+    fn reply(&mut self, msg: Message, reply: &mut [u8]) -> Output {
+        let len = msg.emit(reply);
+        self.stats.record_sent(SentKind::of(msg.kind()), len);
+        Output {
+            reply: Some(len),
+            introduction: None,
+        }
+    }
+}
+
+fn secs(d: Duration) -> u32 {
+    d.as_secs().min(u32::MAX.into()) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Cookie, IntroKey, MAX_MESSAGE_LEN, Tag, Token};
+
+    /// A node with one shard on virtual time, and a client helper.
+    struct Pair {
+        shard: Shard,
+        now: Duration,
+    }
+
+    const BUF: usize = 2048;
+
+    impl Pair {
+        fn new() -> Pair {
+            let secret = Arc::new(NodeSecret::new([3; 32]));
+            let presence = Arc::new(Presence::new(1000));
+            Pair {
+                shard: Shard::new(secret, presence, ShardConfig::default(), Duration::ZERO),
+                now: Duration::from_secs(1),
+            }
+        }
+
+        /// Sends `msg` from `from`; returns (reply, introduction).
+        fn send(
+            &mut self,
+            from: &str,
+            msg: Message,
+        ) -> (Option<Message>, Option<(SocketAddr, Message)>) {
+            let mut buf = [0u8; BUF];
+            let len = msg.emit(&mut buf);
+            self.send_bytes(from, &mut buf, len)
+        }
+
+        fn send_bytes(
+            &mut self,
+            from: &str,
+            buf: &mut [u8],
+            len: usize,
+        ) -> (Option<Message>, Option<(SocketAddr, Message)>) {
+            let mut reply = [0u8; MAX_MESSAGE_LEN];
+            let out =
+                self.shard
+                    .handle_datagram(self.now, from.parse().unwrap(), buf, len, &mut reply);
+            let reply = out.reply.map(|n| {
+                assert!(n <= len.max(MAX_MESSAGE_LEN));
+                Message::decode(&reply[..n]).unwrap()
+            });
+            let intro = out
+                .introduction
+                .map(|t| (t.dst, Message::decode(&buf[..t.len]).unwrap()));
+            (reply, intro)
+        }
+
+        fn cookie(&mut self, from: &str) -> Cookie {
+            match self.send(from, lookup(Cookie::default(), [0; 16])).0 {
+                Some(Message::CookieReply { cookie, .. }) => cookie,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn register(&mut self, from: &str, token: [u8; 16]) -> IntroKey {
+            let cookie = self.cookie(from);
+            match self.send(from, register(cookie, token)).0 {
+                Some(Message::Registered {
+                    intro_key,
+                    observed,
+                    keepalive_secs,
+                    ..
+                }) => {
+                    assert_eq!(observed, from.parse::<SocketAddr>().unwrap());
+                    assert_eq!(keepalive_secs, 25);
+                    intro_key
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn register(cookie: Cookie, token: [u8; 16]) -> Message {
+        Message::Register {
+            tag: Tag([1; 4]),
+            cookie,
+            flags: Flags(Flags::METERED),
+            token: Token(token),
+        }
+    }
+
+    fn lookup(cookie: Cookie, target: [u8; 16]) -> Message {
+        Message::Lookup {
+            tag: Tag([2; 4]),
+            cookie,
+            target: VirtualAddr(target),
+            caller: VirtualAddr([0xca; 16]),
+        }
+    }
+
+    fn addr_of(token: [u8; 16]) -> [u8; 16] {
+        VirtualAddr::from_token(&Token(token)).0
+    }
+
+    const ALICE: &str = "192.0.2.1:1000";
+    const BOB: &str = "198.51.100.2:2000";
+
+    #[test]
+    fn request_without_cookie_gets_only_a_cookie() {
+        let mut p = Pair::new();
+        let (reply, intro) = p.send(ALICE, register(Cookie([9; 8]), [1; 16]));
+        assert!(matches!(reply, Some(Message::CookieReply { .. })));
+        assert!(intro.is_none());
+        assert!(p.shard.presence.is_empty());
+    }
+
+    #[test]
+    fn lookup_of_registered_target_says_online_and_introduces_the_caller() {
+        let mut p = Pair::new();
+        let key = p.register(ALICE, [1; 16]);
+        let cookie = p.cookie(BOB);
+        let (reply, intro) = p.send(BOB, lookup(cookie, addr_of([1; 16])));
+        match reply {
+            Some(Message::Online {
+                endpoint, flags, ..
+            }) => {
+                assert_eq!(endpoint, ALICE.parse::<SocketAddr>().unwrap());
+                assert!(flags.metered() && flags.introduced());
+            }
+            other => panic!("{other:?}"),
+        }
+        let (dst, intro) = intro.expect("introduction");
+        assert_eq!(dst, ALICE.parse::<SocketAddr>().unwrap());
+        let mut bytes = [0u8; MAX_MESSAGE_LEN];
+        let n = intro.emit(&mut bytes);
+        let (caller, endpoint) = keys::verify_introduction(&[key], &bytes[..n]).unwrap();
+        assert_eq!(caller, VirtualAddr([0xca; 16]));
+        assert_eq!(endpoint, BOB.parse::<SocketAddr>().unwrap());
+    }
+
+    #[test]
+    fn lookup_of_expired_target_says_offline() {
+        let mut p = Pair::new();
+        p.register(ALICE, [1; 16]);
+        p.now += Duration::from_secs(75);
+        let cookie = p.cookie(BOB);
+        let (reply, intro) = p.send(BOB, lookup(cookie, addr_of([1; 16])));
+        assert!(matches!(reply, Some(Message::Offline { .. })));
+        assert!(intro.is_none());
+    }
+
+    #[test]
+    fn keepalive_is_silent_and_extends_presence() {
+        let mut p = Pair::new();
+        p.register(ALICE, [1; 16]);
+        let cookie = p.cookie(ALICE);
+        for _ in 0..4 {
+            p.now += Duration::from_secs(25);
+            let ka = Message::Keepalive {
+                tag: Tag([0; 4]),
+                cookie,
+                address: VirtualAddr(addr_of([1; 16])),
+            };
+            assert_eq!(p.send(ALICE, ka), (None, None));
+        }
+        let cookie = p.cookie(BOB);
+        let (reply, _) = p.send(BOB, lookup(cookie, addr_of([1; 16])));
+        assert!(matches!(reply, Some(Message::Online { .. })));
+    }
+
+    #[test]
+    fn keepalive_after_nat_rebinding_asks_to_register_again() {
+        let mut p = Pair::new();
+        p.register(ALICE, [1; 16]);
+        let moved = "192.0.2.1:1001";
+        let cookie = p.cookie(moved);
+        let ka = Message::Keepalive {
+            tag: Tag([5; 4]),
+            cookie,
+            address: VirtualAddr(addr_of([1; 16])),
+        };
+        assert_eq!(
+            p.send(moved, ka).0,
+            Some(Message::NotRegistered { tag: Tag([5; 4]) })
+        );
+    }
+
+    #[test]
+    fn unregister_makes_the_address_offline() {
+        let mut p = Pair::new();
+        p.register(ALICE, [1; 16]);
+        let cookie = p.cookie(ALICE);
+        let un = Message::Unregister {
+            tag: Tag([0; 4]),
+            cookie,
+            token: Token([1; 16]),
+        };
+        assert_eq!(p.send(ALICE, un), (None, None));
+        let cookie = p.cookie(BOB);
+        let (reply, _) = p.send(BOB, lookup(cookie, addr_of([1; 16])));
+        assert!(matches!(reply, Some(Message::Offline { .. })));
+    }
+
+    #[test]
+    fn introductions_beyond_the_rate_limit_are_not_sent() {
+        let mut p = Pair::new();
+        p.register(ALICE, [1; 16]);
+        let cookie = p.cookie(BOB);
+        let mut introduced = 0;
+        for _ in 0..20 {
+            let (reply, intro) = p.send(BOB, lookup(cookie, addr_of([1; 16])));
+            introduced += usize::from(intro.is_some());
+            match reply {
+                Some(Message::Online { flags, .. }) => {
+                    assert_eq!(flags.introduced(), intro.is_some())
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(introduced, 5);
+        assert_eq!(p.shard.take_stats().intros_rate_limited, 15);
+    }
+
+    #[test]
+    fn every_reply_before_a_valid_cookie_is_no_larger_than_the_request() {
+        let mut p = Pair::new();
+        let cookie = Cookie([0xee; 8]);
+        let tag = Tag([0; 4]);
+        for msg in [
+            Message::Ping { tag, cookie },
+            register(cookie, [1; 16]),
+            Message::Keepalive {
+                tag,
+                cookie,
+                address: VirtualAddr([1; 16]),
+            },
+            lookup(cookie, [1; 16]),
+            Message::Unregister {
+                tag,
+                cookie,
+                token: Token([1; 16]),
+            },
+        ] {
+            let mut buf = [0u8; BUF];
+            let len = msg.emit(&mut buf);
+            let mut reply = [0u8; MAX_MESSAGE_LEN];
+            let out =
+                p.shard
+                    .handle_datagram(p.now, ALICE.parse().unwrap(), &mut buf, len, &mut reply);
+            assert!(out.introduction.is_none());
+            assert!(out.reply.unwrap_or(0) <= len, "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn every_drop_is_counted_by_reason() {
+        let mut p = Pair::new();
+        let mut buf = [0u8; BUF];
+        let cases: [(&[u8], DropReason); 5] = [
+            (&[], DropReason::Truncated),
+            (&[9, 1], DropReason::BadVersion),
+            (&[1, 0x77], DropReason::UnknownKind),
+            (
+                &[1, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                DropReason::BadLength,
+            ),
+            (&[1, 0x81, 0, 0, 0, 0], DropReason::NotARequest),
+        ];
+        for (bytes, _) in cases {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            assert_eq!(p.send_bytes(ALICE, &mut buf, bytes.len()), (None, None));
+        }
+        assert_eq!(p.send_bytes(ALICE, &mut buf, 1500), (None, None));
+        let stats = p.shard.take_stats();
+        for (_, reason) in cases {
+            assert_eq!(stats.dropped[reason as usize], 1, "{reason:?}");
+        }
+        assert_eq!(stats.dropped[DropReason::Oversized as usize], 1);
+        assert_eq!(stats.received[RecvKind::Invalid as usize], 6);
+    }
+}

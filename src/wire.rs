@@ -1,0 +1,883 @@
+//! Wire format v1: every sky message is one UDP datagram.
+//!
+//! Two layers, as in smoltcp:
+//! - [`Packet`] is a *checked view* over untrusted bytes. [`Packet::new_checked`]
+//!   validates the version, the kind and the exact length for that kind; after
+//!   that every accessor is in bounds.
+//! - [`Message`] is the *parsed value*, a small `Copy` enum. [`Message::parse`]
+//!   reads one from a checked packet, [`Message::emit`] writes one into a caller
+//!   buffer of at least [`Message::buffer_len`] bytes.
+//!
+//! Decoding never panics and never allocates, whatever the input (a property
+//! test feeds it arbitrary bytes, and every truncation of every message). The
+//! byte layout is documented, with sizes, in `docs/PROTOCOL.md`; the constants
+//! here are the single source for those numbers.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// The protocol version carried in byte 0 of every datagram.
+pub const VERSION: u8 = 1;
+
+/// Datagrams longer than this are dropped as oversized (IPv6 minimum MTU
+/// minus IPv6 and UDP headers). No v1 message comes close.
+pub const MAX_DATAGRAM_LEN: usize = 1232;
+
+/// Length of the header every request carries: version, kind, tag, cookie.
+pub const REQUEST_HEADER_LEN: usize = 14;
+
+/// Length of the header every tagged reply carries: version, kind, tag.
+pub const REPLY_HEADER_LEN: usize = 6;
+
+/// Length of an endpoint on the wire: IPv4 address and port.
+pub const ENDPOINT_V4_LEN: usize = 6;
+/// Length of an endpoint on the wire: IPv6 address and port.
+pub const ENDPOINT_V6_LEN: usize = 18;
+
+/// The longest message v1 defines (a `registered` reply to an IPv6 client).
+pub const MAX_MESSAGE_LEN: usize = 58;
+
+/// Byte offsets of every field, by message kind.
+mod field {
+    use std::ops::{Range, RangeFrom};
+
+    pub const VERSION: usize = 0;
+    pub const KIND: usize = 1;
+    /// Client-chosen request tag, echoed in the reply (matching and
+    /// anti-spoofing).
+    pub const TAG: Range<usize> = 2..6;
+    /// Requests only.
+    pub const COOKIE: Range<usize> = 6..14;
+
+    // Request bodies.
+    pub const REGISTER_FLAGS: usize = 14;
+    pub const REGISTER_TOKEN: Range<usize> = 15..31;
+    pub const KEEPALIVE_ADDRESS: Range<usize> = 14..30;
+    pub const LOOKUP_TARGET: Range<usize> = 14..30;
+    pub const LOOKUP_CALLER: Range<usize> = 30..46;
+    pub const UNREGISTER_TOKEN: Range<usize> = 14..30;
+
+    // Reply bodies.
+    pub const COOKIE_VALUE: Range<usize> = 6..14;
+    pub const REGISTERED_KEEPALIVE: Range<usize> = 6..8;
+    pub const REGISTERED_INTRO_KEY: Range<usize> = 8..40;
+    pub const REGISTERED_ENDPOINT: RangeFrom<usize> = 40..;
+    pub const ONLINE_FLAGS: usize = 6;
+    pub const ONLINE_ENDPOINT: RangeFrom<usize> = 7..;
+
+    // Introduction (sky to target, unsolicited: no tag).
+    pub const INTRO_CALLER: Range<usize> = 2..18;
+    pub const INTRO_MAC: Range<usize> = 18..26;
+    pub const INTRO_ENDPOINT: RangeFrom<usize> = 26..;
+}
+
+/// Message kinds (byte 1). Requests have the high bit clear, replies set.
+///
+/// `0x06` (members) and `0x88`/`0x89` (members page, not-owner) are reserved
+/// for the DHT and rejected as unknown by v1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    Ping = 0x01,
+    Register = 0x02,
+    Keepalive = 0x03,
+    Lookup = 0x04,
+    Unregister = 0x05,
+    Pong = 0x81,
+    Cookie = 0x82,
+    Registered = 0x83,
+    NotRegistered = 0x84,
+    Online = 0x85,
+    Offline = 0x86,
+    Introduction = 0x87,
+}
+
+impl Kind {
+    /// Every kind, in wire order.
+    pub const ALL: [Kind; 12] = [
+        Kind::Ping,
+        Kind::Register,
+        Kind::Keepalive,
+        Kind::Lookup,
+        Kind::Unregister,
+        Kind::Pong,
+        Kind::Cookie,
+        Kind::Registered,
+        Kind::NotRegistered,
+        Kind::Online,
+        Kind::Offline,
+        Kind::Introduction,
+    ];
+
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == byte)
+    }
+
+    /// True for the kinds a client sends to a sky node.
+    pub fn is_request(self) -> bool {
+        (self as u8) & 0x80 == 0
+    }
+
+    /// The lengths a datagram of this kind may have: fixed, or a base plus an
+    /// IPv4 or IPv6 endpoint.
+    fn lengths(self) -> (usize, Option<usize>) {
+        let fixed = |n| (n, None);
+        let with_endpoint = |base| (base + ENDPOINT_V4_LEN, Some(base + ENDPOINT_V6_LEN));
+        match self {
+            Kind::Ping => fixed(REQUEST_HEADER_LEN),
+            Kind::Register => fixed(field::REGISTER_TOKEN.end),
+            Kind::Keepalive => fixed(field::KEEPALIVE_ADDRESS.end),
+            Kind::Lookup => fixed(field::LOOKUP_CALLER.end),
+            Kind::Unregister => fixed(field::UNREGISTER_TOKEN.end),
+            Kind::Pong | Kind::NotRegistered | Kind::Offline => fixed(REPLY_HEADER_LEN),
+            Kind::Cookie => fixed(field::COOKIE_VALUE.end),
+            Kind::Registered => with_endpoint(field::REGISTERED_ENDPOINT.start),
+            Kind::Online => with_endpoint(field::ONLINE_ENDPOINT.start),
+            Kind::Introduction => with_endpoint(field::INTRO_ENDPOINT.start),
+        }
+    }
+}
+
+/// Why a datagram is not a valid v1 message. Small and `Copy`: drops are
+/// counted by this reason, never propagated as strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// Shorter than its kind requires (or empty).
+    Truncated,
+    /// Byte 0 is not [`VERSION`].
+    BadVersion,
+    /// Byte 1 names no v1 kind.
+    UnknownKind,
+    /// Longer than its kind allows, or between the IPv4 and IPv6 sizes.
+    BadLength,
+    /// Longer than [`MAX_DATAGRAM_LEN`].
+    Oversized,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::Truncated => "datagram shorter than its kind requires",
+            Error::BadVersion => "unsupported protocol version",
+            Error::UnknownKind => "unknown message kind",
+            Error::BadLength => "datagram length does not fit its kind",
+            Error::Oversized => "datagram longer than any message",
+        })
+    }
+}
+
+impl std::error::Error for Error {}
+
+macro_rules! bytes_newtype {
+    ($(#[$doc:meta])* $name:ident, $len:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            pub const LEN: usize = $len;
+
+            fn read(bytes: &[u8]) -> Self {
+                let mut out = [0u8; $len];
+                out.copy_from_slice(bytes);
+                $name(out)
+            }
+
+            pub fn as_bytes(&self) -> &[u8; $len] {
+                &self.0
+            }
+        }
+    };
+}
+
+bytes_newtype!(
+    /// A 16-byte virtual address: where an earth node can be reached this
+    /// epoch. Its `Debug` prints nothing of the value: addresses are never
+    /// logged above debug level, and not by accident at debug either.
+    VirtualAddr,
+    16
+);
+bytes_newtype!(
+    /// The registration token whose hash is a virtual address.
+    Token,
+    16
+);
+bytes_newtype!(
+    /// A client-chosen request tag, echoed in the reply.
+    Tag,
+    4
+);
+bytes_newtype!(
+    /// A stateless cookie binding a source IP and port (see `keys`).
+    Cookie,
+    8
+);
+bytes_newtype!(
+    /// The key a registrant receives to check introductions.
+    IntroKey,
+    32
+);
+bytes_newtype!(
+    /// A truncated keyed-BLAKE3 tag over an introduction.
+    Mac,
+    8
+);
+
+macro_rules! redacted_debug {
+    ($($name:ident),*) => {$(
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(..)"))
+            }
+        }
+    )*};
+}
+redacted_debug!(VirtualAddr, Token, Cookie, IntroKey, Mac);
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tag({:02x?})", self.0)
+    }
+}
+
+impl VirtualAddr {
+    /// The address a token registers: the first 16 bytes of a
+    /// domain-separated BLAKE3 hash of the token. Knowing the address does
+    /// not give the token.
+    pub fn from_token(token: &Token) -> VirtualAddr {
+        let hash = blake3::derive_key("sky v1 virtual address", &token.0);
+        VirtualAddr::read(&hash[..16])
+    }
+
+    /// Lower-case hex, for the operator's tools (never for logs).
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+}
+
+/// Lower-case hex of any bytes.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses exactly `N` bytes of hex.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.trim();
+    if text.len() != 2 * N || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Flags a registration carries and a lookup reply repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    /// The registrant is on a metered connection: go easy on it.
+    pub const METERED: u8 = 0x01;
+    /// Set by the sky in an `online` reply when it did not introduce the
+    /// caller because the target's introduction rate limit was reached.
+    pub const NOT_INTRODUCED: u8 = 0x02;
+
+    pub fn metered(self) -> bool {
+        self.0 & Self::METERED != 0
+    }
+
+    pub fn introduced(self) -> bool {
+        self.0 & Self::NOT_INTRODUCED == 0
+    }
+}
+
+/// A checked view over the bytes of one datagram.
+///
+/// `new_checked` is the only constructor from untrusted bytes; once it
+/// returns `Ok`, every field accessor is in bounds for the packet's kind.
+/// Accessors of fields the kind does not have panic (a bug in the caller,
+/// never reachable from input).
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps a buffer without checking it (for emitting into it).
+    pub fn new_unchecked(buffer: T) -> Packet<T> {
+        Packet { buffer }
+    }
+
+    /// Wraps untrusted bytes, checking version, kind and length.
+    pub fn new_checked(buffer: T) -> Result<Packet<T>, Error> {
+        let bytes = buffer.as_ref();
+        if bytes.len() > MAX_DATAGRAM_LEN {
+            return Err(Error::Oversized);
+        }
+        match bytes.first() {
+            None => return Err(Error::Truncated),
+            Some(&v) if v != VERSION => return Err(Error::BadVersion),
+            Some(_) => {}
+        }
+        let kind = match bytes.get(field::KIND) {
+            None => return Err(Error::Truncated),
+            Some(&k) => Kind::from_byte(k).ok_or(Error::UnknownKind)?,
+        };
+        let (short, long) = kind.lengths();
+        let len = bytes.len();
+        if len < short {
+            return Err(Error::Truncated);
+        }
+        if len != short && Some(len) != long {
+            return Err(Error::BadLength);
+        }
+        Ok(Packet { buffer })
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
+    pub fn version(&self) -> u8 {
+        self.bytes()[field::VERSION]
+    }
+
+    /// The kind; valid on a checked packet.
+    pub fn kind(&self) -> Kind {
+        Kind::from_byte(self.bytes()[field::KIND]).expect("checked packet")
+    }
+
+    pub fn tag(&self) -> Tag {
+        Tag::read(&self.bytes()[field::TAG])
+    }
+
+    pub fn cookie(&self) -> Cookie {
+        Cookie::read(&self.bytes()[field::COOKIE])
+    }
+
+    fn read_endpoint(&self, from: usize) -> SocketAddr {
+        decode_endpoint(&self.bytes()[from..]).expect("checked length")
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buffer.as_mut()
+    }
+
+    fn set_header(&mut self, kind: Kind) {
+        let bytes = self.bytes_mut();
+        bytes[field::VERSION] = VERSION;
+        bytes[field::KIND] = kind as u8;
+    }
+}
+
+/// The parsed value of one message, requests and replies alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message {
+    // Requests: every one carries a tag and a cookie (zero when the client
+    // has none yet).
+    Ping {
+        tag: Tag,
+        cookie: Cookie,
+    },
+    Register {
+        tag: Tag,
+        cookie: Cookie,
+        flags: Flags,
+        token: Token,
+    },
+    Keepalive {
+        tag: Tag,
+        cookie: Cookie,
+        address: VirtualAddr,
+    },
+    Lookup {
+        tag: Tag,
+        cookie: Cookie,
+        target: VirtualAddr,
+        caller: VirtualAddr,
+    },
+    Unregister {
+        tag: Tag,
+        cookie: Cookie,
+        token: Token,
+    },
+    // Replies.
+    Pong {
+        tag: Tag,
+    },
+    CookieReply {
+        tag: Tag,
+        cookie: Cookie,
+    },
+    Registered {
+        tag: Tag,
+        keepalive_secs: u16,
+        intro_key: IntroKey,
+        observed: SocketAddr,
+    },
+    NotRegistered {
+        tag: Tag,
+    },
+    Online {
+        tag: Tag,
+        flags: Flags,
+        endpoint: SocketAddr,
+    },
+    Offline {
+        tag: Tag,
+    },
+    Introduction {
+        caller: VirtualAddr,
+        mac: Mac,
+        endpoint: SocketAddr,
+    },
+}
+
+impl Message {
+    /// Parses untrusted bytes: `Packet::new_checked` then `parse`.
+    pub fn decode(bytes: &[u8]) -> Result<Message, Error> {
+        Packet::new_checked(bytes).map(|p| Message::parse(&p))
+    }
+
+    /// Reads the value of a checked packet.
+    pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Message {
+        let b = p.bytes();
+        match p.kind() {
+            Kind::Ping => Message::Ping {
+                tag: p.tag(),
+                cookie: p.cookie(),
+            },
+            Kind::Register => Message::Register {
+                tag: p.tag(),
+                cookie: p.cookie(),
+                flags: Flags(b[field::REGISTER_FLAGS]),
+                token: Token::read(&b[field::REGISTER_TOKEN]),
+            },
+            Kind::Keepalive => Message::Keepalive {
+                tag: p.tag(),
+                cookie: p.cookie(),
+                address: VirtualAddr::read(&b[field::KEEPALIVE_ADDRESS]),
+            },
+            Kind::Lookup => Message::Lookup {
+                tag: p.tag(),
+                cookie: p.cookie(),
+                target: VirtualAddr::read(&b[field::LOOKUP_TARGET]),
+                caller: VirtualAddr::read(&b[field::LOOKUP_CALLER]),
+            },
+            Kind::Unregister => Message::Unregister {
+                tag: p.tag(),
+                cookie: p.cookie(),
+                token: Token::read(&b[field::UNREGISTER_TOKEN]),
+            },
+            Kind::Pong => Message::Pong { tag: p.tag() },
+            Kind::Cookie => Message::CookieReply {
+                tag: p.tag(),
+                cookie: Cookie::read(&b[field::COOKIE_VALUE]),
+            },
+            Kind::Registered => Message::Registered {
+                tag: p.tag(),
+                keepalive_secs: u16::from_be_bytes([
+                    b[field::REGISTERED_KEEPALIVE.start],
+                    b[field::REGISTERED_KEEPALIVE.start + 1],
+                ]),
+                intro_key: IntroKey::read(&b[field::REGISTERED_INTRO_KEY]),
+                observed: p.read_endpoint(field::REGISTERED_ENDPOINT.start),
+            },
+            Kind::NotRegistered => Message::NotRegistered { tag: p.tag() },
+            Kind::Online => Message::Online {
+                tag: p.tag(),
+                flags: Flags(b[field::ONLINE_FLAGS]),
+                endpoint: p.read_endpoint(field::ONLINE_ENDPOINT.start),
+            },
+            Kind::Offline => Message::Offline { tag: p.tag() },
+            Kind::Introduction => Message::Introduction {
+                caller: VirtualAddr::read(&b[field::INTRO_CALLER]),
+                mac: Mac::read(&b[field::INTRO_MAC]),
+                endpoint: p.read_endpoint(field::INTRO_ENDPOINT.start),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Ping { .. } => Kind::Ping,
+            Message::Register { .. } => Kind::Register,
+            Message::Keepalive { .. } => Kind::Keepalive,
+            Message::Lookup { .. } => Kind::Lookup,
+            Message::Unregister { .. } => Kind::Unregister,
+            Message::Pong { .. } => Kind::Pong,
+            Message::CookieReply { .. } => Kind::Cookie,
+            Message::Registered { .. } => Kind::Registered,
+            Message::NotRegistered { .. } => Kind::NotRegistered,
+            Message::Online { .. } => Kind::Online,
+            Message::Offline { .. } => Kind::Offline,
+            Message::Introduction { .. } => Kind::Introduction,
+        }
+    }
+
+    /// The number of bytes `emit` writes.
+    pub fn buffer_len(&self) -> usize {
+        let (short, _) = self.kind().lengths();
+        let endpoint = match self {
+            Message::Registered { observed: e, .. }
+            | Message::Online { endpoint: e, .. }
+            | Message::Introduction { endpoint: e, .. } => Some(e),
+            _ => None,
+        };
+        match endpoint {
+            Some(e) => short - ENDPOINT_V4_LEN + endpoint_len(e),
+            None => short,
+        }
+    }
+
+    /// Writes the message into the front of `buf` and returns its length.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`Message::buffer_len`] (a caller bug: every
+    /// buffer in this crate is at least [`MAX_MESSAGE_LEN`]).
+    pub fn emit(&self, buf: &mut [u8]) -> usize {
+        let len = self.buffer_len();
+        let mut p = Packet::new_unchecked(&mut buf[..len]);
+        p.set_header(self.kind());
+        let b = p.bytes_mut();
+        match *self {
+            Message::Ping { tag, cookie } => write_request_header(b, tag, cookie),
+            Message::Register {
+                tag,
+                cookie,
+                flags,
+                token,
+            } => {
+                write_request_header(b, tag, cookie);
+                b[field::REGISTER_FLAGS] = flags.0;
+                b[field::REGISTER_TOKEN].copy_from_slice(&token.0);
+            }
+            Message::Keepalive {
+                tag,
+                cookie,
+                address,
+            } => {
+                write_request_header(b, tag, cookie);
+                b[field::KEEPALIVE_ADDRESS].copy_from_slice(&address.0);
+            }
+            Message::Lookup {
+                tag,
+                cookie,
+                target,
+                caller,
+            } => {
+                write_request_header(b, tag, cookie);
+                b[field::LOOKUP_TARGET].copy_from_slice(&target.0);
+                b[field::LOOKUP_CALLER].copy_from_slice(&caller.0);
+            }
+            Message::Unregister { tag, cookie, token } => {
+                write_request_header(b, tag, cookie);
+                b[field::UNREGISTER_TOKEN].copy_from_slice(&token.0);
+            }
+            Message::Pong { tag } | Message::NotRegistered { tag } | Message::Offline { tag } => {
+                b[field::TAG].copy_from_slice(&tag.0)
+            }
+            Message::CookieReply { tag, cookie } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::COOKIE_VALUE].copy_from_slice(&cookie.0);
+            }
+            Message::Registered {
+                tag,
+                keepalive_secs,
+                intro_key,
+                observed,
+            } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::REGISTERED_KEEPALIVE].copy_from_slice(&keepalive_secs.to_be_bytes());
+                b[field::REGISTERED_INTRO_KEY].copy_from_slice(&intro_key.0);
+                encode_endpoint(&observed, &mut b[field::REGISTERED_ENDPOINT]);
+            }
+            Message::Online {
+                tag,
+                flags,
+                endpoint,
+            } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::ONLINE_FLAGS] = flags.0;
+                encode_endpoint(&endpoint, &mut b[field::ONLINE_ENDPOINT]);
+            }
+            Message::Introduction {
+                caller,
+                mac,
+                endpoint,
+            } => {
+                b[field::INTRO_CALLER].copy_from_slice(&caller.0);
+                b[field::INTRO_MAC].copy_from_slice(&mac.0);
+                encode_endpoint(&endpoint, &mut b[field::INTRO_ENDPOINT]);
+            }
+        }
+        len
+    }
+}
+
+fn write_request_header(b: &mut [u8], tag: Tag, cookie: Cookie) {
+    b[field::TAG].copy_from_slice(&tag.0);
+    b[field::COOKIE].copy_from_slice(&cookie.0);
+}
+
+/// The bytes an introduction's MAC covers: everything but the MAC itself
+/// (version, kind, caller address, endpoint), in wire order. Returns the
+/// length written into `out`.
+pub fn introduction_mac_input(
+    caller: &VirtualAddr,
+    endpoint: &SocketAddr,
+    out: &mut [u8; MAX_MESSAGE_LEN],
+) -> usize {
+    out[0] = VERSION;
+    out[1] = Kind::Introduction as u8;
+    out[2..18].copy_from_slice(&caller.0);
+    let n = endpoint_len(endpoint);
+    encode_endpoint(endpoint, &mut out[18..18 + n]);
+    18 + n
+}
+
+/// IPv4-mapped IPv6 addresses become IPv4: one endpoint, one encoding.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Bytes an endpoint takes on the wire.
+pub fn endpoint_len(addr: &SocketAddr) -> usize {
+    match canonical(*addr) {
+        SocketAddr::V4(_) => ENDPOINT_V4_LEN,
+        SocketAddr::V6(_) => ENDPOINT_V6_LEN,
+    }
+}
+
+/// Writes an endpoint (address, then big-endian port) into exactly
+/// `endpoint_len` bytes.
+fn encode_endpoint(addr: &SocketAddr, out: &mut [u8]) {
+    match canonical(*addr) {
+        SocketAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.ip().octets());
+            out[4..6].copy_from_slice(&v4.port().to_be_bytes());
+        }
+        SocketAddr::V6(v6) => {
+            out[..16].copy_from_slice(&v6.ip().octets());
+            out[16..18].copy_from_slice(&v6.port().to_be_bytes());
+        }
+    }
+}
+
+/// Reads an endpoint from exactly 6 (IPv4) or 18 (IPv6) bytes.
+pub fn decode_endpoint(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        ENDPOINT_V4_LEN => {
+            let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+            Some(SocketAddr::new(
+                IpAddr::V4(ip),
+                u16::from_be_bytes([b[4], b[5]]),
+            ))
+        }
+        ENDPOINT_V6_LEN => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&b[..16]);
+            let port = u16::from_be_bytes([b[16], b[17]]);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(octets),
+                port,
+                0,
+                0,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_endpoint() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip.into()), port)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, port)| canonical(SocketAddr::new(IpAddr::V6(ip.into()), port))),
+        ]
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let tag = any::<[u8; 4]>().prop_map(Tag);
+        let cookie = any::<[u8; 8]>().prop_map(Cookie);
+        let addr = any::<[u8; 16]>().prop_map(VirtualAddr);
+        let token = any::<[u8; 16]>().prop_map(Token);
+        prop_oneof![
+            (tag.clone(), cookie.clone()).prop_map(|(tag, cookie)| Message::Ping { tag, cookie }),
+            (tag.clone(), cookie.clone(), any::<u8>(), token.clone()).prop_map(
+                |(tag, cookie, f, token)| Message::Register {
+                    tag,
+                    cookie,
+                    flags: Flags(f),
+                    token
+                }
+            ),
+            (tag.clone(), cookie.clone(), addr.clone()).prop_map(|(tag, cookie, address)| {
+                Message::Keepalive {
+                    tag,
+                    cookie,
+                    address,
+                }
+            }),
+            (tag.clone(), cookie.clone(), addr.clone(), addr.clone()).prop_map(
+                |(tag, cookie, target, caller)| Message::Lookup {
+                    tag,
+                    cookie,
+                    target,
+                    caller
+                }
+            ),
+            (tag.clone(), cookie.clone(), token)
+                .prop_map(|(tag, cookie, token)| Message::Unregister { tag, cookie, token }),
+            tag.clone().prop_map(|tag| Message::Pong { tag }),
+            (tag.clone(), cookie).prop_map(|(tag, cookie)| Message::CookieReply { tag, cookie }),
+            (tag.clone(), any::<u16>(), any::<[u8; 32]>(), arb_endpoint()).prop_map(
+                |(tag, keepalive_secs, k, observed)| Message::Registered {
+                    tag,
+                    keepalive_secs,
+                    intro_key: IntroKey(k),
+                    observed
+                }
+            ),
+            tag.clone().prop_map(|tag| Message::NotRegistered { tag }),
+            (tag.clone(), any::<u8>(), arb_endpoint()).prop_map(|(tag, f, endpoint)| {
+                Message::Online {
+                    tag,
+                    flags: Flags(f),
+                    endpoint,
+                }
+            }),
+            tag.prop_map(|tag| Message::Offline { tag }),
+            (addr, any::<[u8; 8]>(), arb_endpoint()).prop_map(|(caller, m, endpoint)| {
+                Message::Introduction {
+                    caller,
+                    mac: Mac(m),
+                    endpoint,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(msg in arb_message()) {
+            let mut buf = [0u8; MAX_MESSAGE_LEN];
+            let n = msg.emit(&mut buf);
+            prop_assert_eq!(n, msg.buffer_len());
+            prop_assert!(n <= MAX_MESSAGE_LEN);
+            prop_assert_eq!(Message::decode(&buf[..n]), Ok(msg));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1400)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bodies_with_a_valid_header_never_panic(
+            kind in any::<u8>(),
+            body in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let mut bytes = vec![VERSION, kind];
+            bytes.extend_from_slice(&body);
+            let _ = Message::decode(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_is_rejected_as_truncated(msg in arb_message()) {
+            let mut buf = [0u8; MAX_MESSAGE_LEN];
+            let n = msg.emit(&mut buf);
+            for cut in 0..n {
+                let got = Message::decode(&buf[..cut]);
+                // A cut IPv6 endpoint may land on the IPv4 length: still not
+                // the original message.
+                prop_assert_ne!(got, Ok(msg));
+                if cut < msg.kind().lengths().0 {
+                    prop_assert_eq!(got, Err(Error::Truncated));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let n = Message::Pong { tag: Tag([1; 4]) }.emit(&mut buf);
+        for v in [0u8, 2, 0xff] {
+            buf[0] = v;
+            assert_eq!(Message::decode(&buf[..n]), Err(Error::BadVersion));
+        }
+    }
+
+    #[test]
+    fn oversized_datagrams_are_rejected_before_anything_else() {
+        assert_eq!(
+            Message::decode(&[0u8; MAX_DATAGRAM_LEN + 1]),
+            Err(Error::Oversized)
+        );
+    }
+
+    #[test]
+    fn reserved_dht_kinds_are_unknown_in_v1() {
+        for k in [0x06u8, 0x88, 0x89, 0x00, 0x80, 0xff] {
+            assert_eq!(Message::decode(&[VERSION, k]), Err(Error::UnknownKind));
+        }
+    }
+
+    #[test]
+    fn mapped_ipv6_endpoints_are_sent_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:4000".parse().unwrap();
+        let msg = Message::Online {
+            tag: Tag([0; 4]),
+            flags: Flags(0),
+            endpoint: mapped,
+        };
+        assert_eq!(msg.buffer_len(), 13);
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let n = msg.emit(&mut buf);
+        match Message::decode(&buf[..n]) {
+            Ok(Message::Online { endpoint, .. }) => {
+                assert_eq!(endpoint, "192.0.2.7:4000".parse::<SocketAddr>().unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Byte-literal fixture: a lookup, field by field.
+    #[test]
+    fn lookup_layout_matches_the_protocol_document() {
+        let msg = Message::Lookup {
+            tag: Tag([0xa0, 0xa1, 0xa2, 0xa3]),
+            cookie: Cookie([0xc0; 8]),
+            target: VirtualAddr([0x11; 16]),
+            caller: VirtualAddr([0x22; 16]),
+        };
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let n = msg.emit(&mut buf);
+        let mut expected = vec![0x01, 0x04, 0xa0, 0xa1, 0xa2, 0xa3];
+        expected.extend([0xc0; 8]);
+        expected.extend([0x11; 16]);
+        expected.extend([0x22; 16]);
+        assert_eq!(&buf[..n], &expected[..]);
+    }
+}
