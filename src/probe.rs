@@ -96,13 +96,15 @@ pub struct Client {
 impl Client {
     /// A client on a fresh ephemeral port. Every request gives up after
     /// `timeout`.
+    /// Binds to loopback when the node is on loopback, else the wildcard.
     pub fn new(sky: SocketAddr, timeout: Duration) -> io::Result<Client> {
-        let local: SocketAddr = if sky.is_ipv4() {
-            "0.0.0.0:0".parse().expect("literal")
-        } else {
-            "[::]:0".parse().expect("literal")
+        let ip: std::net::IpAddr = match (sky.is_ipv4(), sky.ip().is_loopback()) {
+            (true, true) => std::net::Ipv4Addr::LOCALHOST.into(),
+            (true, false) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            (false, true) => std::net::Ipv6Addr::LOCALHOST.into(),
+            (false, false) => std::net::Ipv6Addr::UNSPECIFIED.into(),
         };
-        Client::bind(local, sky, timeout)
+        Client::bind(SocketAddr::new(ip, 0), sky, timeout)
     }
 
     pub fn bind(local: SocketAddr, sky: SocketAddr, timeout: Duration) -> io::Result<Client> {
@@ -231,6 +233,7 @@ impl Client {
                     }
                 }
                 Err(e) if is_timeout(&e) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -265,6 +268,7 @@ impl Client {
                     self.send(build(tag, self.cookie))?;
                     continue;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             };
             if from != self.sky {

@@ -37,6 +37,12 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// Whether io_uring can run here (what `--engine auto` checks): a ring and a
+/// provided-buffer ring can be created.
+pub fn uring_available() -> io::Result<()> {
+    uring::probe()
+}
+
 /// The packet engine a node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {

@@ -290,17 +290,19 @@ impl UringEngine {
                     }
                     None => free.push(r),
                 }
-                match (out.introduction, free.pop()) {
-                    (Some(t), Some(i)) => {
-                        let sqe =
-                            slots[i as usize].prepare(t.dst, *v6, payload_ptr, t.len, bid, *fd, i);
-                        push(&mut sq, &submitter, &sqe)?;
-                    }
-                    (Some(_), None) => {
-                        shard.stats_mut().record_drop(DropReason::SendQueueFull);
-                        recycle(bufring, bufs, bid);
-                    }
-                    (None, _) => recycle(bufring, bufs, bid),
+                match out.introduction {
+                    None => recycle(bufring, bufs, bid),
+                    Some(t) => match free.pop() {
+                        Some(i) => {
+                            let slot = &mut slots[i as usize];
+                            let sqe = slot.prepare(t.dst, *v6, payload_ptr, t.len, bid, *fd, i);
+                            push(&mut sq, &submitter, &sqe)?;
+                        }
+                        None => {
+                            shard.stats_mut().record_drop(DropReason::SendQueueFull);
+                            recycle(bufring, bufs, bid);
+                        }
+                    },
                 }
             }
             bufring.publish();

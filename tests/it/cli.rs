@@ -1,0 +1,258 @@
+//! The `sky` binary as an operator runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const SKY: &str = env!("CARGO_BIN_EXE_sky");
+
+/// A `sky node` child process, killed if the test fails.
+struct NodeProcess {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl NodeProcess {
+    /// Starts `sky node ARGS` and waits for its "ready" log line.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+        let mut cmd = Command::new(SKY);
+        cmd.arg("node")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("NO_COLOR", "1");
+        let mut child = cmd.spawn().expect("sky node starts");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut node = NodeProcess { child, stderr: rx };
+        node.wait_for("sky node ready");
+        node
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.stderr.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("sky node never logged `{needle}`"),
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status and the rest of the log.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        let rest: Vec<String> = self.stderr.try_iter().collect();
+        (status, rest.join("\n"))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sky(args: &[&str]) -> Output {
+    Command::new(SKY)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// README's Quick start: `cargo run --release -- node` serves the defaults,
+/// 127.0.0.1:7700/udp, and answers a probe with a one-second timeout.
+#[test]
+fn sky_node_on_its_defaults_answers_probe_ping_within_a_second_and_stops_on_sigterm() {
+    let node = NodeProcess::start(&[], &[]);
+    let ping = sky(&["probe", "ping", "--sky", "127.0.0.1:7700", "--timeout", "1"]);
+    assert!(ping.status.success(), "{ping:?}");
+    assert!(
+        stdout(&ping).starts_with("pong from 127.0.0.1:7700 in "),
+        "{}",
+        stdout(&ping)
+    );
+    let (status, log) = node.terminate();
+    assert!(status.success(), "graceful stop exits 0: {status:?}\n{log}");
+    assert!(log.contains("sky node stopped"), "{log}");
+}
+
+#[test]
+fn probe_register_lookup_and_introduction_through_the_cli() {
+    let node = NodeProcess::start(&["--listen", "127.0.0.1:7791", "--metrics", "off"], &[]);
+    let token = "00112233445566778899aabbccddeeff";
+    let holder = Command::new(SKY)
+        .args([
+            "probe",
+            "register",
+            "--sky",
+            "127.0.0.1:7791",
+            "--token",
+            token,
+            "--hold",
+            "2",
+        ])
+        .args(["--metered"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let address = sky::wire::VirtualAddr::from_token(&sky::wire::Token(
+        sky::wire::from_hex::<16>(token).unwrap(),
+    ))
+    .to_hex();
+    let caller = "0123456789abcdef0123456789abcdef";
+    let lookup = sky(&[
+        "probe",
+        "lookup",
+        "--sky",
+        "127.0.0.1:7791",
+        "--address",
+        &address,
+        "--as",
+        caller,
+    ]);
+    assert_eq!(lookup.status.code(), Some(0), "{lookup:?}");
+    assert!(
+        stdout(&lookup).starts_with("online 127.0.0.1:"),
+        "{}",
+        stdout(&lookup)
+    );
+    assert!(stdout(&lookup).trim_end().ends_with(" metered"));
+
+    let held = holder.wait_with_output().unwrap();
+    let out = stdout(&held);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("address {address}"));
+    assert!(lines[1].starts_with("registered 127.0.0.1:"), "{out}");
+    let introduced = lines
+        .iter()
+        .find(|l| l.starts_with("introduced "))
+        .expect(&out);
+    assert!(
+        introduced.starts_with(&format!("introduced {caller} 127.0.0.1:")),
+        "{out}"
+    );
+
+    // After the hold ends the probe unregisters: offline, exit 1.
+    let after = sky(&[
+        "probe",
+        "lookup",
+        "--sky",
+        "127.0.0.1:7791",
+        "--address",
+        &address,
+    ]);
+    assert_eq!(after.status.code(), Some(1), "{after:?}");
+    assert_eq!(stdout(&after).trim(), "offline");
+    drop(node);
+}
+
+#[test]
+fn probes_give_up_with_exit_2_when_nothing_answers() {
+    // A bound socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    for args in [
+        vec!["probe", "ping", "--sky", &addr, "--timeout", "0.3"],
+        vec![
+            "probe",
+            "lookup",
+            "--sky",
+            &addr,
+            "--timeout",
+            "0.3",
+            "--address",
+            "00000000000000000000000000000000",
+        ],
+        vec![
+            "probe",
+            "register",
+            "--sky",
+            &addr,
+            "--timeout",
+            "0.3",
+            "--token",
+            "00000000000000000000000000000000",
+        ],
+    ] {
+        let o = sky(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("no answer from"),
+            "{o:?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_validates_the_example_and_names_the_bad_field() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sky.toml");
+    let ok = sky(&["node", "--check-config", example]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(stdout(&ok).contains("ok (listen 127.0.0.1:7700, metrics 127.0.0.1:9770"));
+
+    let dir = std::env::temp_dir().join(format!("sky-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "keepalive_secs = 0\n").unwrap();
+    let o = sky(&["node", "--check-config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("keepalive_secs"),
+        "{o:?}"
+    );
+
+    // Environment overrides the file; flags override the environment.
+    let file = dir.join("file.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:1111\"\ncapacity = 7\n").unwrap();
+    let o = Command::new(SKY)
+        .args(["node", "--check-config", file.to_str().unwrap()])
+        .env("SKY_LISTEN", "127.0.0.1:2222")
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("listen 127.0.0.1:2222"), "{o:?}");
+    assert!(stdout(&o).contains("capacity 7"), "{o:?}");
+    let o = Command::new(SKY)
+        .args([
+            "node",
+            "--check-config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:3333",
+        ])
+        .env("SKY_LISTEN", "127.0.0.1:2222")
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains("listen 127.0.0.1:3333"), "{o:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_port_already_served_is_a_clear_error_not_a_silent_share() {
+    let node = NodeProcess::start(&["--listen", "127.0.0.1:7792", "--metrics", "off"], &[]);
+    let second = sky(&["node", "--listen", "127.0.0.1:7792", "--metrics", "off"]);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("cannot listen on 127.0.0.1:7792/udp"),
+        "{second:?}"
+    );
+    drop(node);
+}

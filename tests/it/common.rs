@@ -1,0 +1,139 @@
+//! Helpers shared by the integration tests.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use sky::config::{Config, EngineChoice};
+use sky::engine::Node;
+use sky::wire::{Cookie, MAX_MESSAGE_LEN, Message, Tag};
+
+/// How long a test waits to be sure that no datagram is coming.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The engines every behaviour is checked on. io_uring must be available in
+/// CI; elsewhere its absence is reported loudly and only the fallback runs.
+pub fn engines() -> Vec<EngineChoice> {
+    match sky::engine::uring_available() {
+        Ok(()) => vec![EngineChoice::Uring, EngineChoice::Mmsg],
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("io_uring is unavailable in CI ({e}): the io_uring engine would go untested")
+        }
+        Err(e) => {
+            eprintln!("WARNING: io_uring unavailable here ({e}); testing only the mmsg engine");
+            vec![EngineChoice::Mmsg]
+        }
+    }
+}
+
+pub fn config(engine: EngineChoice, listen: &str) -> Config {
+    Config {
+        listen: listen.parse().unwrap(),
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        shards: Some(2),
+        engine,
+        pin_cores: false,
+        keepalive: Duration::from_secs(1),
+        ..Config::default()
+    }
+}
+
+/// A node on an ephemeral loopback port.
+pub fn start(engine: EngineChoice) -> Node {
+    Node::start(&config(engine, "127.0.0.1:0")).expect("node starts")
+}
+
+/// A raw client socket on loopback, matching the node's family.
+pub fn socket_for(node: SocketAddr) -> UdpSocket {
+    let local = if node.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let s = UdpSocket::bind(local).unwrap();
+    s.set_read_timeout(Some(QUIET)).unwrap();
+    s
+}
+
+/// Every datagram that arrives within `QUIET`, with its source.
+pub fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    let end = Instant::now() + QUIET;
+    while Instant::now() < end {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => out.push((buf[..n].to_vec(), from)),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Sends `bytes` and returns the first datagram back (within `QUIET`).
+pub fn exchange(socket: &UdpSocket, node: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    socket.send_to(bytes, node).unwrap();
+    let mut buf = [0u8; 2048];
+    socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, _)| buf[..n].to_vec())
+}
+
+pub fn emit(msg: Message) -> Vec<u8> {
+    let mut buf = [0u8; MAX_MESSAGE_LEN];
+    let n = msg.emit(&mut buf);
+    buf[..n].to_vec()
+}
+
+/// Gets a cookie for `socket` by sending a ping-sized request without one.
+pub fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
+    let req = emit(Message::Keepalive {
+        tag: Tag([9; 4]),
+        cookie: Cookie::default(),
+        address: Default::default(),
+    });
+    match exchange(socket, node, &req).map(|r| Message::decode(&r)) {
+        Some(Ok(Message::CookieReply { cookie, .. })) => cookie,
+        other => panic!("expected a cookie, got {other:?}"),
+    }
+}
+
+/// GET /metrics from the node (a test-side client; the node's HTTP server
+/// is tiny_http).
+pub fn scrape(node: &Node) -> String {
+    let addr = node.metrics_addr().expect("metrics enabled");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of one sample, e.g. `sky_dropped_datagrams_total{reason="truncated"}`.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Scrapes until `series` reaches `at_least` (shards publish every 100 ms).
+pub fn wait_for_sample(node: &Node, series: &str, at_least: f64) -> String {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = scrape(node);
+        if sample(&m, series) >= at_least || Instant::now() > end {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

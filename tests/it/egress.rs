@@ -1,0 +1,171 @@
+//! The egress table of docs/PROTOCOL.md, checked against the bytes that
+//! real nodes put on the wire, and against the SPEC §3 budgets it states.
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+
+use sky::engine::Node;
+use sky::wire::{Cookie, Flags, Message, Tag, Token, VirtualAddr};
+
+use crate::common::*;
+
+/// (IPv4 bytes, IPv6 bytes, IPv4 budget) by message name.
+fn egress_table() -> BTreeMap<String, (usize, usize, usize)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .expect("docs/PROTOCOL.md");
+    let section = doc
+        .split("## Egress table")
+        .nth(1)
+        .expect("egress table section");
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let num = |i: usize| cells[i].parse::<usize>().unwrap_or_else(|_| panic!("{l}"));
+            (
+                cells[1].trim_matches('`').to_string(),
+                (num(3), num(4), num(5)),
+            )
+        })
+        .collect()
+}
+
+/// Measures every row on a node listening on `listen`.
+fn measure(node: &Node) -> BTreeMap<String, usize> {
+    let sky = node.local_addr();
+    let mut got = BTreeMap::new();
+    let reply_len = |s: &UdpSocket, msg: Message| -> usize {
+        s.send_to(&emit(msg), sky).unwrap();
+        let replies = drain(s);
+        assert!(replies.len() <= 1, "{msg:?}: {replies:?}");
+        replies.first().map_or(0, |(r, _)| r.len())
+    };
+    let tag = Tag([1; 4]);
+    let target = socket_for(sky);
+    let caller = socket_for(sky);
+    let none = Cookie::default();
+    got.insert(
+        "pong".into(),
+        reply_len(&caller, Message::Ping { tag, cookie: none }),
+    );
+    got.insert(
+        "cookie".into(),
+        reply_len(&caller, Message::Ping { tag, cookie: none }).max(reply_len(
+            &caller,
+            Message::Keepalive {
+                tag,
+                cookie: none,
+                address: Default::default(),
+            },
+        )),
+    );
+    let tc = cookie(&target, sky);
+    let cc = cookie(&caller, sky);
+    let token = Token([0xee; 16]);
+    let address = VirtualAddr::from_token(&token);
+    got.insert(
+        "registered".into(),
+        reply_len(
+            &target,
+            Message::Register {
+                tag,
+                cookie: tc,
+                flags: Flags(0),
+                token,
+            },
+        ),
+    );
+    got.insert(
+        "keepalive".into(),
+        reply_len(
+            &target,
+            Message::Keepalive {
+                tag,
+                cookie: tc,
+                address,
+            },
+        ),
+    );
+    got.insert(
+        "not_registered".into(),
+        reply_len(
+            &caller,
+            Message::Keepalive {
+                tag,
+                cookie: cc,
+                address,
+            },
+        ),
+    );
+    let lookup = |target| Message::Lookup {
+        tag,
+        cookie: cc,
+        target,
+        caller: VirtualAddr([7; 16]),
+    };
+    let online = reply_len(&caller, lookup(address));
+    let intro = drain(&target);
+    assert_eq!(intro.len(), 1, "one introduction");
+    got.insert("online".into(), online);
+    got.insert("introduction".into(), intro[0].0.len());
+    got.insert("online_total".into(), online + intro[0].0.len());
+    got.insert(
+        "offline".into(),
+        reply_len(&caller, lookup(VirtualAddr([9; 16]))),
+    );
+    got.insert(
+        "unregister".into(),
+        reply_len(
+            &target,
+            Message::Unregister {
+                tag,
+                cookie: tc,
+                token,
+            },
+        ),
+    );
+    got
+}
+
+#[test]
+fn egress_table_matches_the_wire_and_the_budgets() {
+    let table = egress_table();
+    assert!(table.len() >= 10, "egress table rows: {table:?}");
+    let ipv6 = UdpSocket::bind("[::1]:0").is_ok();
+    if !ipv6 {
+        eprintln!("WARNING: no IPv6 loopback here; checking only the IPv4 column");
+    }
+    for engine in engines() {
+        let v4 = Node::start(&config(engine, "127.0.0.1:0")).unwrap();
+        let got4 = measure(&v4);
+        v4.shutdown().unwrap();
+        let got6 = ipv6.then(|| {
+            let v6 = Node::start(&config(engine, "[::1]:0")).unwrap();
+            let g = measure(&v6);
+            v6.shutdown().unwrap();
+            g
+        });
+        assert_eq!(
+            got4.keys().collect::<Vec<_>>(),
+            table.keys().collect::<Vec<_>>(),
+            "every measured message has a row, and every row is measured"
+        );
+        for (name, (bytes4, bytes6, budget)) in &table {
+            assert_eq!(
+                got4[name], *bytes4,
+                "{engine:?} {name}: IPv4 bytes on the wire"
+            );
+            if let Some(got6) = &got6 {
+                assert_eq!(
+                    got6[name], *bytes6,
+                    "{engine:?} {name}: IPv6 bytes on the wire"
+                );
+            }
+            assert!(
+                bytes4 <= budget,
+                "{name}: {bytes4} B over its {budget} B budget"
+            );
+        }
+    }
+}

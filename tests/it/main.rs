@@ -1,0 +1,9 @@
+//! The integration tests: real nodes on real UDP sockets on loopback, with
+//! both packet engines. One binary, modules by subject.
+
+mod cli;
+mod common;
+mod egress;
+mod end_to_end;
+mod hostile;
+mod metrics;
