@@ -6,6 +6,8 @@
 //! thread (core 0) that serves `/metrics` and sweeps expired presence.
 //! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`].
 
+#![allow(clippy::disallowed_methods)] // the engine owns the clock and threads
+
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;

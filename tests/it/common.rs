@@ -55,15 +55,27 @@ pub fn socket_for(node: SocketAddr) -> UdpSocket {
     s
 }
 
+/// One datagram within the socket's timeout; `None` on timeout. Retries
+/// a receive interrupted by a signal.
+pub fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Every datagram that arrives within `QUIET`, with its source.
 pub fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
     let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
     let end = Instant::now() + QUIET;
     while Instant::now() < end {
-        match socket.recv_from(&mut buf) {
-            Ok((n, from)) => out.push((buf[..n].to_vec(), from)),
-            Err(_) => break,
+        match recv(socket) {
+            Some(d) => out.push(d),
+            None => break,
         }
     }
     out
@@ -72,11 +84,7 @@ pub fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
 /// Sends `bytes` and returns the first datagram back (within `QUIET`).
 pub fn exchange(socket: &UdpSocket, node: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     socket.send_to(bytes, node).unwrap();
-    let mut buf = [0u8; 2048];
-    socket
-        .recv_from(&mut buf)
-        .ok()
-        .map(|(n, _)| buf[..n].to_vec())
+    recv(socket).map(|(d, _)| d)
 }
 
 pub fn emit(msg: Message) -> Vec<u8> {

@@ -158,15 +158,14 @@ fn garbage_truncations_wrong_versions_and_oversized_datagrams_are_dropped_by_rea
         let mut send = |bytes: &[u8], sent: &mut u64| {
             s.send_to(bytes, sky).unwrap();
             *sent += 1;
-            if *sent % 64 == 0 {
+            if (*sent).is_multiple_of(64) {
                 sync_tag += 1;
                 let tag = Tag(sync_tag.to_be_bytes());
                 s.send_to(&emit(Message::Ping { tag, cookie }), sky)
                     .unwrap();
                 *sent += 1;
-                let mut buf = [0u8; 2048];
-                while let Ok((n, _)) = s.recv_from(&mut buf) {
-                    if Message::decode(&buf[..n]) == Ok(Message::Pong { tag }) {
+                while let Some((d, _)) = recv(&s) {
+                    if Message::decode(&d) == Ok(Message::Pong { tag }) {
                         break;
                     }
                 }
@@ -174,7 +173,7 @@ fn garbage_truncations_wrong_versions_and_oversized_datagrams_are_dropped_by_rea
         };
 
         // Random datagrams, seeded.
-        let mut rng = Rng(0x5eed_0f_5c1e5);
+        let mut rng = Rng(0x05ee_d0f5_c1e5);
         for _ in 0..2000 {
             let len = (rng.next() % 1400) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();

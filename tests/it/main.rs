@@ -1,6 +1,8 @@
 //! The integration tests: real nodes on real UDP sockets on loopback, with
 //! both packet engines. One binary, modules by subject.
 
+#![allow(clippy::disallowed_methods)] // tests drive real time and threads
+
 mod cli;
 mod common;
 mod egress;

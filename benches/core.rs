@@ -1,0 +1,202 @@
+//! Micro-benchmarks of the sans-IO parts: wire parse and emit per message
+//! kind, and the shard core handling datagrams with no sockets at all.
+//!
+//! `cargo bench --bench core`; `cargo test --all-targets` runs each once.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+use sky::keys::NodeSecret;
+use sky::presence::Presence;
+use sky::shard::{Shard, ShardConfig};
+use sky::wire::{Cookie, Flags, IntroKey, MAX_MESSAGE_LEN, Mac, Message, Tag, Token, VirtualAddr};
+
+fn messages() -> Vec<(&'static str, Message)> {
+    let tag = Tag([1; 4]);
+    let cookie = Cookie([2; 8]);
+    let ep: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    vec![
+        ("ping", Message::Ping { tag, cookie }),
+        (
+            "register",
+            Message::Register {
+                tag,
+                cookie,
+                flags: Flags(1),
+                token: Token([3; 16]),
+            },
+        ),
+        (
+            "keepalive",
+            Message::Keepalive {
+                tag,
+                cookie,
+                address: VirtualAddr([4; 16]),
+            },
+        ),
+        (
+            "lookup",
+            Message::Lookup {
+                tag,
+                cookie,
+                target: VirtualAddr([4; 16]),
+                caller: VirtualAddr([5; 16]),
+            },
+        ),
+        (
+            "registered",
+            Message::Registered {
+                tag,
+                keepalive_secs: 25,
+                intro_key: IntroKey([6; 32]),
+                observed: ep,
+            },
+        ),
+        (
+            "online",
+            Message::Online {
+                tag,
+                flags: Flags(0),
+                endpoint: ep,
+            },
+        ),
+        (
+            "introduction",
+            Message::Introduction {
+                caller: VirtualAddr([5; 16]),
+                mac: Mac([7; 8]),
+                endpoint: ep,
+            },
+        ),
+    ]
+}
+
+fn wire(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wire");
+    g.throughput(Throughput::Elements(1));
+    for (name, msg) in messages() {
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let n = msg.emit(&mut buf);
+        g.bench_function(format!("parse/{name}"), |b| {
+            b.iter(|| Message::decode(black_box(&buf[..n])))
+        });
+        g.bench_function(format!("emit/{name}"), |b| {
+            let mut out = [0u8; MAX_MESSAGE_LEN];
+            b.iter(|| black_box(msg).emit(&mut out))
+        });
+    }
+    g.finish();
+}
+
+/// One shard core, 1 000 registered addresses, handling each kind of
+/// steady-state request from a validated source.
+fn shard(c: &mut Criterion) {
+    let secret = Arc::new(NodeSecret::new([1; 32]));
+    let presence = Arc::new(Presence::new(1 << 20));
+    let config = ShardConfig {
+        intros_per_second: 255,
+        ..ShardConfig::default()
+    };
+    let mut shard = Shard::new(secret, presence, config, Duration::ZERO);
+    let from: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    let now = Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    let mut reply = [0u8; MAX_MESSAGE_LEN];
+    let send = |shard: &mut Shard,
+                    msg: Message,
+                    buf: &mut [u8; 2048],
+                    reply: &mut [u8; MAX_MESSAGE_LEN]| {
+        let n = msg.emit(buf);
+        shard.handle_datagram(now, from, buf, n, reply)
+    };
+    let probe = Message::Keepalive {
+        tag: Tag([0; 4]),
+        cookie: Cookie::default(),
+        address: VirtualAddr::default(),
+    };
+    let _ = send(&mut shard, probe, &mut buf, &mut reply);
+    let cookie = match Message::decode(&reply[..14]) {
+        Ok(Message::CookieReply { cookie, .. }) => cookie,
+        other => panic!("{other:?}"),
+    };
+    for i in 0..1000u32 {
+        let mut token = [0u8; 16];
+        token[..4].copy_from_slice(&i.to_le_bytes());
+        let reg = Message::Register {
+            tag: Tag([0; 4]),
+            cookie,
+            flags: Flags(0),
+            token: Token(token),
+        };
+        let _ = send(&mut shard, reg, &mut buf, &mut reply);
+    }
+    let online = VirtualAddr::from_token(&Token([0; 16]));
+    let tag = Tag([1; 4]);
+    let cases = [
+        ("ping", Message::Ping { tag, cookie }),
+        (
+            "keepalive",
+            Message::Keepalive {
+                tag,
+                cookie,
+                address: online,
+            },
+        ),
+        (
+            "lookup_online",
+            Message::Lookup {
+                tag,
+                cookie,
+                target: online,
+                caller: VirtualAddr([9; 16]),
+            },
+        ),
+        (
+            "lookup_offline",
+            Message::Lookup {
+                tag,
+                cookie,
+                target: VirtualAddr([9; 16]),
+                caller: online,
+            },
+        ),
+        (
+            "register_again",
+            Message::Register {
+                tag,
+                cookie,
+                flags: Flags(0),
+                token: Token([0; 16]),
+            },
+        ),
+        (
+            "no_cookie",
+            Message::Lookup {
+                tag,
+                cookie: Cookie::default(),
+                target: online,
+                caller: online,
+            },
+        ),
+    ];
+    let mut g = c.benchmark_group("shard");
+    g.throughput(Throughput::Elements(1));
+    for (name, msg) in cases {
+        let mut bytes = [0u8; 2048];
+        let n = msg.emit(&mut bytes);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                buf[..n].copy_from_slice(&bytes[..n]);
+                shard.handle_datagram(now, from, &mut buf, n, &mut reply)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, wire, shard);
+criterion_main!(benches);
