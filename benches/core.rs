@@ -107,9 +107,9 @@ fn shard(c: &mut Criterion) {
     let mut buf = [0u8; 2048];
     let mut reply = [0u8; MAX_MESSAGE_LEN];
     let send = |shard: &mut Shard,
-                    msg: Message,
-                    buf: &mut [u8; 2048],
-                    reply: &mut [u8; MAX_MESSAGE_LEN]| {
+                msg: Message,
+                buf: &mut [u8; 2048],
+                reply: &mut [u8; MAX_MESSAGE_LEN]| {
         let n = msg.emit(buf);
         shard.handle_datagram(now, from, buf, n, reply)
     };
