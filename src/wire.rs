@@ -12,6 +12,22 @@
 //! test feeds it arbitrary bytes, and every truncation of every message). The
 //! byte layout is documented, with sizes, in `docs/PROTOCOL.md`; the constants
 //! here are the single source for those numbers.
+//!
+//! ```
+//! use sky::wire::{Cookie, Message, Tag, VirtualAddr, MAX_MESSAGE_LEN};
+//!
+//! let lookup = Message::Lookup {
+//!     tag: Tag([1, 2, 3, 4]),
+//!     cookie: Cookie::default(),
+//!     target: VirtualAddr([0x11; 16]),
+//!     caller: VirtualAddr([0x22; 16]),
+//! };
+//! let mut buf = [0u8; MAX_MESSAGE_LEN];
+//! let len = lookup.emit(&mut buf);
+//! assert_eq!(len, 46);
+//! assert_eq!(Message::decode(&buf[..len]), Ok(lookup));
+//! assert!(Message::decode(&buf[..len - 1]).is_err());
+//! ```
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

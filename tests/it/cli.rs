@@ -256,3 +256,83 @@ fn a_port_already_served_is_a_clear_error_not_a_silent_share() {
     );
     drop(node);
 }
+
+/// SPEC §3 invariant 2, for one node: at the default log level nothing
+/// about an earth node reaches the log, and nothing is written to disk.
+#[test]
+fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
+    use sky::probe::Client;
+    use sky::wire::{Token, VirtualAddr};
+
+    let dir = std::env::temp_dir().join(format!("sky-privacy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd_node = {
+        let mut cmd = Command::new(SKY);
+        cmd.current_dir(&dir)
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:7793",
+                "--metrics",
+                "127.0.0.1:0",
+            ])
+            .env_remove("SKY_LOG")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut child = cmd_node.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = vec![rx.recv_timeout(Duration::from_secs(10)).expect("node logs")];
+
+    let sky: std::net::SocketAddr = "127.0.0.1:7793".parse().unwrap();
+    let mut alice = Client::new(sky, Duration::from_secs(2)).unwrap();
+    let mut bob = Client::new(sky, Duration::from_secs(2)).unwrap();
+    let token = Token([0x77; 16]);
+    let reg = alice.register(token, true).unwrap();
+    let caller = VirtualAddr([0x99; 16]);
+    bob.lookup(reg.address, caller).unwrap();
+    bob.lookup(VirtualAddr([0x55; 16]), caller).unwrap();
+    alice.unregister(token).unwrap();
+    let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    garbage.send_to(b"\x01\x02garbage", sky).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    log.extend(rx.iter());
+    // Without timestamps, whose digits could match a port by chance.
+    let log: Vec<&str> = log
+        .iter()
+        .map(|l| l.split_once(' ').map_or(l.as_str(), |(_, r)| r))
+        .collect();
+    let log = log.join("\n");
+    assert!(log.contains("sky node stopped"), "{log}");
+    let secrets = [
+        alice.local_addr().unwrap().port().to_string(),
+        bob.local_addr().unwrap().port().to_string(),
+        garbage.local_addr().unwrap().port().to_string(),
+        reg.address.to_hex(),
+        caller.to_hex(),
+        sky::wire::to_hex(&token.0),
+    ];
+    for s in &secrets {
+        assert!(
+            !log.contains(s.as_str()),
+            "`{s}` appears in the log:\n{log}"
+        );
+    }
+    let written: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(written.is_empty(), "the node wrote {written:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
