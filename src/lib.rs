@@ -15,10 +15,14 @@
 //!   thread — the only place with a clock, syscalls or `unsafe`;
 //! - [`metrics`]: every metric name, in one place;
 //! - [`config`]: the node's configuration (file, environment, flags);
-//! - [`probe`]: the operator's blocking client (`sky probe`).
+//! - [`probe`]: the operator's blocking client (`sky probe`);
+//! - [`bench`]: the load generator (`sky bench`), and [`baseline`], the
+//!   no-logic core it measures the node against.
 
 #![deny(unsafe_code)]
 
+pub mod baseline;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod keys;

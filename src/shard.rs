@@ -231,6 +231,51 @@ impl Stats {
     }
 }
 
+/// What an engine drives for each datagram: the sky [`Shard`], or the
+/// benchmark's no-logic baseline (`crate::baseline`). Same contract as
+/// [`Shard::handle_datagram`]: a reply goes to `from`, an introduction
+/// (written over the request in `buf`) to its `Transmit::dst`.
+pub trait Core: Send + 'static {
+    fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        reply: &mut [u8],
+    ) -> Output;
+    fn handle_timeout(&mut self, now: Duration);
+    fn take_stats(&mut self) -> Stats;
+    fn stats_mut(&mut self) -> &mut Stats;
+    /// A datagram the kernel truncated (larger than the engine's buffers).
+    fn drop_oversized(&mut self, len: usize);
+}
+
+impl Core for Shard {
+    fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        reply: &mut [u8],
+    ) -> Output {
+        Shard::handle_datagram(self, now, from, buf, len, reply)
+    }
+    fn handle_timeout(&mut self, now: Duration) {
+        Shard::handle_timeout(self, now)
+    }
+    fn take_stats(&mut self) -> Stats {
+        Shard::take_stats(self)
+    }
+    fn stats_mut(&mut self) -> &mut Stats {
+        Shard::stats_mut(self)
+    }
+    fn drop_oversized(&mut self, len: usize) {
+        Shard::drop_oversized(self, len)
+    }
+}
+
 /// One packet shard's logic.
 pub struct Shard {
     secret: Arc<NodeSecret>,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::PUBLISH_EVERY;
 use super::sys::RawAddr;
 use crate::metrics::ShardMetrics;
-use crate::shard::{DropReason, Shard};
+use crate::shard::{Core, DropReason};
 use crate::wire;
 
 /// Datagrams per `recvmmsg`.
@@ -66,7 +66,7 @@ impl MmsgEngine {
 
     pub fn run(
         mut self,
-        shard: &mut Shard,
+        shard: &mut impl Core,
         metrics: &ShardMetrics,
         stop: &AtomicBool,
         origin: Instant,
@@ -153,7 +153,7 @@ impl MmsgEngine {
 
     /// Sends the first `count` queued datagrams; one the kernel refuses is
     /// counted and skipped.
-    fn flush(&mut self, count: usize, shard: &mut Shard) {
+    fn flush(&mut self, count: usize, shard: &mut impl Core) {
         let mut sent = 0;
         while sent < count {
             // SAFETY: headers sent..count were filled by `queue` and point

@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::baseline::Baseline;
 use crate::config::{Config, EngineChoice};
 use crate::keys::NodeSecret;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::shard::Shard;
+use crate::shard::{Core, Shard};
 
 mod control;
 mod mmsg;
@@ -109,6 +110,31 @@ pub struct Node {
 impl Node {
     /// Binds, starts every thread, and returns once all shards are ready.
     pub fn start(config: &Config) -> Result<Node, StartError> {
+        let secret = Arc::new(NodeSecret::new(
+            sys::random_secret().map_err(StartError::Random)?,
+        ));
+        let presence = Arc::new(Presence::new(config.capacity));
+        let shard_config = config.shard_config();
+        let shared = presence.clone();
+        Node::start_with(config, presence, move |_, now| {
+            Shard::new(secret.clone(), shared.clone(), shard_config, now)
+        })
+    }
+
+    /// The benchmark's ceiling: the same engine, sockets and threads, with
+    /// the no-logic [`Baseline`] core in place of the sky shard.
+    pub fn start_baseline(config: &Config) -> Result<Node, StartError> {
+        Node::start_with(config, Arc::new(Presence::new(1)), |_, _| {
+            Baseline::default()
+        })
+    }
+
+    /// Starts `shards` threads, each driving the core `make_core(i, now)`.
+    fn start_with<C: Core>(
+        config: &Config,
+        presence: Arc<Presence>,
+        make_core: impl Fn(usize, Duration) -> C,
+    ) -> Result<Node, StartError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = config.shard_count(cores);
         let engine = match config.engine {
@@ -145,22 +171,13 @@ impl Node {
         };
         let metrics_addr = http.as_ref().and_then(|s| s.server_addr().to_ip());
 
-        let secret = Arc::new(NodeSecret::new(
-            sys::random_secret().map_err(StartError::Random)?,
-        ));
-        let presence = Arc::new(Presence::new(config.capacity));
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
         let mut threads = Vec::with_capacity(shards + 1);
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
 
         for (i, socket) in sockets.into_iter().enumerate() {
-            let mut shard = Shard::new(
-                secret.clone(),
-                presence.clone(),
-                config.shard_config(),
-                origin.elapsed(),
-            );
+            let mut shard = make_core(i, origin.elapsed());
             let shard_metrics = metrics.for_shard(i);
             let stop = stop.clone();
             let ready = ready_tx.clone();

@@ -24,7 +24,7 @@ use io_uring::{IoUring, SubmissionQueue, Submitter};
 use super::sys::{self, RawAddr};
 use super::{PUBLISH_EVERY, WAKE_EVERY};
 use crate::metrics::ShardMetrics;
-use crate::shard::{DropReason, Shard};
+use crate::shard::{Core, DropReason};
 use crate::wire;
 
 /// Bytes per provided buffer: recvmsg header, source address, payload.
@@ -192,7 +192,7 @@ impl UringEngine {
     /// Runs until `stop` is set; the core sees the clock once per wake-up.
     pub fn run(
         mut self,
-        shard: &mut Shard,
+        shard: &mut impl Core,
         metrics: &ShardMetrics,
         stop: &AtomicBool,
         origin: Instant,
