@@ -79,6 +79,8 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// The server's process id, to report the CPU it used while measuring.
+    pub server_pid: Option<u32>,
 }
 
 impl Default for BenchConfig {
@@ -93,6 +95,7 @@ impl Default for BenchConfig {
             window: 32,
             timeout: Duration::from_secs(1),
             progress: true,
+            server_pid: None,
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct Report {
     pub reply_bytes_per_op: f64,
     pub introductions: u64,
     pub introduction_bytes_per_op: f64,
+    /// CPU the server process used while measuring, in cores (with
+    /// `server_pid`): below 1.0 per shard, the generator was the limit.
+    pub server_cpu: Option<f64>,
 }
 
 impl fmt::Display for Report {
@@ -192,6 +198,8 @@ const BUF: usize = 2048;
 const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 /// RTT histogram: 1 µs buckets up to 100 ms; slower answers land in the last.
 const HISTOGRAM_US: usize = 100_000;
+/// Longest idle wait between loop turns.
+const IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// The token of population member `i` (deterministic, so a run can be
 /// repeated).
@@ -444,7 +452,7 @@ impl Generator {
                 done = 0;
             }
             if !sent_any && self.counts.answered == before {
-                self.idle_wait();
+                self.idle_wait(IDLE_WAIT);
             }
         }
         self.counts = Counts::default();
@@ -515,8 +523,9 @@ impl Generator {
         let end = start + self.cfg.duration;
         let mut last_progress = start;
         let progress = self.cfg.progress && io::stderr().is_terminal();
-        let per_socket_rate = self.cfg.rate.map(|r| r as f64 / self.clients.len() as f64);
-        let mut sent_per_socket = vec![0u64; self.clients.len()];
+        let server_cpu0 = self.cfg.server_pid.and_then(cpu_seconds);
+        let mut sent_total = 0u64;
+        let mut next_socket = 0usize;
         loop {
             let now = Instant::now();
             if now >= end {
@@ -524,23 +533,49 @@ impl Generator {
             }
             let elapsed = now.duration_since(start).as_secs_f64();
             let mut did = false;
-            for (c, sent) in sent_per_socket.iter_mut().enumerate() {
-                let mut budget = self.cfg.window - self.clients[c].inflight.len();
-                if let Some(r) = per_socket_rate {
-                    let allowed = (r * elapsed).ceil() as u64;
-                    budget = budget.min(allowed.saturating_sub(*sent) as usize);
+            match self.cfg.rate {
+                // Closed loop: fill every socket's window.
+                None => {
+                    for c in 0..self.clients.len() {
+                        let budget = (self.cfg.window - self.clients[c].inflight.len()).min(BATCH);
+                        if budget > 0 {
+                            sent_total += self.send_batch(c, budget, now)? as u64;
+                            did = true;
+                        }
+                    }
                 }
-                let budget = budget.min(BATCH);
-                if budget > 0 {
-                    self.send_batch(c, budget, now)?;
-                    *sent += budget as u64;
-                    did = true;
+                // Paced: what is due now, spread over the sockets in turn, so
+                // that no socket sends a burst.
+                Some(rate) => {
+                    let due = ((rate as f64 * elapsed).ceil() as u64).saturating_sub(sent_total);
+                    let mut left = due.min(BATCH as u64) as usize;
+                    let mut tries = 0;
+                    while left > 0 && tries < self.clients.len() {
+                        let c = next_socket;
+                        next_socket = (next_socket + 1) % self.clients.len();
+                        if self.clients[c].inflight.len() < self.cfg.window {
+                            sent_total += self.send_batch(c, 1, now)? as u64;
+                            left -= 1;
+                            tries = 0;
+                            did = true;
+                        } else {
+                            tries += 1;
+                        }
+                    }
                 }
             }
             did |= self.receive_all()?;
             self.expire(Instant::now());
             if !did {
-                self.idle_wait();
+                // Paced: sleep no longer than until the next send is due.
+                let wait = match self.cfg.rate {
+                    Some(rate) => {
+                        let next = start + Duration::from_secs_f64((sent_total + 1) as f64 / rate as f64);
+                        next.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
+                    }
+                    None => IDLE_WAIT,
+                };
+                self.idle_wait(wait);
             }
             if progress && now.duration_since(last_progress) >= Duration::from_millis(500) {
                 self.draw_progress(elapsed);
@@ -548,12 +583,16 @@ impl Generator {
             }
         }
         let duration = start.elapsed();
+        let server_cpu = match (server_cpu0, self.cfg.server_pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => Some((b - a) / duration.as_secs_f64()),
+            _ => None,
+        };
         // Stragglers: wait for answers to what is in flight, then count the
         // rest as lost.
         let drain_end = Instant::now() + self.cfg.timeout;
         while self.clients.iter().any(|c| !c.inflight.is_empty()) && Instant::now() < drain_end {
             if !self.receive_all()? {
-                self.idle_wait();
+                self.idle_wait(IDLE_WAIT);
             }
         }
         for c in &mut self.clients {
@@ -563,7 +602,7 @@ impl Generator {
         if progress {
             eprintln!();
         }
-        Ok(self.report(setup_s, duration))
+        Ok(self.report(setup_s, duration, server_cpu))
     }
 
     fn draw_progress(&self, elapsed: f64) {
@@ -585,7 +624,7 @@ impl Generator {
         let _ = err.flush();
     }
 
-    fn report(&self, setup_s: f64, duration: Duration) -> Report {
+    fn report(&self, setup_s: f64, duration: Duration, server_cpu: Option<f64>) -> Report {
         let c = &self.counts;
         let answered = c.answered.max(1) as f64;
         let pct = |q: f64| -> f64 {
@@ -632,6 +671,7 @@ impl Generator {
             reply_bytes_per_op: c.reply_bytes as f64 / answered,
             introductions: c.intros,
             introduction_bytes_per_op: c.intro_bytes as f64 / answered,
+            server_cpu,
         }
     }
 
@@ -661,7 +701,7 @@ impl Generator {
 
     /// Builds `count` operations for socket `c` and sends them with one
     /// `sendmmsg`.
-    fn send_batch(&mut self, c: usize, count: usize, now: Instant) -> io::Result<()> {
+    fn send_batch(&mut self, c: usize, count: usize, now: Instant) -> io::Result<usize> {
         let namelen = self
             .out_addr
             .set(self.cfg.target, self.cfg.target.is_ipv6());
@@ -723,7 +763,7 @@ impl Generator {
                 sent: now,
             });
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Reads every socket until it is empty; true if anything came.
@@ -839,8 +879,8 @@ impl Generator {
         }
     }
 
-    /// Nothing to send or read: wait up to 1 ms for any socket to be readable.
-    fn idle_wait(&self) {
+    /// Nothing to send or read: wait up to `wait` for a socket to be readable.
+    fn idle_wait(&self, wait: Duration) {
         let mut fds: Vec<libc::pollfd> = self
             .clients
             .iter()
@@ -850,9 +890,31 @@ impl Generator {
                 revents: 0,
             })
             .collect();
-        // SAFETY: fds is a valid array of fds.len() pollfd structs.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: wait.as_nanos().min(999_999_999) as libc::c_long,
+        };
+        // SAFETY: fds is a valid array of fds.len() pollfd structs; ts lives
+        // across the call; a null sigmask leaves the mask alone.
+        unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
     }
+}
+
+/// User and system CPU seconds of a process, all threads.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / hz.max(1) as f64)
 }
 
 fn with_tag(msg: Message, seq: u32) -> Message {

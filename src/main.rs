@@ -68,6 +68,9 @@ struct BenchArgs {
     /// Pin the generator to this core.
     #[arg(long)]
     pin: Option<usize>,
+    /// The server's process id: report the CPU it used while measuring.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     /// Serve the no-logic baseline on --listen instead of generating load.
     #[arg(long)]
     serve_baseline: bool,
@@ -243,6 +246,7 @@ fn bench_main(args: BenchArgs) -> ExitCode {
         population: args.population,
         window: args.window,
         progress: !args.json,
+        server_pid: args.server_pid,
         ..Default::default()
     };
     match sky::bench::run(config) {

@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::cqueue;
 use io_uring::opcode;
@@ -39,6 +39,7 @@ const CQ_ENTRIES: u32 = 8192;
 const MAX_CQES_PER_WAKE: usize = 4096;
 const BGID: u16 = 7;
 const RECV: u64 = u64::MAX;
+const CANCEL: u64 = u64::MAX - 1;
 const NO_BUFFER: u16 = u16::MAX;
 /// io_uring_recvmsg_out header size, then the address the kernel fills.
 const PAYLOAD_OFFSET: usize = 16 + RawAddr::CAPACITY as usize;
@@ -142,10 +143,20 @@ pub struct UringEngine {
 
 impl UringEngine {
     pub fn new(fd: RawFd, v6: bool) -> io::Result<UringEngine> {
+        // Single issuer with deferred task work (kernel 6.1+): completions
+        // are run only when this thread waits for them, in a batch, with no
+        // interrupts; older kernels get cooperative task running.
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
-            .setup_coop_taskrun()
-            .build(SQ_ENTRIES)?;
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(SQ_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .setup_coop_taskrun()
+                    .build(SQ_ENTRIES)
+            })?;
         let mut bufring = BufRing::new(BUF_COUNT)?;
         let mut bufs = vec![0u8; BUF_SIZE * BUF_COUNT as usize].into_boxed_slice();
         for bid in 0..BUF_COUNT {
@@ -316,6 +327,31 @@ impl UringEngine {
             }
         }
         metrics.publish(&shard.take_stats());
+
+        // Cancel the multishot receive and wait until the kernel has let go
+        // of it and of every send, so the socket (and its port) is released
+        // when this thread closes it, not later when the kernel tears the
+        // ring down, and no send still reads memory we are about to free.
+        let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+        push(&mut sq, &submitter, &cancel)?;
+        let deadline = origin.elapsed() + Duration::from_secs(1);
+        let mut recv_done = false;
+        while !(recv_done && free.len() == SEND_SLOTS) && origin.elapsed() < deadline {
+            sq.sync();
+            match submitter.submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => return Err(e),
+            }
+            cq.sync();
+            for cqe in &mut cq {
+                match cqe.user_data() {
+                    RECV => recv_done |= !cqueue::more(cqe.flags()),
+                    CANCEL => {}
+                    i => free.push(i as u16),
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // tests drive real time and threads
 
 mod cli;
+mod bench;
 mod common;
 mod egress;
 mod end_to_end;

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Measures the SPEC §6 numbers on this machine, in one run, and prints them
+as the rows of BENCHMARKS.md.
+
+    cargo build --release && python3 benches/spec6.py [--duration 10] [--quick]
+
+Every ratio compares two measurements taken back to back in this run (the
+machine is shared: absolute rates drift). The node's packet shards are
+pinned to cores 1.., the load generator to core 0. Every process it starts
+is stopped before it exits; all traffic stays on 127.0.0.1.
+
+Subcommands:
+    spec6.py             everything below except coturn
+    spec6.py coturn      registrations and pings against coturn's STUN
+                         (run by benches/peer-coturn.sh, which installs it)
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKY = os.path.join(ROOT, "target", "release", "sky")
+NODE = "127.0.0.1:7720"
+BASELINE = "127.0.0.1:7721"
+STUN = "127.0.0.1:3478"
+TICK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Server:
+    """A server process, stopped on exit whatever happens."""
+
+    def __init__(self, argv, probe_ping=True, address=NODE):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while probe_ping:
+            ok = subprocess.run(
+                [SKY, "probe", "ping", "--sky", address, "--timeout", "0.2"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ).returncode == 0
+            if ok:
+                break
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                sys.exit(f"spec6: {argv[0]} did not start")
+        if not probe_ping:
+            time.sleep(0.5)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def node(engine="uring", shards=None, capacity=1_000_000):
+    argv = [SKY, "node", "--listen", NODE, "--metrics", "off", "--engine", engine,
+            "--intros-per-second", "255", "--capacity", str(capacity)]
+    if shards:
+        argv += ["--shards", str(shards)]
+    return Server(argv, address=NODE)
+
+
+def baseline(engine="uring", shards=0):
+    argv = [SKY, "bench", "--serve-baseline", "--listen", BASELINE, "--engine", engine,
+            "--shards", str(shards)]
+    return Server(argv, address=BASELINE)
+
+
+def bench(server, target, mode, duration, population=1000, rate=None):
+    """Runs sky bench; the report includes the server's CPU while measuring.
+    Paced runs (latency) use 4 sockets, so the generator's own loop stays
+    short; peak runs use 32."""
+    argv = [SKY, "bench", "--sky", target, "--mode", mode, "--duration", str(duration),
+            "--population", str(population), "--json", "--server-pid", str(server.pid)]
+    if CORES > 1:
+        argv += ["--pin", "0"]
+    if rate:
+        argv += ["--rate", str(int(rate)), "--clients", "4", "--window", "64"]
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"spec6: sky bench failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def row(what, measured, ratio, target, command):
+    print(f"| {what} | {measured} | {ratio} | {target} | `{command}` |", flush=True)
+
+
+def header():
+    print("| what | measured | ratio | SPEC §6 target | command |")
+    print("| --- | --- | --- | --- | --- |")
+
+
+def fmt_ops(r):
+    cpu = r.get("server_cpu")
+    cpu = f"server CPU {cpu:.0%}, " if cpu is not None else ""
+    return f"{r['ops_per_sec']:,.0f}/s ({cpu}loss {r['loss_ratio']:.2%})"
+
+
+def spec6(duration, quick):
+    header()
+    # Lookups against the ceiling, same engine and shards, back to back.
+    with node() as n:
+        peak = bench(n, NODE, "lookup-online", duration)
+        half = bench(n, NODE, "lookup-online", duration, rate=peak["ops_per_sec"] / 2)
+        offline = bench(n, NODE, "lookup-offline", duration)
+        reg = bench(n, NODE, "register", duration)
+        ping = bench(n, NODE, "ping", duration)
+    with baseline() as b:
+        ceiling = bench(b, BASELINE, "lookup-online", duration)
+        ceiling_half = bench(b, BASELINE, "lookup-online", duration, rate=peak["ops_per_sec"] / 2)
+    ratio = peak["ops_per_sec"] / ceiling["ops_per_sec"]
+    row("lookups (online: reply + introduction) vs no-logic baseline",
+        f"node {fmt_ops(peak)}; baseline {fmt_ops(ceiling)}", f"{ratio:.2f}", "≥ 0.85",
+        f"spec6.py (lookup-online, {duration} s, population 1000)")
+    row("egress per online lookup", f"{peak['reply_bytes_per_op']:.0f} B reply + "
+        f"{peak['introduction_bytes_per_op']:.0f} B introduction = "
+        f"{peak['reply_bytes_per_op'] + peak['introduction_bytes_per_op']:.0f} B", "—", "≤ 64 B",
+        "sky bench --mode lookup-online")
+    row("egress per offline lookup", f"{offline['reply_bytes_per_op']:.0f} B", "—", "≤ 16 B (§3)",
+        "sky bench --mode lookup-offline")
+    row("egress per registration", f"{reg['reply_bytes_per_op']:.0f} B", "—", "≤ 48 B (§3)",
+        "sky bench --mode register")
+    row("egress per keepalive", "0 B (no reply; asserted on the wire by tests/it/egress.rs)", "—",
+        "0 B (§3)", "cargo test --test it egress")
+    row("registrations (node alone; coturn row below)", fmt_ops(reg), "—", "—",
+        "sky bench --mode register")
+    row("pings (node alone; coturn row below)", fmt_ops(ping), "—", "—", "sky bench --mode ping")
+    row("p99 round trip at half the peak rate (lookups)",
+        f"node {half['rtt']['p99_us']:.0f} µs at {half['ops_per_sec']:,.0f}/s "
+        f"(p50 {half['rtt']['p50_us']:.0f}, p99.9 {half['rtt']['p999_us']:.0f}); "
+        f"baseline {ceiling_half['rtt']['p99_us']:.0f} µs at the same rate "
+        f"(p50 {ceiling_half['rtt']['p50_us']:.0f}, p99.9 {ceiling_half['rtt']['p999_us']:.0f})",
+        f"{half['rtt']['p99_us'] / max(ceiling_half['rtt']['p99_us'], 1):.2f} of baseline",
+        "≤ 200 µs", f"sky bench --mode lookup-online --rate {int(peak['ops_per_sec'] / 2)} --clients 4")
+
+    # io_uring against recvmmsg, same load.
+    with node(engine="mmsg") as n:
+        mmsg = bench(n, NODE, "lookup-online", duration)
+    row("engines: io_uring vs recvmmsg (lookups)",
+        f"uring {fmt_ops(peak)}; mmsg {fmt_ops(mmsg)}",
+        f"{peak['ops_per_sec'] / mmsg['ops_per_sec']:.2f}", "—",
+        "spec6.py (node --engine uring / mmsg)")
+
+    # Cost growth and memory per entry at 10^7 entries.
+    big = 1_000_000 if quick else 10_000_000
+    with node(capacity=big + 100_000) as n:
+        before = rss_bytes(n.pid)
+        large = bench(n, NODE, "lookup-online", duration, population=big)
+        after = rss_bytes(n.pid)
+    per_entry = (after - before) / big
+    row(f"memory per presence entry at {big:,} entries", f"{per_entry:.1f} B "
+        f"(RSS {before / 2**20:.0f} → {after / 2**20:.0f} MiB)", "—", "≤ 64 B",
+        f"spec6.py (RSS before/after registering {big:,})")
+    row(f"lookups/s at {big:,} entries vs at 1,000", f"{fmt_ops(large)} vs {fmt_ops(peak)}",
+        f"{large['ops_per_sec'] / peak['ops_per_sec']:.2f}", "≥ 0.9",
+        f"sky bench --mode lookup-online --population {big}")
+    row("heap allocations per datagram, steady state", "0 (core, io_uring and recvmmsg engines)",
+        "—", "0", "cargo test --test alloc")
+
+
+def coturn(duration):
+    header()
+    # coturn gets what one node shard gets: one core (core 1, like shard 0)
+    # and one relay thread; STUN only, UDP only, no CLI, logging to stdout.
+    stun = Server(["taskset", "-c", "1" if CORES > 1 else "0", "turnserver", "-n", "--stun-only",
+                   "--listening-ip", "127.0.0.1", "--listening-port", "3478", "--no-cli",
+                   "--no-tls", "--no-dtls", "--no-tcp", "--log-file", "stdout", "--simple-log",
+                   "--relay-threads", "1"], probe_ping=False)
+    with stun:
+        st = bench(stun, STUN, "stun", duration)
+        if st["answered"] == 0:
+            sys.exit("spec6: coturn answered no STUN request")
+    with node(shards=1) as n:
+        reg = bench(n, NODE, "register", duration)
+        ping = bench(n, NODE, "ping", duration)
+    row("registrations vs coturn STUN Binding", f"node {fmt_ops(reg)}; coturn {fmt_ops(st)}",
+        f"{reg['ops_per_sec'] / st['ops_per_sec']:.2f}", "≥ 1.5", "benches/peer-coturn.sh")
+    row("pings vs coturn STUN Binding", f"node {fmt_ops(ping)}; coturn {fmt_ops(st)}",
+        f"{ping['ops_per_sec'] / st['ops_per_sec']:.2f}", "≥ 1.5", "benches/peer-coturn.sh")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", nargs="?", default="spec6", choices=["spec6", "coturn"])
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--quick", action="store_true", help="10^6 instead of 10^7 entries")
+    a = ap.parse_args()
+    if not os.path.exists(SKY):
+        sys.exit("spec6: build first: cargo build --release")
+    print(f"<!-- {time.strftime('%Y-%m-%d')} on {CORES} cores, {os.uname().release} -->")
+    if a.what == "coturn":
+        coturn(a.duration)
+    else:
+        spec6(a.duration, a.quick)
+
+
+if __name__ == "__main__":
+    main()
