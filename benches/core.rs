@@ -198,5 +198,56 @@ fn shard(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wire, shard);
+/// The presence table at 10^3, 10^5 and 10^7 entries (10^7 only under
+/// `cargo bench`: under `cargo test` each size is built in a debug build).
+fn presence(c: &mut Criterion) {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes: &[usize] = if full {
+        &[1_000, 100_000, 10_000_000]
+    } else {
+        &[1_000]
+    };
+    let ep: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    let address = |i: usize| {
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        VirtualAddr::from_token(&Token(t))
+    };
+    let mut g = c.benchmark_group("presence");
+    g.throughput(Throughput::Elements(1));
+    for &n in sizes {
+        let table = Presence::new(n + 1024);
+        let addresses: Vec<VirtualAddr> = (0..n).map(address).collect();
+        for a in &addresses {
+            table.register(*a, ep, Flags(0), 1000).unwrap();
+        }
+        let mut i = 0usize;
+        g.bench_function(format!("lookup/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                table.lookup(&addresses[i], 10, 255)
+            })
+        });
+        g.bench_function(format!("refresh/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                table.refresh(&addresses[i], ep, 10, 1000)
+            })
+        });
+        let fresh = address(usize::MAX / 2);
+        g.bench_function(format!("insert_remove/{n}"), |b| {
+            b.iter(|| {
+                table.register(fresh, ep, Flags(0), 1000).unwrap();
+                table.remove(&fresh)
+            })
+        });
+        // The sweep's cost per entry scanned (nothing expires).
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("sweep_scan/{n}"), |b| b.iter(|| table.sweep(10)));
+        g.throughput(Throughput::Elements(1));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, wire, shard, presence);
 criterion_main!(benches);

@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKY = os.path.join(ROOT, "target", "release", "sky")
 NODE = "127.0.0.1:7720"
 BASELINE = "127.0.0.1:7721"
+NODE2 = "127.0.0.1:7722"
 STUN = "127.0.0.1:3478"
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
@@ -87,12 +88,12 @@ class Server:
         self.stop()
 
 
-def node(engine="uring", shards=None, capacity=1_000_000):
-    argv = [SKY, "node", "--listen", NODE, "--metrics", "off", "--engine", engine,
+def node(engine="uring", shards=None, capacity=1_000_000, address=NODE):
+    argv = [SKY, "node", "--listen", address, "--metrics", "off", "--engine", engine,
             "--intros-per-second", "255", "--capacity", str(capacity)]
     if shards:
         argv += ["--shards", str(shards)]
-    return Server(argv, address=NODE)
+    return Server(argv, address=address)
 
 
 def baseline(engine="uring", shards=0):
@@ -117,6 +118,18 @@ def bench(server, target, mode, duration, population=1000, rate=None):
     return json.loads(out.stdout)
 
 
+def alternate(runs, rounds):
+    """Runs each (name, thunk) in turn, `rounds` times, and returns for each
+    name the run with the median rate: both sides of a ratio see the same
+    drift of a shared machine."""
+    results = {name: [] for name, _ in runs}
+    for _ in range(rounds):
+        for name, thunk in runs:
+            results[name].append(thunk())
+    return {name: sorted(rs, key=lambda r: r["ops_per_sec"])[len(rs) // 2]
+            for name, rs in results.items()}
+
+
 def row(what, measured, ratio, target, command):
     print(f"| {what} | {measured} | {ratio} | {target} | `{command}` |", flush=True)
 
@@ -132,22 +145,30 @@ def fmt_ops(r):
     return f"{r['ops_per_sec']:,.0f}/s ({cpu}loss {r['loss_ratio']:.2%})"
 
 
-def spec6(duration, quick):
+def spec6(duration, quick, rounds):
     header()
-    # Lookups against the ceiling, same engine and shards, back to back.
-    with node() as n:
-        peak = bench(n, NODE, "lookup-online", duration)
-        half = bench(n, NODE, "lookup-online", duration, rate=peak["ops_per_sec"] / 2)
+    # The node and the no-logic baseline run side by side (same engine, one
+    # shard each on core 1; the idle one costs nothing), and the generator
+    # alternates between them.
+    with node() as n, baseline() as b:
+        m = alternate([
+            ("node", lambda: bench(n, NODE, "lookup-online", duration)),
+            ("baseline", lambda: bench(b, BASELINE, "lookup-online", duration)),
+        ], rounds)
+        peak, ceiling = m["node"], m["baseline"]
+        half_rate = peak["ops_per_sec"] / 2
+        h = alternate([
+            ("node", lambda: bench(n, NODE, "lookup-online", duration, rate=half_rate)),
+            ("baseline", lambda: bench(b, BASELINE, "lookup-online", duration, rate=half_rate)),
+        ], rounds)
+        half, ceiling_half = h["node"], h["baseline"]
         offline = bench(n, NODE, "lookup-offline", duration)
         reg = bench(n, NODE, "register", duration)
         ping = bench(n, NODE, "ping", duration)
-    with baseline() as b:
-        ceiling = bench(b, BASELINE, "lookup-online", duration)
-        ceiling_half = bench(b, BASELINE, "lookup-online", duration, rate=peak["ops_per_sec"] / 2)
     ratio = peak["ops_per_sec"] / ceiling["ops_per_sec"]
     row("lookups (online: reply + introduction) vs no-logic baseline",
         f"node {fmt_ops(peak)}; baseline {fmt_ops(ceiling)}", f"{ratio:.2f}", "≥ 0.85",
-        f"spec6.py (lookup-online, {duration} s, population 1000)")
+        f"spec6.py (lookup-online, {duration:g} s, population 1000, median of {rounds})")
     row("egress per online lookup", f"{peak['reply_bytes_per_op']:.0f} B reply + "
         f"{peak['introduction_bytes_per_op']:.0f} B introduction = "
         f"{peak['reply_bytes_per_op'] + peak['introduction_bytes_per_op']:.0f} B", "—", "≤ 64 B",
@@ -158,24 +179,28 @@ def spec6(duration, quick):
         "sky bench --mode register")
     row("egress per keepalive", "0 B (no reply; asserted on the wire by tests/it/egress.rs)", "—",
         "0 B (§3)", "cargo test --test it egress")
-    row("registrations (node alone; coturn row below)", fmt_ops(reg), "—", "—",
+    row("registrations, node alone (coturn ratio: peer-coturn.sh)", fmt_ops(reg), "—", "—",
         "sky bench --mode register")
-    row("pings (node alone; coturn row below)", fmt_ops(ping), "—", "—", "sky bench --mode ping")
+    row("pings, node alone (coturn ratio: peer-coturn.sh)", fmt_ops(ping), "—", "—",
+        "sky bench --mode ping")
     row("p99 round trip at half the peak rate (lookups)",
         f"node {half['rtt']['p99_us']:.0f} µs at {half['ops_per_sec']:,.0f}/s "
         f"(p50 {half['rtt']['p50_us']:.0f}, p99.9 {half['rtt']['p999_us']:.0f}); "
         f"baseline {ceiling_half['rtt']['p99_us']:.0f} µs at the same rate "
         f"(p50 {ceiling_half['rtt']['p50_us']:.0f}, p99.9 {ceiling_half['rtt']['p999_us']:.0f})",
         f"{half['rtt']['p99_us'] / max(ceiling_half['rtt']['p99_us'], 1):.2f} of baseline",
-        "≤ 200 µs", f"sky bench --mode lookup-online --rate {int(peak['ops_per_sec'] / 2)} --clients 4")
+        "≤ 200 µs", f"sky bench --mode lookup-online --rate {int(half_rate)} --clients 4")
 
-    # io_uring against recvmmsg, same load.
-    with node(engine="mmsg") as n:
-        mmsg = bench(n, NODE, "lookup-online", duration)
+    # io_uring against recvmmsg, same load, side by side.
+    with node() as u, node(engine="mmsg", address=NODE2) as mm:
+        e = alternate([
+            ("uring", lambda: bench(u, NODE, "lookup-online", duration)),
+            ("mmsg", lambda: bench(mm, NODE2, "lookup-online", duration)),
+        ], rounds)
     row("engines: io_uring vs recvmmsg (lookups)",
-        f"uring {fmt_ops(peak)}; mmsg {fmt_ops(mmsg)}",
-        f"{peak['ops_per_sec'] / mmsg['ops_per_sec']:.2f}", "—",
-        "spec6.py (node --engine uring / mmsg)")
+        f"uring {fmt_ops(e['uring'])}; mmsg {fmt_ops(e['mmsg'])}",
+        f"{e['uring']['ops_per_sec'] / e['mmsg']['ops_per_sec']:.2f}", "—",
+        f"spec6.py (node --engine uring / mmsg, median of {rounds})")
 
     # Cost growth and memory per entry at 10^7 entries.
     big = 1_000_000 if quick else 10_000_000
@@ -194,7 +219,7 @@ def spec6(duration, quick):
         "—", "0", "cargo test --test alloc")
 
 
-def coturn(duration):
+def coturn(duration, rounds):
     header()
     # coturn gets what one node shard gets: one core (core 1, like shard 0)
     # and one relay thread; STUN only, UDP only, no CLI, logging to stdout.
@@ -202,17 +227,19 @@ def coturn(duration):
                    "--listening-ip", "127.0.0.1", "--listening-port", "3478", "--no-cli",
                    "--no-tls", "--no-dtls", "--no-tcp", "--log-file", "stdout", "--simple-log",
                    "--relay-threads", "1"], probe_ping=False)
-    with stun:
-        st = bench(stun, STUN, "stun", duration)
-        if st["answered"] == 0:
-            sys.exit("spec6: coturn answered no STUN request")
-    with node(shards=1) as n:
-        reg = bench(n, NODE, "register", duration)
-        ping = bench(n, NODE, "ping", duration)
-    row("registrations vs coturn STUN Binding", f"node {fmt_ops(reg)}; coturn {fmt_ops(st)}",
-        f"{reg['ops_per_sec'] / st['ops_per_sec']:.2f}", "≥ 1.5", "benches/peer-coturn.sh")
-    row("pings vs coturn STUN Binding", f"node {fmt_ops(ping)}; coturn {fmt_ops(st)}",
-        f"{ping['ops_per_sec'] / st['ops_per_sec']:.2f}", "≥ 1.5", "benches/peer-coturn.sh")
+    with stun, node(shards=1) as n:
+        m = alternate([
+            ("coturn", lambda: bench(stun, STUN, "stun", duration)),
+            ("register", lambda: bench(n, NODE, "register", duration)),
+            ("ping", lambda: bench(n, NODE, "ping", duration)),
+        ], rounds)
+    st = m["coturn"]
+    if st["answered"] == 0:
+        sys.exit("spec6: coturn answered no STUN request")
+    for what, r in [("registrations", m["register"]), ("pings", m["ping"])]:
+        row(f"{what} vs coturn STUN Binding", f"node {fmt_ops(r)}; coturn {fmt_ops(st)}",
+            f"{r['ops_per_sec'] / st['ops_per_sec']:.2f}", "≥ 1.5",
+            f"benches/peer-coturn.sh (median of {rounds})")
 
 
 def main():
@@ -220,14 +247,15 @@ def main():
     ap.add_argument("what", nargs="?", default="spec6", choices=["spec6", "coturn"])
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--quick", action="store_true", help="10^6 instead of 10^7 entries")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per ratio")
     a = ap.parse_args()
     if not os.path.exists(SKY):
         sys.exit("spec6: build first: cargo build --release")
     print(f"<!-- {time.strftime('%Y-%m-%d')} on {CORES} cores, {os.uname().release} -->")
     if a.what == "coturn":
-        coturn(a.duration)
+        coturn(a.duration, a.rounds)
     else:
-        spec6(a.duration, a.quick)
+        spec6(a.duration, a.quick, a.rounds)
 
 
 if __name__ == "__main__":

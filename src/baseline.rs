@@ -6,7 +6,8 @@
 //! It reads only the kind byte. Each request kind gets its node-shaped
 //! answer: a zero cookie is answered with a 14-byte cookie; `ping` with a
 //! 6-byte `pong`; `register` with a 46-byte `registered`; `lookup` with a
-//! 13-byte `online` to the caller plus a 32-byte introduction. The baseline
+//! 13-byte `online` to the caller plus a 32-byte introduction, or a
+//! 6-byte `offline` when the lookup names no target endpoint. The baseline
 //! has no presence table, so it sends the introduction to the endpoint that
 //! `sky bench` writes into the first six bytes of the lookup's `caller`
 //! field (the target it registered). This is a benchmark tool for loopback:
@@ -53,8 +54,11 @@ impl Core for Baseline {
                 out
             }
             k if k == Kind::Lookup as u8 && len >= 46 => {
-                let Some(dst) = wire::decode_endpoint(&buf[30..36]) else {
-                    return none;
+                // No endpoint in the caller field: the bench meant an
+                // offline target.
+                let dst = match wire::decode_endpoint(&buf[30..36]) {
+                    Some(dst) if dst.port() != 0 => dst,
+                    _ => return answer(buf, reply, Kind::Offline, 6),
                 };
                 let out = answer(buf, reply, Kind::Online, 13);
                 reply[7..13].copy_from_slice(&buf[30..36]);

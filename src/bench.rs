@@ -570,8 +570,10 @@ impl Generator {
                 // Paced: sleep no longer than until the next send is due.
                 let wait = match self.cfg.rate {
                     Some(rate) => {
-                        let next = start + Duration::from_secs_f64((sent_total + 1) as f64 / rate as f64);
-                        next.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
+                        let next =
+                            start + Duration::from_secs_f64((sent_total + 1) as f64 / rate as f64);
+                        next.saturating_duration_since(Instant::now())
+                            .min(IDLE_WAIT)
                     }
                     None => IDLE_WAIT,
                 };

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::PUBLISH_EVERY;
+use super::outbox::Outbox;
 use super::sys::RawAddr;
 use crate::metrics::ShardMetrics;
-use crate::shard::{Core, DropReason};
-use crate::wire;
+use crate::shard::Core;
 
 /// Datagrams per `recvmmsg`.
 const BATCH: usize = 64;
@@ -23,15 +23,11 @@ const BUF_SIZE: usize = 2048;
 
 pub struct MmsgEngine {
     fd: RawFd,
-    v6: bool,
     bufs: Box<[[u8; BUF_SIZE]]>,
     names: Box<[RawAddr]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
-    replies: Box<[[u8; wire::MAX_MESSAGE_LEN]]>,
-    out_names: Box<[RawAddr]>,
-    out_iovs: Box<[libc::iovec]>,
-    out_hdrs: Box<[libc::mmsghdr]>,
+    outbox: Outbox,
 }
 
 fn zeroed_mmsghdr() -> libc::mmsghdr {
@@ -52,15 +48,11 @@ impl MmsgEngine {
     pub fn new(fd: RawFd, v6: bool) -> MmsgEngine {
         MmsgEngine {
             fd,
-            v6,
             bufs: vec![[0u8; BUF_SIZE]; BATCH].into_boxed_slice(),
             names: vec![RawAddr::zeroed(); BATCH].into_boxed_slice(),
             iovs: vec![empty_iov(); BATCH].into_boxed_slice(),
             hdrs: vec![zeroed_mmsghdr(); BATCH].into_boxed_slice(),
-            replies: vec![[0u8; wire::MAX_MESSAGE_LEN]; BATCH].into_boxed_slice(),
-            out_names: vec![RawAddr::zeroed(); 2 * BATCH].into_boxed_slice(),
-            out_iovs: vec![empty_iov(); 2 * BATCH].into_boxed_slice(),
-            out_hdrs: vec![zeroed_mmsghdr(); 2 * BATCH].into_boxed_slice(),
+            outbox: Outbox::new(fd, v6, 2 * BATCH),
         }
     }
 
@@ -104,7 +96,6 @@ impl MmsgEngine {
                     _ => return Err(e),
                 }
             }
-            let mut out = 0;
             for i in 0..n.max(0) as usize {
                 let len = self.hdrs[i].msg_len as usize;
                 let Some(from) = self.names[i].get() else {
@@ -114,20 +105,18 @@ impl MmsgEngine {
                     shard.drop_oversized(len);
                     continue;
                 }
-                let o =
-                    shard.handle_datagram(now, from, &mut self.bufs[i], len, &mut self.replies[i]);
+                let buf = &mut self.bufs[i];
+                let o = shard.handle_datagram(now, from, buf, len, self.outbox.reply_buf());
                 if let Some(n) = o.reply {
-                    let ptr = self.replies[i].as_mut_ptr();
-                    self.queue(out, from, ptr, n);
-                    out += 1;
+                    self.outbox.push_reply(from, n);
                 }
                 if let Some(t) = o.introduction {
-                    let ptr = self.bufs[i].as_mut_ptr();
-                    self.queue(out, t.dst, ptr, t.len);
-                    out += 1;
+                    // The introduction is sent from the receive buffer, which
+                    // stays untouched until the flush below.
+                    self.outbox.push(t.dst, buf.as_mut_ptr(), t.len);
                 }
             }
-            self.flush(out, shard);
+            self.outbox.flush(shard);
             if now.saturating_sub(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
                 metrics.publish(&shard.take_stats());
@@ -136,44 +125,5 @@ impl MmsgEngine {
         }
         metrics.publish(&shard.take_stats());
         Ok(())
-    }
-
-    fn queue(&mut self, i: usize, dst: std::net::SocketAddr, data: *mut u8, len: usize) {
-        let namelen = self.out_names[i].set(dst, self.v6);
-        self.out_iovs[i] = libc::iovec {
-            iov_base: data.cast(),
-            iov_len: len,
-        };
-        let h = &mut self.out_hdrs[i].msg_hdr;
-        h.msg_name = self.out_names[i].as_mut_ptr();
-        h.msg_namelen = namelen;
-        h.msg_iov = &mut self.out_iovs[i];
-        h.msg_iovlen = 1;
-    }
-
-    /// Sends the first `count` queued datagrams; one the kernel refuses is
-    /// counted and skipped.
-    fn flush(&mut self, count: usize, shard: &mut impl Core) {
-        let mut sent = 0;
-        while sent < count {
-            // SAFETY: headers sent..count were filled by `queue` and point
-            // into buffers owned by self that are untouched until we return.
-            let r = unsafe {
-                libc::sendmmsg(
-                    self.fd,
-                    self.out_hdrs[sent..].as_mut_ptr(),
-                    (count - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if r > 0 {
-                sent += r as usize;
-            } else if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            } else {
-                shard.stats_mut().record_drop(DropReason::SendFailed);
-                sent += 1;
-            }
-        }
     }
 }

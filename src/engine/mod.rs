@@ -29,6 +29,7 @@ use crate::shard::{Core, Shard};
 
 mod control;
 mod mmsg;
+mod outbox;
 pub mod sys;
 mod uring;
 

@@ -13,12 +13,24 @@ const SKY: &str = env!("CARGO_BIN_EXE_sky");
 fn smoke(target: &str, mode: &str) -> serde_json::Value {
     let out = Command::new(SKY)
         .args(["bench", "--sky", target, "--mode", mode, "--duration", "2"])
-        .args(["--rate", "2000", "--clients", "4", "--population", "500", "--json"])
+        .args([
+            "--rate",
+            "2000",
+            "--clients",
+            "4",
+            "--population",
+            "500",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "sky bench --mode {mode}: {out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json parses");
-    let n = |k: &str| report[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"));
+    let n = |k: &str| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {report}"))
+    };
     assert!(n("sent") >= 3000, "{mode}: too few sent: {report}");
     assert_eq!(n("answered"), n("sent"), "{mode}: {report}");
     assert_eq!(n("lost"), 0, "{mode}: {report}");
@@ -33,10 +45,19 @@ fn sky_bench_smoke_runs_in_every_node_mode_lose_nothing() {
         config.intros_per_second = 255;
         let node = sky::engine::Node::start(&config).unwrap();
         let target = node.local_addr().to_string();
-        for mode in ["ping", "register", "lookup-online", "lookup-offline", "mixed"] {
+        for mode in [
+            "ping",
+            "register",
+            "lookup-online",
+            "lookup-offline",
+            "mixed",
+        ] {
             let r = smoke(&target, mode);
             if mode == "lookup-online" {
-                assert_eq!(r["introductions"], r["answered"], "every lookup introduced: {r}");
+                assert_eq!(
+                    r["introductions"], r["answered"],
+                    "every lookup introduced: {r}"
+                );
                 assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(13.0));
                 assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(32.0));
             }
@@ -93,8 +114,22 @@ fn sky_bench_stun_mode_against_coturn() {
     };
     let _coturn = Coturn(
         Command::new("turnserver")
-            .args(["-n", "--stun-only", "--listening-ip", "127.0.0.1", "--listening-port", &port])
-            .args(["--no-cli", "--no-tls", "--no-dtls", "--no-tcp", "--log-file", "stdout"])
+            .args([
+                "-n",
+                "--stun-only",
+                "--listening-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port,
+            ])
+            .args([
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp",
+                "--log-file",
+                "stdout",
+            ])
             .args(["--simple-log", "--relay-threads", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -104,7 +139,9 @@ fn sky_bench_stun_mode_against_coturn() {
     let target = format!("127.0.0.1:{port}");
     // Wait until coturn answers one Binding request.
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut req = [0u8; 20];
     req[1] = 1;
     req[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);

@@ -336,3 +336,29 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
     assert!(written.is_empty(), "the node wrote {written:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_stopped_node_frees_its_port_for_an_immediate_restart() {
+    for engine in ["uring", "mmsg"] {
+        if engine == "uring" && sky::engine::uring_available().is_err() {
+            continue;
+        }
+        for _ in 0..3 {
+            let node = NodeProcess::start(
+                &[
+                    "--listen",
+                    "127.0.0.1:7794",
+                    "--metrics",
+                    "off",
+                    "--engine",
+                    engine,
+                ],
+                &[],
+            );
+            let ping = sky(&["probe", "ping", "--sky", "127.0.0.1:7794", "--timeout", "1"]);
+            assert!(ping.status.success(), "{engine}: {ping:?}");
+            let (status, log) = node.terminate();
+            assert!(status.success(), "{engine}: {log}");
+        }
+    }
+}

@@ -3,8 +3,8 @@
 
 #![allow(clippy::disallowed_methods)] // tests drive real time and threads
 
-mod cli;
 mod bench;
+mod cli;
 mod common;
 mod egress;
 mod end_to_end;
