@@ -4,8 +4,9 @@ as the rows of BENCHMARKS.md.
 
     cargo build --release && python3 benches/spec6.py [--duration 10] [--quick]
 
-Every ratio compares two measurements taken back to back in this run (the
-machine is shared: absolute rates drift). The node's packet shards are
+Every ratio compares two measurements taken in this run, alternating
+between the two sides for --rounds rounds and keeping each side's median
+(the machine is shared: absolute rates drift). The node's packet shards are
 pinned to cores 1.., the load generator to core 0. Every process it starts
 is stopped before it exits; all traffic stays on 127.0.0.1.
 
@@ -102,7 +103,7 @@ def baseline(engine="uring", shards=0):
     return Server(argv, address=BASELINE)
 
 
-def bench(server, target, mode, duration, population=1000, rate=None):
+def bench(server, target, mode, duration, population=1000, rate=None, one_at_a_time=False):
     """Runs sky bench; the report includes the server's CPU while measuring.
     Paced runs (latency) use 4 sockets, so the generator's own loop stays
     short; peak runs use 32."""
@@ -112,6 +113,8 @@ def bench(server, target, mode, duration, population=1000, rate=None):
         argv += ["--pin", "0"]
     if rate:
         argv += ["--rate", str(int(rate)), "--clients", "4", "--window", "64"]
+    if one_at_a_time:
+        argv += ["--clients", "1", "--window", "1"]
     out = subprocess.run(argv, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"spec6: sky bench failed: {out.stderr.strip()}")
@@ -162,6 +165,11 @@ def spec6(duration, quick, rounds):
             ("baseline", lambda: bench(b, BASELINE, "lookup-online", duration, rate=half_rate)),
         ], rounds)
         half, ceiling_half = h["node"], h["baseline"]
+        o = alternate([
+            ("node", lambda: bench(n, NODE, "lookup-online", duration, one_at_a_time=True)),
+            ("baseline", lambda: bench(b, BASELINE, "lookup-online", duration, one_at_a_time=True)),
+        ], rounds)
+        single, ceiling_single = o["node"], o["baseline"]
         offline = bench(n, NODE, "lookup-offline", duration)
         reg = bench(n, NODE, "register", duration)
         ping = bench(n, NODE, "ping", duration)
@@ -190,6 +198,14 @@ def spec6(duration, quick, rounds):
         f"(p50 {ceiling_half['rtt']['p50_us']:.0f}, p99.9 {ceiling_half['rtt']['p999_us']:.0f})",
         f"{half['rtt']['p99_us'] / max(ceiling_half['rtt']['p99_us'], 1):.2f} of baseline",
         "≤ 200 µs", f"sky bench --mode lookup-online --rate {int(half_rate)} --clients 4")
+
+    row("round trip, one lookup at a time (no queueing)",
+        f"node p50 {single['rtt']['p50_us']:.0f} µs, p99 {single['rtt']['p99_us']:.0f} µs, "
+        f"p99.9 {single['rtt']['p999_us']:.0f} µs at {single['ops_per_sec']:,.0f}/s; baseline p50 "
+        f"{ceiling_single['rtt']['p50_us']:.0f}, p99 {ceiling_single['rtt']['p99_us']:.0f}, "
+        f"p99.9 {ceiling_single['rtt']['p999_us']:.0f}",
+        f"{single['rtt']['p99_us'] / max(ceiling_single['rtt']['p99_us'], 1):.2f} of baseline", "—",
+        "sky bench --mode lookup-online --clients 1 --window 1")
 
     # io_uring against recvmmsg, same load, side by side.
     with node() as u, node(engine="mmsg", address=NODE2) as mm:

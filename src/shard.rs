@@ -164,12 +164,10 @@ pub enum DropReason {
     TableFull,
     /// The kernel refused a send (engine).
     SendFailed,
-    /// The engine had no send slot free (engine).
-    SendQueueFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::BadVersion,
@@ -178,7 +176,6 @@ impl DropReason {
         DropReason::NotARequest,
         DropReason::TableFull,
         DropReason::SendFailed,
-        DropReason::SendQueueFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -191,7 +188,6 @@ impl DropReason {
             DropReason::NotARequest => "not_a_request",
             DropReason::TableFull => "table_full",
             DropReason::SendFailed => "send_failed",
-            DropReason::SendQueueFull => "send_queue_full",
         }
     }
 

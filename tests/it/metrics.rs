@@ -174,3 +174,58 @@ fn alert_rules_and_scrape_config_pass_promtool() {
         );
     }
 }
+
+/// The alert rules and the dashboard name only metrics and label values the
+/// node exports: a rename cannot silently blind them.
+#[test]
+fn alerts_and_dashboard_use_only_exported_names() {
+    let (text, _) = busy_node_metrics().remove(0);
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let reasons: BTreeSet<&str> = sky::shard::DropReason::ALL
+        .iter()
+        .map(|r| r.label())
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "grafana/dashboards/sky.json",
+    ] {
+        let body = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("sky_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            // Histogram-free: every name is a series as exported.
+            if name.len() > 4 && !name.ends_with('_') {
+                assert!(
+                    exported.contains(name.as_str()),
+                    "{file} uses {name}, not exported"
+                );
+            }
+        }
+        for part in body.split("reason").skip(1) {
+            let Some(values) = part
+                .strip_prefix("=~\\\"")
+                .or_else(|| part.strip_prefix("=~\""))
+                .or_else(|| part.strip_prefix("=\\\""))
+                .or_else(|| part.strip_prefix("=\""))
+            else {
+                continue;
+            };
+            let values = values.split(['"', '\\']).next().unwrap();
+            for v in values.split('|') {
+                assert!(
+                    reasons.contains(v),
+                    "{file} uses reason {v}, not a drop reason"
+                );
+            }
+        }
+    }
+}
