@@ -81,6 +81,10 @@ pub struct BenchConfig {
     pub progress: bool,
     /// The server's process id, to report the CPU it used while measuring.
     pub server_pid: Option<u32>,
+    /// The population was registered by an earlier run against this node:
+    /// skip the setup (for repeated runs against 10^7 entries). The node
+    /// must keep the entries alive that long (`--keepalive-secs`).
+    pub registered: bool,
 }
 
 impl Default for BenchConfig {
@@ -96,6 +100,7 @@ impl Default for BenchConfig {
             timeout: Duration::from_secs(1),
             progress: true,
             server_pid: None,
+            registered: false,
         }
     }
 }
@@ -348,9 +353,14 @@ pub fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     if g.cfg.mode != Mode::Stun {
         g.fetch_cookies()?;
     }
-    if matches!(g.cfg.mode, Mode::LookupOnline | Mode::Mixed) {
+    if matches!(g.cfg.mode, Mode::LookupOnline | Mode::Mixed) && !g.cfg.registered {
         g.register_population()?;
-    } else if g.cfg.mode == Mode::Register {
+    } else if matches!(
+        g.cfg.mode,
+        Mode::Register | Mode::LookupOnline | Mode::Mixed
+    ) {
+        // Already registered by an earlier run (`registered`): the same
+        // addresses; their introductions go to that run's ports.
         g.addresses = (0..g.cfg.population)
             .map(|i| VirtualAddr::from_token(&token(i)))
             .collect();
@@ -490,7 +500,7 @@ impl Generator {
             Mode::LookupOnline => {
                 let i = self.rng.below(self.addresses.len());
                 let mut caller = [0u8; 16];
-                if let SocketAddr::V4(home) = self.homes[i] {
+                if let Some(SocketAddr::V4(home)) = self.homes.get(i) {
                     caller[..4].copy_from_slice(&home.ip().octets());
                     caller[4..6].copy_from_slice(&home.port().to_be_bytes());
                 }

@@ -71,6 +71,9 @@ struct BenchArgs {
     /// The server's process id: report the CPU it used while measuring.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// The population is already registered (by an earlier run): skip setup.
+    #[arg(long)]
+    registered: bool,
     /// Serve the no-logic baseline on --listen instead of generating load.
     #[arg(long)]
     serve_baseline: bool,
@@ -247,6 +250,7 @@ fn bench_main(args: BenchArgs) -> ExitCode {
         window: args.window,
         progress: !args.json,
         server_pid: args.server_pid,
+        registered: args.registered,
         ..Default::default()
     };
     match sky::bench::run(config) {
