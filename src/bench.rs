@@ -850,7 +850,7 @@ impl Generator {
                     }
                     return;
                 }
-                Ok(m) => match (tag_of(&m), expect_of(&m)) {
+                Ok(m) => match (m.tag(), expect_of(&m)) {
                     (Some(tag), Some(e)) => (u32::from_be_bytes(tag.0), e),
                     _ => {
                         self.counts.malformed += 1;
@@ -963,18 +963,6 @@ fn with_tag(msg: Message, seq: u32) -> Message {
             caller,
         },
         other => other,
-    }
-}
-
-fn tag_of(m: &Message) -> Option<Tag> {
-    match *m {
-        Message::Pong { tag }
-        | Message::Registered { tag, .. }
-        | Message::Online { tag, .. }
-        | Message::Offline { tag }
-        | Message::CookieReply { tag, .. }
-        | Message::NotRegistered { tag } => Some(tag),
-        _ => None,
     }
 }
 

@@ -230,6 +230,14 @@ impl Client {
             self.socket.set_read_timeout(Some(left))?;
             match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
+                    // A keepalive sent with a cookie gone stale is answered
+                    // with a fresh one: keep it for the next keepalive.
+                    if from == self.sky
+                        && let Ok(Message::CookieReply { cookie, .. }) = Message::decode(&buf[..n])
+                    {
+                        self.cookie = cookie;
+                        continue;
+                    }
                     if let Some(incoming) = self.classify(&buf[..n], from) {
                         return Ok(Some(incoming));
                     }
@@ -294,7 +302,7 @@ impl Client {
                         self.pending.push(incoming);
                     }
                 }
-                m if tag_of(&m) == Some(tag) => match accept(m, sent) {
+                m if m.tag() == Some(tag) => match accept(m, sent) {
                     Some(result) => return result,
                     None => return Err(ProbeError::Unexpected(m.kind())),
                 },
@@ -331,18 +339,6 @@ impl Client {
             .wrapping_mul(0x9E37_79B9)
             .wrapping_add(0x7F4A_7C15);
         Tag(self.next_tag.to_le_bytes())
-    }
-}
-
-fn tag_of(m: &Message) -> Option<Tag> {
-    match *m {
-        Message::Pong { tag }
-        | Message::CookieReply { tag, .. }
-        | Message::Registered { tag, .. }
-        | Message::NotRegistered { tag }
-        | Message::Online { tag, .. }
-        | Message::Offline { tag } => Some(tag),
-        _ => None,
     }
 }
 

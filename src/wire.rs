@@ -543,6 +543,24 @@ impl Message {
         }
     }
 
+    /// The tag of a request or of a tagged reply (introductions have none).
+    pub fn tag(&self) -> Option<Tag> {
+        match *self {
+            Message::Ping { tag, .. }
+            | Message::Register { tag, .. }
+            | Message::Keepalive { tag, .. }
+            | Message::Lookup { tag, .. }
+            | Message::Unregister { tag, .. }
+            | Message::Pong { tag }
+            | Message::CookieReply { tag, .. }
+            | Message::Registered { tag, .. }
+            | Message::NotRegistered { tag }
+            | Message::Online { tag, .. }
+            | Message::Offline { tag } => Some(tag),
+            Message::Introduction { .. } => None,
+        }
+    }
+
     /// The number of bytes `emit` writes.
     pub fn buffer_len(&self) -> usize {
         let (short, _) = self.kind().lengths();

@@ -207,15 +207,7 @@ impl UringEngine {
 
         while !stop.load(Ordering::Relaxed) {
             sq.sync();
-            match submitter.submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+            wait(&submitter, &args)?;
             let now = origin.elapsed();
             let mut rearm = false;
             cq.sync();
@@ -291,15 +283,7 @@ impl UringEngine {
         let mut recv_done = false;
         while !recv_done && origin.elapsed() < deadline {
             sq.sync();
-            match submitter.submit_with_args(1, &args) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+            wait(&submitter, &args)?;
             cq.sync();
             for cqe in &mut cq {
                 recv_done |= cqe.user_data() == RECV && !cqueue::more(cqe.flags());
@@ -327,6 +311,23 @@ fn flush(
 fn recycle(bufring: &mut BufRing, bufs: &mut [u8], bid: u16) {
     let addr = bufs[bid as usize * BUF_SIZE..].as_mut_ptr();
     bufring.push(bid, addr, BUF_SIZE);
+}
+
+/// Submits what is queued and waits for a completion or the timeout in
+/// `args`; a timeout or an interrupted wait is not an error.
+fn wait(submitter: &Submitter<'_>, args: &SubmitArgs<'_, '_>) -> io::Result<()> {
+    match submitter.submit_with_args(1, args) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Pushes one entry, submitting first if the queue is full.

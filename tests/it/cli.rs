@@ -39,11 +39,15 @@ impl NodeProcess {
     }
 
     fn wait_for(&mut self, needle: &str) -> String {
+        let mut seen = Vec::new();
         loop {
             match self.stderr.recv_timeout(Duration::from_secs(10)) {
                 Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("sky node never logged `{needle}`"),
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "sky node never logged `{needle}`; it logged:\n{}",
+                    seen.join("\n")
+                ),
             }
         }
     }
