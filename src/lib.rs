@@ -15,6 +15,7 @@
 //!   thread — the only place with a clock, syscalls or `unsafe`;
 //! - [`metrics`]: every metric name, in one place;
 //! - [`config`]: the node's configuration (file, environment, flags);
+//! - [`earth`]: the earth client (in progress: the ratchet and invites);
 //! - [`probe`]: the operator's blocking client (`sky probe`);
 //! - [`bench`]: the load generator (`sky bench`), and [`baseline`], the
 //!   no-logic core it measures the node against.
@@ -24,6 +25,7 @@
 pub mod baseline;
 pub mod bench;
 pub mod config;
+pub mod earth;
 pub mod engine;
 pub mod keys;
 pub mod metrics;

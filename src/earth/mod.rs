@@ -1,0 +1,47 @@
+//! The earth client: what a user's device runs to be found by its friends
+//! through the sky.
+//!
+//! In progress (issue 4). What exists, all sans-IO (no socket, clock or
+//! randomness is touched here: times and random bytes are arguments):
+//! - [`ratchet`]: chain keys, the one-way ratchet per epoch, registration
+//!   tokens and virtual addresses, the epoch schedule with its per-user
+//!   phase, and which epochs a friend's lookup tries near a boundary;
+//! - [`invite`]: the copy-pasteable string a friend needs.
+//!
+//! Not yet: registration and keepalives, connect and hole punching, the
+//! authenticated handshake, address reset, cover traffic, the CLI and the
+//! NAT test bed.
+//!
+//! **Separation from the sky.** Chain keys live only here. Nothing in the
+//! sky-side modules (`wire`, `keys`, `presence`, `shard`, `engine`) names
+//! this module, and a [`ratchet::ChainKey`] converts into no wire type: the
+//! sky sees tokens and addresses, never the key they come from.
+
+pub mod invite;
+pub mod ratchet;
+
+#[cfg(test)]
+mod tests {
+    /// The sky side cannot reach a chain key: none of its modules names
+    /// this one.
+    #[test]
+    fn sky_side_modules_do_not_use_the_earth_client() {
+        let sky_side = [
+            ("wire.rs", include_str!("../wire.rs")),
+            ("keys.rs", include_str!("../keys.rs")),
+            ("presence.rs", include_str!("../presence.rs")),
+            ("shard.rs", include_str!("../shard.rs")),
+            ("baseline.rs", include_str!("../baseline.rs")),
+            ("metrics.rs", include_str!("../metrics.rs")),
+            ("engine/mod.rs", include_str!("../engine/mod.rs")),
+            ("engine/uring.rs", include_str!("../engine/uring.rs")),
+            ("engine/mmsg.rs", include_str!("../engine/mmsg.rs")),
+            ("engine/outbox.rs", include_str!("../engine/outbox.rs")),
+            ("engine/control.rs", include_str!("../engine/control.rs")),
+        ];
+        for (file, text) in sky_side {
+            assert!(!text.contains("earth::"), "{file} uses the earth client");
+            assert!(!text.contains("ChainKey"), "{file} names a chain key");
+        }
+    }
+}
