@@ -37,6 +37,34 @@ enum Command {
     Probe(ProbeCommand),
     /// Load generator (and, with --serve-baseline, the no-logic ceiling).
     Bench(BenchArgs),
+    /// The earth client: identity, invites and friends (in progress).
+    Earth(EarthArgs),
+}
+
+#[derive(Args)]
+struct EarthArgs {
+    /// State directory (default: $XDG_DATA_HOME/sky or ~/.local/share/sky),
+    /// created owner-only.
+    #[arg(long, global = true, value_name = "DIR", env = "SKY_EARTH_STATE")]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: EarthCommand,
+}
+
+#[derive(Subcommand)]
+enum EarthCommand {
+    /// Create a new identity (refuses to overwrite one).
+    Init {
+        /// Epoch length R, in hours.
+        #[arg(long, default_value_t = 24)]
+        epoch_hours: u64,
+    },
+    /// Print an invite for a friend (it carries this epoch's chain key).
+    Invite,
+    /// Add a friend from the invite they gave you.
+    AddFriend { name: String, invite: String },
+    /// Show the identity, the current address and epoch, and the friends.
+    Status,
 }
 
 #[derive(Args)]
@@ -184,7 +212,101 @@ fn main() -> ExitCode {
         Command::Node(args) => node(args),
         Command::Probe(cmd) => probe_main(cmd),
         Command::Bench(args) => bench_main(args),
+        Command::Earth(args) => earth_main(args),
     }
+}
+
+fn earth_main(args: EarthArgs) -> ExitCode {
+    use sky::earth::{identity::Friends, identity::Identity, invite::Invite, state::State};
+    let fail = |msg: String| {
+        eprintln!("sky earth: {msg}");
+        ExitCode::from(2)
+    };
+    let dir = match args.state.or_else(|| {
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .map(|d| d.join("sky"))
+    }) {
+        Some(d) => d,
+        None => return fail("no --state DIR and no HOME to put the state in".into()),
+    };
+    let now = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(t) => t,
+        Err(_) => return fail("the system clock is before 1970".into()),
+    };
+    if let EarthCommand::Init { epoch_hours } = args.command {
+        if !(1..=24 * 365).contains(&epoch_hours) {
+            return fail("--epoch-hours must be between 1 and 8760".into());
+        }
+        match State::load(&dir) {
+            Err(sky::earth::state::StateError::Missing(_)) => {}
+            Ok(_) => return fail(format!("{} already holds an identity", dir.display())),
+            Err(e) => return fail(e.to_string()),
+        }
+        let mut random = [0u8; 64];
+        for half in random.chunks_mut(32) {
+            match sky::engine::sys::random_secret() {
+                Ok(r) => half.copy_from_slice(&r),
+                Err(e) => return fail(format!("no randomness: {e}")),
+            }
+        }
+        let length = Duration::from_secs(epoch_hours * 3600);
+        let state = State {
+            identity: Identity::generate(random, length, now),
+            friends: Friends::default(),
+        };
+        if let Err(e) = state.save(&dir) {
+            return fail(e.to_string());
+        }
+        println!("initialized {}", dir.display());
+        return ExitCode::SUCCESS;
+    }
+    let mut state = match State::load(&dir) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    match args.command {
+        EarthCommand::Init { .. } => unreachable!("handled above"),
+        EarthCommand::Invite => println!("{}", state.identity.invite(now).encode()),
+        EarthCommand::AddFriend { name, invite } => {
+            let invite = match Invite::decode(&invite) {
+                Ok(i) => i,
+                Err(e) => return fail(e.to_string()),
+            };
+            if let Err(e) = state.friends.add(&name, invite.into()) {
+                return fail(e.to_string());
+            }
+            if let Err(e) = state.save(&dir) {
+                return fail(e.to_string());
+            }
+            println!("added {name}");
+        }
+        EarthCommand::Status => {
+            let id = &mut state.identity;
+            let epoch = id.schedule.epoch_at(now);
+            let address = id
+                .chain
+                .address_at(epoch)
+                .map_or("-".into(), |a| a.to_hex());
+            println!(
+                "epoch {} (every {} h)",
+                epoch.0,
+                id.schedule.length.as_secs() / 3600
+            );
+            println!("address {address}");
+            println!("public key {}", wire::to_hex(&id.public_key()));
+            for (name, friend) in &mut state.friends.0 {
+                let e = friend.schedule.epoch_at(now);
+                let a = friend
+                    .chain
+                    .address_at(e)
+                    .map_or("-".into(), |a| a.to_hex());
+                println!("friend {name} address {a}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn bench_main(args: BenchArgs) -> ExitCode {

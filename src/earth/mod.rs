@@ -17,8 +17,10 @@
 //! this module, and a [`ratchet::ChainKey`] converts into no wire type: the
 //! sky sees tokens and addresses, never the key they come from.
 
+pub mod identity;
 pub mod invite;
 pub mod ratchet;
+pub mod state;
 
 #[cfg(test)]
 mod tests {

@@ -147,6 +147,11 @@ impl Chain {
         self.origin
     }
 
+    /// The key the chain is known from (what persisting it saves).
+    pub fn origin_key(&self) -> &ChainKey {
+        &self.origin_key
+    }
+
     /// The key of `epoch`, or `None` before the chain's origin: the ratchet
     /// cannot go back.
     pub fn key_at(&mut self, epoch: Epoch) -> Option<ChainKey> {

@@ -366,3 +366,52 @@ fn a_stopped_node_frees_its_port_for_an_immediate_restart() {
         }
     }
 }
+
+/// `sky earth`: two users, an invite, and the friend computes the user's
+/// current address — from state kept owner-only on disk.
+#[test]
+fn earth_init_invite_add_friend_and_status() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("sky-earth-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    let earth = |dir: &std::path::Path, args: &[&str]| {
+        let mut a = vec!["earth", "--state", dir.to_str().unwrap()];
+        a.extend_from_slice(args);
+        sky(&a)
+    };
+    for dir in [&alice, &bob] {
+        let o = earth(dir, &["init"]);
+        assert!(o.status.success(), "{o:?}");
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+    let again = earth(&alice, &["init"]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "init never overwrites an identity"
+    );
+
+    let invite = stdout(&earth(&alice, &["invite"])).trim().to_string();
+    assert!(invite.starts_with("sky1-"), "{invite}");
+    let added = earth(&bob, &["add-friend", "alice", &invite]);
+    assert!(added.status.success(), "{added:?}");
+    let mut damaged = invite.clone();
+    damaged.replace_range(20..21, if &invite[20..21] == "0" { "1" } else { "0" });
+    let refused = earth(&bob, &["add-friend", "carol", &damaged]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+
+    let alice_status = stdout(&earth(&alice, &["status"]));
+    let own = alice_status
+        .lines()
+        .find_map(|l| l.strip_prefix("address "))
+        .expect(&alice_status)
+        .to_string();
+    let bob_status = stdout(&earth(&bob, &["status"]));
+    assert!(
+        bob_status.contains(&format!("friend alice address {own}")),
+        "{bob_status}\nvs {alice_status}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -1,0 +1,219 @@
+//! A user's identity and friend list, as values (no IO; `state` persists
+//! them).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::invite::Invite;
+use super::ratchet::{Chain, ChainKey, Epoch, Schedule};
+
+/// The user's own secrets: the chain it registers under and its long-term
+/// X25519 key pair. Its `Debug` shows no secret.
+#[derive(Clone)]
+pub struct Identity {
+    pub chain: Chain,
+    pub schedule: Schedule,
+    secret: StaticSecret,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("origin", &self.chain.origin())
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A new identity from 64 random bytes (the caller draws them), whose
+    /// chain starts at the epoch of `now_unix` under epochs of `length`.
+    pub fn generate(random: [u8; 64], length: Duration, now_unix: Duration) -> Identity {
+        let mut ck = [0u8; 32];
+        ck.copy_from_slice(&random[..32]);
+        let mut sk = [0u8; 32];
+        sk.copy_from_slice(&random[32..]);
+        Identity::from_parts(ChainKey::from_bytes(ck), length, now_unix, sk)
+    }
+
+    /// An identity whose chain is `key` from the epoch of `now_unix`; the
+    /// phase is derived from `key`.
+    pub fn from_parts(
+        key: ChainKey,
+        length: Duration,
+        now_unix: Duration,
+        secret: [u8; 32],
+    ) -> Identity {
+        let schedule = Schedule {
+            length,
+            phase: key.phase(length),
+        };
+        let origin = schedule.epoch_at(now_unix);
+        Identity {
+            chain: Chain::new(origin, key),
+            schedule,
+            secret: StaticSecret::from(secret),
+        }
+    }
+
+    /// Restores an identity saved with `secret_bytes` and its chain origin.
+    pub fn restore(origin: Epoch, key: ChainKey, schedule: Schedule, secret: [u8; 32]) -> Identity {
+        Identity {
+            chain: Chain::new(origin, key),
+            schedule,
+            secret: StaticSecret::from(secret),
+        }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        PublicKey::from(&self.secret).to_bytes()
+    }
+
+    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.to_bytes()
+    }
+
+    /// The invite for the epoch of `now_unix`: it reveals nothing of
+    /// earlier epochs.
+    pub fn invite(&mut self, now_unix: Duration) -> Invite {
+        let epoch = self.schedule.epoch_at(now_unix).max(self.chain.origin());
+        Invite {
+            epoch,
+            chain_key: self
+                .chain
+                .key_at(epoch)
+                .expect("epoch at or after the origin"),
+            schedule: self.schedule,
+            public_key: self.public_key(),
+        }
+    }
+}
+
+/// A friend: their chain from the epoch their invite (or last reset) gave,
+/// their schedule and long-term public key.
+#[derive(Clone, Debug)]
+pub struct Friend {
+    pub chain: Chain,
+    pub schedule: Schedule,
+    pub public_key: [u8; 32],
+}
+
+impl From<Invite> for Friend {
+    fn from(i: Invite) -> Friend {
+        Friend {
+            chain: Chain::new(i.epoch, i.chain_key),
+            schedule: i.schedule,
+            public_key: i.public_key,
+        }
+    }
+}
+
+/// Why a friend could not be added or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FriendError {
+    /// Names are 1 to 64 characters of letters, digits, `-`, `_`, `.`.
+    BadName(String),
+    AlreadyFriend(String),
+    NoSuchFriend(String),
+}
+
+impl fmt::Display for FriendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FriendError::BadName(n) => write!(
+                f,
+                "`{n}` is not a friend name (1 to 64 letters, digits, '-', '_' or '.')"
+            ),
+            FriendError::AlreadyFriend(n) => write!(f, "`{n}` is already a friend"),
+            FriendError::NoSuchFriend(n) => write!(f, "no friend named `{n}`"),
+        }
+    }
+}
+
+impl std::error::Error for FriendError {}
+
+/// Friends by name.
+#[derive(Clone, Debug, Default)]
+pub struct Friends(pub BTreeMap<String, Friend>);
+
+impl Friends {
+    pub fn add(&mut self, name: &str, friend: Friend) -> Result<(), FriendError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(FriendError::BadName(name.to_string()));
+        }
+        if self.0.contains_key(name) {
+            return Err(FriendError::AlreadyFriend(name.to_string()));
+        }
+        self.0.insert(name.to_string(), friend);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<Friend, FriendError> {
+        self.0
+            .remove(name)
+            .ok_or_else(|| FriendError::NoSuchFriend(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::earth::ratchet::DEFAULT_EPOCH;
+
+    #[test]
+    fn a_friend_added_from_an_invite_computes_the_users_current_address() {
+        let now = Duration::from_secs(1_795_000_000);
+        let mut alice = Identity::generate([3; 64], DEFAULT_EPOCH, now);
+        let later = now + DEFAULT_EPOCH * 10;
+        let invite = alice.invite(later);
+        let mut friends = Friends::default();
+        friends.add("alice", invite.into()).unwrap();
+        let friend = friends.0.get_mut("alice").unwrap();
+        let e = alice.schedule.epoch_at(later + DEFAULT_EPOCH * 3);
+        assert_eq!(friend.chain.address_at(e), alice.chain.address_at(e));
+        assert_eq!(friend.public_key, alice.public_key());
+        // The invite gave nothing before its own epoch.
+        assert_eq!(friend.chain.address_at(alice.schedule.epoch_at(now)), None);
+    }
+
+    #[test]
+    fn friend_names_are_checked_and_unique() {
+        let mut alice = Identity::generate([3; 64], DEFAULT_EPOCH, Duration::ZERO);
+        let mut friends = Friends::default();
+        let f: Friend = alice.invite(Duration::ZERO).into();
+        assert!(matches!(
+            friends.add("", f.clone()),
+            Err(FriendError::BadName(_))
+        ));
+        assert!(matches!(
+            friends.add("a b", f.clone()),
+            Err(FriendError::BadName(_))
+        ));
+        friends.add("bob", f.clone()).unwrap();
+        assert!(matches!(
+            friends.add("bob", f),
+            Err(FriendError::AlreadyFriend(_))
+        ));
+        friends.remove("bob").unwrap();
+        assert!(matches!(
+            friends.remove("bob"),
+            Err(FriendError::NoSuchFriend(_))
+        ));
+    }
+
+    #[test]
+    fn identities_from_different_randomness_differ() {
+        let a = Identity::generate([1; 64], DEFAULT_EPOCH, Duration::ZERO);
+        let b = Identity::generate([2; 64], DEFAULT_EPOCH, Duration::ZERO);
+        assert_ne!(a.public_key(), b.public_key());
+        assert!(!format!("{a:?}").contains("secret"));
+    }
+}

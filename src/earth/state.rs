@@ -1,0 +1,276 @@
+//! The earth client's state on disk: identity and friends, in one TOML file
+//! in an owner-only directory, replaced atomically (write a temporary file,
+//! sync it, rename it over the old one, sync the directory), so a crash at
+//! any moment leaves either the old state or the new one, never a mix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::identity::{Friend, Friends, Identity};
+use super::ratchet::{Chain, ChainKey, Epoch, Schedule};
+use crate::wire;
+
+const FILE: &str = "state.toml";
+const TEMP: &str = "state.toml.tmp";
+
+/// Everything the client keeps.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub identity: Identity,
+    pub friends: Friends,
+}
+
+/// Why state could not be read or written.
+#[derive(Debug)]
+pub enum StateError {
+    /// No state in that directory yet (`sky earth init`).
+    Missing(PathBuf),
+    Io(PathBuf, io::Error),
+    /// The file is there but not valid state.
+    Corrupt(PathBuf, String),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Missing(p) => write!(
+                f,
+                "no earth state in {} (run `sky earth init`)",
+                p.display()
+            ),
+            StateError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            StateError::Corrupt(p, e) => write!(f, "{} is not valid earth state: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainFile {
+    origin_epoch: u64,
+    chain_key: String,
+    epoch_secs: u64,
+    phase_secs: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    #[serde(flatten)]
+    chain: ChainFile,
+    secret_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FriendFile {
+    #[serde(flatten)]
+    chain: ChainFile,
+    public_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    identity: IdentityFile,
+    #[serde(default)]
+    friends: BTreeMap<String, FriendFile>,
+}
+
+fn chain_file(chain: &Chain, schedule: &Schedule) -> ChainFile {
+    ChainFile {
+        origin_epoch: chain.origin().0,
+        chain_key: wire::to_hex(chain.origin_key().as_bytes()),
+        epoch_secs: schedule.length.as_secs(),
+        phase_secs: schedule.phase.as_secs(),
+    }
+}
+
+fn hex32(s: &str, what: &str) -> Result<[u8; 32], String> {
+    wire::from_hex::<32>(s).ok_or_else(|| format!("{what} is not 64 hex digits"))
+}
+
+fn chain_of(c: &ChainFile) -> Result<(Chain, Schedule), String> {
+    if c.epoch_secs == 0 || c.phase_secs >= c.epoch_secs {
+        return Err("invalid epoch schedule".into());
+    }
+    let key = ChainKey::from_bytes(hex32(&c.chain_key, "chain_key")?);
+    let schedule = Schedule {
+        length: Duration::from_secs(c.epoch_secs),
+        phase: Duration::from_secs(c.phase_secs),
+    };
+    Ok((Chain::new(Epoch(c.origin_epoch), key), schedule))
+}
+
+impl State {
+    /// Reads the state in `dir`.
+    pub fn load(dir: &Path) -> Result<State, StateError> {
+        let path = dir.join(FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::Missing(dir.into()));
+            }
+            Err(e) => return Err(StateError::Io(path, e)),
+        };
+        let corrupt = |e: String| StateError::Corrupt(path.clone(), e);
+        let file: StateFile = toml::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if file.version != 1 {
+            return Err(corrupt(format!("unknown version {}", file.version)));
+        }
+        let (chain, schedule) = chain_of(&file.identity.chain).map_err(corrupt)?;
+        let secret = hex32(&file.identity.secret_key, "secret_key").map_err(corrupt)?;
+        let identity =
+            Identity::restore(chain.origin(), chain.origin_key().clone(), schedule, secret);
+        let mut friends = Friends::default();
+        for (name, f) in &file.friends {
+            let (chain, schedule) =
+                chain_of(&f.chain).map_err(|e| corrupt(format!("friend {name}: {e}")))?;
+            let public_key = hex32(&f.public_key, "public_key").map_err(corrupt)?;
+            friends
+                .add(
+                    name,
+                    Friend {
+                        chain,
+                        schedule,
+                        public_key,
+                    },
+                )
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        Ok(State { identity, friends })
+    }
+
+    /// Replaces the state in `dir` atomically, creating `dir` owner-only
+    /// (0700) and the file owner-only (0600).
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let io_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| StateError::Io(p, e)
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        let file = StateFile {
+            version: 1,
+            identity: IdentityFile {
+                chain: chain_file(&self.identity.chain, &self.identity.schedule),
+                secret_key: wire::to_hex(&self.identity.secret_bytes()),
+            },
+            friends: self
+                .friends
+                .0
+                .iter()
+                .map(|(name, f)| {
+                    let entry = FriendFile {
+                        chain: chain_file(&f.chain, &f.schedule),
+                        public_key: wire::to_hex(&f.public_key),
+                    };
+                    (name.clone(), entry)
+                })
+                .collect(),
+        };
+        let text = toml::to_string(&file).expect("state serializes");
+        let temp = dir.join(TEMP);
+        let _ = fs::remove_file(&temp); // a crash may have left one
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io_err(&temp))?;
+        out.write_all(text.as_bytes()).map_err(io_err(&temp))?;
+        out.sync_all().map_err(io_err(&temp))?;
+        drop(out);
+        let path = dir.join(FILE);
+        fs::rename(&temp, &path).map_err(io_err(&path))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::earth::ratchet::DEFAULT_EPOCH;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sky-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn state() -> State {
+        let now = Duration::from_secs(1_795_000_000);
+        let identity = Identity::generate([5; 64], DEFAULT_EPOCH, now);
+        let mut bob = Identity::generate([6; 64], DEFAULT_EPOCH, now);
+        let mut friends = Friends::default();
+        friends.add("bob", bob.invite(now).into()).unwrap();
+        State { identity, friends }
+    }
+
+    #[test]
+    fn state_round_trips_through_an_owner_only_directory() {
+        let dir = temp_dir("roundtrip").join("nested");
+        let mut s = state();
+        s.save(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(FILE)), 0o600);
+        assert!(!dir.join(TEMP).exists());
+        let mut back = State::load(&dir).unwrap();
+        assert_eq!(back.identity.public_key(), s.identity.public_key());
+        assert_eq!(back.identity.schedule, s.identity.schedule);
+        let e = Epoch(s.identity.chain.origin().0 + 5);
+        assert_eq!(
+            back.identity.chain.address_at(e),
+            s.identity.chain.address_at(e)
+        );
+        let (b0, b1) = (
+            s.friends.0.get_mut("bob").unwrap(),
+            back.friends.0.get_mut("bob").unwrap(),
+        );
+        assert_eq!(b0.chain.address_at(e), b1.chain.address_at(e));
+        assert_eq!(b0.public_key, b1.public_key);
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_old_state() {
+        let dir = temp_dir("crash");
+        let s = state();
+        s.save(&dir).unwrap();
+        // A crash mid-write leaves a partial temporary file behind.
+        fs::write(dir.join(TEMP), "version = 1\n[identity").unwrap();
+        let back = State::load(&dir).unwrap();
+        assert_eq!(back.identity.public_key(), s.identity.public_key());
+        s.save(&dir).unwrap(); // and the next save replaces it
+        assert!(!dir.join(TEMP).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_and_corrupt_state_say_so() {
+        let dir = temp_dir("missing");
+        assert!(matches!(State::load(&dir), Err(StateError::Missing(_))));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(FILE), "version = 1\n").unwrap();
+        assert!(matches!(State::load(&dir), Err(StateError::Corrupt(..))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
