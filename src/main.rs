@@ -65,6 +65,26 @@ enum EarthCommand {
     AddFriend { name: String, invite: String },
     /// Show the identity, the current address and epoch, and the friends.
     Status,
+    /// Stay registered under the current address (moving to the next at
+    /// each epoch), print the observed endpoint and every introduction.
+    Online {
+        /// The sky node, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: String,
+        /// Flag the registration as metered.
+        #[arg(long)]
+        metered: bool,
+        /// Stop after this many seconds (default: on SIGINT/SIGTERM).
+        #[arg(long)]
+        hold: Option<u64>,
+    },
+    /// Look a friend up: `online <ip:port>` (exit 0) or `offline` (exit 1).
+    Lookup {
+        name: String,
+        /// The sky node, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: String,
+    },
 }
 
 #[derive(Args)]
@@ -216,6 +236,147 @@ fn main() -> ExitCode {
     }
 }
 
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The earth client's blocking driver for registration and introductions
+/// (the sans-IO session core and hole punching are still to come).
+fn earth_online(
+    state: &mut sky::earth::state::State,
+    sky_addr: &str,
+    metered: bool,
+    hold: Option<Duration>,
+) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("sky earth: {msg}");
+        ExitCode::from(2)
+    };
+    let sky = match probe::resolve(sky_addr) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot resolve {sky_addr}: {e}")),
+    };
+    let mut client = match Client::new(sky, Duration::from_secs(3)) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot open a socket: {e}")),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    let end = hold.map(|h| Instant::now() + h);
+    let id = &mut state.identity;
+    let mut registered: Option<(sky::earth::ratchet::Epoch, Token, probe::Registration)> = None;
+    let mut next_keepalive = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && end.is_none_or(|e| Instant::now() < e)
+    {
+        let epoch = id.schedule.epoch_at(unix_now());
+        if registered.as_ref().is_none_or(|(e, _, _)| *e != epoch) {
+            let Some(token) = id.chain.token_at(epoch) else {
+                return fail("the identity's chain starts after the current epoch".into());
+            };
+            let reg = match client.register(token, metered) {
+                Ok(r) => r,
+                Err(e) => return fail(format!("{sky}: {e}")),
+            };
+            if let Some((_, old, _)) = registered.take() {
+                let _ = client.unregister(old);
+            }
+            println!("address {}", reg.address.to_hex());
+            println!("registered {}", reg.observed);
+            next_keepalive = Instant::now() + reg.keepalive;
+            registered = Some((epoch, token, reg));
+        }
+        let (_, _, reg) = registered.expect("registered above");
+        let wait = next_keepalive
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
+        match client.receive(wait) {
+            Ok(Some(Incoming::Introduction { caller, endpoint })) => {
+                let now = unix_now();
+                let who = state.friends.0.iter_mut().find_map(|(name, f)| {
+                    let tries = f
+                        .schedule
+                        .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP);
+                    tries
+                        .into_iter()
+                        .any(|e| f.chain.address_at(e) == Some(caller))
+                        .then(|| name.clone())
+                });
+                println!(
+                    "introduced {} {endpoint}",
+                    who.unwrap_or_else(|| caller.to_hex())
+                );
+            }
+            Ok(Some(Incoming::Forged)) => eprintln!("sky earth: rejected a forged introduction"),
+            Ok(Some(Incoming::NotRegistered)) => registered = None,
+            Ok(None) => {}
+            Err(e) => return fail(e.to_string()),
+        }
+        let _ = std::io::stdout().flush();
+        if Instant::now() >= next_keepalive {
+            let _ = client.keepalive(reg.address);
+            next_keepalive = Instant::now() + reg.keepalive;
+        }
+    }
+    if let Some((_, token, _)) = registered {
+        let _ = client.unregister(token);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Looks a friend up under each address they may have now (SPEC §2: the
+/// neighbouring epoch too, within H of a boundary).
+fn earth_lookup(
+    state: &mut sky::earth::state::State,
+    name: &str,
+    sky_addr: &str,
+    now: Duration,
+) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("sky earth: {msg}");
+        ExitCode::from(2)
+    };
+    let sky = match probe::resolve(sky_addr) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot resolve {sky_addr}: {e}")),
+    };
+    let own_epoch = state.identity.schedule.epoch_at(now);
+    let caller = state
+        .identity
+        .chain
+        .address_at(own_epoch)
+        .unwrap_or_default();
+    let Some(friend) = state.friends.0.get_mut(name) else {
+        return fail(format!("no friend named `{name}`"));
+    };
+    let mut client = match Client::new(sky, Duration::from_secs(2)) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot open a socket: {e}")),
+    };
+    for epoch in friend
+        .schedule
+        .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP)
+    {
+        let Some(address) = friend.chain.address_at(epoch) else {
+            continue;
+        };
+        match client.lookup(address, caller) {
+            Ok(Lookup::Online { endpoint, .. }) => {
+                println!("online {endpoint}");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Lookup::Offline) => {}
+            Err(ProbeError::Timeout) => return fail(format!("no answer from {sky}")),
+            Err(e) => return fail(format!("{sky}: {e}")),
+        }
+    }
+    println!("offline");
+    ExitCode::from(1)
+}
+
 fn earth_main(args: EarthArgs) -> ExitCode {
     use sky::earth::{identity::Friends, identity::Identity, invite::Invite, state::State};
     let fail = |msg: String| {
@@ -282,6 +443,10 @@ fn earth_main(args: EarthArgs) -> ExitCode {
             }
             println!("added {name}");
         }
+        EarthCommand::Online { sky, metered, hold } => {
+            return earth_online(&mut state, &sky, metered, hold.map(Duration::from_secs));
+        }
+        EarthCommand::Lookup { name, sky } => return earth_lookup(&mut state, &name, &sky, now),
         EarthCommand::Status => {
             let id = &mut state.identity;
             let epoch = id.schedule.epoch_at(now);

@@ -415,3 +415,68 @@ fn earth_init_invite_add_friend_and_status() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Two friends through a real sky node on loopback: one stays online, the
+/// other looks them up by name and is introduced, by name.
+#[test]
+fn earth_friends_find_each_other_through_a_sky_node() {
+    let root = std::env::temp_dir().join(format!("sky-earth-online-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    let earth = |dir: &std::path::Path, args: &[&str]| {
+        let mut a = vec!["earth", "--state", dir.to_str().unwrap()];
+        a.extend_from_slice(args);
+        sky(&a)
+    };
+    for dir in [&alice, &bob] {
+        assert!(earth(dir, &["init"]).status.success());
+    }
+    let alice_invite = stdout(&earth(&alice, &["invite"])).trim().to_string();
+    let bob_invite = stdout(&earth(&bob, &["invite"])).trim().to_string();
+    assert!(
+        earth(&bob, &["add-friend", "alice", &alice_invite])
+            .status
+            .success()
+    );
+    assert!(
+        earth(&alice, &["add-friend", "bob", &bob_invite])
+            .status
+            .success()
+    );
+
+    let node = NodeProcess::start(&["--listen", "127.0.0.1:7795", "--metrics", "off"], &[]);
+    let offline = earth(&bob, &["lookup", "alice", "--sky", "127.0.0.1:7795"]);
+    assert_eq!(offline.status.code(), Some(1), "{offline:?}");
+    assert_eq!(stdout(&offline).trim(), "offline");
+
+    let online = Command::new(SKY)
+        .args(["earth", "--state", alice.to_str().unwrap(), "online"])
+        .args(["--sky", "127.0.0.1:7795", "--hold", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let found = earth(&bob, &["lookup", "alice", "--sky", "127.0.0.1:7795"]);
+    assert_eq!(found.status.code(), Some(0), "{found:?}");
+    assert!(
+        stdout(&found).starts_with("online 127.0.0.1:"),
+        "{}",
+        stdout(&found)
+    );
+
+    let out = stdout(&online.wait_with_output().unwrap());
+    assert!(
+        out.lines().any(|l| l.starts_with("registered 127.0.0.1:")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("introduced bob 127.0.0.1:")),
+        "alice is told it is bob calling: {out}"
+    );
+    // Her hold ended and she unregistered.
+    let after = earth(&bob, &["lookup", "alice", "--sky", "127.0.0.1:7795"]);
+    assert_eq!(after.status.code(), Some(1), "{after:?}");
+    drop(node);
+    std::fs::remove_dir_all(&root).unwrap();
+}
