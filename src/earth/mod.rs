@@ -6,17 +6,22 @@
 //! - [`ratchet`]: chain keys, the one-way ratchet per epoch, registration
 //!   tokens and virtual addresses, the epoch schedule with its per-user
 //!   phase, and which epochs a friend's lookup tries near a boundary;
-//! - [`invite`]: the copy-pasteable string a friend needs.
+//! - [`invite`]: the copy-pasteable string a friend needs;
+//! - [`identity`]: the user's chain and X25519 key pair, the friend list;
+//! - [`state`]: all of it on disk, owner-only, replaced atomically;
+//! - [`handshake`]: the friends' Noise-IK-shaped handshake and sealed
+//!   datagrams (X25519, ChaCha20-Poly1305).
 //!
-//! Not yet: registration and keepalives, connect and hole punching, the
-//! authenticated handshake, address reset, cover traffic, the CLI and the
-//! NAT test bed.
+//! Not yet: the sans-IO session (registration, keepalives and lookups run
+//! through the blocking `probe::Client` for now), connect and hole punching,
+//! address reset, cover traffic, and the NAT test bed.
 //!
 //! **Separation from the sky.** Chain keys live only here. Nothing in the
 //! sky-side modules (`wire`, `keys`, `presence`, `shard`, `engine`) names
 //! this module, and a [`ratchet::ChainKey`] converts into no wire type: the
 //! sky sees tokens and addresses, never the key they come from.
 
+pub mod handshake;
 pub mod identity;
 pub mod invite;
 pub mod ratchet;
