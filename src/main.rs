@@ -242,6 +242,23 @@ fn unix_now() -> Duration {
         .unwrap_or_default()
 }
 
+fn earth_fail(msg: String) -> ExitCode {
+    eprintln!("sky earth: {msg}");
+    ExitCode::from(2)
+}
+
+/// A client of the sky node at `sky_addr`, or the exit code for why not.
+fn earth_client(
+    sky_addr: &str,
+    timeout: Duration,
+) -> Result<(std::net::SocketAddr, Client), ExitCode> {
+    let sky = probe::resolve(sky_addr)
+        .map_err(|e| earth_fail(format!("cannot resolve {sky_addr}: {e}")))?;
+    let client =
+        Client::new(sky, timeout).map_err(|e| earth_fail(format!("cannot open a socket: {e}")))?;
+    Ok((sky, client))
+}
+
 /// The earth client's blocking driver for registration and introductions
 /// (the sans-IO session core and hole punching are still to come).
 fn earth_online(
@@ -250,17 +267,10 @@ fn earth_online(
     metered: bool,
     hold: Option<Duration>,
 ) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("sky earth: {msg}");
-        ExitCode::from(2)
-    };
-    let sky = match probe::resolve(sky_addr) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("cannot resolve {sky_addr}: {e}")),
-    };
-    let mut client = match Client::new(sky, Duration::from_secs(3)) {
+    let fail = earth_fail;
+    let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(3)) {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot open a socket: {e}")),
+        Err(code) => return code,
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -335,14 +345,7 @@ fn earth_lookup(
     sky_addr: &str,
     now: Duration,
 ) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("sky earth: {msg}");
-        ExitCode::from(2)
-    };
-    let sky = match probe::resolve(sky_addr) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("cannot resolve {sky_addr}: {e}")),
-    };
+    let fail = earth_fail;
     let own_epoch = state.identity.schedule.epoch_at(now);
     let caller = state
         .identity
@@ -352,9 +355,9 @@ fn earth_lookup(
     let Some(friend) = state.friends.0.get_mut(name) else {
         return fail(format!("no friend named `{name}`"));
     };
-    let mut client = match Client::new(sky, Duration::from_secs(2)) {
+    let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(2)) {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot open a socket: {e}")),
+        Err(code) => return code,
     };
     for epoch in friend
         .schedule

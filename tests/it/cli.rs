@@ -77,6 +77,13 @@ fn sky(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `sky earth --state DIR ARGS`.
+fn earth(dir: &std::path::Path, args: &[&str]) -> Output {
+    let mut a = vec!["earth", "--state", dir.to_str().unwrap()];
+    a.extend_from_slice(args);
+    sky(&a)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -375,11 +382,6 @@ fn earth_init_invite_add_friend_and_status() {
     let root = std::env::temp_dir().join(format!("sky-earth-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let (alice, bob) = (root.join("alice"), root.join("bob"));
-    let earth = |dir: &std::path::Path, args: &[&str]| {
-        let mut a = vec!["earth", "--state", dir.to_str().unwrap()];
-        a.extend_from_slice(args);
-        sky(&a)
-    };
     for dir in [&alice, &bob] {
         let o = earth(dir, &["init"]);
         assert!(o.status.success(), "{o:?}");
@@ -423,11 +425,6 @@ fn earth_friends_find_each_other_through_a_sky_node() {
     let root = std::env::temp_dir().join(format!("sky-earth-online-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let (alice, bob) = (root.join("alice"), root.join("bob"));
-    let earth = |dir: &std::path::Path, args: &[&str]| {
-        let mut a = vec!["earth", "--state", dir.to_str().unwrap()];
-        a.extend_from_slice(args);
-        sky(&a)
-    };
     for dir in [&alice, &bob] {
         assert!(earth(dir, &["init"]).status.success());
     }

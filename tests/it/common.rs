@@ -136,10 +136,16 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
 
 /// Scrapes until `series` reaches `at_least` (shards publish every 100 ms).
 pub fn wait_for_sample(node: &Node, series: &str, at_least: f64) -> String {
-    let end = Instant::now() + Duration::from_secs(5);
+    wait_until(node, |m| sample(m, series) >= at_least)
+}
+
+/// Scrapes until `ready` holds for the metrics text, for up to 10 s (a
+/// loaded machine may delay a shard's publish); returns the last scrape.
+pub fn wait_until(node: &Node, ready: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
     loop {
         let m = scrape(node);
-        if sample(&m, series) >= at_least || Instant::now() > end {
+        if ready(&m) || Instant::now() > end {
             return m;
         }
         std::thread::sleep(Duration::from_millis(50));

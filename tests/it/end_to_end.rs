@@ -217,7 +217,7 @@ fn shards_of_one_node_share_cookies_and_presence() {
     // Many client sockets spread over both shards by SO_REUSEPORT hashing.
     for engine in engines() {
         let node = start(engine);
-        let mut clients: Vec<Client> = (0..16).map(|_| client(&node)).collect();
+        let mut clients: Vec<Client> = (0..32).map(|_| client(&node)).collect();
         let addresses: Vec<_> = clients
             .iter_mut()
             .enumerate()
@@ -230,9 +230,25 @@ fn shards_of_one_node_share_cookies_and_presence() {
                 Lookup::Online { .. }
             ));
         }
-        let m = wait_for_sample(&node, "sky_lookups_total{outcome=\"online\"}", 16.0);
-        assert!(sample(&m, "sky_shard_received_datagrams_total{shard=\"0\"}") > 0.0);
-        assert!(sample(&m, "sky_shard_received_datagrams_total{shard=\"1\"}") > 0.0);
+        // 32 sources all hashed to one shard would be a 1-in-2^31 event.
+        let per_shard = |m: &str, s: u8| {
+            sample(
+                m,
+                &format!("sky_shard_received_datagrams_total{{shard=\"{s}\"}}"),
+            )
+        };
+        let m = wait_until(&node, |m| {
+            sample(m, "sky_lookups_total{outcome=\"online\"}") >= 32.0
+                && per_shard(m, 0) > 0.0
+                && per_shard(m, 1) > 0.0
+        });
+        assert_eq!(
+            sample(&m, "sky_lookups_total{outcome=\"online\"}"),
+            32.0,
+            "{engine:?}"
+        );
+        assert!(per_shard(&m, 0) > 0.0, "{engine:?}: shard 0 got nothing");
+        assert!(per_shard(&m, 1) > 0.0, "{engine:?}: shard 1 got nothing");
         node.shutdown().unwrap();
     }
 }
