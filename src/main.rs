@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use sky::config::{Config, ConfigError, EngineChoice, FileConfig};
+use sky::earth::handshake::Session;
 use sky::engine::Node;
-use sky::probe::{self, Client, Incoming, Lookup, ProbeError};
+use sky::probe::{self, Client, Incoming, Lookup, ProbeError, Received};
 use sky::wire::{self, Token, VirtualAddr};
 
 #[global_allocator]
@@ -77,6 +78,15 @@ enum EarthCommand {
         /// Stop after this many seconds (default: on SIGINT/SIGTERM).
         #[arg(long)]
         hold: Option<u64>,
+    },
+    /// Connect to a friend (lookup, hole punching, handshake) and deliver
+    /// one message; prints the round trip. The friend must be `online`.
+    Send {
+        name: String,
+        text: String,
+        /// The sky node, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: String,
     },
     /// Look a friend up: `online <ip:port>` (exit 0) or `offline` (exit 1).
     Lookup {
@@ -277,14 +287,21 @@ fn earth_online(
         let _ = signal_hook::flag::register(signal, stop.clone());
     }
     let end = hold.map(|h| Instant::now() + h);
-    let id = &mut state.identity;
+    let friends: Vec<(String, [u8; 32])> = state
+        .friends
+        .0
+        .iter()
+        .map(|(n, f)| (n.clone(), f.public_key))
+        .collect();
+    let mut sessions: std::collections::HashMap<std::net::SocketAddr, (String, Session)> =
+        std::collections::HashMap::new();
     let mut registered: Option<(sky::earth::ratchet::Epoch, Token, probe::Registration)> = None;
     let mut next_keepalive = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && end.is_none_or(|e| Instant::now() < e)
     {
-        let epoch = id.schedule.epoch_at(unix_now());
+        let epoch = state.identity.schedule.epoch_at(unix_now());
         if registered.as_ref().is_none_or(|(e, _, _)| *e != epoch) {
-            let Some(token) = id.chain.token_at(epoch) else {
+            let Some(token) = state.identity.chain.token_at(epoch) else {
                 return fail("the identity's chain starts after the current epoch".into());
             };
             let reg = match client.register(token, metered) {
@@ -303,8 +320,24 @@ fn earth_online(
         let wait = next_keepalive
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(200));
-        match client.receive(wait) {
-            Ok(Some(Incoming::Introduction { caller, endpoint })) => {
+        let mut buf = [0u8; 2048];
+        match client.receive_with(wait, &mut buf) {
+            Ok(Some(Received::Peer { from, len })) => {
+                peer_datagram(
+                    &client,
+                    &state.identity,
+                    &friends,
+                    &mut sessions,
+                    from,
+                    &mut buf[..len],
+                );
+            }
+            Ok(Some(Received::Sky(Incoming::Introduction { caller, endpoint }))) => {
+                // Open our NAT towards the caller: a few small datagrams, so
+                // its handshake can come in.
+                for _ in 0..3 {
+                    let _ = client.send_to_peer(endpoint, &[PUNCH]);
+                }
                 let now = unix_now();
                 let who = state.friends.0.iter_mut().find_map(|(name, f)| {
                     let tries = f
@@ -320,8 +353,10 @@ fn earth_online(
                     who.unwrap_or_else(|| caller.to_hex())
                 );
             }
-            Ok(Some(Incoming::Forged)) => eprintln!("sky earth: rejected a forged introduction"),
-            Ok(Some(Incoming::NotRegistered)) => registered = None,
+            Ok(Some(Received::Sky(Incoming::Forged))) => {
+                eprintln!("sky earth: rejected a forged introduction")
+            }
+            Ok(Some(Received::Sky(Incoming::NotRegistered))) => registered = None,
             Ok(None) => {}
             Err(e) => return fail(e.to_string()),
         }
@@ -335,6 +370,184 @@ fn earth_online(
         let _ = client.unregister(token);
     }
     ExitCode::SUCCESS
+}
+
+/// A datagram that only opens a NAT mapping; peers ignore it.
+const PUNCH: u8 = 0x20;
+
+/// 32 fresh random bytes, for an ephemeral key.
+fn ephemeral() -> [u8; 32] {
+    sky::engine::sys::random_secret().expect("the kernel's random source")
+}
+
+/// The responder's side of a punched path: answer a friend's handshake,
+/// print what it sends and acknowledge it with an empty sealed datagram.
+fn peer_datagram(
+    client: &Client,
+    identity: &sky::earth::identity::Identity,
+    friends: &[(String, [u8; 32])],
+    sessions: &mut std::collections::HashMap<std::net::SocketAddr, (String, Session)>,
+    from: std::net::SocketAddr,
+    datagram: &mut [u8],
+) {
+    use sky::earth::handshake::{self, DATA, MSG1, MSG2_LEN};
+    match datagram.first() {
+        Some(&MSG1) => {
+            let keys: Vec<[u8; 32]> = friends.iter().map(|(_, k)| *k).collect();
+            let mut msg2 = [0u8; MSG2_LEN];
+            match handshake::respond(
+                identity.secret_bytes(),
+                &keys,
+                datagram,
+                ephemeral(),
+                &mut msg2,
+            ) {
+                Ok((session, i)) => {
+                    let _ = client.send_to_peer(from, &msg2);
+                    sessions.insert(from, (friends[i].0.clone(), session));
+                }
+                Err(e) => eprintln!("sky earth: refused a handshake: {e}"),
+            }
+        }
+        Some(&DATA) => {
+            let Some((name, session)) = sessions.get_mut(&from) else {
+                return;
+            };
+            match session.open(datagram) {
+                Ok(range) => {
+                    let text = String::from_utf8_lossy(&datagram[range]).into_owned();
+                    println!("message {name} {text}");
+                    let mut ack = [0u8; handshake::DATA_OVERHEAD];
+                    let n = session.seal(&[], &mut ack);
+                    let _ = client.send_to_peer(from, &ack[..n]);
+                }
+                Err(e) => eprintln!("sky earth: refused a datagram from {name}: {e}"),
+            }
+        }
+        _ => {} // punches and strays
+    }
+}
+
+/// Connects to a friend and delivers one message: lookup (which makes the
+/// sky introduce us), then the handshake sent on a retry schedule while
+/// both sides punch, then the sealed message until it is acknowledged.
+/// Gives up after a bounded time with a clear error.
+fn earth_send(
+    state: &mut sky::earth::state::State,
+    name: &str,
+    text: &str,
+    sky_addr: &str,
+    now: Duration,
+) -> ExitCode {
+    use sky::earth::handshake::{DATA, DATA_OVERHEAD, Initiator, MSG1_LEN, MSG2, MSG2_LEN};
+    const RETRY: Duration = Duration::from_millis(100);
+    const GIVE_UP: Duration = Duration::from_secs(5);
+    let fail = earth_fail;
+    if text.len() > 1000 {
+        return fail("a message is at most 1000 bytes".into());
+    }
+    let own_epoch = state.identity.schedule.epoch_at(now);
+    let caller = state
+        .identity
+        .chain
+        .address_at(own_epoch)
+        .unwrap_or_default();
+    let our_secret = state.identity.secret_bytes();
+    let Some(friend) = state.friends.0.get_mut(name) else {
+        return fail(format!("no friend named `{name}`"));
+    };
+    let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(2)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let started = Instant::now();
+    let mut peer = None;
+    for epoch in friend
+        .schedule
+        .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP)
+    {
+        let Some(address) = friend.chain.address_at(epoch) else {
+            continue;
+        };
+        match client.lookup(address, caller) {
+            Ok(Lookup::Online { endpoint, .. }) => {
+                peer = Some(endpoint);
+                break;
+            }
+            Ok(Lookup::Offline) => {}
+            Err(e) => return fail(format!("{sky}: {e}")),
+        }
+    }
+    let Some(peer) = peer else {
+        println!("offline");
+        return ExitCode::from(1);
+    };
+    let mut msg1 = [0u8; MSG1_LEN];
+    let initiator = Initiator::start(our_secret, friend.public_key, ephemeral(), &mut msg1);
+    let mut buf = [0u8; 2048];
+    let mut initiator = Some(initiator);
+    let mut session = None;
+    let mut sealed = [0u8; 1000 + DATA_OVERHEAD];
+    let mut sealed_len = 0;
+    let mut next_send = Instant::now();
+    let mut round_trips = 0u32;
+    let deadline = Instant::now() + GIVE_UP;
+    while Instant::now() < deadline {
+        if Instant::now() >= next_send {
+            let out: &[u8] = match &session {
+                None => &msg1,
+                Some(_) => &sealed[..sealed_len],
+            };
+            let _ = client.send_to_peer(peer, out);
+            round_trips += 1;
+            next_send = Instant::now() + RETRY;
+        }
+        let wait = next_send.saturating_duration_since(Instant::now());
+        let (from, len) = match client.receive_with(wait, &mut buf) {
+            Ok(Some(Received::Peer { from, len })) => (from, len),
+            Ok(_) => continue,
+            Err(e) => return fail(e.to_string()),
+        };
+        if from != peer {
+            continue;
+        }
+        match (buf[..len].first(), session.as_mut()) {
+            (Some(&MSG2), None) if len == MSG2_LEN => {
+                match initiator
+                    .take()
+                    .expect("before the session")
+                    .finish(&buf[..len])
+                {
+                    Ok(mut s) => {
+                        sealed_len = s.seal(text.as_bytes(), &mut sealed);
+                        session = Some(s);
+                        next_send = Instant::now(); // send the message now
+                    }
+                    Err(e) => return fail(format!("{name}: handshake refused: {e}")),
+                }
+            }
+            (Some(&DATA), Some(s)) => {
+                let acknowledged = s.open(&mut buf[..len]).is_ok();
+                if acknowledged {
+                    println!(
+                        "delivered to {name} at {peer} in {:.1} ms ({round_trips} datagrams sent)",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                    return ExitCode::SUCCESS;
+                }
+            }
+            _ => {}
+        }
+    }
+    fail(format!(
+        "cannot reach {name} at {peer}: no {} within {} s",
+        if session.is_none() {
+            "handshake"
+        } else {
+            "acknowledgement"
+        },
+        GIVE_UP.as_secs()
+    ))
 }
 
 /// Looks a friend up under each address they may have now (SPEC §2: the
@@ -450,6 +663,9 @@ fn earth_main(args: EarthArgs) -> ExitCode {
             return earth_online(&mut state, &sky, metered, hold.map(Duration::from_secs));
         }
         EarthCommand::Lookup { name, sky } => return earth_lookup(&mut state, &name, &sky, now),
+        EarthCommand::Send { name, text, sky } => {
+            return earth_send(&mut state, &name, &text, &sky, now);
+        }
         EarthCommand::Status => {
             let id = &mut state.identity;
             let epoch = id.schedule.epoch_at(now);

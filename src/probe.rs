@@ -74,6 +74,17 @@ pub enum Incoming {
     NotRegistered,
 }
 
+/// What `Client::receive_with` got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    Sky(Incoming),
+    /// `len` bytes from a peer other than the sky node.
+    Peer {
+        from: SocketAddr,
+        len: usize,
+    },
+}
+
 /// Resolves `HOST:PORT` to its first address.
 pub fn resolve(sky: &str) -> io::Result<SocketAddr> {
     sky.to_socket_addrs()?.next().ok_or_else(|| {
@@ -215,31 +226,54 @@ impl Client {
     }
 
     /// Waits up to `wait` for an introduction (or another unsolicited
-    /// datagram). `Ok(None)` when nothing came.
+    /// datagram from the sky). `Ok(None)` when nothing came.
     pub fn receive(&mut self, wait: Duration) -> Result<Option<Incoming>, ProbeError> {
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receive_with(left, &mut buf)? {
+                Some(Received::Sky(incoming)) => return Ok(Some(incoming)),
+                Some(Received::Peer { .. }) => {} // not for a probe
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Like `receive`, but also hands back datagrams from anyone other than
+    /// the sky node (an earth peer on a punched path), written into `buf`.
+    pub fn receive_with(
+        &mut self,
+        wait: Duration,
+        buf: &mut [u8],
+    ) -> Result<Option<Received>, ProbeError> {
         if !self.pending.is_empty() {
-            return Ok(Some(self.pending.remove(0)));
+            return Ok(Some(Received::Sky(self.pending.remove(0))));
         }
         let deadline = Instant::now() + wait;
-        let mut buf = [0u8; 2048];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
             self.socket.set_read_timeout(Some(left))?;
-            match self.socket.recv_from(&mut buf) {
+            match self.socket.recv_from(buf) {
+                Ok((n, from)) if from != self.sky => {
+                    // A forged introduction from elsewhere is still refused.
+                    match self.classify(&buf[..n], from) {
+                        Some(incoming) => return Ok(Some(Received::Sky(incoming))),
+                        None => return Ok(Some(Received::Peer { from, len: n })),
+                    }
+                }
                 Ok((n, from)) => {
                     // A keepalive sent with a cookie gone stale is answered
                     // with a fresh one: keep it for the next keepalive.
-                    if from == self.sky
-                        && let Ok(Message::CookieReply { cookie, .. }) = Message::decode(&buf[..n])
-                    {
+                    if let Ok(Message::CookieReply { cookie, .. }) = Message::decode(&buf[..n]) {
                         self.cookie = cookie;
                         continue;
                     }
                     if let Some(incoming) = self.classify(&buf[..n], from) {
-                        return Ok(Some(incoming));
+                        return Ok(Some(Received::Sky(incoming)));
                     }
                 }
                 Err(e) if is_timeout(&e) => return Ok(None),
@@ -247,6 +281,12 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Sends `bytes` to an earth peer from this client's socket (the one its
+    /// NAT mapping, and so its introductions, belong to).
+    pub fn send_to_peer(&self, peer: SocketAddr, bytes: &[u8]) -> io::Result<()> {
+        self.socket.send_to(bytes, peer).map(|_| ())
     }
 
     /// Sends a request built for the current tag and cookie, and waits for

@@ -72,7 +72,8 @@ impl Identity {
         PublicKey::from(&self.secret).to_bytes()
     }
 
-    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+    /// The long-term X25519 secret, for the handshake.
+    pub fn secret_bytes(&self) -> [u8; 32] {
         self.secret.to_bytes()
     }
 

@@ -477,3 +477,72 @@ fn earth_friends_find_each_other_through_a_sky_node() {
     drop(node);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `send`: lookup, introduction, punch, handshake with the friends' keys,
+/// one sealed message and its acknowledgement — over loopback (the NAT
+/// test bed is still to come).
+#[test]
+fn earth_send_delivers_a_message_over_an_authenticated_path() {
+    let root = std::env::temp_dir().join(format!("sky-earth-send-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
+    for dir in [&alice, &bob, &carol] {
+        assert!(earth(dir, &["init"]).status.success());
+    }
+    let invite = |dir: &std::path::Path| stdout(&earth(dir, &["invite"])).trim().to_string();
+    let (ai, bi) = (invite(&alice), invite(&bob));
+    assert!(earth(&bob, &["add-friend", "alice", &ai]).status.success());
+    assert!(earth(&alice, &["add-friend", "bob", &bi]).status.success());
+    // Carol has alice's invite, but alice does not have carol's.
+    assert!(
+        earth(&carol, &["add-friend", "alice", &ai])
+            .status
+            .success()
+    );
+
+    let node = NodeProcess::start(&["--listen", "127.0.0.1:7796", "--metrics", "off"], &[]);
+    let online = Command::new(SKY)
+        .args(["earth", "--state", alice.to_str().unwrap(), "online"])
+        .args(["--sky", "127.0.0.1:7796", "--hold", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let sent = earth(
+        &bob,
+        &["send", "alice", "hello from bob", "--sky", "127.0.0.1:7796"],
+    );
+    assert_eq!(sent.status.code(), Some(0), "{sent:?}");
+    assert!(
+        stdout(&sent).starts_with("delivered to alice at 127.0.0.1:"),
+        "{}",
+        stdout(&sent)
+    );
+
+    // A stranger's handshake is refused: bounded failure, exit 2.
+    let refused = earth(&carol, &["send", "alice", "hi", "--sky", "127.0.0.1:7796"]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot reach alice"),
+        "{refused:?}"
+    );
+
+    let out = online.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l == "message bob hello from bob"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("message carol") && !text.contains(" hi"),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused a handshake"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(node);
+    std::fs::remove_dir_all(&root).unwrap();
+}
