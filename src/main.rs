@@ -78,7 +78,13 @@ enum EarthCommand {
         /// Stop after this many seconds (default: on SIGINT/SIGTERM).
         #[arg(long)]
         hold: Option<u64>,
+        /// Seconds between attempts to send a pending address reset.
+        #[arg(long, default_value_t = 60)]
+        reset_retry: u64,
     },
+    /// Remove a friend and reset the address: a fresh chain key, sent to
+    /// every remaining friend (by `online`) until each acknowledges it.
+    RemoveFriend { name: String },
     /// Connect to a friend (lookup, hole punching, handshake) and deliver
     /// one message; prints the round trip. The friend must be `online`.
     Send {
@@ -273,9 +279,11 @@ fn earth_client(
 /// (the sans-IO session core and hole punching are still to come).
 fn earth_online(
     state: &mut sky::earth::state::State,
+    dir: &std::path::Path,
     sky_addr: &str,
     metered: bool,
     hold: Option<Duration>,
+    reset_retry: Duration,
 ) -> ExitCode {
     let fail = earth_fail;
     let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(3)) {
@@ -287,18 +295,20 @@ fn earth_online(
         let _ = signal_hook::flag::register(signal, stop.clone());
     }
     let end = hold.map(|h| Instant::now() + h);
-    let friends: Vec<(String, [u8; 32])> = state
-        .friends
-        .0
-        .iter()
-        .map(|(n, f)| (n.clone(), f.public_key))
-        .collect();
     let mut sessions: std::collections::HashMap<std::net::SocketAddr, (String, Session)> =
         std::collections::HashMap::new();
     let mut registered: Option<(sky::earth::ratchet::Epoch, Token, probe::Registration)> = None;
     let mut next_keepalive = Instant::now();
+    let mut next_reset = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && end.is_none_or(|e| Instant::now() < e)
     {
+        // Address reset: send the new chain to every friend who has not
+        // acknowledged it yet, every `reset_retry`, across restarts.
+        if !state.pending_resets.is_empty() && Instant::now() >= next_reset && registered.is_some()
+        {
+            send_pending_resets(&mut client, state, dir);
+            next_reset = Instant::now() + reset_retry;
+        }
         let epoch = state.identity.schedule.epoch_at(unix_now());
         if registered.as_ref().is_none_or(|(e, _, _)| *e != epoch) {
             let Some(token) = state.identity.chain.token_at(epoch) else {
@@ -323,14 +333,7 @@ fn earth_online(
         let mut buf = [0u8; 2048];
         match client.receive_with(wait, &mut buf) {
             Ok(Some(Received::Peer { from, len })) => {
-                peer_datagram(
-                    &client,
-                    &state.identity,
-                    &friends,
-                    &mut sessions,
-                    from,
-                    &mut buf[..len],
-                );
+                peer_datagram(&client, state, dir, &mut sessions, from, &mut buf[..len]);
             }
             Ok(Some(Received::Sky(Incoming::Introduction { caller, endpoint }))) => {
                 // Open our NAT towards the caller: a few small datagrams, so
@@ -381,11 +384,12 @@ fn ephemeral() -> [u8; 32] {
 }
 
 /// The responder's side of a punched path: answer a friend's handshake,
-/// print what it sends and acknowledge it with an empty sealed datagram.
+/// act on what it sends (print a message; adopt a reset notice's new chain
+/// and save it) and acknowledge with an empty sealed datagram.
 fn peer_datagram(
     client: &Client,
-    identity: &sky::earth::identity::Identity,
-    friends: &[(String, [u8; 32])],
+    state: &mut sky::earth::state::State,
+    dir: &std::path::Path,
     sessions: &mut std::collections::HashMap<std::net::SocketAddr, (String, Session)>,
     from: std::net::SocketAddr,
     datagram: &mut [u8],
@@ -393,15 +397,16 @@ fn peer_datagram(
     use sky::earth::handshake::{self, DATA, MSG1, MSG2_LEN};
     match datagram.first() {
         Some(&MSG1) => {
+            let friends: Vec<(String, [u8; 32])> = state
+                .friends
+                .0
+                .iter()
+                .map(|(n, f)| (n.clone(), f.public_key))
+                .collect();
             let keys: Vec<[u8; 32]> = friends.iter().map(|(_, k)| *k).collect();
             let mut msg2 = [0u8; MSG2_LEN];
-            match handshake::respond(
-                identity.secret_bytes(),
-                &keys,
-                datagram,
-                ephemeral(),
-                &mut msg2,
-            ) {
+            let secret = state.identity.secret_bytes();
+            match handshake::respond(secret, &keys, datagram, ephemeral(), &mut msg2) {
                 Ok((session, i)) => {
                     let _ = client.send_to_peer(from, &msg2);
                     sessions.insert(from, (friends[i].0.clone(), session));
@@ -413,54 +418,121 @@ fn peer_datagram(
             let Some((name, session)) = sessions.get_mut(&from) else {
                 return;
             };
-            match session.open(datagram) {
-                Ok(range) => {
-                    let text = String::from_utf8_lossy(&datagram[range]).into_owned();
-                    println!("message {name} {text}");
-                    let mut ack = [0u8; handshake::DATA_OVERHEAD];
-                    let n = session.seal(&[], &mut ack);
-                    let _ = client.send_to_peer(from, &ack[..n]);
+            let range = match session.open(datagram) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sky earth: refused a datagram from {name}: {e}");
+                    return;
                 }
-                Err(e) => eprintln!("sky earth: refused a datagram from {name}: {e}"),
+            };
+            let payload = &datagram[range];
+            match payload.split_first() {
+                Some((&TEXT, text)) => {
+                    println!("message {name} {}", String::from_utf8_lossy(text));
+                }
+                Some((&RESET, bytes)) => {
+                    let invite = sky::earth::invite::Invite::from_bytes(bytes);
+                    let Some(friend) = state.friends.0.get_mut(name.as_str()) else {
+                        return;
+                    };
+                    match invite {
+                        // The session proved the sender's key; the notice
+                        // must carry that same key.
+                        Ok(i) if i.public_key == friend.public_key => {
+                            *friend = i.into();
+                            if let Err(e) = state.save(dir) {
+                                eprintln!("sky earth: cannot save {name}'s reset: {e}");
+                                return; // no acknowledgement: it is sent again
+                            }
+                            println!("reset {name}");
+                        }
+                        _ => {
+                            eprintln!("sky earth: refused a malformed reset notice from {name}");
+                            return;
+                        }
+                    }
+                }
+                _ => return,
             }
+            let mut ack = [0u8; handshake::DATA_OVERHEAD];
+            let n = session.seal(&[], &mut ack);
+            let _ = client.send_to_peer(from, &ack[..n]);
         }
         _ => {} // punches and strays
     }
 }
 
-/// Connects to a friend and delivers one message: lookup (which makes the
-/// sky introduce us), then the handshake sent on a retry schedule while
-/// both sides punch, then the sealed message until it is acknowledged.
-/// Gives up after a bounded time with a clear error.
-fn earth_send(
+/// One round of address-reset notices to the friends who still owe an
+/// acknowledgement; each one acknowledged leaves the pending set on disk.
+fn send_pending_resets(
+    client: &mut Client,
     state: &mut sky::earth::state::State,
-    name: &str,
-    text: &str,
-    sky_addr: &str,
+    dir: &std::path::Path,
+) {
+    let now = unix_now();
+    let epoch = state.identity.schedule.epoch_at(now);
+    let notice = sky::earth::invite::Invite {
+        epoch,
+        chain_key: state
+            .identity
+            .chain
+            .key_at(epoch)
+            .expect("own chain covers now"),
+        schedule: state.identity.schedule,
+        public_key: state.identity.public_key(),
+    };
+    let mut payload = vec![RESET];
+    payload.extend_from_slice(&notice.to_bytes());
+    let pending: Vec<String> = state.pending_resets.iter().cloned().collect();
+    for name in pending {
+        let Some(friend) = state.friends.0.get_mut(&name) else {
+            state.pending_resets.remove(&name); // removed since
+            continue;
+        };
+        match deliver(client, &mut state.identity, friend, &payload, now) {
+            Ok(_) => {
+                state.pending_resets.remove(&name);
+                match state.save(dir) {
+                    Ok(()) => println!("reset acknowledged by {name}"),
+                    Err(e) => eprintln!("sky earth: {e}"),
+                }
+            }
+            Err(DeliverError::Offline) => {}
+            Err(DeliverError::Failed(e)) => eprintln!("sky earth: reset to {name}: {e}"),
+        }
+    }
+}
+
+/// What a sealed payload between friends is.
+const TEXT: u8 = 0x01;
+/// A reset notice: the sender's new chain, as invite bytes.
+const RESET: u8 = 0x02;
+
+/// Why `deliver` did not deliver.
+enum DeliverError {
+    /// The friend is not online (the sky said so).
+    Offline,
+    Failed(String),
+}
+
+/// Connects to a friend and delivers one sealed payload: lookup (which
+/// makes the sky introduce us), then the handshake sent on a retry schedule
+/// while both sides punch, then the payload until it is acknowledged.
+/// Bounded: gives up after 5 s. Returns the peer and the datagrams sent.
+fn deliver(
+    client: &mut Client,
+    identity: &mut sky::earth::identity::Identity,
+    friend: &mut sky::earth::identity::Friend,
+    payload: &[u8],
     now: Duration,
-) -> ExitCode {
+) -> Result<(std::net::SocketAddr, u32), DeliverError> {
     use sky::earth::handshake::{DATA, DATA_OVERHEAD, Initiator, MSG1_LEN, MSG2, MSG2_LEN};
     const RETRY: Duration = Duration::from_millis(100);
     const GIVE_UP: Duration = Duration::from_secs(5);
-    let fail = earth_fail;
-    if text.len() > 1000 {
-        return fail("a message is at most 1000 bytes".into());
-    }
-    let own_epoch = state.identity.schedule.epoch_at(now);
-    let caller = state
-        .identity
+    let caller = identity
         .chain
-        .address_at(own_epoch)
+        .address_at(identity.schedule.epoch_at(now))
         .unwrap_or_default();
-    let our_secret = state.identity.secret_bytes();
-    let Some(friend) = state.friends.0.get_mut(name) else {
-        return fail(format!("no friend named `{name}`"));
-    };
-    let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(2)) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let started = Instant::now();
     let mut peer = None;
     for epoch in friend
         .schedule
@@ -475,22 +547,23 @@ fn earth_send(
                 break;
             }
             Ok(Lookup::Offline) => {}
-            Err(e) => return fail(format!("{sky}: {e}")),
+            Err(e) => return Err(DeliverError::Failed(e.to_string())),
         }
     }
-    let Some(peer) = peer else {
-        println!("offline");
-        return ExitCode::from(1);
-    };
+    let peer = peer.ok_or(DeliverError::Offline)?;
     let mut msg1 = [0u8; MSG1_LEN];
-    let initiator = Initiator::start(our_secret, friend.public_key, ephemeral(), &mut msg1);
+    let mut initiator = Some(Initiator::start(
+        identity.secret_bytes(),
+        friend.public_key,
+        ephemeral(),
+        &mut msg1,
+    ));
     let mut buf = [0u8; 2048];
-    let mut initiator = Some(initiator);
     let mut session = None;
-    let mut sealed = [0u8; 1000 + DATA_OVERHEAD];
+    let mut sealed = [0u8; 1100 + DATA_OVERHEAD];
     let mut sealed_len = 0;
     let mut next_send = Instant::now();
-    let mut round_trips = 0u32;
+    let mut sent = 0u32;
     let deadline = Instant::now() + GIVE_UP;
     while Instant::now() < deadline {
         if Instant::now() >= next_send {
@@ -499,55 +572,85 @@ fn earth_send(
                 Some(_) => &sealed[..sealed_len],
             };
             let _ = client.send_to_peer(peer, out);
-            round_trips += 1;
+            sent += 1;
             next_send = Instant::now() + RETRY;
         }
         let wait = next_send.saturating_duration_since(Instant::now());
         let (from, len) = match client.receive_with(wait, &mut buf) {
             Ok(Some(Received::Peer { from, len })) => (from, len),
             Ok(_) => continue,
-            Err(e) => return fail(e.to_string()),
+            Err(e) => return Err(DeliverError::Failed(e.to_string())),
         };
         if from != peer {
             continue;
         }
-        match (buf[..len].first(), session.as_mut()) {
-            (Some(&MSG2), None) if len == MSG2_LEN => {
-                match initiator
-                    .take()
-                    .expect("before the session")
-                    .finish(&buf[..len])
-                {
+        let kind = buf[..len].first().copied();
+        match (kind, session.as_mut()) {
+            (Some(MSG2), None) if len == MSG2_LEN => {
+                let i = initiator.take().expect("before the session");
+                match i.finish(&buf[..len]) {
                     Ok(mut s) => {
-                        sealed_len = s.seal(text.as_bytes(), &mut sealed);
+                        sealed_len = s.seal(payload, &mut sealed);
                         session = Some(s);
-                        next_send = Instant::now(); // send the message now
+                        next_send = Instant::now(); // send the payload now
                     }
-                    Err(e) => return fail(format!("{name}: handshake refused: {e}")),
+                    Err(e) => return Err(DeliverError::Failed(format!("handshake refused: {e}"))),
                 }
             }
-            (Some(&DATA), Some(s)) => {
+            (Some(DATA), Some(s)) => {
                 let acknowledged = s.open(&mut buf[..len]).is_ok();
                 if acknowledged {
-                    println!(
-                        "delivered to {name} at {peer} in {:.1} ms ({round_trips} datagrams sent)",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
-                    return ExitCode::SUCCESS;
+                    return Ok((peer, sent));
                 }
             }
             _ => {}
         }
     }
-    fail(format!(
-        "cannot reach {name} at {peer}: no {} within {} s",
+    Err(DeliverError::Failed(format!(
+        "no {} from {peer} within {} s",
         if session.is_none() {
             "handshake"
         } else {
             "acknowledgement"
         },
         GIVE_UP.as_secs()
-    ))
+    )))
+}
+
+fn earth_send(
+    state: &mut sky::earth::state::State,
+    name: &str,
+    text: &str,
+    sky_addr: &str,
+    now: Duration,
+) -> ExitCode {
+    if text.len() > 1000 {
+        return earth_fail("a message is at most 1000 bytes".into());
+    }
+    let Some(friend) = state.friends.0.get_mut(name) else {
+        return earth_fail(format!("no friend named `{name}`"));
+    };
+    let (_, mut client) = match earth_client(sky_addr, Duration::from_secs(2)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let started = Instant::now();
+    let mut payload = vec![TEXT];
+    payload.extend_from_slice(text.as_bytes());
+    match deliver(&mut client, &mut state.identity, friend, &payload, now) {
+        Ok((peer, sent)) => {
+            println!(
+                "delivered to {name} at {peer} in {:.1} ms ({sent} datagrams sent)",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            ExitCode::SUCCESS
+        }
+        Err(DeliverError::Offline) => {
+            println!("offline");
+            ExitCode::from(1)
+        }
+        Err(DeliverError::Failed(e)) => earth_fail(format!("cannot reach {name}: {e}")),
+    }
 }
 
 /// Looks a friend up under each address they may have now (SPEC §2: the
@@ -632,6 +735,7 @@ fn earth_main(args: EarthArgs) -> ExitCode {
         let state = State {
             identity: Identity::generate(random, length, now),
             friends: Friends::default(),
+            pending_resets: Default::default(),
         };
         if let Err(e) = state.save(&dir) {
             return fail(e.to_string());
@@ -659,8 +763,34 @@ fn earth_main(args: EarthArgs) -> ExitCode {
             }
             println!("added {name}");
         }
-        EarthCommand::Online { sky, metered, hold } => {
-            return earth_online(&mut state, &sky, metered, hold.map(Duration::from_secs));
+        EarthCommand::Online {
+            sky,
+            metered,
+            hold,
+            reset_retry,
+        } => {
+            let hold = hold.map(Duration::from_secs);
+            let retry = Duration::from_secs(reset_retry.max(1));
+            return earth_online(&mut state, &dir, &sky, metered, hold, retry);
+        }
+        EarthCommand::RemoveFriend { name } => {
+            if let Err(e) = state.friends.remove(&name) {
+                return fail(e.to_string());
+            }
+            let key = match sky::engine::sys::random_secret() {
+                Ok(k) => sky::earth::ratchet::ChainKey::from_bytes(k),
+                Err(e) => return fail(format!("no randomness: {e}")),
+            };
+            state.identity.reset(key, now);
+            state.pending_resets = state.friends.0.keys().cloned().collect();
+            state.pending_resets.remove(&name);
+            if let Err(e) = state.save(&dir) {
+                return fail(e.to_string());
+            }
+            println!(
+                "removed {name}; new address pending for {} friends (sent by `sky earth online`)",
+                state.pending_resets.len()
+            );
         }
         EarthCommand::Lookup { name, sky } => return earth_lookup(&mut state, &name, &sky, now),
         EarthCommand::Send { name, text, sky } => {

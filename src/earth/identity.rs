@@ -72,6 +72,14 @@ impl Identity {
         PublicKey::from(&self.secret).to_bytes()
     }
 
+    /// Address reset: a fresh chain from `key`, starting at the epoch of
+    /// `now_unix`, on the same schedule. Nobody holding the old chain can
+    /// compute the new addresses.
+    pub fn reset(&mut self, key: ChainKey, now_unix: Duration) {
+        let origin = self.schedule.epoch_at(now_unix);
+        self.chain = Chain::new(origin, key);
+    }
+
     /// The long-term X25519 secret, for the handshake.
     pub fn secret_bytes(&self) -> [u8; 32] {
         self.secret.to_bytes()

@@ -60,6 +60,20 @@ fn check(body: &[u8]) -> [u8; 4] {
 }
 
 impl Invite {
+    /// The invite's bytes (what `encode` writes as hex), as a reset notice
+    /// carries them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let text = self.encode();
+        wire::from_hex::<LEN>(&text[PREFIX.len()..])
+            .expect("own encoding")
+            .to_vec()
+    }
+
+    /// Reads `to_bytes` output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Invite, InviteError> {
+        Invite::decode(&format!("{PREFIX}{}", wire::to_hex(bytes)))
+    }
+
     pub fn encode(&self) -> String {
         let mut b = Vec::with_capacity(LEN);
         b.extend_from_slice(&self.epoch.0.to_be_bytes());

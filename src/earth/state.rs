@@ -3,7 +3,7 @@
 //! sync it, rename it over the old one, sync the directory), so a crash at
 //! any moment leaves either the old state or the new one, never a mix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -25,6 +25,9 @@ const TEMP: &str = "state.toml.tmp";
 pub struct State {
     pub identity: Identity,
     pub friends: Friends,
+    /// Friends who have not yet acknowledged the last address reset: they
+    /// are sent the new chain key until they do, across restarts.
+    pub pending_resets: BTreeSet<String>,
 }
 
 /// Why state could not be read or written.
@@ -85,6 +88,8 @@ struct StateFile {
     identity: IdentityFile,
     #[serde(default)]
     friends: BTreeMap<String, FriendFile>,
+    #[serde(default)]
+    pending_resets: BTreeSet<String>,
 }
 
 fn chain_file(chain: &Chain, schedule: &Schedule) -> ChainFile {
@@ -148,7 +153,11 @@ impl State {
                 )
                 .map_err(|e| corrupt(e.to_string()))?;
         }
-        Ok(State { identity, friends })
+        Ok(State {
+            identity,
+            friends,
+            pending_resets: file.pending_resets,
+        })
     }
 
     /// Replaces the state in `dir` atomically, creating `dir` owner-only
@@ -182,6 +191,7 @@ impl State {
                     (name.clone(), entry)
                 })
                 .collect(),
+            pending_resets: self.pending_resets.clone(),
         };
         let text = toml::to_string(&file).expect("state serializes");
         let temp = dir.join(TEMP);
@@ -221,7 +231,11 @@ mod tests {
         let mut bob = Identity::generate([6; 64], DEFAULT_EPOCH, now);
         let mut friends = Friends::default();
         friends.add("bob", bob.invite(now).into()).unwrap();
-        State { identity, friends }
+        State {
+            identity,
+            friends,
+            pending_resets: ["bob".to_string()].into(),
+        }
     }
 
     #[test]
@@ -236,6 +250,7 @@ mod tests {
         let mut back = State::load(&dir).unwrap();
         assert_eq!(back.identity.public_key(), s.identity.public_key());
         assert_eq!(back.identity.schedule, s.identity.schedule);
+        assert_eq!(back.pending_resets, s.pending_resets);
         let e = Epoch(s.identity.chain.origin().0 + 5);
         assert_eq!(
             back.identity.chain.address_at(e),

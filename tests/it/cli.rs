@@ -546,3 +546,97 @@ fn earth_send_delivers_a_message_over_an_authenticated_path() {
     drop(node);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Address reset (SPEC §2): removing a friend moves the user to a fresh
+/// chain; a remaining friend who was offline during the reset gets it when
+/// they come online — even though the client was killed in between — and
+/// finds the user at the new address; the removed friend does not.
+#[test]
+fn remove_friend_resets_the_address_for_every_remaining_friend_across_a_crash() {
+    let root = std::env::temp_dir().join(format!("sky-earth-reset-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
+    for dir in [&alice, &bob, &carol] {
+        assert!(earth(dir, &["init"]).status.success());
+    }
+    let invite = |dir: &std::path::Path| stdout(&earth(dir, &["invite"])).trim().to_string();
+    let (ai, bi, ci) = (invite(&alice), invite(&bob), invite(&carol));
+    for (dir, name, inv) in [
+        (&bob, "alice", &ai),
+        (&carol, "alice", &ai),
+        (&alice, "bob", &bi),
+        (&alice, "carol", &ci),
+    ] {
+        assert!(earth(dir, &["add-friend", name, inv]).status.success());
+    }
+    let sky_addr = "127.0.0.1:7797";
+    let node = NodeProcess::start(&["--listen", sky_addr, "--metrics", "off"], &[]);
+    let online = |dir: &std::path::Path, hold: &str| {
+        Command::new(SKY)
+            .args([
+                "earth",
+                "--state",
+                dir.to_str().unwrap(),
+                "online",
+                "--sky",
+                sky_addr,
+            ])
+            .args(["--hold", hold, "--reset-retry", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    let removed = earth(&alice, &["remove-friend", "carol"]);
+    assert!(removed.status.success(), "{removed:?}");
+    let state = || std::fs::read_to_string(alice.join("state.toml")).unwrap();
+    assert!(
+        state().contains("pending_resets = [\"bob\"]"),
+        "{}",
+        state()
+    );
+
+    // Alice goes online while bob is offline, and is killed mid-reset.
+    let mut first = online(&alice, "30");
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        state().contains("pending_resets = [\"bob\"]"),
+        "lost the pending friend: {}",
+        state()
+    );
+
+    // She comes back; bob comes online later; the reset reaches him.
+    let second = online(&alice, "10");
+    std::thread::sleep(Duration::from_millis(800));
+    let bob_online = online(&bob, "4");
+    let bob_out = stdout(&bob_online.wait_with_output().unwrap());
+    assert!(
+        bob_out.lines().any(|l| l == "reset alice"),
+        "bob never got the reset: {bob_out}"
+    );
+
+    let found = earth(&bob, &["lookup", "alice", "--sky", sky_addr]);
+    assert_eq!(
+        found.status.code(),
+        Some(0),
+        "bob finds alice at her new address: {found:?}"
+    );
+    let removed_friend = earth(&carol, &["lookup", "alice", "--sky", sky_addr]);
+    assert_eq!(
+        removed_friend.status.code(),
+        Some(1),
+        "carol must not find alice: {removed_friend:?}"
+    );
+
+    let alice_out = stdout(&second.wait_with_output().unwrap());
+    assert!(
+        alice_out.contains("reset acknowledged by bob"),
+        "{alice_out}"
+    );
+    assert!(state().contains("pending_resets = []"), "{}", state());
+    drop(node);
+    std::fs::remove_dir_all(&root).unwrap();
+}
