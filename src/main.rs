@@ -533,24 +533,9 @@ fn deliver(
         .chain
         .address_at(identity.schedule.epoch_at(now))
         .unwrap_or_default();
-    let mut peer = None;
-    for epoch in friend
-        .schedule
-        .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP)
-    {
-        let Some(address) = friend.chain.address_at(epoch) else {
-            continue;
-        };
-        match client.lookup(address, caller) {
-            Ok(Lookup::Online { endpoint, .. }) => {
-                peer = Some(endpoint);
-                break;
-            }
-            Ok(Lookup::Offline) => {}
-            Err(e) => return Err(DeliverError::Failed(e.to_string())),
-        }
-    }
-    let peer = peer.ok_or(DeliverError::Offline)?;
+    let peer = find_friend(client, friend, caller, now)
+        .map_err(|e| DeliverError::Failed(e.to_string()))?
+        .ok_or(DeliverError::Offline)?;
     let mut msg1 = [0u8; MSG1_LEN];
     let mut initiator = Some(Initiator::start(
         identity.secret_bytes(),
@@ -675,6 +660,29 @@ fn earth_lookup(
         Ok(c) => c,
         Err(code) => return code,
     };
+    match find_friend(&mut client, friend, caller, now) {
+        Ok(Some(endpoint)) => {
+            println!("online {endpoint}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("offline");
+            ExitCode::from(1)
+        }
+        Err(ProbeError::Timeout) => fail(format!("no answer from {sky}")),
+        Err(e) => fail(format!("{sky}: {e}")),
+    }
+}
+
+/// Looks `friend` up under each address they may have at `now` (SPEC §2:
+/// the neighbouring epoch too, within H of a boundary); the sky introduces
+/// `caller` to them. Their endpoint, or `None` when offline.
+fn find_friend(
+    client: &mut Client,
+    friend: &mut sky::earth::identity::Friend,
+    caller: VirtualAddr,
+    now: Duration,
+) -> Result<Option<std::net::SocketAddr>, ProbeError> {
     for epoch in friend
         .schedule
         .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP)
@@ -682,18 +690,11 @@ fn earth_lookup(
         let Some(address) = friend.chain.address_at(epoch) else {
             continue;
         };
-        match client.lookup(address, caller) {
-            Ok(Lookup::Online { endpoint, .. }) => {
-                println!("online {endpoint}");
-                return ExitCode::SUCCESS;
-            }
-            Ok(Lookup::Offline) => {}
-            Err(ProbeError::Timeout) => return fail(format!("no answer from {sky}")),
-            Err(e) => return fail(format!("{sky}: {e}")),
+        if let Lookup::Online { endpoint, .. } = client.lookup(address, caller)? {
+            return Ok(Some(endpoint));
         }
     }
-    println!("offline");
-    ExitCode::from(1)
+    Ok(None)
 }
 
 fn earth_main(args: EarthArgs) -> ExitCode {
