@@ -10,3 +10,4 @@ mod egress;
 mod end_to_end;
 mod hostile;
 mod metrics;
+mod nat;
