@@ -819,6 +819,9 @@ fn earth_main(args: EarthArgs) -> ExitCode {
                     .map_or("-".into(), |a| a.to_hex());
                 println!("friend {name} address {a}");
             }
+            for name in &state.pending_resets {
+                println!("reset pending {name}");
+            }
         }
     }
     ExitCode::SUCCESS

@@ -591,6 +591,9 @@ fn remove_friend_resets_the_address_for_every_remaining_friend_across_a_crash() 
     let removed = earth(&alice, &["remove-friend", "carol"]);
     assert!(removed.status.success(), "{removed:?}");
     let state = || std::fs::read_to_string(alice.join("state.toml")).unwrap();
+    let status = stdout(&earth(&alice, &["status"]));
+    assert!(status.lines().any(|l| l == "reset pending bob"), "{status}");
+    assert!(!status.contains("friend carol"), "{status}");
     assert!(
         state().contains("pending_resets = [\"bob\"]"),
         "{}",
