@@ -409,7 +409,8 @@ impl Generator {
     }
 
     /// Registers every population address from socket `i % clients`,
-    /// pipelined, retrying what goes unanswered.
+    /// pipelined. If any registration is lost, the whole population is sent
+    /// again (a repeat only refreshes an entry), at most three passes.
     fn register_population(&mut self) -> Result<(), BenchError> {
         let n = self.cfg.population;
         let started = Instant::now();
@@ -417,56 +418,49 @@ impl Generator {
         self.homes = (0..n)
             .map(|i| self.clients[i % self.clients.len()].socket.local_addr())
             .collect::<io::Result<_>>()?;
-        let mut next = 0usize;
-        let mut done = 0usize;
-        let mut retries = 0u64;
         let limit = Duration::from_secs(120).max(Duration::from_micros(20 * n as u64));
-        while done < n {
-            if started.elapsed() > limit {
-                return Err(BenchError::Setup(format!(
-                    "registered {done} of {n} addresses in {limit:?}; the node is not keeping up"
-                )));
-            }
-            let before = self.counts.answered;
-            let lost_before = self.counts.lost;
-            // Socket (i % clients) sends registration i.
-            let mut sent_any = false;
-            while next < n {
-                let c = next % self.clients.len();
-                if self.clients[c].inflight.len() >= self.cfg.window {
-                    break;
-                }
-                let msg = self.register_msg(c, next);
-                self.send_one(c, msg, Expect::Registered)?;
-                next += 1;
-                sent_any = true;
-            }
-            self.receive_all()?;
-            self.expire(Instant::now());
-            let lost = self.counts.lost - lost_before;
-            if lost > 0 {
-                // Lost registrations: send those indices again at the end.
-                retries += lost;
-                if retries > n as u64 + 1000 {
+        for pass in 1..=3 {
+            self.counts = Counts::default();
+            let mut next = 0usize;
+            while (self.counts.answered + self.counts.lost) < n as u64 {
+                if started.elapsed() > limit {
                     return Err(BenchError::Setup(format!(
-                        "{retries} registrations lost during setup"
+                        "registered {} of {n} addresses in {limit:?}; the node is not keeping up",
+                        self.counts.answered
                     )));
                 }
+                let before = self.counts.answered;
+                let mut sent_any = false;
+                while next < n {
+                    let c = next % self.clients.len();
+                    if self.clients[c].inflight.len() >= self.cfg.window {
+                        break;
+                    }
+                    let msg = self.register_msg(c, next);
+                    if !self.send_one(c, msg, Expect::Registered)? {
+                        break; // socket buffer full: the next turn sends it
+                    }
+                    next += 1;
+                    sent_any = true;
+                }
+                self.receive_all()?;
+                self.expire(Instant::now());
+                if !sent_any && self.counts.answered == before {
+                    self.idle_wait(IDLE_WAIT);
+                }
             }
-            done = (self.counts.answered) as usize;
-            if next >= n && done + (self.counts.lost as usize) >= n && done < n {
-                // Re-send everything once more; duplicates only refresh.
-                next = 0;
-                self.counts.lost = 0;
-                self.counts.answered = 0;
-                done = 0;
+            if self.counts.lost == 0 {
+                self.counts = Counts::default();
+                return Ok(());
             }
-            if !sent_any && self.counts.answered == before {
-                self.idle_wait(IDLE_WAIT);
+            if pass == 3 {
+                break;
             }
         }
-        self.counts = Counts::default();
-        Ok(())
+        Err(BenchError::Setup(format!(
+            "{} of {n} registrations still lost after three passes",
+            self.counts.lost
+        )))
     }
 
     fn register_msg(&mut self, c: usize, i: usize) -> Message {
@@ -687,13 +681,14 @@ impl Generator {
         }
     }
 
-    fn send_one(&mut self, c: usize, msg: Message, expect: Expect) -> io::Result<()> {
+    /// Sends one request; false if the socket buffer was full.
+    fn send_one(&mut self, c: usize, msg: Message, expect: Expect) -> io::Result<bool> {
         let seq = self.next_seq();
         let mut out = [0u8; wire::MAX_MESSAGE_LEN];
         let n = with_tag(msg, seq).emit(&mut out);
         match self.clients[c].socket.send_to(&out[..n], self.cfg.target) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
         self.counts.sent += 1;
@@ -703,7 +698,7 @@ impl Generator {
             expect,
             sent: Instant::now(),
         });
-        Ok(())
+        Ok(true)
     }
 
     fn next_seq(&mut self) -> u32 {

@@ -84,6 +84,21 @@ fn earth(dir: &std::path::Path, args: &[&str]) -> Output {
     sky(&a)
 }
 
+/// Initializes each user under `root` and applies `adds`: (who, friend).
+fn earth_users(root: &std::path::Path, users: &[&str], adds: &[(&str, &str)]) {
+    let _ = std::fs::remove_dir_all(root);
+    for u in users {
+        assert!(earth(&root.join(u), &["init"]).status.success());
+    }
+    for (who, friend) in adds {
+        let invite = stdout(&earth(&root.join(friend), &["invite"]))
+            .trim()
+            .to_string();
+        let o = earth(&root.join(who), &["add-friend", friend, &invite]);
+        assert!(o.status.success(), "{o:?}");
+    }
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -423,23 +438,12 @@ fn earth_init_invite_add_friend_and_status() {
 #[test]
 fn earth_friends_find_each_other_through_a_sky_node() {
     let root = std::env::temp_dir().join(format!("sky-earth-online-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    earth_users(
+        &root,
+        &["alice", "bob"],
+        &[("bob", "alice"), ("alice", "bob")],
+    );
     let (alice, bob) = (root.join("alice"), root.join("bob"));
-    for dir in [&alice, &bob] {
-        assert!(earth(dir, &["init"]).status.success());
-    }
-    let alice_invite = stdout(&earth(&alice, &["invite"])).trim().to_string();
-    let bob_invite = stdout(&earth(&bob, &["invite"])).trim().to_string();
-    assert!(
-        earth(&bob, &["add-friend", "alice", &alice_invite])
-            .status
-            .success()
-    );
-    assert!(
-        earth(&alice, &["add-friend", "bob", &bob_invite])
-            .status
-            .success()
-    );
 
     let node = NodeProcess::start(&["--listen", "127.0.0.1:7795", "--metrics", "off"], &[]);
     let offline = earth(&bob, &["lookup", "alice", "--sky", "127.0.0.1:7795"]);
@@ -484,21 +488,13 @@ fn earth_friends_find_each_other_through_a_sky_node() {
 #[test]
 fn earth_send_delivers_a_message_over_an_authenticated_path() {
     let root = std::env::temp_dir().join(format!("sky-earth-send-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
-    for dir in [&alice, &bob, &carol] {
-        assert!(earth(dir, &["init"]).status.success());
-    }
-    let invite = |dir: &std::path::Path| stdout(&earth(dir, &["invite"])).trim().to_string();
-    let (ai, bi) = (invite(&alice), invite(&bob));
-    assert!(earth(&bob, &["add-friend", "alice", &ai]).status.success());
-    assert!(earth(&alice, &["add-friend", "bob", &bi]).status.success());
     // Carol has alice's invite, but alice does not have carol's.
-    assert!(
-        earth(&carol, &["add-friend", "alice", &ai])
-            .status
-            .success()
+    earth_users(
+        &root,
+        &["alice", "bob", "carol"],
+        &[("bob", "alice"), ("alice", "bob"), ("carol", "alice")],
     );
+    let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
 
     let node = NodeProcess::start(&["--listen", "127.0.0.1:7796", "--metrics", "off"], &[]);
     let online = Command::new(SKY)
@@ -554,21 +550,17 @@ fn earth_send_delivers_a_message_over_an_authenticated_path() {
 #[test]
 fn remove_friend_resets_the_address_for_every_remaining_friend_across_a_crash() {
     let root = std::env::temp_dir().join(format!("sky-earth-reset-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    earth_users(
+        &root,
+        &["alice", "bob", "carol"],
+        &[
+            ("bob", "alice"),
+            ("carol", "alice"),
+            ("alice", "bob"),
+            ("alice", "carol"),
+        ],
+    );
     let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
-    for dir in [&alice, &bob, &carol] {
-        assert!(earth(dir, &["init"]).status.success());
-    }
-    let invite = |dir: &std::path::Path| stdout(&earth(dir, &["invite"])).trim().to_string();
-    let (ai, bi, ci) = (invite(&alice), invite(&bob), invite(&carol));
-    for (dir, name, inv) in [
-        (&bob, "alice", &ai),
-        (&carol, "alice", &ai),
-        (&alice, "bob", &bi),
-        (&alice, "carol", &ci),
-    ] {
-        assert!(earth(dir, &["add-friend", name, inv]).status.success());
-    }
     let sky_addr = "127.0.0.1:7797";
     let node = NodeProcess::start(&["--listen", sky_addr, "--metrics", "off"], &[]);
     let online = |dir: &std::path::Path, hold: &str| {
