@@ -18,7 +18,9 @@
 //! - [`earth`]: the earth client (in progress: the ratchet and invites);
 //! - [`probe`]: the operator's blocking client (`sky probe`);
 //! - [`bench`]: the load generator (`sky bench`), and [`baseline`], the
-//!   no-logic core it measures the node against.
+//!   no-logic core it measures the node against;
+//! - [`sim`]: pure, deterministic simulators (`sky sim`): address
+//!   linkability under colluding sky operators (`docs/PRIVACY.md`).
 
 #![deny(unsafe_code)]
 
@@ -32,4 +34,5 @@ pub mod metrics;
 pub mod presence;
 pub mod probe;
 pub mod shard;
+pub mod sim;
 pub mod wire;
