@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use sky::config::{Config, ConfigError, EngineChoice, FileConfig};
-use sky::earth::handshake::Session;
+use sky::earth::client::{Config as EarthConfig, Event as EarthEvent, Overlap};
+use sky::earth::driver::Driver;
 use sky::engine::Node;
-use sky::probe::{self, Client, Incoming, Lookup, ProbeError, Received};
+use sky::probe::{self, Client, Incoming, Lookup, ProbeError};
 use sky::wire::{self, Token, VirtualAddr};
 
 #[global_allocator]
@@ -38,8 +39,12 @@ enum Command {
     Probe(ProbeCommand),
     /// Load generator (and, with --serve-baseline, the no-logic ceiling).
     Bench(BenchArgs),
-    /// The earth client: identity, invites and friends (in progress).
+    /// The earth client: identity, invites, friends, staying online,
+    /// lookups, sending, address reset.
     Earth(EarthArgs),
+    /// Simulators (deterministic, offline).
+    #[command(subcommand)]
+    Sim(sky::sim::SimCommand),
 }
 
 #[derive(Args)]
@@ -81,6 +86,14 @@ enum EarthCommand {
         /// Seconds between attempts to send a pending address reset.
         #[arg(long, default_value_t = 60)]
         reset_retry: u64,
+        /// Also keep the previous epoch's address registered during the
+        /// first hour of an epoch (linkable by the sky: docs/PRIVACY.md).
+        #[arg(long)]
+        dual: bool,
+        /// Cover traffic: random registrations, on average every this many
+        /// minutes.
+        #[arg(long, value_name = "MINUTES")]
+        cover: Option<u64>,
     },
     /// Remove a friend and reset the address: a fresh chain key, sent to
     /// every remaining friend (by `online`) until each acknowledges it.
@@ -249,13 +262,17 @@ fn main() -> ExitCode {
         Command::Probe(cmd) => probe_main(cmd),
         Command::Bench(args) => bench_main(args),
         Command::Earth(args) => earth_main(args),
+        Command::Sim(cmd) => match sky::sim::run(cmd) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sky sim: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
-}
-
-fn unix_now() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 fn earth_fail(msg: String) -> ExitCode {
@@ -263,438 +280,192 @@ fn earth_fail(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// A client of the sky node at `sky_addr`, or the exit code for why not.
-fn earth_client(
+/// An earth core on its own socket, talking to the sky node at `sky_addr`.
+fn earth_driver(
     sky_addr: &str,
-    timeout: Duration,
-) -> Result<(std::net::SocketAddr, Client), ExitCode> {
+    state: sky::earth::state::State,
+    configure: impl FnOnce(&mut EarthConfig),
+) -> Result<Driver, ExitCode> {
     let sky = probe::resolve(sky_addr)
         .map_err(|e| earth_fail(format!("cannot resolve {sky_addr}: {e}")))?;
-    let client =
-        Client::new(sky, timeout).map_err(|e| earth_fail(format!("cannot open a socket: {e}")))?;
-    Ok((sky, client))
+    let mut config = EarthConfig::new(sky);
+    configure(&mut config);
+    Driver::bind(config, state).map_err(|e| earth_fail(format!("cannot open a socket: {e}")))
 }
 
-/// The earth client's blocking driver for registration and introductions
-/// (the sans-IO session core and hole punching are still to come).
-fn earth_online(
-    state: &mut sky::earth::state::State,
-    dir: &std::path::Path,
-    sky_addr: &str,
-    metered: bool,
-    hold: Option<Duration>,
-    reset_retry: Duration,
-) -> ExitCode {
-    let fail = earth_fail;
-    let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(3)) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+/// A stop flag set by SIGINT and SIGTERM.
+fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(signal, stop.clone());
     }
-    let end = hold.map(|h| Instant::now() + h);
-    let mut sessions: std::collections::HashMap<std::net::SocketAddr, (String, Session)> =
-        std::collections::HashMap::new();
-    let mut registered: Option<(sky::earth::ratchet::Epoch, Token, probe::Registration)> = None;
-    let mut next_keepalive = Instant::now();
-    let mut next_reset = Instant::now();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && end.is_none_or(|e| Instant::now() < e)
-    {
-        // Address reset: send the new chain to every friend who has not
-        // acknowledged it yet, every `reset_retry`, across restarts.
-        if !state.pending_resets.is_empty() && Instant::now() >= next_reset && registered.is_some()
-        {
-            send_pending_resets(&mut client, state, dir);
-            next_reset = Instant::now() + reset_retry;
-        }
-        let epoch = state.identity.schedule.epoch_at(unix_now());
-        if registered.as_ref().is_none_or(|(e, _, _)| *e != epoch) {
-            let Some(token) = state.identity.chain.token_at(epoch) else {
-                return fail("the identity's chain starts after the current epoch".into());
-            };
-            let reg = match client.register(token, metered) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("{sky}: {e}")),
-            };
-            if let Some((_, old, _)) = registered.take() {
-                let _ = client.unregister(old);
+    stop
+}
+
+/// `sky earth online`: stays registered (moving to each new epoch's
+/// address), prints the observed endpoint, introductions and messages,
+/// answers handshakes and reset notices, and sends pending resets.
+fn earth_online(
+    state: sky::earth::state::State,
+    dir: &std::path::Path,
+    sky_addr: &str,
+    configure: impl FnOnce(&mut EarthConfig),
+    hold: Option<Duration>,
+) -> ExitCode {
+    let mut driver = match earth_driver(sky_addr, state, configure) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let stop = stop_on_signals();
+    driver.earth.go_online(earth_now());
+    // Lines printed once the state they report is on disk.
+    let mut after_save: Vec<String> = Vec::new();
+    let result = driver.run(hold.map(|h| Instant::now() + h), &stop, |earth, event| {
+        match event {
+            EarthEvent::Registered { address, observed } => {
+                println!("address {}", address.to_hex());
+                println!("registered {observed}");
             }
-            println!("address {}", reg.address.to_hex());
-            println!("registered {}", reg.observed);
-            next_keepalive = Instant::now() + reg.keepalive;
-            registered = Some((epoch, token, reg));
-        }
-        let (_, _, reg) = registered.expect("registered above");
-        let wait = next_keepalive
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(200));
-        let mut buf = [0u8; 2048];
-        match client.receive_with(wait, &mut buf) {
-            Ok(Some(Received::Peer { from, len })) => {
-                peer_datagram(&client, state, dir, &mut sessions, from, &mut buf[..len]);
-            }
-            Ok(Some(Received::Sky(Incoming::Introduction { caller, endpoint }))) => {
-                // Open our NAT towards the caller: a few small datagrams, so
-                // its handshake can come in.
-                for _ in 0..3 {
-                    let _ = client.send_to_peer(endpoint, &[PUNCH]);
-                }
-                let now = unix_now();
-                let who = state.friends.0.iter_mut().find_map(|(name, f)| {
-                    let tries = f
-                        .schedule
-                        .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP);
-                    tries
-                        .into_iter()
-                        .any(|e| f.chain.address_at(e) == Some(caller))
-                        .then(|| name.clone())
-                });
-                println!(
-                    "introduced {} {endpoint}",
-                    who.unwrap_or_else(|| caller.to_hex())
-                );
-            }
-            Ok(Some(Received::Sky(Incoming::Forged))) => {
+            EarthEvent::SkySilent => eprintln!("sky earth: no answer from {sky_addr}; retrying"),
+            EarthEvent::Introduced {
+                friend,
+                caller,
+                endpoint,
+            } => println!(
+                "introduced {} {endpoint}",
+                friend.unwrap_or_else(|| caller.to_hex())
+            ),
+            EarthEvent::ForgedIntroduction => {
                 eprintln!("sky earth: rejected a forged introduction")
             }
-            Ok(Some(Received::Sky(Incoming::NotRegistered))) => registered = None,
-            Ok(None) => {}
-            Err(e) => return fail(e.to_string()),
+            EarthEvent::HandshakeRefused { from, error } => {
+                eprintln!("sky earth: refused a handshake from {from}: {error}")
+            }
+            EarthEvent::Message { friend, payload } => {
+                println!("message {friend} {}", String::from_utf8_lossy(&payload))
+            }
+            EarthEvent::ResetAdopted { friend } => after_save.push(format!("reset {friend}")),
+            EarthEvent::ResetAcknowledged { friend } => {
+                after_save.push(format!("reset acknowledged by {friend}"))
+            }
+            EarthEvent::SaveState => match earth.state().save(dir) {
+                Ok(()) => {
+                    earth.saved();
+                    for line in after_save.drain(..) {
+                        println!("{line}");
+                    }
+                }
+                // Not acknowledged: the friend sends it again.
+                Err(e) => eprintln!("sky earth: cannot save the state: {e}"),
+            },
+            EarthEvent::Failed { friend, why, .. } => {
+                eprintln!("sky earth: cannot reach {friend}: {why}")
+            }
+            EarthEvent::Connected { .. }
+            | EarthEvent::Delivered { .. }
+            | EarthEvent::Lookup { .. } => {}
         }
         let _ = std::io::stdout().flush();
-        if Instant::now() >= next_keepalive {
-            let _ = client.keepalive(reg.address);
-            next_keepalive = Instant::now() + reg.keepalive;
-        }
-    }
-    if let Some((_, token, _)) = registered {
-        let _ = client.unregister(token);
-    }
-    ExitCode::SUCCESS
-}
-
-/// A datagram that only opens a NAT mapping; peers ignore it.
-const PUNCH: u8 = 0x20;
-
-/// 32 fresh random bytes, for an ephemeral key.
-fn ephemeral() -> [u8; 32] {
-    sky::engine::sys::random_secret().expect("the kernel's random source")
-}
-
-/// The responder's side of a punched path: answer a friend's handshake,
-/// act on what it sends (print a message; adopt a reset notice's new chain
-/// and save it) and acknowledge with an empty sealed datagram.
-fn peer_datagram(
-    client: &Client,
-    state: &mut sky::earth::state::State,
-    dir: &std::path::Path,
-    sessions: &mut std::collections::HashMap<std::net::SocketAddr, (String, Session)>,
-    from: std::net::SocketAddr,
-    datagram: &mut [u8],
-) {
-    use sky::earth::handshake::{self, DATA, MSG1, MSG2_LEN};
-    match datagram.first() {
-        Some(&MSG1) => {
-            let friends: Vec<(String, [u8; 32])> = state
-                .friends
-                .0
-                .iter()
-                .map(|(n, f)| (n.clone(), f.public_key))
-                .collect();
-            let keys: Vec<[u8; 32]> = friends.iter().map(|(_, k)| *k).collect();
-            let mut msg2 = [0u8; MSG2_LEN];
-            let secret = state.identity.secret_bytes();
-            match handshake::respond(secret, &keys, datagram, ephemeral(), &mut msg2) {
-                Ok((session, i)) => {
-                    let _ = client.send_to_peer(from, &msg2);
-                    sessions.insert(from, (friends[i].0.clone(), session));
-                }
-                Err(e) => eprintln!("sky earth: refused a handshake: {e}"),
-            }
-        }
-        Some(&DATA) => {
-            let Some((name, session)) = sessions.get_mut(&from) else {
-                return;
-            };
-            let range = match session.open(datagram) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("sky earth: refused a datagram from {name}: {e}");
-                    return;
-                }
-            };
-            let payload = &datagram[range];
-            match payload.split_first() {
-                Some((&TEXT, text)) => {
-                    println!("message {name} {}", String::from_utf8_lossy(text));
-                }
-                Some((&RESET, bytes)) => {
-                    let invite = sky::earth::invite::Invite::from_bytes(bytes);
-                    let Some(friend) = state.friends.0.get_mut(name.as_str()) else {
-                        return;
-                    };
-                    match invite {
-                        // The session proved the sender's key; the notice
-                        // must carry that same key.
-                        Ok(i) if i.public_key == friend.public_key => {
-                            *friend = i.into();
-                            if let Err(e) = state.save(dir) {
-                                eprintln!("sky earth: cannot save {name}'s reset: {e}");
-                                return; // no acknowledgement: it is sent again
-                            }
-                            println!("reset {name}");
-                        }
-                        _ => {
-                            eprintln!("sky earth: refused a malformed reset notice from {name}");
-                            return;
-                        }
-                    }
-                }
-                _ => return,
-            }
-            let mut ack = [0u8; handshake::DATA_OVERHEAD];
-            let n = session.seal(&[], &mut ack);
-            let _ = client.send_to_peer(from, &ack[..n]);
-        }
-        _ => {} // punches and strays
+        std::ops::ControlFlow::Continue(())
+    });
+    driver.earth.go_offline();
+    driver.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => earth_fail(e.to_string()),
     }
 }
 
-/// One round of address-reset notices to the friends who still owe an
-/// acknowledgement; each one acknowledged leaves the pending set on disk.
-fn send_pending_resets(
-    client: &mut Client,
-    state: &mut sky::earth::state::State,
-    dir: &std::path::Path,
-) {
-    let now = unix_now();
-    let epoch = state.identity.schedule.epoch_at(now);
-    let notice = sky::earth::invite::Invite {
-        epoch,
-        chain_key: state
-            .identity
-            .chain
-            .key_at(epoch)
-            .expect("own chain covers now"),
-        schedule: state.identity.schedule,
-        public_key: state.identity.public_key(),
-    };
-    let mut payload = vec![RESET];
-    payload.extend_from_slice(&notice.to_bytes());
-    let pending: Vec<String> = state.pending_resets.iter().cloned().collect();
-    for name in pending {
-        let Some(friend) = state.friends.0.get_mut(&name) else {
-            state.pending_resets.remove(&name); // removed since
-            continue;
-        };
-        match deliver(client, &mut state.identity, friend, &payload, now) {
-            Ok(_) => {
-                state.pending_resets.remove(&name);
-                match state.save(dir) {
-                    Ok(()) => println!("reset acknowledged by {name}"),
-                    Err(e) => eprintln!("sky earth: {e}"),
-                }
-            }
-            Err(DeliverError::Offline) => {}
-            Err(DeliverError::Failed(e)) => eprintln!("sky earth: reset to {name}: {e}"),
-        }
-    }
+fn earth_now() -> Duration {
+    sky::earth::driver::unix_now()
 }
 
-/// What a sealed payload between friends is.
-const TEXT: u8 = 0x01;
-/// A reset notice: the sender's new chain, as invite bytes.
-const RESET: u8 = 0x02;
-
-/// Why `deliver` did not deliver.
-enum DeliverError {
-    /// The friend is not online (the sky said so).
-    Offline,
-    Failed(String),
-}
-
-/// Connects to a friend and delivers one sealed payload: lookup (which
-/// makes the sky introduce us), then the handshake sent on a retry schedule
-/// while both sides punch, then the payload until it is acknowledged.
-/// Bounded: gives up after 5 s. Returns the peer and the datagrams sent.
-fn deliver(
-    client: &mut Client,
-    identity: &mut sky::earth::identity::Identity,
-    friend: &mut sky::earth::identity::Friend,
-    payload: &[u8],
-    now: Duration,
-) -> Result<(std::net::SocketAddr, u32), DeliverError> {
-    use sky::earth::handshake::{DATA, DATA_OVERHEAD, Initiator, MSG1_LEN, MSG2, MSG2_LEN};
-    const RETRY: Duration = Duration::from_millis(100);
-    const GIVE_UP: Duration = Duration::from_secs(5);
-    let caller = identity
-        .chain
-        .address_at(identity.schedule.epoch_at(now))
-        .unwrap_or_default();
-    let peer = find_friend(client, friend, caller, now)
-        .map_err(|e| DeliverError::Failed(e.to_string()))?
-        .ok_or(DeliverError::Offline)?;
-    let mut msg1 = [0u8; MSG1_LEN];
-    let mut initiator = Some(Initiator::start(
-        identity.secret_bytes(),
-        friend.public_key,
-        ephemeral(),
-        &mut msg1,
-    ));
-    let mut buf = [0u8; 2048];
-    let mut session = None;
-    let mut sealed = [0u8; 1100 + DATA_OVERHEAD];
-    let mut sealed_len = 0;
-    let mut next_send = Instant::now();
-    let mut sent = 0u32;
-    let deadline = Instant::now() + GIVE_UP;
-    while Instant::now() < deadline {
-        if Instant::now() >= next_send {
-            let out: &[u8] = match &session {
-                None => &msg1,
-                Some(_) => &sealed[..sealed_len],
-            };
-            let _ = client.send_to_peer(peer, out);
-            sent += 1;
-            next_send = Instant::now() + RETRY;
-        }
-        let wait = next_send.saturating_duration_since(Instant::now());
-        let (from, len) = match client.receive_with(wait, &mut buf) {
-            Ok(Some(Received::Peer { from, len })) => (from, len),
-            Ok(_) => continue,
-            Err(e) => return Err(DeliverError::Failed(e.to_string())),
-        };
-        if from != peer {
-            continue;
-        }
-        let kind = buf[..len].first().copied();
-        match (kind, session.as_mut()) {
-            (Some(MSG2), None) if len == MSG2_LEN => {
-                let i = initiator.take().expect("before the session");
-                match i.finish(&buf[..len]) {
-                    Ok(mut s) => {
-                        sealed_len = s.seal(payload, &mut sealed);
-                        session = Some(s);
-                        next_send = Instant::now(); // send the payload now
-                    }
-                    Err(e) => return Err(DeliverError::Failed(format!("handshake refused: {e}"))),
-                }
-            }
-            (Some(DATA), Some(s)) => {
-                let acknowledged = s.open(&mut buf[..len]).is_ok();
-                if acknowledged {
-                    return Ok((peer, sent));
-                }
-            }
-            _ => {}
-        }
-    }
-    Err(DeliverError::Failed(format!(
-        "no {} from {peer} within {} s",
-        if session.is_none() {
-            "handshake"
-        } else {
-            "acknowledgement"
-        },
-        GIVE_UP.as_secs()
-    )))
-}
-
-fn earth_send(
-    state: &mut sky::earth::state::State,
-    name: &str,
-    text: &str,
-    sky_addr: &str,
-    now: Duration,
-) -> ExitCode {
+/// `sky earth send`: connects (lookup, punching, handshake) and delivers
+/// one message; bounded by the core's time limit.
+fn earth_send(state: sky::earth::state::State, name: &str, text: &str, sky_addr: &str) -> ExitCode {
     if text.len() > 1000 {
         return earth_fail("a message is at most 1000 bytes".into());
     }
-    let Some(friend) = state.friends.0.get_mut(name) else {
+    if !state.friends.0.contains_key(name) {
         return earth_fail(format!("no friend named `{name}`"));
-    };
-    let (_, mut client) = match earth_client(sky_addr, Duration::from_secs(2)) {
-        Ok(c) => c,
+    }
+    let mut driver = match earth_driver(sky_addr, state, |_| {}) {
+        Ok(d) => d,
         Err(code) => return code,
     };
-    let started = Instant::now();
-    let mut payload = vec![TEXT];
-    payload.extend_from_slice(text.as_bytes());
-    match deliver(&mut client, &mut state.identity, friend, &payload, now) {
-        Ok((peer, sent)) => {
+    let id = driver.earth.send(earth_now(), name, text.as_bytes());
+    let mut outcome = None;
+    let stop = stop_on_signals();
+    let result = driver.run(None, &stop, |_, event| match event {
+        EarthEvent::Delivered {
+            id: i,
+            peer,
+            elapsed,
+            sent,
+            ..
+        } if i == id => {
             println!(
                 "delivered to {name} at {peer} in {:.1} ms ({sent} datagrams sent)",
-                started.elapsed().as_secs_f64() * 1e3
+                elapsed.as_secs_f64() * 1e3
             );
-            ExitCode::SUCCESS
+            outcome = Some(ExitCode::SUCCESS);
+            std::ops::ControlFlow::Break(())
         }
-        Err(DeliverError::Offline) => {
-            println!("offline");
-            ExitCode::from(1)
+        EarthEvent::Failed { id: i, why, .. } if i == id => {
+            outcome = Some(match why {
+                sky::earth::client::Failure::Offline => {
+                    println!("offline");
+                    ExitCode::from(1)
+                }
+                why => earth_fail(format!("cannot reach {name}: {why}")),
+            });
+            std::ops::ControlFlow::Break(())
         }
-        Err(DeliverError::Failed(e)) => earth_fail(format!("cannot reach {name}: {e}")),
+        _ => std::ops::ControlFlow::Continue(()),
+    });
+    match (result, outcome) {
+        (Err(e), _) => earth_fail(e.to_string()),
+        (Ok(()), Some(code)) => code,
+        (Ok(()), None) => earth_fail("interrupted".into()),
     }
 }
 
-/// Looks a friend up under each address they may have now (SPEC §2: the
-/// neighbouring epoch too, within H of a boundary).
-fn earth_lookup(
-    state: &mut sky::earth::state::State,
-    name: &str,
-    sky_addr: &str,
-    now: Duration,
-) -> ExitCode {
-    let fail = earth_fail;
-    let own_epoch = state.identity.schedule.epoch_at(now);
-    let caller = state
-        .identity
-        .chain
-        .address_at(own_epoch)
-        .unwrap_or_default();
-    let Some(friend) = state.friends.0.get_mut(name) else {
-        return fail(format!("no friend named `{name}`"));
-    };
-    let (sky, mut client) = match earth_client(sky_addr, Duration::from_secs(2)) {
-        Ok(c) => c,
+/// `sky earth lookup`: under each address the friend may have now (SPEC §2:
+/// the neighbouring epoch too, within H of a boundary).
+fn earth_lookup(state: sky::earth::state::State, name: &str, sky_addr: &str) -> ExitCode {
+    if !state.friends.0.contains_key(name) {
+        return earth_fail(format!("no friend named `{name}`"));
+    }
+    let mut driver = match earth_driver(sky_addr, state, |_| {}) {
+        Ok(d) => d,
         Err(code) => return code,
     };
-    match find_friend(&mut client, friend, caller, now) {
-        Ok(Some(endpoint)) => {
-            println!("online {endpoint}");
-            ExitCode::SUCCESS
+    driver.earth.lookup(earth_now(), name);
+    let mut outcome = None;
+    let stop = stop_on_signals();
+    let result = driver.run(None, &stop, |_, event| match event {
+        EarthEvent::Lookup { result, .. } => {
+            outcome = Some(match result {
+                Ok((endpoint, flags)) => {
+                    let metered = if flags.metered() { " metered" } else { "" };
+                    println!("online {endpoint}{metered}");
+                    ExitCode::SUCCESS
+                }
+                Err(sky::earth::client::Failure::Offline) => {
+                    println!("offline");
+                    ExitCode::from(1)
+                }
+                Err(why) => earth_fail(format!("{sky_addr}: {why}")),
+            });
+            std::ops::ControlFlow::Break(())
         }
-        Ok(None) => {
-            println!("offline");
-            ExitCode::from(1)
-        }
-        Err(ProbeError::Timeout) => fail(format!("no answer from {sky}")),
-        Err(e) => fail(format!("{sky}: {e}")),
+        _ => std::ops::ControlFlow::Continue(()),
+    });
+    match (result, outcome) {
+        (Err(e), _) => earth_fail(e.to_string()),
+        (Ok(()), Some(code)) => code,
+        (Ok(()), None) => earth_fail("interrupted".into()),
     }
-}
-
-/// Looks `friend` up under each address they may have at `now` (SPEC §2:
-/// the neighbouring epoch too, within H of a boundary); the sky introduces
-/// `caller` to them. Their endpoint, or `None` when offline.
-fn find_friend(
-    client: &mut Client,
-    friend: &mut sky::earth::identity::Friend,
-    caller: VirtualAddr,
-    now: Duration,
-) -> Result<Option<std::net::SocketAddr>, ProbeError> {
-    for epoch in friend
-        .schedule
-        .lookup_epochs(now, sky::earth::ratchet::DEFAULT_OVERLAP)
-    {
-        let Some(address) = friend.chain.address_at(epoch) else {
-            continue;
-        };
-        if let Lookup::Online { endpoint, .. } = client.lookup(address, caller)? {
-            return Ok(Some(endpoint));
-        }
-    }
-    Ok(None)
 }
 
 fn earth_main(args: EarthArgs) -> ExitCode {
@@ -769,22 +540,30 @@ fn earth_main(args: EarthArgs) -> ExitCode {
             metered,
             hold,
             reset_retry,
+            dual,
+            cover,
         } => {
             let hold = hold.map(Duration::from_secs);
-            let retry = Duration::from_secs(reset_retry.max(1));
-            return earth_online(&mut state, &dir, &sky, metered, hold, retry);
+            let configure = |c: &mut EarthConfig| {
+                c.metered = metered;
+                c.reset_retry = Duration::from_secs(reset_retry.max(1));
+                c.overlap = if dual {
+                    Overlap::Dual
+                } else {
+                    Overlap::LookupSide
+                };
+                c.cover = cover.map(|m| Duration::from_secs(m.max(1) * 60));
+            };
+            return earth_online(state, &dir, &sky, configure, hold);
         }
         EarthCommand::RemoveFriend { name } => {
-            if let Err(e) = state.friends.remove(&name) {
-                return fail(e.to_string());
-            }
             let key = match sky::engine::sys::random_secret() {
                 Ok(k) => sky::earth::ratchet::ChainKey::from_bytes(k),
                 Err(e) => return fail(format!("no randomness: {e}")),
             };
-            state.identity.reset(key, now);
-            state.pending_resets = state.friends.0.keys().cloned().collect();
-            state.pending_resets.remove(&name);
+            if let Err(e) = state.reset_address(&name, key, now) {
+                return fail(e.to_string());
+            }
             if let Err(e) = state.save(&dir) {
                 return fail(e.to_string());
             }
@@ -793,9 +572,9 @@ fn earth_main(args: EarthArgs) -> ExitCode {
                 state.pending_resets.len()
             );
         }
-        EarthCommand::Lookup { name, sky } => return earth_lookup(&mut state, &name, &sky, now),
+        EarthCommand::Lookup { name, sky } => return earth_lookup(state, &name, &sky),
         EarthCommand::Send { name, text, sky } => {
-            return earth_send(&mut state, &name, &text, &sky, now);
+            return earth_send(state, &name, &text, &sky);
         }
         EarthCommand::Status => {
             let id = &mut state.identity;

@@ -147,7 +147,7 @@ impl Initiator {
     }
 
     /// Checks msg2 and returns the session.
-    pub fn finish(self, msg2: &[u8]) -> Result<Session, HandshakeError> {
+    pub fn finish(&self, msg2: &[u8]) -> Result<Session, HandshakeError> {
         if msg2.len() != MSG2_LEN || msg2[0] != MSG2 {
             return Err(HandshakeError::Malformed);
         }

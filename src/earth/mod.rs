@@ -1,8 +1,8 @@
 //! The earth client: what a user's device runs to be found by its friends
 //! through the sky.
 //!
-//! In progress (issue 4). What exists, all sans-IO (no socket, clock or
-//! randomness is touched here: times and random bytes are arguments):
+//! All sans-IO except `state` and `driver` (no socket, clock or randomness
+//! is touched elsewhere: times and random bytes are arguments):
 //! - [`ratchet`]: chain keys, the one-way ratchet per epoch, registration
 //!   tokens and virtual addresses, the epoch schedule with its per-user
 //!   phase, and which epochs a friend's lookup tries near a boundary;
@@ -10,17 +10,19 @@
 //! - [`identity`]: the user's chain and X25519 key pair, the friend list;
 //! - [`state`]: all of it on disk, owner-only, replaced atomically;
 //! - [`handshake`]: the friends' Noise-IK-shaped handshake and sealed
-//!   datagrams (X25519, ChaCha20-Poly1305).
-//!
-//! Not yet: the sans-IO session (registration, keepalives and lookups run
-//! through the blocking `probe::Client` for now), connect and hole punching,
-//! address reset, cover traffic, and the NAT test bed.
+//!   datagrams (X25519, ChaCha20-Poly1305);
+//! - [`client`]: the core, [`client::Earth`] — registration, keepalives,
+//!   lookups, punching, handshakes, delivery, address reset, overlap modes,
+//!   cover traffic;
+//! - [`driver`]: a std driver for it (one UDP socket, the wall clock).
 //!
 //! **Separation from the sky.** Chain keys live only here. Nothing in the
 //! sky-side modules (`wire`, `keys`, `presence`, `shard`, `engine`) names
 //! this module, and a [`ratchet::ChainKey`] converts into no wire type: the
 //! sky sees tokens and addresses, never the key they come from.
 
+pub mod client;
+pub mod driver;
 pub mod handshake;
 pub mod identity;
 pub mod invite;

@@ -118,6 +118,21 @@ fn chain_of(c: &ChainFile) -> Result<(Chain, Schedule), String> {
 }
 
 impl State {
+    /// Address reset (SPEC §2): removes `friend`, moves the user to a fresh
+    /// chain from `key` starting at the epoch of `now_unix`, and marks every
+    /// remaining friend pending until they acknowledge the new chain.
+    pub fn reset_address(
+        &mut self,
+        friend: &str,
+        key: super::ratchet::ChainKey,
+        now_unix: std::time::Duration,
+    ) -> Result<(), super::identity::FriendError> {
+        self.friends.remove(friend)?;
+        self.identity.reset(key, now_unix);
+        self.pending_resets = self.friends.0.keys().cloned().collect();
+        Ok(())
+    }
+
     /// Reads the state in `dir`.
     pub fn load(dir: &Path) -> Result<State, StateError> {
         let path = dir.join(FILE);

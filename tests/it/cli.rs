@@ -635,3 +635,24 @@ fn remove_friend_resets_the_address_for_every_remaining_friend_across_a_crash() 
     drop(node);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `sky sim privacy` prints its table (small, fast parameters) and refuses
+/// a bad argument with exit 2 and the flag's name.
+#[test]
+fn sim_privacy_prints_a_row_per_mode_and_adversary() {
+    let out = sky(&[
+        "sim", "privacy", "--users", "200", "--days", "2", "--nodes", "20",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    for mode in ["lookup-side", "lookup-side-fresh-port", "dual", "cover"] {
+        let rows = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {mode} |")))
+            .count();
+        assert_eq!(rows, 2, "{mode}: {text}");
+    }
+    let bad = sky(&["sim", "privacy", "--owners", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--owners"));
+}

@@ -1,0 +1,120 @@
+//! The std driver of the earth core: one UDP socket, the wall clock, and a
+//! loop that feeds [`Earth`] and hands its events to the application.
+//!
+//! This is the earth's engine, the only earth module with a socket or a
+//! clock. An application that has its own event loop (tokio, mio, a game
+//! loop) drives [`Earth`] itself the same way: `handle_datagram`,
+//! `handle_timeout`, then `poll_transmit` and `poll_event` until empty.
+
+#![allow(clippy::disallowed_methods)] // the earth's engine: it owns the clock
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::client::{Config, Earth, Event};
+use super::state::State;
+use crate::engine::sys;
+
+/// How long the loop sleeps at most, so that a stop flag is seen.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Wall-clock time since the Unix epoch (what the ratchet's epochs count).
+pub fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// An [`Earth`] core on a UDP socket of its own.
+pub struct Driver {
+    socket: UdpSocket,
+    pub earth: Earth,
+}
+
+impl Driver {
+    /// Binds a fresh ephemeral port (on loopback when the sky is on
+    /// loopback, else the wildcard of its family) and seeds the core from
+    /// the kernel's random source.
+    pub fn bind(config: Config, state: State) -> io::Result<Driver> {
+        let ip: std::net::IpAddr = match (config.sky.is_ipv4(), config.sky.ip().is_loopback()) {
+            (true, true) => Ipv4Addr::LOCALHOST.into(),
+            (true, false) => Ipv4Addr::UNSPECIFIED.into(),
+            (false, true) => Ipv6Addr::LOCALHOST.into(),
+            (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let earth = Earth::new(config, state, sys::random_secret()?, unix_now());
+        Ok(Driver { socket, earth })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends everything the core has queued. A datagram the kernel refuses
+    /// is dropped, as the network might have: the core retries.
+    pub fn flush(&mut self) {
+        while let Some(t) = self.earth.poll_transmit() {
+            let _ = self.socket.send_to(&t.bytes, t.dst);
+        }
+    }
+
+    /// Runs the core until `on_event` breaks, `stop` is set or `until`
+    /// passes. `on_event` gets the core too: it may answer an event (save
+    /// the state and call [`Earth::saved`], send, look up).
+    pub fn run(
+        &mut self,
+        until: Option<Instant>,
+        stop: &AtomicBool,
+        mut on_event: impl FnMut(&mut Earth, Event) -> ControlFlow<()>,
+    ) -> io::Result<()> {
+        let mut buf = [0u8; 2048];
+        loop {
+            self.flush();
+            while let Some(event) = self.earth.poll_event() {
+                let flow = on_event(&mut self.earth, event);
+                self.flush();
+                if flow.is_break() {
+                    return Ok(());
+                }
+            }
+            if stop.load(Ordering::Relaxed) || until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(());
+            }
+            let now = unix_now();
+            let mut wait = self
+                .earth
+                .poll_timeout()
+                .map_or(TICK, |t| t.saturating_sub(now))
+                .min(TICK);
+            if let Some(u) = until {
+                wait = wait.min(u.saturating_duration_since(Instant::now()));
+            }
+            if !wait.is_zero() {
+                self.socket.set_read_timeout(Some(wait))?;
+                match self.socket.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        self.earth.handle_datagram(unix_now(), from, &mut buf[..n]);
+                        continue;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                                // An ICMP error from a punch that found no one.
+                                | io::ErrorKind::ConnectionRefused
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.earth.poll_timeout().is_some_and(|t| t <= unix_now()) {
+                self.earth.handle_timeout(unix_now());
+            }
+        }
+    }
+}
