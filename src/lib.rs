@@ -11,6 +11,7 @@
 //! - [`keys`]: cookies, introduction keys and MACs;
 //! - [`presence`]: the shared presence table;
 //! - [`shard`]: the sans-IO core that handles one datagram;
+//! - [`ring`]: which nodes own which addresses (placement, owners, version);
 //! - [`engine`]: sockets, threads, io_uring and `recvmmsg`, the control
 //!   thread — the only place with a clock, syscalls or `unsafe`;
 //! - [`metrics`]: every metric name, in one place;
@@ -33,6 +34,7 @@ pub mod keys;
 pub mod metrics;
 pub mod presence;
 pub mod probe;
+pub mod ring;
 pub mod shard;
 pub mod sim;
 pub mod wire;
