@@ -33,6 +33,7 @@ fn messages() -> Vec<(&'static str, Message)> {
         (
             "keepalive",
             Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie,
                 address: VirtualAddr([4; 16]),
@@ -114,6 +115,7 @@ fn shard(c: &mut Criterion) {
         shard.handle_datagram(now, from, buf, n, reply)
     };
     let probe = Message::Keepalive {
+        ring: 0,
         tag: Tag([0; 4]),
         cookie: Cookie::default(),
         address: VirtualAddr::default(),
@@ -141,6 +143,7 @@ fn shard(c: &mut Criterion) {
         (
             "keepalive",
             Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie,
                 address: online,

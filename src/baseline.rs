@@ -64,7 +64,7 @@ impl Core for Baseline {
                 reply[7..13].copy_from_slice(&buf[30..36]);
                 buf[1] = Kind::Introduction as u8;
                 Output {
-                    introduction: Some(Transmit { dst, len: 32 }),
+                    in_place: Some(Transmit { dst, len: 32 }),
                     ..out
                 }
             }
@@ -93,6 +93,6 @@ fn answer(buf: &[u8], reply: &mut [u8], kind: Kind, len: usize) -> Output {
     reply[2..6].copy_from_slice(&buf[2..6]);
     Output {
         reply: Some(len),
-        introduction: None,
+        in_place: None,
     }
 }

@@ -386,6 +386,7 @@ impl Generator {
             }
             for &i in &missing {
                 let msg = Message::Keepalive {
+                    ring: 0,
                     tag: Tag([0xc0, 0x0c, 0, 0]),
                     cookie: Cookie::default(),
                     address: VirtualAddr::default(),
@@ -942,6 +943,7 @@ fn with_tag(msg: Message, seq: u32) -> Message {
         Message::Keepalive {
             cookie, address, ..
         } => Message::Keepalive {
+            ring: 0,
             tag,
             cookie,
             address,

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
+use crate::ring::Ring;
 use crate::wire::{self, Flags, VirtualAddr};
 
 /// Lock shards of the table. Many small locks keep both packet shards and
@@ -269,6 +270,27 @@ impl Presence {
         removed
     }
 
+    /// Removes every entry whose address `me` does not own in `ring` (the
+    /// handoff: run once the grace after a ring change has passed, when the
+    /// new owners have had their registrations). Returns how many. The ring
+    /// position of an address is its first 8 bytes, which the 12-byte key
+    /// keeps.
+    pub fn retain_owned(&self, ring: &Ring, me: SocketAddr) -> usize {
+        let me = wire::canonical(me);
+        let mut dropped = 0;
+        self.map.retain(|k, _| {
+            let mut position = [0u8; 8];
+            position.copy_from_slice(&k.0[..8]);
+            let keep = ring
+                .owners_of_position(u64::from_be_bytes(position))
+                .contains(me);
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(dropped, Ordering::Relaxed);
+        dropped
+    }
+
     /// Removes every entry expired at `now_secs`; returns how many.
     pub fn sweep(&self, now_secs: u32) -> usize {
         let mut expired = 0;
@@ -333,6 +355,52 @@ mod tests {
         p.register(a, ep("192.0.2.1:1"), Flags(0), 10).unwrap();
         assert!(!p.refresh(&a, ep("192.0.2.1:2"), 5, 30));
         assert!(p.refresh(&a, ep("[::ffff:192.0.2.1]:1"), 5, 30));
+    }
+
+    #[test]
+    fn handoff_keeps_only_owned_addresses() {
+        use crate::ring::{RingConfig, position_of_address};
+        let config = RingConfig {
+            prefix_v4: 32,
+            ..RingConfig::default()
+        };
+        let nodes: Vec<SocketAddr> = (1..=6).map(|i| ep(&format!("127.0.0.{i}:7700"))).collect();
+        let ring = Ring::new(config, nodes.clone());
+        let me = nodes[0];
+        let p = Presence::new(1000);
+        let addresses: Vec<VirtualAddr> = (0..=255u8)
+            .map(|i| {
+                VirtualAddr([
+                    i,
+                    i.wrapping_mul(7),
+                    3,
+                    4,
+                    5,
+                    6,
+                    7,
+                    8,
+                    9,
+                    10,
+                    11,
+                    12,
+                    13,
+                    14,
+                    15,
+                    16,
+                ])
+            })
+            .collect();
+        for a in &addresses {
+            p.register(*a, ep("192.0.2.1:1"), Flags(0), 100).unwrap();
+        }
+        let owned = addresses.iter().filter(|a| ring.is_owner(me, a)).count();
+        assert!(owned > 0 && owned < addresses.len());
+        assert_eq!(p.retain_owned(&ring, me), addresses.len() - owned);
+        assert_eq!(p.len(), owned);
+        for a in &addresses {
+            let present = matches!(p.lookup(a, 1, 5), Found::Online { .. });
+            assert_eq!(present, ring.is_owner(me, a), "{}", position_of_address(a));
+        }
     }
 
     #[test]

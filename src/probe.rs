@@ -188,6 +188,7 @@ impl Client {
     pub fn keepalive(&mut self, address: VirtualAddr) -> io::Result<()> {
         let tag = self.tag();
         self.send(Message::Keepalive {
+            ring: 0,
             tag,
             cookie: self.cookie,
             address,

@@ -8,9 +8,10 @@
 //! 2. [`Shard::handle_timeout`]`(now)` at least every [`Shard::poll_timeout`];
 //! 3. [`Shard::take_stats`] whenever the engine publishes metrics.
 //!
-//! **Where it sends.** A reply always goes to `from`, the observed source of
-//! the datagram being handled; an introduction always goes to the endpoint
-//! of a registration that was itself validated by cookie. [`Output`] has no
+//! **Where it sends.** A reply (and a members page) always goes to `from`,
+//! the observed source of the datagram being handled; an introduction always
+//! goes to the endpoint of a registration that was itself validated by
+//! cookie. [`Output`] has no
 //! way to name any other destination, and no v1 request carries an endpoint
 //! the core could be tricked into using (SPEC §3 invariant 1).
 //!
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
 use crate::presence::{Found, Presence};
+use crate::ring::{Ring, SharedRing};
 use crate::wire::{self, Flags, Kind, Message, VirtualAddr};
 
 /// Settings a shard needs; the engine builds it from the node config.
@@ -62,9 +64,10 @@ pub struct Transmit {
 pub struct Output {
     /// Bytes written at the front of `reply`, to send back to `from`.
     pub reply: Option<usize>,
-    /// An introduction written over the request in `buf`, to send to a
-    /// registered endpoint.
-    pub introduction: Option<Transmit>,
+    /// A datagram written over the request in `buf`: an introduction to a
+    /// registered endpoint, or a members page back to `from` (never larger
+    /// than the request it overwrote).
+    pub in_place: Option<Transmit>,
 }
 
 /// Kinds of datagram received, for metrics.
@@ -75,17 +78,19 @@ pub enum RecvKind {
     Keepalive,
     Lookup,
     Unregister,
+    Members,
     /// Anything that is not a valid v1 request.
     Invalid,
 }
 
 impl RecvKind {
-    pub const ALL: [RecvKind; 6] = [
+    pub const ALL: [RecvKind; 7] = [
         RecvKind::Ping,
         RecvKind::Register,
         RecvKind::Keepalive,
         RecvKind::Lookup,
         RecvKind::Unregister,
+        RecvKind::Members,
         RecvKind::Invalid,
     ];
 
@@ -96,6 +101,7 @@ impl RecvKind {
             RecvKind::Keepalive => "keepalive",
             RecvKind::Lookup => "lookup",
             RecvKind::Unregister => "unregister",
+            RecvKind::Members => "members",
             RecvKind::Invalid => "invalid",
         }
     }
@@ -111,10 +117,13 @@ pub enum SentKind {
     Online,
     Offline,
     Introduction,
+    MembersPage,
+    NotOwner,
+    RingChanged,
 }
 
 impl SentKind {
-    pub const ALL: [SentKind; 7] = [
+    pub const ALL: [SentKind; 10] = [
         SentKind::Pong,
         SentKind::Cookie,
         SentKind::Registered,
@@ -122,6 +131,9 @@ impl SentKind {
         SentKind::Online,
         SentKind::Offline,
         SentKind::Introduction,
+        SentKind::MembersPage,
+        SentKind::NotOwner,
+        SentKind::RingChanged,
     ];
 
     pub fn label(self) -> &'static str {
@@ -133,6 +145,9 @@ impl SentKind {
             SentKind::Online => "online",
             SentKind::Offline => "offline",
             SentKind::Introduction => "introduction",
+            SentKind::MembersPage => "members_page",
+            SentKind::NotOwner => "not_owner",
+            SentKind::RingChanged => "ring_changed",
         }
     }
 
@@ -144,6 +159,9 @@ impl SentKind {
             Kind::NotRegistered => SentKind::NotRegistered,
             Kind::Online => SentKind::Online,
             Kind::Offline => SentKind::Offline,
+            Kind::MembersPage => SentKind::MembersPage,
+            Kind::NotOwner => SentKind::NotOwner,
+            Kind::RingChanged => SentKind::RingChanged,
             _ => SentKind::Introduction,
         }
     }
@@ -198,6 +216,8 @@ impl DropReason {
             wire::Error::UnknownKind => DropReason::UnknownKind,
             wire::Error::BadLength => DropReason::BadLength,
             wire::Error::Oversized => DropReason::Oversized,
+            // Entries that do not fill the page's length exactly.
+            wire::Error::BadEntry => DropReason::BadLength,
         }
     }
 }
@@ -280,6 +300,9 @@ pub struct Shard {
     presence: Arc<Presence>,
     config: ShardConfig,
     stats: Stats,
+    /// The sky's view and this node's own endpoint in it; `None` for a
+    /// standalone shard (tests, benchmarks), which owns every address.
+    ring: Option<(arc_swap::Cache<SharedRing, Arc<Ring>>, SocketAddr)>,
 }
 
 impl Shard {
@@ -297,7 +320,34 @@ impl Shard {
             presence,
             config,
             stats: Stats::default(),
+            ring: None,
         }
+    }
+
+    /// Makes this shard one member of a sky: it answers members requests
+    /// from `ring`, registers only addresses `me` owns in it, and tells a
+    /// client whose keepalive names another ring version. The ring is read
+    /// through an `arc_swap::Cache`: one atomic load per datagram while it
+    /// is unchanged, and never a lock.
+    pub fn with_ring(mut self, ring: SharedRing, me: SocketAddr) -> Shard {
+        self.ring = Some((arc_swap::Cache::new(ring), wire::canonical(me)));
+        self
+    }
+
+    /// `Some(version)` with the first owner if this node is a member of a
+    /// ring and does not own `address`; `None` if it owns it.
+    fn not_owner(&mut self, address: &VirtualAddr) -> Option<(u32, SocketAddr)> {
+        let (cache, me) = self.ring.as_mut()?;
+        let ring = cache.load();
+        let owners = ring.owners(address);
+        if owners.contains(*me) {
+            return None;
+        }
+        Some((ring.version(), owners.first().unwrap_or(*me)))
+    }
+
+    fn ring_version(&mut self) -> Option<u32> {
+        self.ring.as_mut().map(|(cache, _)| cache.load().version())
     }
 
     /// Handles one datagram of `len` bytes at the front of `buf`.
@@ -332,6 +382,7 @@ impl Shard {
             Kind::Register => RecvKind::Register,
             Kind::Keepalive => RecvKind::Keepalive,
             Kind::Lookup => RecvKind::Lookup,
+            Kind::Members => RecvKind::Members,
             _ => RecvKind::Unregister,
         };
         self.stats.received[recv as usize] += 1;
@@ -342,7 +393,8 @@ impl Shard {
             Message::Register { tag, cookie, .. }
             | Message::Keepalive { tag, cookie, .. }
             | Message::Lookup { tag, cookie, .. }
-            | Message::Unregister { tag, cookie, .. } => (tag, cookie),
+            | Message::Unregister { tag, cookie, .. }
+            | Message::Members { tag, cookie, .. } => (tag, cookie),
             _ => unreachable!("requests only"),
         };
         self.cookies.rotate(&self.secret, now);
@@ -356,6 +408,9 @@ impl Shard {
         match msg {
             Message::Register { flags, token, .. } => {
                 let address = VirtualAddr::from_token(&token);
+                if let Some((version, hint)) = self.not_owner(&address) {
+                    return self.reply(Message::NotOwner { tag, version, hint }, reply);
+                }
                 match self.presence.register(address, from, flags, expires) {
                     Err(_) => {
                         self.stats.record_drop(DropReason::TableFull);
@@ -372,11 +427,17 @@ impl Shard {
                     ),
                 }
             }
-            Message::Keepalive { address, .. } => {
-                if self.presence.refresh(&address, from, now_secs, expires) {
-                    Output::default()
-                } else {
-                    self.reply(Message::NotRegistered { tag }, reply)
+            Message::Keepalive { address, ring, .. } => {
+                if !self.presence.refresh(&address, from, now_secs, expires) {
+                    return self.reply(Message::NotRegistered { tag }, reply);
+                }
+                match self.ring_version() {
+                    // The client holds another view: four bytes tell it to
+                    // fetch the members again. Silence otherwise.
+                    Some(version) if ring != 0 && ring != version => {
+                        self.reply(Message::RingChanged { tag, version }, reply)
+                    }
+                    _ => Output::default(),
                 }
             }
             Message::Lookup { target, caller, .. } => {
@@ -386,6 +447,7 @@ impl Shard {
                 self.presence.remove(&VirtualAddr::from_token(&token));
                 Output::default()
             }
+            Message::Members { start, len, .. } => self.members_page(tag, start, len, from, buf),
             _ => unreachable!("requests only"),
         }
     }
@@ -406,6 +468,11 @@ impl Shard {
             .lookup(&target, now_secs, self.config.intros_per_second)
         {
             Found::Offline => {
+                // Entries a node no longer owns are still answered during
+                // the handoff grace; only a miss asks whether we own it.
+                if let Some((version, hint)) = self.not_owner(&target) {
+                    return self.reply(Message::NotOwner { tag, version, hint }, reply);
+                }
                 self.stats.lookups_offline += 1;
                 self.reply(Message::Offline { tag }, reply)
             }
@@ -440,10 +507,55 @@ impl Shard {
                     reply,
                 );
                 Output {
-                    introduction,
+                    in_place: introduction,
                     ..out
                 }
             }
+        }
+    }
+
+    /// A page of this node's view, written over the request (`len` bytes,
+    /// so the page is never larger than what asked for it) and sent back.
+    fn members_page(
+        &mut self,
+        tag: wire::Tag,
+        start: u16,
+        len: u16,
+        from: SocketAddr,
+        buf: &mut [u8],
+    ) -> Output {
+        let Some((cache, _)) = self.ring.as_mut() else {
+            // A standalone shard is a ring of one whose endpoint it does
+            // not know: an empty page says "ask nobody else".
+            let header = Message::MembersPage {
+                tag,
+                version: 0,
+                config: crate::ring::RingConfig::default(),
+                total: 0,
+                start,
+            };
+            let (n, _) = wire::emit_members_page(buf, len.into(), header, []);
+            self.stats.record_sent(SentKind::MembersPage, n);
+            return Output {
+                reply: None,
+                in_place: Some(Transmit { dst: from, len: n }),
+            };
+        };
+        let ring = cache.load();
+        let members = ring.members();
+        let header = Message::MembersPage {
+            tag,
+            version: ring.version(),
+            config: ring.config(),
+            total: members.len().min(u16::MAX.into()) as u16,
+            start,
+        };
+        let rest = members.iter().skip(start.into()).map(|m| m.endpoint);
+        let (n, _) = wire::emit_members_page(buf, len.into(), header, rest);
+        self.stats.record_sent(SentKind::MembersPage, n);
+        Output {
+            reply: None,
+            in_place: Some(Transmit { dst: from, len: n }),
         }
     }
 
@@ -485,7 +597,7 @@ impl Shard {
         self.stats.record_sent(SentKind::of(msg.kind()), len);
         Output {
             reply: Some(len),
-            introduction: None,
+            in_place: None,
         }
     }
 }
@@ -543,7 +655,7 @@ mod tests {
                 Message::decode(&reply[..n]).unwrap()
             });
             let intro = out
-                .introduction
+                .in_place
                 .map(|t| (t.dst, Message::decode(&buf[..t.len]).unwrap()));
             (reply, intro)
         }
@@ -650,6 +762,7 @@ mod tests {
         for _ in 0..4 {
             p.now += Duration::from_secs(25);
             let ka = Message::Keepalive {
+                ring: 0,
                 tag: Tag([0; 4]),
                 cookie,
                 address: VirtualAddr(addr_of([1; 16])),
@@ -668,6 +781,7 @@ mod tests {
         let moved = "192.0.2.1:1001";
         let cookie = p.cookie(moved);
         let ka = Message::Keepalive {
+            ring: 0,
             tag: Tag([5; 4]),
             cookie,
             address: VirtualAddr(addr_of([1; 16])),
@@ -723,6 +837,7 @@ mod tests {
             Message::Ping { tag, cookie },
             register(cookie, [1; 16]),
             Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie,
                 address: VirtualAddr([1; 16]),
@@ -740,7 +855,7 @@ mod tests {
             let out =
                 p.shard
                     .handle_datagram(p.now, ALICE.parse().unwrap(), &mut buf, len, &mut reply);
-            assert!(out.introduction.is_none());
+            assert!(out.in_place.is_none());
             assert!(out.reply.unwrap_or(0) <= len, "{msg:?}");
         }
     }
@@ -770,5 +885,196 @@ mod tests {
         }
         assert_eq!(stats.dropped[DropReason::Oversized as usize], 1);
         assert_eq!(stats.received[RecvKind::Invalid as usize], 6);
+    }
+
+    mod dht {
+        use super::*;
+        use crate::ring::{self, Ring, RingConfig};
+
+        fn slash32() -> RingConfig {
+            RingConfig {
+                prefix_v4: 32,
+                ..RingConfig::default()
+            }
+        }
+
+        fn node(n: u8) -> SocketAddr {
+            SocketAddr::new([127, 0, 0, n].into(), 7700)
+        }
+
+        /// A shard of node 1 in a ring of nodes 1..=5.
+        fn member() -> (Pair, SharedRing, Ring) {
+            let view = Ring::new(slash32(), (1..=5).map(node));
+            let shared = ring::shared(view.clone());
+            let mut p = Pair::new();
+            p.shard = std::mem::replace(
+                &mut p.shard,
+                Shard::new(
+                    Arc::new(NodeSecret::new([0; 32])),
+                    Arc::new(Presence::new(1)),
+                    ShardConfig::default(),
+                    Duration::ZERO,
+                ),
+            )
+            .with_ring(shared.clone(), node(1));
+            (p, shared, view)
+        }
+
+        /// A token whose address node 1 owns (`true`) or not.
+        fn token(view: &Ring, owned: bool) -> [u8; 16] {
+            (0..=255u8)
+                .map(|i| [i; 16])
+                .find(|t| view.is_owner(node(1), &VirtualAddr(addr_of(*t))) == owned)
+                .expect("some token")
+        }
+
+        #[test]
+        fn registration_and_lookup_of_an_address_not_owned_say_not_owner() {
+            let (mut p, _, view) = member();
+            let foreign = token(&view, false);
+            let cookie = p.cookie(ALICE);
+            let first_owner = view.owners(&VirtualAddr(addr_of(foreign))).first().unwrap();
+            let expected = Message::NotOwner {
+                tag: Tag([1; 4]),
+                version: view.version(),
+                hint: first_owner,
+            };
+            assert_eq!(p.send(ALICE, register(cookie, foreign)).0, Some(expected));
+            assert!(p.shard.presence.is_empty());
+            let (reply, _) = p.send(ALICE, lookup(cookie, addr_of(foreign)));
+            assert!(matches!(reply, Some(Message::NotOwner { hint, .. }) if hint == first_owner));
+            // An owned address registers and an owned miss is "offline".
+            p.register(BOB, token(&view, true));
+            let (reply, _) = p.send(ALICE, lookup(cookie, addr_of(token(&view, true))));
+            assert!(matches!(reply, Some(Message::Online { .. })));
+            let mut unknown = [0u8; 16];
+            for i in 0..=255u8 {
+                unknown = [i; 16];
+                if view.is_owner(node(1), &VirtualAddr(unknown)) {
+                    break;
+                }
+            }
+            let (reply, _) = p.send(ALICE, lookup(cookie, unknown));
+            assert!(matches!(reply, Some(Message::Offline { .. })));
+        }
+
+        #[test]
+        fn entries_kept_through_a_ring_change_are_still_answered() {
+            let (mut p, shared, view) = member();
+            let t = token(&view, true);
+            p.register(BOB, t);
+            // Node 1 leaves every address to the others...
+            shared.store(Arc::new(Ring::new(slash32(), (2..=5).map(node))));
+            let cookie = p.cookie(ALICE);
+            // ...but until the handoff sweep the entry is answered.
+            let (reply, _) = p.send(ALICE, lookup(cookie, addr_of(t)));
+            assert!(matches!(reply, Some(Message::Online { .. })));
+        }
+
+        #[test]
+        fn a_keepalive_with_another_ring_version_is_told_and_otherwise_silent() {
+            let (mut p, shared, view) = member();
+            let t = token(&view, true);
+            p.register(BOB, t);
+            let cookie = p.cookie(BOB);
+            let ka = |ring| Message::Keepalive {
+                tag: Tag([4; 4]),
+                cookie,
+                address: VirtualAddr(addr_of(t)),
+                ring,
+            };
+            assert_eq!(p.send(BOB, ka(view.version())), (None, None));
+            assert_eq!(p.send(BOB, ka(0)), (None, None), "0: no ring known");
+            let newer = Ring::new(slash32(), (1..=6).map(node));
+            shared.store(Arc::new(newer.clone()));
+            let (reply, _) = p.send(BOB, ka(view.version()));
+            assert_eq!(
+                reply,
+                Some(Message::RingChanged {
+                    tag: Tag([4; 4]),
+                    version: newer.version()
+                })
+            );
+            assert_eq!(p.send(BOB, ka(newer.version())), (None, None));
+        }
+
+        #[test]
+        fn members_pages_are_never_larger_than_their_request_and_cover_the_ring() {
+            let many = Ring::new(slash32(), (1..=200).map(node));
+            let (mut p, shared, _) = member();
+            shared.store(Arc::new(many.clone()));
+            let cookie = p.cookie(ALICE);
+            for pad in [17u16, 23, 24, 30, 100, 1232] {
+                let mut got = Vec::new();
+                let mut start = 0u16;
+                let mut rounds = 0;
+                loop {
+                    let req = Message::Members {
+                        tag: Tag([6; 4]),
+                        cookie,
+                        start,
+                        len: pad,
+                    };
+                    let mut buf = [0u8; BUF];
+                    let len = req.emit(&mut buf);
+                    let mut reply = [0u8; MAX_MESSAGE_LEN];
+                    let out = p.shard.handle_datagram(
+                        p.now,
+                        ALICE.parse().unwrap(),
+                        &mut buf,
+                        len,
+                        &mut reply,
+                    );
+                    assert_eq!(out.reply, None);
+                    let t = out.in_place.expect("a page");
+                    assert_eq!(t.dst, ALICE.parse::<SocketAddr>().unwrap());
+                    assert!(t.len <= len, "page {} > request {len}", t.len);
+                    let page = wire::Packet::new_checked(&buf[..t.len]).unwrap();
+                    let Message::MembersPage {
+                        version,
+                        total,
+                        start: s,
+                        config,
+                        ..
+                    } = Message::parse(&page)
+                    else {
+                        panic!("not a page");
+                    };
+                    assert_eq!(
+                        (version, total, s, config),
+                        (many.version(), 200, start, slash32())
+                    );
+                    let entries: Vec<SocketAddr> = page.page_entries().collect();
+                    if entries.is_empty() {
+                        break;
+                    }
+                    start += entries.len() as u16;
+                    got.extend(entries);
+                    rounds += 1;
+                    assert!(rounds < 1000);
+                }
+                if pad >= 17 + 7 {
+                    let expected: Vec<SocketAddr> =
+                        many.members().iter().map(|m| m.endpoint).collect();
+                    assert_eq!(got, expected, "pad {pad}");
+                } else {
+                    assert!(got.is_empty(), "no room for an entry in {pad} bytes");
+                }
+            }
+        }
+
+        #[test]
+        fn members_need_a_cookie() {
+            let (mut p, _, _) = member();
+            let req = Message::Members {
+                tag: Tag([6; 4]),
+                cookie: Cookie::default(),
+                start: 0,
+                len: 1232,
+            };
+            let (reply, page) = p.send(ALICE, req);
+            assert!(matches!(reply, Some(Message::CookieReply { .. })));
+            assert!(page.is_none());
+        }
     }
 }

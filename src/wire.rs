@@ -32,6 +32,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use crate::ring::RingConfig;
+
 /// The protocol version carried in byte 0 of every datagram.
 pub const VERSION: u8 = 1;
 
@@ -69,9 +71,13 @@ mod field {
     pub const REGISTER_FLAGS: usize = 14;
     pub const REGISTER_TOKEN: Range<usize> = 15..31;
     pub const KEEPALIVE_ADDRESS: Range<usize> = 14..30;
+    /// The ring version the client holds (0: none).
+    pub const KEEPALIVE_RING: Range<usize> = 30..34;
     pub const LOOKUP_TARGET: Range<usize> = 14..30;
     pub const LOOKUP_CALLER: Range<usize> = 30..46;
     pub const UNREGISTER_TOKEN: Range<usize> = 14..30;
+    /// Index of the first member wanted; padding follows.
+    pub const MEMBERS_START: Range<usize> = 14..16;
 
     // Reply bodies.
     pub const COOKIE_VALUE: Range<usize> = 6..14;
@@ -80,6 +86,16 @@ mod field {
     pub const REGISTERED_ENDPOINT: RangeFrom<usize> = 40..;
     pub const ONLINE_FLAGS: usize = 6;
     pub const ONLINE_ENDPOINT: RangeFrom<usize> = 7..;
+    pub const PAGE_VERSION: Range<usize> = 6..10;
+    pub const PAGE_REPLICAS: usize = 10;
+    pub const PAGE_PREFIX_V4: usize = 11;
+    pub const PAGE_PREFIX_V6: usize = 12;
+    pub const PAGE_TOTAL: Range<usize> = 13..15;
+    pub const PAGE_START: Range<usize> = 15..17;
+    pub const PAGE_ENTRIES: RangeFrom<usize> = 17..;
+    pub const NOT_OWNER_VERSION: Range<usize> = 6..10;
+    pub const NOT_OWNER_HINT: RangeFrom<usize> = 10..;
+    pub const RING_VERSION: Range<usize> = 6..10;
 
     // Introduction (sky to target, unsolicited: no tag).
     pub const INTRO_CALLER: Range<usize> = 2..18;
@@ -89,8 +105,8 @@ mod field {
 
 /// Message kinds (byte 1). Requests have the high bit clear, replies set.
 ///
-/// `0x06` (members) and `0x88`/`0x89` (members page, not-owner) are reserved
-/// for the DHT and rejected as unknown by v1.
+/// `0x06` (members), `0x88` (members page), `0x89` (not owner) and `0x8a`
+/// (ring changed) are the DHT's (SPEC §4, `docs/PROTOCOL.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
@@ -99,6 +115,7 @@ pub enum Kind {
     Keepalive = 0x03,
     Lookup = 0x04,
     Unregister = 0x05,
+    Members = 0x06,
     Pong = 0x81,
     Cookie = 0x82,
     Registered = 0x83,
@@ -106,16 +123,30 @@ pub enum Kind {
     Online = 0x85,
     Offline = 0x86,
     Introduction = 0x87,
+    MembersPage = 0x88,
+    NotOwner = 0x89,
+    RingChanged = 0x8a,
+}
+
+/// The lengths a datagram of one kind may have.
+#[derive(Clone, Copy, Debug)]
+enum Lengths {
+    Fixed(usize),
+    /// A base plus an IPv4 or an IPv6 endpoint.
+    Endpoint(usize, usize),
+    /// At least this many bytes, up to [`MAX_DATAGRAM_LEN`].
+    AtLeast(usize),
 }
 
 impl Kind {
     /// Every kind, in wire order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Ping,
         Kind::Register,
         Kind::Keepalive,
         Kind::Lookup,
         Kind::Unregister,
+        Kind::Members,
         Kind::Pong,
         Kind::Cookie,
         Kind::Registered,
@@ -123,6 +154,9 @@ impl Kind {
         Kind::Online,
         Kind::Offline,
         Kind::Introduction,
+        Kind::MembersPage,
+        Kind::NotOwner,
+        Kind::RingChanged,
     ];
 
     pub fn from_byte(byte: u8) -> Option<Kind> {
@@ -134,22 +168,34 @@ impl Kind {
         (self as u8) & 0x80 == 0
     }
 
-    /// The lengths a datagram of this kind may have: fixed, or a base plus an
-    /// IPv4 or IPv6 endpoint.
-    fn lengths(self) -> (usize, Option<usize>) {
-        let fixed = |n| (n, None);
-        let with_endpoint = |base| (base + ENDPOINT_V4_LEN, Some(base + ENDPOINT_V6_LEN));
+    /// The lengths a datagram of this kind may have.
+    fn lengths(self) -> Lengths {
+        use Lengths::{AtLeast, Fixed};
+        let with_endpoint =
+            |base| Lengths::Endpoint(base + ENDPOINT_V4_LEN, base + ENDPOINT_V6_LEN);
         match self {
-            Kind::Ping => fixed(REQUEST_HEADER_LEN),
-            Kind::Register => fixed(field::REGISTER_TOKEN.end),
-            Kind::Keepalive => fixed(field::KEEPALIVE_ADDRESS.end),
-            Kind::Lookup => fixed(field::LOOKUP_CALLER.end),
-            Kind::Unregister => fixed(field::UNREGISTER_TOKEN.end),
-            Kind::Pong | Kind::NotRegistered | Kind::Offline => fixed(REPLY_HEADER_LEN),
-            Kind::Cookie => fixed(field::COOKIE_VALUE.end),
+            Kind::Ping => Fixed(REQUEST_HEADER_LEN),
+            Kind::Register => Fixed(field::REGISTER_TOKEN.end),
+            Kind::Keepalive => Fixed(field::KEEPALIVE_RING.end),
+            Kind::Lookup => Fixed(field::LOOKUP_CALLER.end),
+            Kind::Unregister => Fixed(field::UNREGISTER_TOKEN.end),
+            // At least as long as a page header: no page outgrows its request.
+            Kind::Members => AtLeast(field::PAGE_ENTRIES.start),
+            Kind::Pong | Kind::NotRegistered | Kind::Offline => Fixed(REPLY_HEADER_LEN),
+            Kind::Cookie => Fixed(field::COOKIE_VALUE.end),
             Kind::Registered => with_endpoint(field::REGISTERED_ENDPOINT.start),
             Kind::Online => with_endpoint(field::ONLINE_ENDPOINT.start),
             Kind::Introduction => with_endpoint(field::INTRO_ENDPOINT.start),
+            Kind::MembersPage => AtLeast(field::PAGE_ENTRIES.start),
+            Kind::NotOwner => with_endpoint(field::NOT_OWNER_HINT.start),
+            Kind::RingChanged => Fixed(field::RING_VERSION.end),
+        }
+    }
+
+    /// The shortest datagram of this kind.
+    pub fn min_len(self) -> usize {
+        match self.lengths() {
+            Lengths::Fixed(n) | Lengths::Endpoint(n, _) | Lengths::AtLeast(n) => n,
         }
     }
 }
@@ -164,6 +210,8 @@ pub enum Error {
     BadVersion,
     /// Byte 1 names no v1 kind.
     UnknownKind,
+    /// A members page whose entries do not parse.
+    BadEntry,
     /// Longer than its kind allows, or between the IPv4 and IPv6 sizes.
     BadLength,
     /// Longer than [`MAX_DATAGRAM_LEN`].
@@ -176,6 +224,7 @@ impl fmt::Display for Error {
             Error::Truncated => "datagram shorter than its kind requires",
             Error::BadVersion => "unsupported protocol version",
             Error::UnknownKind => "unknown message kind",
+            Error::BadEntry => "members page entry does not parse",
             Error::BadLength => "datagram length does not fit its kind",
             Error::Oversized => "datagram longer than any message",
         })
@@ -345,13 +394,24 @@ impl<T: AsRef<[u8]>> Packet<T> {
             None => return Err(Error::Truncated),
             Some(&k) => Kind::from_byte(k).ok_or(Error::UnknownKind)?,
         };
-        let (short, long) = kind.lengths();
         let len = bytes.len();
-        if len < short {
+        if len < kind.min_len() {
             return Err(Error::Truncated);
         }
-        if len != short && Some(len) != long {
-            return Err(Error::BadLength);
+        match kind.lengths() {
+            Lengths::Fixed(n) if len != n => return Err(Error::BadLength),
+            Lengths::Endpoint(v4, v6) if len != v4 && len != v6 => return Err(Error::BadLength),
+            _ => {}
+        }
+        if kind == Kind::MembersPage {
+            let mut entries = PageEntries {
+                rest: &bytes[field::PAGE_ENTRIES],
+            };
+            while !entries.rest.is_empty() {
+                if entries.next().is_none() {
+                    return Err(Error::BadEntry);
+                }
+            }
         }
         Ok(Packet { buffer })
     }
@@ -384,6 +444,78 @@ impl<T: AsRef<[u8]>> Packet<T> {
     fn read_endpoint(&self, from: usize) -> SocketAddr {
         decode_endpoint(&self.bytes()[from..]).expect("checked length")
     }
+
+    /// The members a members page lists; empty for any other kind.
+    pub fn page_entries(&self) -> PageEntries<'_> {
+        let rest = match self.kind() {
+            Kind::MembersPage => &self.bytes()[field::PAGE_ENTRIES],
+            _ => &[],
+        };
+        PageEntries { rest }
+    }
+}
+
+/// Family byte of a members page entry followed by an IPv4 endpoint.
+const ENTRY_V4: u8 = 4;
+/// Family byte of a members page entry followed by an IPv6 endpoint.
+const ENTRY_V6: u8 = 6;
+
+/// The endpoints of a members page, in order.
+#[derive(Clone, Debug)]
+pub struct PageEntries<'a> {
+    rest: &'a [u8],
+}
+
+impl Iterator for PageEntries<'_> {
+    type Item = SocketAddr;
+
+    fn next(&mut self) -> Option<SocketAddr> {
+        let n = match self.rest.first()? {
+            &ENTRY_V4 => ENDPOINT_V4_LEN,
+            &ENTRY_V6 => ENDPOINT_V6_LEN,
+            _ => return None,
+        };
+        let entry = self.rest.get(1..1 + n)?;
+        self.rest = &self.rest[1 + n..];
+        decode_endpoint(entry)
+    }
+}
+
+/// Bytes one members page entry takes.
+pub fn page_entry_len(endpoint: &SocketAddr) -> usize {
+    1 + endpoint_len(endpoint)
+}
+
+/// Writes a members page into `buf`: the header, then as many of
+/// `entries` as fit in `limit` bytes (a node passes the request's length,
+/// so a page is never larger than the request that asked for it). Returns
+/// the length written and the number of entries in it.
+pub fn emit_members_page(
+    buf: &mut [u8],
+    limit: usize,
+    header: Message,
+    entries: impl IntoIterator<Item = SocketAddr>,
+) -> (usize, usize) {
+    debug_assert!(matches!(header, Message::MembersPage { .. }));
+    let limit = limit.min(buf.len()).min(MAX_DATAGRAM_LEN);
+    let mut len = header.emit(buf);
+    let mut count = 0;
+    for endpoint in entries {
+        let endpoint = canonical(endpoint);
+        let n = page_entry_len(&endpoint);
+        if len + n > limit {
+            break;
+        }
+        buf[len] = if n == 1 + ENDPOINT_V4_LEN {
+            ENTRY_V4
+        } else {
+            ENTRY_V6
+        };
+        encode_endpoint(&endpoint, &mut buf[len + 1..len + n]);
+        len += n;
+        count += 1;
+    }
+    (len, count)
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
@@ -417,6 +549,8 @@ pub enum Message {
         tag: Tag,
         cookie: Cookie,
         address: VirtualAddr,
+        /// The ring version the client holds; 0 when it holds none.
+        ring: u32,
     },
     Lookup {
         tag: Tag,
@@ -428,6 +562,14 @@ pub enum Message {
         tag: Tag,
         cookie: Cookie,
         token: Token,
+    },
+    /// Asks for the members from index `start`; `len` is the whole
+    /// datagram's length (zero padding after `start`), which bounds the page.
+    Members {
+        tag: Tag,
+        cookie: Cookie,
+        start: u16,
+        len: u16,
     },
     // Replies.
     Pong {
@@ -459,6 +601,29 @@ pub enum Message {
         mac: Mac,
         endpoint: SocketAddr,
     },
+    /// The header of a members page; its entries are read with
+    /// [`Packet::page_entries`] and written with [`emit_members_page`].
+    MembersPage {
+        tag: Tag,
+        version: u32,
+        config: RingConfig,
+        /// Members in the whole view.
+        total: u16,
+        /// Index of this page's first entry.
+        start: u16,
+    },
+    /// The node does not own the address asked about; `hint` is the first
+    /// owner in its view.
+    NotOwner {
+        tag: Tag,
+        version: u32,
+        hint: SocketAddr,
+    },
+    /// Answers a keepalive whose ring version is not the node's.
+    RingChanged {
+        tag: Tag,
+        version: u32,
+    },
 }
 
 impl Message {
@@ -485,6 +650,7 @@ impl Message {
                 tag: p.tag(),
                 cookie: p.cookie(),
                 address: VirtualAddr::read(&b[field::KEEPALIVE_ADDRESS]),
+                ring: read_u32(&b[field::KEEPALIVE_RING]),
             },
             Kind::Lookup => Message::Lookup {
                 tag: p.tag(),
@@ -496,6 +662,12 @@ impl Message {
                 tag: p.tag(),
                 cookie: p.cookie(),
                 token: Token::read(&b[field::UNREGISTER_TOKEN]),
+            },
+            Kind::Members => Message::Members {
+                tag: p.tag(),
+                cookie: p.cookie(),
+                start: read_u16(&b[field::MEMBERS_START]),
+                len: b.len() as u16,
             },
             Kind::Pong => Message::Pong { tag: p.tag() },
             Kind::Cookie => Message::CookieReply {
@@ -523,6 +695,26 @@ impl Message {
                 mac: Mac::read(&b[field::INTRO_MAC]),
                 endpoint: p.read_endpoint(field::INTRO_ENDPOINT.start),
             },
+            Kind::MembersPage => Message::MembersPage {
+                tag: p.tag(),
+                version: read_u32(&b[field::PAGE_VERSION]),
+                config: RingConfig {
+                    replicas: b[field::PAGE_REPLICAS],
+                    prefix_v4: b[field::PAGE_PREFIX_V4],
+                    prefix_v6: b[field::PAGE_PREFIX_V6],
+                },
+                total: read_u16(&b[field::PAGE_TOTAL]),
+                start: read_u16(&b[field::PAGE_START]),
+            },
+            Kind::NotOwner => Message::NotOwner {
+                tag: p.tag(),
+                version: read_u32(&b[field::NOT_OWNER_VERSION]),
+                hint: p.read_endpoint(field::NOT_OWNER_HINT.start),
+            },
+            Kind::RingChanged => Message::RingChanged {
+                tag: p.tag(),
+                version: read_u32(&b[field::RING_VERSION]),
+            },
         }
     }
 
@@ -540,6 +732,10 @@ impl Message {
             Message::Online { .. } => Kind::Online,
             Message::Offline { .. } => Kind::Offline,
             Message::Introduction { .. } => Kind::Introduction,
+            Message::Members { .. } => Kind::Members,
+            Message::MembersPage { .. } => Kind::MembersPage,
+            Message::NotOwner { .. } => Kind::NotOwner,
+            Message::RingChanged { .. } => Kind::RingChanged,
         }
     }
 
@@ -556,18 +752,29 @@ impl Message {
             | Message::Registered { tag, .. }
             | Message::NotRegistered { tag }
             | Message::Online { tag, .. }
-            | Message::Offline { tag } => Some(tag),
+            | Message::Offline { tag }
+            | Message::Members { tag, .. }
+            | Message::MembersPage { tag, .. }
+            | Message::NotOwner { tag, .. }
+            | Message::RingChanged { tag, .. } => Some(tag),
             Message::Introduction { .. } => None,
         }
     }
 
     /// The number of bytes `emit` writes.
+    /// A members request is as long as its `len` (at least its minimum); a
+    /// members page header is 17 bytes (its entries are not part of the
+    /// value).
     pub fn buffer_len(&self) -> usize {
-        let (short, _) = self.kind().lengths();
+        let short = self.kind().min_len();
+        if let Message::Members { len, .. } = *self {
+            return usize::from(len).clamp(short, MAX_DATAGRAM_LEN);
+        }
         let endpoint = match self {
             Message::Registered { observed: e, .. }
             | Message::Online { endpoint: e, .. }
-            | Message::Introduction { endpoint: e, .. } => Some(e),
+            | Message::Introduction { endpoint: e, .. }
+            | Message::NotOwner { hint: e, .. } => Some(e),
             _ => None,
         };
         match endpoint {
@@ -580,7 +787,8 @@ impl Message {
     ///
     /// # Panics
     /// If `buf` is shorter than [`Message::buffer_len`] (a caller bug: every
-    /// buffer in this crate is at least [`MAX_MESSAGE_LEN`]).
+    /// buffer in this crate is at least [`MAX_MESSAGE_LEN`], and a padded
+    /// members request's buffer at least its `len`).
     pub fn emit(&self, buf: &mut [u8]) -> usize {
         let len = self.buffer_len();
         let mut p = Packet::new_unchecked(&mut buf[..len]);
@@ -602,9 +810,11 @@ impl Message {
                 tag,
                 cookie,
                 address,
+                ring,
             } => {
                 write_request_header(b, tag, cookie);
                 b[field::KEEPALIVE_ADDRESS].copy_from_slice(&address.0);
+                b[field::KEEPALIVE_RING].copy_from_slice(&ring.to_be_bytes());
             }
             Message::Lookup {
                 tag,
@@ -619,6 +829,37 @@ impl Message {
             Message::Unregister { tag, cookie, token } => {
                 write_request_header(b, tag, cookie);
                 b[field::UNREGISTER_TOKEN].copy_from_slice(&token.0);
+            }
+            Message::Members {
+                tag, cookie, start, ..
+            } => {
+                write_request_header(b, tag, cookie);
+                b[field::MEMBERS_START].copy_from_slice(&start.to_be_bytes());
+                b[field::MEMBERS_START.end..].fill(0);
+            }
+            Message::MembersPage {
+                tag,
+                version,
+                config,
+                total,
+                start,
+            } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::PAGE_VERSION].copy_from_slice(&version.to_be_bytes());
+                b[field::PAGE_REPLICAS] = config.replicas;
+                b[field::PAGE_PREFIX_V4] = config.prefix_v4;
+                b[field::PAGE_PREFIX_V6] = config.prefix_v6;
+                b[field::PAGE_TOTAL].copy_from_slice(&total.to_be_bytes());
+                b[field::PAGE_START].copy_from_slice(&start.to_be_bytes());
+            }
+            Message::NotOwner { tag, version, hint } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::NOT_OWNER_VERSION].copy_from_slice(&version.to_be_bytes());
+                encode_endpoint(&hint, &mut b[field::NOT_OWNER_HINT]);
+            }
+            Message::RingChanged { tag, version } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::RING_VERSION].copy_from_slice(&version.to_be_bytes());
             }
             Message::Pong { tag } | Message::NotRegistered { tag } | Message::Offline { tag } => {
                 b[field::TAG].copy_from_slice(&tag.0)
@@ -659,6 +900,14 @@ impl Message {
         }
         len
     }
+}
+
+fn read_u16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+fn read_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 fn write_request_header(b: &mut [u8], tag: Tag, cookie: Cookie) {
@@ -770,13 +1019,44 @@ mod tests {
                     token
                 }
             ),
-            (tag.clone(), cookie.clone(), addr.clone()).prop_map(|(tag, cookie, address)| {
-                Message::Keepalive {
+            (tag.clone(), cookie.clone(), addr.clone(), any::<u32>()).prop_map(
+                |(tag, cookie, address, ring)| Message::Keepalive {
                     tag,
                     cookie,
                     address,
+                    ring,
                 }
-            }),
+            ),
+            (tag.clone(), cookie.clone(), any::<u16>(), 17u16..=1232).prop_map(
+                |(tag, cookie, start, len)| Message::Members {
+                    tag,
+                    cookie,
+                    start,
+                    len,
+                }
+            ),
+            (
+                tag.clone(),
+                any::<u32>(),
+                any::<[u8; 3]>(),
+                any::<u16>(),
+                any::<u16>()
+            )
+                .prop_map(|(tag, version, c, total, start)| Message::MembersPage {
+                    tag,
+                    version,
+                    config: RingConfig {
+                        replicas: c[0],
+                        prefix_v4: c[1],
+                        prefix_v6: c[2],
+                    },
+                    total,
+                    start,
+                }),
+            (tag.clone(), any::<u32>(), arb_endpoint())
+                .prop_map(|(tag, version, hint)| { Message::NotOwner { tag, version, hint } }),
+            (tag.clone(), any::<u32>())
+                .prop_map(|(tag, version)| Message::RingChanged { tag, version }),
             (tag.clone(), cookie.clone(), addr.clone(), addr.clone()).prop_map(
                 |(tag, cookie, target, caller)| Message::Lookup {
                     tag,
@@ -819,10 +1099,12 @@ mod tests {
     proptest! {
         #[test]
         fn every_message_round_trips(msg in arb_message()) {
-            let mut buf = [0u8; MAX_MESSAGE_LEN];
+            let mut buf = [0u8; MAX_DATAGRAM_LEN];
             let n = msg.emit(&mut buf);
             prop_assert_eq!(n, msg.buffer_len());
-            prop_assert!(n <= MAX_MESSAGE_LEN);
+            if !matches!(msg, Message::Members { .. }) {
+                prop_assert!(n <= MAX_MESSAGE_LEN);
+            }
             prop_assert_eq!(Message::decode(&buf[..n]), Ok(msg));
         }
 
@@ -843,14 +1125,14 @@ mod tests {
 
         #[test]
         fn every_truncation_is_rejected_as_truncated(msg in arb_message()) {
-            let mut buf = [0u8; MAX_MESSAGE_LEN];
+            let mut buf = [0u8; MAX_DATAGRAM_LEN];
             let n = msg.emit(&mut buf);
             for cut in 0..n {
                 let got = Message::decode(&buf[..cut]);
                 // A cut IPv6 endpoint may land on the IPv4 length: still not
                 // the original message.
                 prop_assert_ne!(got, Ok(msg));
-                if cut < msg.kind().lengths().0 {
+                if cut < msg.kind().min_len() {
                     prop_assert_eq!(got, Err(Error::Truncated));
                 }
             }
@@ -883,8 +1165,8 @@ mod tests {
     }
 
     #[test]
-    fn reserved_dht_kinds_are_unknown_in_v1() {
-        for k in [0x06u8, 0x88, 0x89, 0x00, 0x80, 0xff] {
+    fn unassigned_kinds_are_unknown() {
+        for k in [0x07u8, 0x8b, 0x00, 0x80, 0xff] {
             assert_eq!(Message::decode(&[VERSION, k]), Err(Error::UnknownKind));
         }
     }
@@ -924,5 +1206,83 @@ mod tests {
         expected.extend([0x11; 16]);
         expected.extend([0x22; 16]);
         assert_eq!(&buf[..n], &expected[..]);
+    }
+}
+
+#[cfg(test)]
+mod members_tests {
+    use super::*;
+
+    fn page_header(total: u16, start: u16) -> Message {
+        Message::MembersPage {
+            tag: Tag([9; 4]),
+            version: 0xdead_beef,
+            config: RingConfig::default(),
+            total,
+            start,
+        }
+    }
+
+    #[test]
+    fn a_page_never_exceeds_its_limit_and_its_entries_round_trip() {
+        let members: Vec<SocketAddr> = (0..300u16)
+            .map(|i| {
+                if i % 3 == 0 {
+                    SocketAddr::new(
+                        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i)),
+                        i,
+                    )
+                } else {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, i as u8)), 7700)
+                }
+            })
+            .collect();
+        for limit in [16usize, 17, 24, 25, 100, 1232] {
+            let mut buf = [0u8; MAX_DATAGRAM_LEN];
+            let (len, count) =
+                emit_members_page(&mut buf, limit, page_header(300, 0), members.clone());
+            assert!(len <= limit.max(17), "limit {limit}: {len}");
+            let p = Packet::new_checked(&buf[..len]).unwrap();
+            assert_eq!(Message::parse(&p), page_header(300, 0));
+            let got: Vec<SocketAddr> = p.page_entries().collect();
+            assert_eq!(got.len(), count);
+            assert_eq!(got, members[..count]);
+        }
+    }
+
+    #[test]
+    fn a_page_with_a_broken_entry_is_rejected() {
+        let mut buf = [0u8; 64];
+        let (len, _) = emit_members_page(
+            &mut buf,
+            64,
+            page_header(1, 0),
+            ["192.0.2.1:7700".parse().unwrap()],
+        );
+        assert_eq!(len, 17 + 7);
+        buf[17] = 5; // unknown family
+        assert_eq!(Message::decode(&buf[..len]), Err(Error::BadEntry));
+        buf[17] = 6; // IPv6 family, IPv4 length
+        assert_eq!(Message::decode(&buf[..len]), Err(Error::BadEntry));
+        buf[17] = 4;
+        assert!(Message::decode(&buf[..len - 1]).is_err());
+    }
+
+    #[test]
+    fn members_request_layout() {
+        let req = Message::Members {
+            tag: Tag([1, 2, 3, 4]),
+            cookie: Cookie([5; 8]),
+            start: 0x0102,
+            len: 100,
+        };
+        let mut buf = [0xffu8; 128];
+        assert_eq!(req.emit(&mut buf), 100);
+        assert_eq!(
+            &buf[..16],
+            &[1, 6, 1, 2, 3, 4, 5, 5, 5, 5, 5, 5, 5, 5, 1, 2]
+        );
+        assert!(buf[16..100].iter().all(|&b| b == 0), "padding is zeros");
+        assert_eq!(Message::decode(&buf[..100]), Ok(req));
     }
 }

@@ -70,6 +70,7 @@ fn steady_mix(cookie: Cookie, i: u8) -> [Message; 5] {
             token,
         },
         Message::Keepalive {
+            ring: 0,
             tag,
             cookie,
             address: VirtualAddr::from_token(&token),
@@ -111,6 +112,7 @@ fn core_steady_state_allocations() -> u64 {
     let _ = shard.handle_datagram(now, from, &mut buf, n, &mut reply);
     let n = emit(
         Message::Keepalive {
+            ring: 0,
             tag: Tag([0; 4]),
             cookie: Cookie::default(),
             address: VirtualAddr::default(),
@@ -162,6 +164,7 @@ fn engine_steady_state_allocations(engine: EngineChoice) -> u64 {
 
     let n = emit(
         Message::Keepalive {
+            ring: 0,
             tag: Tag([0; 4]),
             cookie: Cookie::default(),
             address: VirtualAddr::default(),

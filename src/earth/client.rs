@@ -758,6 +758,7 @@ impl Earth {
         for (tag, address) in keepalives {
             let cookie = self.cookie;
             self.send_to_sky(Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie,
                 address,
@@ -836,6 +837,7 @@ impl Earth {
         for reg in &self.registrations {
             if keepalive_tag(reg) == Some(tag) {
                 again.push(Message::Keepalive {
+                    ring: 0,
                     tag,
                     cookie,
                     address: reg.address,
@@ -1696,7 +1698,7 @@ mod tests {
                 if let Some(n) = out.reply {
                     self.send(sky(), from, reply[..n].to_vec());
                 }
-                if let Some(t) = out.introduction {
+                if let Some(t) = out.in_place {
                     self.send(sky(), t.dst, bytes[..t.len].to_vec());
                 }
                 return;

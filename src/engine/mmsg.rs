@@ -110,7 +110,7 @@ impl MmsgEngine {
                 if let Some(n) = o.reply {
                     self.outbox.push_reply(from, n);
                 }
-                if let Some(t) = o.introduction {
+                if let Some(t) = o.in_place {
                     // The introduction is sent from the receive buffer, which
                     // stays untouched until the flush below.
                     self.outbox.push(t.dst, buf.as_mut_ptr(), t.len);

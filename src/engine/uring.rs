@@ -252,7 +252,7 @@ impl UringEngine {
                 if let Some(n) = out.reply {
                     outbox.push_reply(from, n);
                 }
-                match out.introduction {
+                match out.in_place {
                     Some(t) => {
                         // Sent from this buffer: it goes back after the flush.
                         outbox.push(t.dst, payload.as_mut_ptr(), t.len);

@@ -96,6 +96,7 @@ pub fn emit(msg: Message) -> Vec<u8> {
 /// Gets a cookie for `socket` by sending a ping-sized request without one.
 pub fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
     let req = emit(Message::Keepalive {
+        ring: 0,
         tag: Tag([9; 4]),
         cookie: Cookie::default(),
         address: Default::default(),

@@ -54,6 +54,7 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
         reply_len(&caller, Message::Ping { tag, cookie: none }).max(reply_len(
             &caller,
             Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie: none,
                 address: Default::default(),
@@ -81,6 +82,7 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
         reply_len(
             &target,
             Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie: tc,
                 address,
@@ -92,6 +94,7 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
         reply_len(
             &caller,
             Message::Keepalive {
+                ring: 0,
                 tag,
                 cookie: cc,
                 address,

@@ -88,6 +88,7 @@ fn keepalive_produces_no_datagram_and_keeps_the_address_online() {
         let cookie = cookie(&raw, sky);
         let keepalive = |cookie| {
             emit(Message::Keepalive {
+                ring: 0,
                 tag: Tag([1; 4]),
                 cookie,
                 address: reg.address,

@@ -20,6 +20,7 @@ fn every_request(cookie: Cookie) -> Vec<Message> {
             token: Token([1; 16]),
         },
         Message::Keepalive {
+            ring: 0,
             tag,
             cookie,
             address: VirtualAddr([1; 16]),
@@ -113,6 +114,7 @@ fn nothing_is_sent_to_an_address_read_from_a_payload() {
                 caller: VirtualAddr(smuggled),
             },
             Message::Keepalive {
+                ring: 0,
                 tag: Tag([0; 4]),
                 cookie,
                 address: VirtualAddr(smuggled),
