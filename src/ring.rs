@@ -34,6 +34,9 @@ use crate::wire::{self, VirtualAddr};
 /// The most replicas a ring may be configured with.
 pub const MAX_REPLICAS: usize = 8;
 
+/// The most positions one IP may take.
+pub const MAX_POSITIONS: u8 = 64;
+
 /// How a ring chooses owners. Every node of a sky must use the same
 /// settings; a members page carries them to clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +47,13 @@ pub struct RingConfig {
     pub prefix_v4: u8,
     /// IPv6 prefix length (0..=128) that counts as one operator.
     pub prefix_v6: u8,
+    /// Positions each IP takes on the ring (1..=[`MAX_POSITIONS`]), all
+    /// derived from the IP: more even load, same rule (see `docs/DHT.md`).
+    pub positions: u8,
 }
+
+/// Positions per IP by default; `docs/DHT.md` has the measurement.
+pub const DEFAULT_POSITIONS: u8 = 16;
 
 impl Default for RingConfig {
     fn default() -> Self {
@@ -52,6 +61,7 @@ impl Default for RingConfig {
             replicas: 2,
             prefix_v4: 24,
             prefix_v6: 48,
+            positions: DEFAULT_POSITIONS,
         }
     }
 }
@@ -70,6 +80,12 @@ impl RingConfig {
         }
         if self.prefix_v6 > 128 {
             return Err(format!("prefix_v6 must be 0..=128, not {}", self.prefix_v6));
+        }
+        if self.positions == 0 || self.positions > MAX_POSITIONS {
+            return Err(format!(
+                "positions must be 1..={MAX_POSITIONS}, not {}",
+                self.positions
+            ));
         }
         Ok(())
     }
@@ -95,13 +111,15 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     wire::canonical(SocketAddr::new(ip, 0)).ip()
 }
 
-/// A node's position on the ring: a hash of its IP, the port ignored.
-pub fn position_of_ip(ip: IpAddr) -> u64 {
+/// The `index`th position of an IP on the ring: a hash of the IP (the port
+/// ignored) and the index.
+pub fn position_of_ip(ip: IpAddr, index: u8) -> u64 {
     let mut hasher = blake3::Hasher::new_derive_key("sky v1 ring position");
     match canonical_ip(ip) {
         IpAddr::V4(v4) => hasher.update(&v4.octets()),
         IpAddr::V6(v6) => hasher.update(&v6.octets()),
     };
+    hasher.update(&[index]);
     first_u64(hasher.finalize().as_bytes())
 }
 
@@ -120,15 +138,25 @@ fn first_u64(bytes: &[u8]) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
     pub endpoint: SocketAddr,
+    /// Its first position (index 0), which orders the member list.
     pub position: u64,
     prefix: [u8; 16],
 }
 
-/// An immutable view of the sky: its members sorted by position.
+/// One point on the ring: a position and the member holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Point {
+    position: u64,
+    member: u32,
+}
+
+/// An immutable view of the sky: its members, and their points sorted by
+/// position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
     config: RingConfig,
     members: Vec<Member>,
+    points: Vec<Point>,
     version: u32,
 }
 
@@ -172,7 +200,7 @@ impl Ring {
                 let endpoint = wire::canonical(e);
                 Member {
                     endpoint,
-                    position: position_of_ip(endpoint.ip()),
+                    position: position_of_ip(endpoint.ip(), 0),
                     prefix: config.prefix(endpoint.ip()),
                 }
             })
@@ -181,10 +209,24 @@ impl Ring {
             (a.position, endpoint_key(a.endpoint)).cmp(&(b.position, endpoint_key(b.endpoint)))
         });
         members.dedup_by(|a, b| a.endpoint == b.endpoint);
+        let positions = config.positions.clamp(1, MAX_POSITIONS);
+        let mut points: Vec<Point> = members
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| {
+                (0..positions).map(move |index| Point {
+                    position: position_of_ip(m.endpoint.ip(), index),
+                    member: i as u32,
+                })
+            })
+            .collect();
+        // Member index breaks ties: two endpoints on one IP share points.
+        points.sort_by_key(|p| (p.position, p.member));
         let version = version_of(&config, &members);
         Ring {
             config,
             members,
+            points,
             version,
         }
     }
@@ -221,14 +263,14 @@ impl Ring {
     pub fn owners_of_position(&self, position: u64) -> Owners {
         let mut owners = Owners::default();
         let mut prefixes = [[0u8; 16]; MAX_REPLICAS];
-        let n = self.members.len();
+        let n = self.points.len();
         if n == 0 {
             return owners;
         }
-        let start = self.members.partition_point(|m| m.position < position);
+        let start = self.points.partition_point(|p| p.position < position);
         let want = usize::from(self.config.replicas).min(MAX_REPLICAS);
         for i in 0..n {
-            let m = &self.members[(start + i) % n];
+            let m = &self.members[self.points[(start + i) % n].member as usize];
             if prefixes[..owners.len].contains(&m.prefix) {
                 continue;
             }
@@ -254,21 +296,30 @@ impl Ring {
         self.owners(address).contains(wire::canonical(me))
     }
 
-    /// The share of the ring (of the 2^64 positions) each member is first
-    /// owner of, in member order; the shares sum to 1. For `sky sim ring`.
+    /// The arcs of the ring: for each point, the position it ends at and
+    /// the fraction of the 2^64 positions in (previous point, this point],
+    /// whose owners are the owners of the end position. The fractions sum
+    /// to 1. For `sky sim ring`.
+    pub fn arcs(&self) -> impl Iterator<Item = (u64, f64)> + '_ {
+        let n = self.points.len();
+        (0..n).map(move |i| {
+            let end = self.points[i].position;
+            if n == 1 {
+                return (end, 1.0);
+            }
+            let prev = self.points[(i + n - 1) % n].position;
+            (end, end.wrapping_sub(prev) as f64 / 2f64.powi(64))
+        })
+    }
+
+    /// The share of the ring each member is first owner of, in member
+    /// order; the shares sum to 1 (for a non-empty ring).
     pub fn primary_shares(&self) -> Vec<f64> {
-        let n = self.members.len();
-        (0..n)
-            .map(|i| {
-                if n == 1 {
-                    return 1.0;
-                }
-                // Member i is the first owner of (previous position, own].
-                let prev = self.members[(i + n - 1) % n].position;
-                let span = self.members[i].position.wrapping_sub(prev);
-                span as f64 / 2f64.powi(64)
-            })
-            .collect()
+        let mut shares = vec![0.0; self.members.len()];
+        for (i, (_, share)) in self.arcs().enumerate() {
+            shares[self.points[i].member as usize] += share;
+        }
+        shares
     }
 }
 
@@ -283,7 +334,12 @@ fn endpoint_key(e: SocketAddr) -> ([u8; 16], u16) {
 
 fn version_of(config: &RingConfig, members: &[Member]) -> u32 {
     let mut hasher = blake3::Hasher::new_derive_key("sky v1 ring version");
-    hasher.update(&[config.replicas, config.prefix_v4, config.prefix_v6]);
+    hasher.update(&[
+        config.replicas,
+        config.prefix_v4,
+        config.prefix_v6,
+        config.positions,
+    ]);
     for m in members {
         let (ip, port) = endpoint_key(m.endpoint);
         hasher.update(&ip);
@@ -327,9 +383,10 @@ mod tests {
 
     #[test]
     fn position_ignores_the_port_and_ipv4_mapping() {
-        let a = position_of_ip(ep("192.0.2.1:1").ip());
-        assert_eq!(a, position_of_ip(ep("[::ffff:192.0.2.1]:2").ip()));
-        assert_ne!(a, position_of_ip(ep("192.0.2.2:1").ip()));
+        let a = position_of_ip(ep("192.0.2.1:1").ip(), 0);
+        assert_eq!(a, position_of_ip(ep("[::ffff:192.0.2.1]:2").ip(), 0));
+        assert_ne!(a, position_of_ip(ep("192.0.2.2:1").ip(), 0));
+        assert_ne!(a, position_of_ip(ep("192.0.2.1:1").ip(), 1));
     }
 
     #[test]
@@ -341,14 +398,16 @@ mod tests {
             let addr = VirtualAddr([i; 16]);
             let owners = ring.owners(&addr);
             assert_eq!(owners.len(), 2);
-            // The first owner is the first member at or after the address.
+            // The first owner holds the first point at or after the address.
             let pos = position_of_address(&addr);
-            let expected = ring
+            let points: Vec<(u64, SocketAddr)> = ring
                 .members()
                 .iter()
-                .find(|m| m.position >= pos)
-                .unwrap_or(&ring.members()[0]);
-            assert_eq!(owners.first(), Some(expected.endpoint));
+                .flat_map(|m| (0..16).map(|i| (position_of_ip(m.endpoint.ip(), i), m.endpoint)))
+                .collect();
+            let next = points.iter().filter(|p| p.0 >= pos).min_by_key(|p| p.0);
+            let expected = next.or_else(|| points.iter().min_by_key(|p| p.0)).unwrap();
+            assert_eq!(owners.first(), Some(expected.1));
         }
         // /24: all of 127.0.0.x is one operator, so one owner only.
         let ring24 = Ring::new(RingConfig::default(), members);
@@ -390,6 +449,14 @@ mod tests {
         assert_ne!(a.version(), c.version());
         let d = Ring::new(RingConfig::default(), (1..=4).map(loopback));
         assert_ne!(a.version(), d.version(), "settings are part of the view");
+        let e = Ring::new(
+            RingConfig {
+                positions: 1,
+                ..slash32()
+            },
+            (1..=4).map(loopback),
+        );
+        assert_ne!(a.version(), e.version());
         assert_ne!(Ring::new(slash32(), []).version(), 0);
     }
 
@@ -420,16 +487,22 @@ mod tests {
         let ring = Ring::new(slash32(), [me]);
         assert!(ring.is_owner(me, &VirtualAddr([3; 16])));
         assert!(!ring.is_owner(loopback(2), &VirtualAddr([3; 16])));
-        assert_eq!(ring.primary_shares(), vec![1.0]);
+        assert!((ring.primary_shares()[0] - 1.0).abs() < 1e-9);
         let empty = Ring::new(slash32(), []);
         assert!(empty.owners(&VirtualAddr([3; 16])).is_empty());
     }
 
     #[test]
     fn shares_sum_to_one() {
-        let ring = Ring::new(slash32(), (1..=50).map(loopback));
-        let sum: f64 = ring.primary_shares().iter().sum();
-        assert!((sum - 1.0).abs() < 1e-9);
+        for positions in [1, 16] {
+            let config = RingConfig {
+                positions,
+                ..slash32()
+            };
+            let ring = Ring::new(config, (1..=50).map(loopback));
+            let sum: f64 = ring.primary_shares().iter().sum();
+            assert!((sum - 1.0).abs() < 1e-9);
+        }
     }
 
     #[test]
@@ -450,6 +523,14 @@ mod tests {
             },
             RingConfig {
                 prefix_v6: 129,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                positions: 0,
+                ..RingConfig::default()
+            },
+            RingConfig {
+                positions: 65,
                 ..RingConfig::default()
             },
         ] {

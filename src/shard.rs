@@ -1004,7 +1004,7 @@ mod tests {
             let (mut p, shared, _) = member();
             shared.store(Arc::new(many.clone()));
             let cookie = p.cookie(ALICE);
-            for pad in [17u16, 23, 24, 30, 100, 1232] {
+            for pad in [18u16, 24, 25, 30, 100, 1232] {
                 let mut got = Vec::new();
                 let mut start = 0u16;
                 let mut rounds = 0;
@@ -1053,7 +1053,7 @@ mod tests {
                     rounds += 1;
                     assert!(rounds < 1000);
                 }
-                if pad >= 17 + 7 {
+                if pad >= 18 + 7 {
                     let expected: Vec<SocketAddr> =
                         many.members().iter().map(|m| m.endpoint).collect();
                     assert_eq!(got, expected, "pad {pad}");

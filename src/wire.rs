@@ -90,9 +90,10 @@ mod field {
     pub const PAGE_REPLICAS: usize = 10;
     pub const PAGE_PREFIX_V4: usize = 11;
     pub const PAGE_PREFIX_V6: usize = 12;
-    pub const PAGE_TOTAL: Range<usize> = 13..15;
-    pub const PAGE_START: Range<usize> = 15..17;
-    pub const PAGE_ENTRIES: RangeFrom<usize> = 17..;
+    pub const PAGE_POSITIONS: usize = 13;
+    pub const PAGE_TOTAL: Range<usize> = 14..16;
+    pub const PAGE_START: Range<usize> = 16..18;
+    pub const PAGE_ENTRIES: RangeFrom<usize> = 18..;
     pub const NOT_OWNER_VERSION: Range<usize> = 6..10;
     pub const NOT_OWNER_HINT: RangeFrom<usize> = 10..;
     pub const RING_VERSION: Range<usize> = 6..10;
@@ -702,6 +703,7 @@ impl Message {
                     replicas: b[field::PAGE_REPLICAS],
                     prefix_v4: b[field::PAGE_PREFIX_V4],
                     prefix_v6: b[field::PAGE_PREFIX_V6],
+                    positions: b[field::PAGE_POSITIONS],
                 },
                 total: read_u16(&b[field::PAGE_TOTAL]),
                 start: read_u16(&b[field::PAGE_START]),
@@ -763,7 +765,7 @@ impl Message {
 
     /// The number of bytes `emit` writes.
     /// A members request is as long as its `len` (at least its minimum); a
-    /// members page header is 17 bytes (its entries are not part of the
+    /// members page header is 18 bytes (its entries are not part of the
     /// value).
     pub fn buffer_len(&self) -> usize {
         let short = self.kind().min_len();
@@ -849,6 +851,7 @@ impl Message {
                 b[field::PAGE_REPLICAS] = config.replicas;
                 b[field::PAGE_PREFIX_V4] = config.prefix_v4;
                 b[field::PAGE_PREFIX_V6] = config.prefix_v6;
+                b[field::PAGE_POSITIONS] = config.positions;
                 b[field::PAGE_TOTAL].copy_from_slice(&total.to_be_bytes());
                 b[field::PAGE_START].copy_from_slice(&start.to_be_bytes());
             }
@@ -1027,7 +1030,7 @@ mod tests {
                     ring,
                 }
             ),
-            (tag.clone(), cookie.clone(), any::<u16>(), 17u16..=1232).prop_map(
+            (tag.clone(), cookie.clone(), any::<u16>(), 18u16..=1232).prop_map(
                 |(tag, cookie, start, len)| Message::Members {
                     tag,
                     cookie,
@@ -1038,7 +1041,7 @@ mod tests {
             (
                 tag.clone(),
                 any::<u32>(),
-                any::<[u8; 3]>(),
+                any::<[u8; 4]>(),
                 any::<u16>(),
                 any::<u16>()
             )
@@ -1049,6 +1052,7 @@ mod tests {
                         replicas: c[0],
                         prefix_v4: c[1],
                         prefix_v6: c[2],
+                        positions: c[3],
                     },
                     total,
                     start,
@@ -1237,11 +1241,11 @@ mod members_tests {
                 }
             })
             .collect();
-        for limit in [16usize, 17, 24, 25, 100, 1232] {
+        for limit in [16usize, 18, 24, 25, 100, 1232] {
             let mut buf = [0u8; MAX_DATAGRAM_LEN];
             let (len, count) =
                 emit_members_page(&mut buf, limit, page_header(300, 0), members.clone());
-            assert!(len <= limit.max(17), "limit {limit}: {len}");
+            assert!(len <= limit.max(18), "limit {limit}: {len}");
             let p = Packet::new_checked(&buf[..len]).unwrap();
             assert_eq!(Message::parse(&p), page_header(300, 0));
             let got: Vec<SocketAddr> = p.page_entries().collect();
@@ -1259,12 +1263,12 @@ mod members_tests {
             page_header(1, 0),
             ["192.0.2.1:7700".parse().unwrap()],
         );
-        assert_eq!(len, 17 + 7);
-        buf[17] = 5; // unknown family
+        assert_eq!(len, 18 + 7);
+        buf[18] = 5; // unknown family
         assert_eq!(Message::decode(&buf[..len]), Err(Error::BadEntry));
-        buf[17] = 6; // IPv6 family, IPv4 length
+        buf[18] = 6; // IPv6 family, IPv4 length
         assert_eq!(Message::decode(&buf[..len]), Err(Error::BadEntry));
-        buf[17] = 4;
+        buf[18] = 4;
         assert!(Message::decode(&buf[..len - 1]).is_err());
     }
 

@@ -8,8 +8,11 @@
 //! - [`privacy`]: how linkable a user's successive virtual addresses are to
 //!   colluding sky operators, per client behaviour (SPEC §2, the rotation
 //!   boundary, dual registration and cover traffic). `docs/PRIVACY.md`.
+//! - [`ring`]: how evenly IP-hash placement spreads addresses over the
+//!   sky's nodes (SPEC §4). `docs/DHT.md`.
 
 pub mod privacy;
+pub mod ring;
 pub mod rng;
 
 /// The simulators, as `sky sim` subcommands.
@@ -18,6 +21,9 @@ pub enum SimCommand {
     /// How much of a user's address chain colluding sky operators can link
     /// across epochs, for each client behaviour (see docs/PRIVACY.md).
     Privacy(privacy::PrivacyArgs),
+    /// Load balance of IP-hash placement: the largest and mean share of the
+    /// ring a node owns, per sky size (see docs/DHT.md).
+    Ring(ring::RingArgs),
 }
 
 /// Runs one simulator and returns the report to print (Markdown), or why
@@ -25,5 +31,6 @@ pub enum SimCommand {
 pub fn run(cmd: SimCommand) -> Result<String, String> {
     match cmd {
         SimCommand::Privacy(args) => privacy::run(&args),
+        SimCommand::Ring(args) => ring::run(&args),
     }
 }
