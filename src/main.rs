@@ -236,6 +236,12 @@ enum ProbeCommand {
         #[arg(long = "as", value_name = "HEX")]
         caller: Option<String>,
     },
+    /// Print the node's view of the sky: ring version and settings, then
+    /// one member (service endpoint) per line, in ring order.
+    Members {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Args)]
@@ -758,7 +764,8 @@ fn probe_main(cmd: ProbeCommand) -> ExitCode {
     let target = match &cmd {
         ProbeCommand::Ping { target, .. }
         | ProbeCommand::Register { target, .. }
-        | ProbeCommand::Lookup { target, .. } => target,
+        | ProbeCommand::Lookup { target, .. }
+        | ProbeCommand::Members { target } => target,
     };
     let fail = |msg: String| {
         eprintln!("sky probe: {msg}");
@@ -822,6 +829,24 @@ fn probe_main(cmd: ProbeCommand) -> ExitCode {
                 Err(e) => no_answer(e),
             }
         }
+        ProbeCommand::Members { .. } => match client.members() {
+            Ok(view) => {
+                println!(
+                    "ring {:08x} members {} replicas {} prefix_v4 /{} prefix_v6 /{} positions {}",
+                    view.version,
+                    view.members.len(),
+                    view.config.replicas,
+                    view.config.prefix_v4,
+                    view.config.prefix_v6,
+                    view.config.positions,
+                );
+                for m in &view.members {
+                    println!("member {m}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => no_answer(e),
+        },
         ProbeCommand::Register {
             token,
             hold,

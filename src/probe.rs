@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::sys;
 use crate::keys::{self, IntroError};
+use crate::ring::RingConfig;
 use crate::wire::{self, Cookie, Flags, IntroKey, Message, Tag, Token, VirtualAddr};
 
 /// Why a probe failed.
@@ -26,6 +27,11 @@ pub enum ProbeError {
     Io(io::Error),
     /// The node answered with something this request does not expect.
     Unexpected(wire::Kind),
+    /// The node is a member of a sky that gives this address to others.
+    NotOwner {
+        version: u32,
+        hint: SocketAddr,
+    },
 }
 
 impl fmt::Display for ProbeError {
@@ -34,6 +40,10 @@ impl fmt::Display for ProbeError {
             ProbeError::Timeout => f.write_str("no answer within the timeout"),
             ProbeError::Io(e) => write!(f, "{e}"),
             ProbeError::Unexpected(k) => write!(f, "unexpected {k:?} reply"),
+            ProbeError::NotOwner { version, hint } => write!(
+                f,
+                "not an owner of this address in ring {version:08x}; its first owner is {hint}"
+            ),
         }
     }
 }
@@ -60,6 +70,20 @@ pub enum Lookup {
     Online { endpoint: SocketAddr, flags: Flags },
     Offline,
 }
+
+/// A node's view of the sky, as its members pages tell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members {
+    /// 0 from a node that is not part of a ring.
+    pub version: u32,
+    pub config: RingConfig,
+    /// Service endpoints, in the node's ring order.
+    pub members: Vec<SocketAddr>,
+}
+
+/// Members requests are padded to this size: the largest page a request
+/// may bring back.
+pub const MEMBERS_REQUEST_LEN: u16 = wire::MAX_DATAGRAM_LEN as u16;
 
 /// An introduction the client accepted, or a datagram it refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +167,7 @@ impl Client {
         let mut rtt = Duration::ZERO;
         self.request(
             |tag, cookie| Message::Ping { tag, cookie },
-            |msg, sent| match msg {
+            |msg, _, sent| match msg {
                 Message::Pong { .. } => {
                     rtt = sent.elapsed();
                     Some(Ok(()))
@@ -163,7 +187,7 @@ impl Client {
                 flags,
                 token,
             },
-            |msg, _| match msg {
+            |msg, _, _| match msg {
                 Message::Registered {
                     keepalive_secs,
                     intro_key,
@@ -216,7 +240,7 @@ impl Client {
                 target,
                 caller,
             },
-            |msg, _| match msg {
+            |msg, _, _| match msg {
                 Message::Online {
                     endpoint, flags, ..
                 } => Some(Ok(Lookup::Online { endpoint, flags })),
@@ -224,6 +248,54 @@ impl Client {
                 _ => None,
             },
         )
+    }
+
+    /// The node's view of the sky: every members page, from the first,
+    /// until `total` members are read. Starts over (at most four times) if
+    /// the ring changes between pages.
+    pub fn members(&mut self) -> Result<Members, ProbeError> {
+        'again: for _ in 0..4 {
+            let mut view = Members {
+                version: 0,
+                config: RingConfig::default(),
+                members: Vec::new(),
+            };
+            loop {
+                let start = view.members.len().min(u16::MAX.into()) as u16;
+                let (version, config, total, entries) = self.request(
+                    |tag, cookie| Message::Members {
+                        tag,
+                        cookie,
+                        start,
+                        len: MEMBERS_REQUEST_LEN,
+                    },
+                    |msg, bytes, _| match msg {
+                        Message::MembersPage {
+                            version,
+                            config,
+                            total,
+                            ..
+                        } => {
+                            let page = wire::Packet::new_checked(bytes).ok()?;
+                            let entries: Vec<SocketAddr> = page.page_entries().collect();
+                            Some(Ok((version, config, total, entries)))
+                        }
+                        _ => None,
+                    },
+                )?;
+                if start == 0 {
+                    view.version = version;
+                    view.config = config;
+                } else if version != view.version {
+                    continue 'again;
+                }
+                view.members.extend(entries.iter().copied());
+                if view.members.len() >= usize::from(total) || entries.is_empty() {
+                    return Ok(view);
+                }
+            }
+        }
+        Err(ProbeError::Unexpected(wire::Kind::MembersPage))
     }
 
     /// Waits up to `wait` for an introduction (or another unsolicited
@@ -296,7 +368,7 @@ impl Client {
     fn request<T>(
         &mut self,
         build: impl Fn(Tag, Cookie) -> Message,
-        mut accept: impl FnMut(Message, Instant) -> Option<Result<T, ProbeError>>,
+        mut accept: impl FnMut(Message, &[u8], Instant) -> Option<Result<T, ProbeError>>,
     ) -> Result<T, ProbeError> {
         let deadline = Instant::now() + self.timeout;
         let retry = self.timeout / 4;
@@ -343,7 +415,14 @@ impl Client {
                         self.pending.push(incoming);
                     }
                 }
-                m if m.tag() == Some(tag) => match accept(m, sent) {
+                Message::NotOwner {
+                    tag: t,
+                    version,
+                    hint,
+                } if t == tag => {
+                    return Err(ProbeError::NotOwner { version, hint });
+                }
+                m if m.tag() == Some(tag) => match accept(m, &buf[..n], sent) {
                     Some(result) => return result,
                     None => return Err(ProbeError::Unexpected(m.kind())),
                 },
@@ -369,7 +448,7 @@ impl Client {
     }
 
     fn send(&self, msg: Message) -> io::Result<()> {
-        let mut buf = [0u8; wire::MAX_MESSAGE_LEN];
+        let mut buf = [0u8; wire::MAX_DATAGRAM_LEN];
         let n = msg.emit(&mut buf);
         self.socket.send_to(&buf[..n], self.sky).map(|_| ())
     }

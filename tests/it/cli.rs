@@ -656,3 +656,25 @@ fn sim_privacy_prints_a_row_per_mode_and_adversary() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--owners"));
 }
+
+/// `sky sim ring` reproduces the rows docs/DHT.md shows for the small sky
+/// sizes (same seeds: each size's rings do not depend on the other sizes).
+#[test]
+fn sim_ring_reproduces_the_documented_rows() {
+    let out = sky(&["sim", "ring", "--nodes", "10", "--nodes", "100"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/DHT.md"))
+        .expect("docs/DHT.md");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("| 1") && l.contains('%'))
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for row in rows {
+        assert!(doc.contains(row), "docs/DHT.md lacks the row {row}");
+    }
+    let bad = sky(&["sim", "ring", "--replicas", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("replicas"));
+}
