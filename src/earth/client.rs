@@ -1050,6 +1050,15 @@ impl Earth {
             });
             return;
         }
+        // A late answer to a lookup that a session made moot changes
+        // nothing: restarting the handshake would strand what is in flight.
+        if self
+            .peers
+            .get(friend)
+            .is_some_and(|p| matches!(p.phase, Phase::Established { .. }))
+        {
+            return;
+        }
         match result {
             Ok((endpoint, _)) => {
                 let same = self.peers.get(friend).is_some_and(|p| {
@@ -1355,6 +1364,9 @@ impl Earth {
                     session,
                     answered: None,
                 };
+                // The lookup that may still be asking is moot now.
+                self.queries
+                    .retain(|q| !(q.for_connect && q.friend == name));
                 self.events.push_back(Event::Connected {
                     friend: name,
                     peer: from,
