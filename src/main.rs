@@ -74,9 +74,10 @@ enum EarthCommand {
     /// Stay registered under the current address (moving to the next at
     /// each epoch), print the observed endpoint and every introduction.
     Online {
-        /// The sky node, HOST:PORT.
-        #[arg(long, value_name = "HOST:PORT")]
-        sky: String,
+        /// A sky node to bootstrap from, HOST:PORT; repeat it to give
+        /// more, tried in order until one answers.
+        #[arg(long, value_name = "HOST:PORT", required = true)]
+        sky: Vec<String>,
         /// Flag the registration as metered.
         #[arg(long)]
         metered: bool,
@@ -103,16 +104,18 @@ enum EarthCommand {
     Send {
         name: String,
         text: String,
-        /// The sky node, HOST:PORT.
-        #[arg(long, value_name = "HOST:PORT")]
-        sky: String,
+        /// A sky node to bootstrap from, HOST:PORT; repeat it to give
+        /// more, tried in order until one answers.
+        #[arg(long, value_name = "HOST:PORT", required = true)]
+        sky: Vec<String>,
     },
     /// Look a friend up: `online <ip:port>` (exit 0) or `offline` (exit 1).
     Lookup {
         name: String,
-        /// The sky node, HOST:PORT.
-        #[arg(long, value_name = "HOST:PORT")]
-        sky: String,
+        /// A sky node to bootstrap from, HOST:PORT; repeat it to give
+        /// more, tried in order until one answers.
+        #[arg(long, value_name = "HOST:PORT", required = true)]
+        sky: Vec<String>,
     },
 }
 
@@ -286,15 +289,20 @@ fn earth_fail(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// An earth core on its own socket, talking to the sky node at `sky_addr`.
+/// An earth core on its own socket, bootstrapping from the sky nodes at
+/// `sky_addrs` (in order).
 fn earth_driver(
-    sky_addr: &str,
+    sky_addrs: &[String],
     state: sky::earth::state::State,
     configure: impl FnOnce(&mut EarthConfig),
 ) -> Result<Driver, ExitCode> {
-    let sky = probe::resolve(sky_addr)
-        .map_err(|e| earth_fail(format!("cannot resolve {sky_addr}: {e}")))?;
-    let mut config = EarthConfig::new(sky);
+    let mut bootstrap = Vec::with_capacity(sky_addrs.len());
+    for addr in sky_addrs {
+        let node =
+            probe::resolve(addr).map_err(|e| earth_fail(format!("cannot resolve {addr}: {e}")))?;
+        bootstrap.push(node);
+    }
+    let mut config = EarthConfig::new(bootstrap);
     configure(&mut config);
     Driver::bind(config, state).map_err(|e| earth_fail(format!("cannot open a socket: {e}")))
 }
@@ -314,11 +322,12 @@ fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 fn earth_online(
     state: sky::earth::state::State,
     dir: &std::path::Path,
-    sky_addr: &str,
+    sky_addrs: &[String],
     configure: impl FnOnce(&mut EarthConfig),
     hold: Option<Duration>,
 ) -> ExitCode {
-    let mut driver = match earth_driver(sky_addr, state, configure) {
+    let sky_list = sky_addrs.join(", ");
+    let mut driver = match earth_driver(sky_addrs, state, configure) {
         Ok(d) => d,
         Err(code) => return code,
     };
@@ -332,7 +341,10 @@ fn earth_online(
                 println!("address {}", address.to_hex());
                 println!("registered {observed}");
             }
-            EarthEvent::SkySilent => eprintln!("sky earth: no answer from {sky_addr}; retrying"),
+            EarthEvent::SkySilent => eprintln!("sky earth: no answer from {sky_list}; retrying"),
+            EarthEvent::Sky { version, nodes } => {
+                eprintln!("sky earth: the sky has {nodes} nodes (ring version {version:08x})")
+            }
             EarthEvent::Introduced {
                 friend,
                 caller,
@@ -388,14 +400,19 @@ fn earth_now() -> Duration {
 
 /// `sky earth send`: connects (lookup, punching, handshake) and delivers
 /// one message; bounded by the core's time limit.
-fn earth_send(state: sky::earth::state::State, name: &str, text: &str, sky_addr: &str) -> ExitCode {
+fn earth_send(
+    state: sky::earth::state::State,
+    name: &str,
+    text: &str,
+    sky_addrs: &[String],
+) -> ExitCode {
     if text.len() > 1000 {
         return earth_fail("a message is at most 1000 bytes".into());
     }
     if !state.friends.0.contains_key(name) {
         return earth_fail(format!("no friend named `{name}`"));
     }
-    let mut driver = match earth_driver(sky_addr, state, |_| {}) {
+    let mut driver = match earth_driver(sky_addrs, state, |_| {}) {
         Ok(d) => d,
         Err(code) => return code,
     };
@@ -438,11 +455,11 @@ fn earth_send(state: sky::earth::state::State, name: &str, text: &str, sky_addr:
 
 /// `sky earth lookup`: under each address the friend may have now (SPEC §2:
 /// the neighbouring epoch too, within H of a boundary).
-fn earth_lookup(state: sky::earth::state::State, name: &str, sky_addr: &str) -> ExitCode {
+fn earth_lookup(state: sky::earth::state::State, name: &str, sky_addrs: &[String]) -> ExitCode {
     if !state.friends.0.contains_key(name) {
         return earth_fail(format!("no friend named `{name}`"));
     }
-    let mut driver = match earth_driver(sky_addr, state, |_| {}) {
+    let mut driver = match earth_driver(sky_addrs, state, |_| {}) {
         Ok(d) => d,
         Err(code) => return code,
     };
@@ -461,7 +478,7 @@ fn earth_lookup(state: sky::earth::state::State, name: &str, sky_addr: &str) -> 
                     println!("offline");
                     ExitCode::from(1)
                 }
-                Err(why) => earth_fail(format!("{sky_addr}: {why}")),
+                Err(why) => earth_fail(format!("{}: {why}", sky_addrs.join(", "))),
             });
             std::ops::ControlFlow::Break(())
         }

@@ -471,9 +471,9 @@ impl Iterator for PageEntries<'_> {
     type Item = SocketAddr;
 
     fn next(&mut self) -> Option<SocketAddr> {
-        let n = match self.rest.first()? {
-            &ENTRY_V4 => ENDPOINT_V4_LEN,
-            &ENTRY_V6 => ENDPOINT_V6_LEN,
+        let n = match *self.rest.first()? {
+            ENTRY_V4 => ENDPOINT_V4_LEN,
+            ENTRY_V6 => ENDPOINT_V6_LEN,
             _ => return None,
         };
         let entry = self.rest.get(1..1 + n)?;

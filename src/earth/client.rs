@@ -1,7 +1,7 @@
-//! The earth client's sans-IO core: registration, keepalives, lookups,
-//! introductions, hole punching, the friends' handshake, delivery and the
-//! address reset — every protocol decision, and no socket, clock or
-//! randomness.
+//! The earth client's sans-IO core: the sky's members, registration with
+//! every owner, keepalives, lookups, introductions, hole punching, the
+//! friends' handshake, delivery and the address reset — every protocol
+//! decision, and no socket, clock or randomness.
 //!
 //! It has the shape of the sky's shard (and of quinn-proto's `Endpoint`):
 //! the driver feeds it what happened and asks it what to do.
@@ -17,12 +17,22 @@
 //! request tags, cover traffic) comes from a BLAKE3 key stream seeded once
 //! by the driver.
 //!
+//! **The sky** (SPEC §4, "one hop"). The client knows a few sky nodes
+//! ([`Config::sky`], the bootstrap list), fetches the member list from the
+//! first that answers, builds the same [`Ring`] the nodes use and computes
+//! each address's owners itself. It registers every address it keeps with
+//! all `k` owners (one registration, cookie and introduction key per node),
+//! asks one owner at a time when it looks a friend up, and fetches the
+//! members again when a node says the ring changed (`ring changed` to a
+//! keepalive, `not owner` to a request). A standalone node (a members page
+//! of version 0 and no members) is a ring of one.
+//!
 //! Persistence stays with the driver: when the core changes what must
 //! survive a restart (a friend's reset adopted, a pending reset
 //! acknowledged) it emits [`Event::SaveState`]; an acknowledgement that
 //! depends on the save is held until the driver calls [`Earth::saved`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,7 +43,8 @@ use super::invite::Invite;
 use super::ratchet::{ChainKey, DEFAULT_OVERLAP, Epoch};
 use super::state::State;
 use crate::keys;
-use crate::wire::{self, Cookie, Flags, IntroKey, Message, Tag, Token, VirtualAddr};
+use crate::ring::{Ring, RingConfig};
+use crate::wire::{self, Cookie, Flags, IntroKey, Message, Packet, Tag, Token, VirtualAddr};
 
 /// A datagram that only opens a NAT mapping; peers ignore it.
 pub const PUNCH: u8 = 0x20;
@@ -41,6 +52,29 @@ pub const PUNCH: u8 = 0x20;
 /// How often a connection that has no answer yet looks the friend up
 /// again (and so is introduced again).
 const RELOOKUP: Duration = Duration::from_secs(1);
+
+/// The length of a members request. A node writes its page over the
+/// request and never makes it longer, so the request is padded to the
+/// largest datagram the protocol allows: one page then holds about 170
+/// IPv4 members.
+pub const MEMBERS_REQUEST_LEN: u16 = wire::MAX_DATAGRAM_LEN as u16;
+
+/// Members requests sent to one node without an answer before the next
+/// node is asked.
+const FETCH_TRIES: u32 = 3;
+
+/// Times a members fetch starts over from the first page because the view
+/// changed between pages, before the next node is asked.
+const FETCH_RESTARTS: u32 = 3;
+
+/// The least time between two member fetches that nodes' answers start:
+/// nodes whose views disagree for a while cannot make the client fetch on
+/// every datagram.
+const REFETCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Introduction keys kept per sky node (keys of addresses long gone are of
+/// no use).
+const INTRO_KEYS_PER_NODE: usize = 16;
 
 /// The first byte of a sealed payload between friends.
 mod payload {
@@ -75,8 +109,10 @@ pub enum Overlap {
 /// What the driver configures; [`Config::new`] has the defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The sky node.
-    pub sky: SocketAddr,
+    /// The bootstrap list: sky nodes to fetch the member list from, tried
+    /// in this order until one answers. At least one; any node of the sky
+    /// will do, and a standalone node is a sky of one.
+    pub sky: Vec<SocketAddr>,
     /// Flag the registration as metered (friends go easy on this peer).
     pub metered: bool,
     /// The longest keepalive interval; the node's `registered` reply may
@@ -90,15 +126,18 @@ pub struct Config {
     /// Cover traffic: the mean time between random registrations while
     /// online. Default off.
     pub cover: Option<Duration>,
-    /// How often a request to the sky, a punch or a handshake message is
-    /// sent again while unanswered. Default 100 ms.
+    /// How often a registration, a punch or a handshake message is sent
+    /// again while unanswered; a lookup or members request waits three
+    /// times this before it asks again (the next owner, for a lookup).
+    /// Default 100 ms.
     pub retry: Duration,
     /// When a lookup, connection or delivery gives up. Default 5 s.
     pub give_up: Duration,
 }
 
 impl Config {
-    pub fn new(sky: SocketAddr) -> Config {
+    /// Defaults, with `sky` as the bootstrap list.
+    pub fn new(sky: Vec<SocketAddr>) -> Config {
         Config {
             sky,
             metered: false,
@@ -123,9 +162,10 @@ pub struct Transmit {
 /// Why a connection, delivery or lookup did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// The sky says the friend is not online.
+    /// The sky says the friend is not online: every owner that answered
+    /// said offline.
     Offline,
-    /// The sky did not answer within the time limit.
+    /// No sky node answered within the time limit.
     SkySilent,
     /// The friend was online, but no handshake or acknowledgement came
     /// back within the time limit (a NAT pair that cannot be punched).
@@ -140,7 +180,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Failure::Offline => "offline",
-            Failure::SkySilent => "the sky node did not answer",
+            Failure::SkySilent => "the sky did not answer",
             Failure::Unreachable => "no answer on the punched path",
             Failure::NoSuchFriend => "no such friend",
             Failure::TooLarge => "the payload is too large",
@@ -151,13 +191,19 @@ impl std::fmt::Display for Failure {
 /// What the application should know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// The client holds a new view of the sky: `nodes` members, ring
+    /// `version` (0: a standalone node, which owns every address).
+    Sky { version: u32, nodes: usize },
     /// Registered (again) under `address`; the sky sees us at `observed`.
+    /// Reported when the first owner holds the address, and again when an
+    /// owner sees us at another endpoint, not once per owner.
     Registered {
         address: VirtualAddr,
         observed: SocketAddr,
     },
-    /// The sky did not answer a registration within the time limit; the
-    /// core keeps trying.
+    /// No sky node held one of our addresses within the time limit (the
+    /// members could not be fetched, or no owner answered a registration);
+    /// the core keeps trying.
     SkySilent,
     /// The sky introduced a caller: a friend by name when the address is
     /// one of theirs. The core punches towards friends.
@@ -166,8 +212,9 @@ pub enum Event {
         caller: VirtualAddr,
         endpoint: SocketAddr,
     },
-    /// An introduction that did not come from our sky node or whose MAC did
-    /// not verify: dropped.
+    /// An introduction that did not come from a sky node we registered
+    /// with, or whose MAC did not verify under a key that node gave us:
+    /// dropped.
     ForgedIntroduction,
     /// The answer to [`Earth::lookup`].
     Lookup {
@@ -234,15 +281,75 @@ impl Rng {
     fn exponential(&mut self, mean: Duration) -> Duration {
         mean.mul_f64((-(1.0 - self.unit()).ln()).min(20.0))
     }
+
+    fn tag(&mut self) -> Tag {
+        let b = self.bytes();
+        Tag([b[0], b[1], b[2], b[3]])
+    }
 }
 
-/// One registration with the sky: the user's own address of an epoch, or
-/// a random cover address.
+/// What the client keeps per sky node it talks to.
+#[derive(Default)]
+struct Node {
+    /// The cookie this node gave our endpoint (zeros until it gives one).
+    cookie: Cookie,
+    /// The introduction keys this node gave us in `registered` replies: an
+    /// introduction from this node must verify under one of them.
+    intro_keys: Vec<IntroKey>,
+}
+
+/// The sky as the client sees it.
+struct View {
+    ring: Ring,
+    /// The version the members page carried (0: a standalone node); what
+    /// keepalives carry.
+    version: u32,
+}
+
+/// Reading the member list, page by page, from one node after another.
+struct Fetch {
+    /// The node asked now.
+    node: SocketAddr,
+    /// The nodes to ask next, in order.
+    queue: VecDeque<SocketAddr>,
+    tag: Tag,
+    /// Index of the first member asked for.
+    start: u16,
+    /// From the view's first page: its version, settings and size.
+    reading: Option<(u32, RingConfig, u16)>,
+    entries: Vec<SocketAddr>,
+    /// Requests sent to `node` since it last answered.
+    tries: u32,
+    restarts: u32,
+    next: Duration,
+    /// Passes over the bootstrap list that found no node (while the client
+    /// holds no view): the pause before the next pass doubles.
+    passes: u32,
+}
+
+/// One address the client keeps registered: the user's own of an epoch,
+/// or a random cover address; registered with each of its owners.
 struct Registration {
     token: Token,
     address: VirtualAddr,
     kind: RegKind,
+    owners: Vec<OwnerReg>,
+    /// The endpoint the last [`Event::Registered`] reported; `None` while
+    /// no owner holds the address.
+    reported: Option<SocketAddr>,
+    /// Since when no owner has held the address, and whether
+    /// [`Event::SkySilent`] was reported for it.
+    unheld_since: Option<Duration>,
+    silent_reported: bool,
+}
+
+/// The registration of one address with one owner.
+struct OwnerReg {
+    node: SocketAddr,
     state: RegState,
+    /// Registered on a `not owner` hint rather than from the view: a
+    /// second `not owner` is not followed further.
+    via_hint: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -260,7 +367,6 @@ enum RegState {
         tag: Tag,
         first: Duration,
         next: Duration,
-        silent_reported: bool,
     },
     Active {
         observed: SocketAddr,
@@ -270,16 +376,95 @@ enum RegState {
     },
 }
 
-/// A lookup in flight: one request per candidate epoch's address.
+impl Registration {
+    fn held(&self) -> bool {
+        self.owners
+            .iter()
+            .any(|o| matches!(o.state, RegState::Active { .. }))
+    }
+
+    /// Brings `reported` and `unheld_since` up to date after the owners'
+    /// states changed.
+    fn settle(&mut self, now: Duration) {
+        if self.held() {
+            self.unheld_since = None;
+            self.silent_reported = false;
+        } else {
+            self.reported = None;
+            self.unheld_since.get_or_insert(now);
+        }
+    }
+}
+
+/// A lookup in flight: one target per candidate epoch's address.
 struct Query {
     friend: String,
-    requests: Vec<(Tag, Message)>,
-    offline: usize,
-    asked: usize,
+    caller: VirtualAddr,
+    targets: Vec<Target>,
     first: Duration,
-    next: Duration,
     /// Started by `connect`: its answer goes to the peer, not to the app.
     for_connect: bool,
+}
+
+/// One address a lookup asks the owners about, one owner at a time.
+struct Target {
+    address: VirtualAddr,
+    tag: Tag,
+    /// The owners to ask, in ring order; hints and a newer view add more.
+    asks: Vec<Ask>,
+    /// The ask in flight (index into `asks`).
+    current: Option<usize>,
+    /// When the ask in flight is given up for the next owner.
+    next: Option<Duration>,
+}
+
+struct Ask {
+    node: SocketAddr,
+    said: Option<Said>,
+}
+
+/// A final answer from one owner about one target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Offline,
+    NotOwner,
+}
+
+/// What an owner answered to a lookup.
+enum Answer {
+    Online(SocketAddr, Flags),
+    Offline,
+    NotOwner { version: u32, hint: SocketAddr },
+}
+
+impl Target {
+    /// Asks the next owner that has not answered (after the current one,
+    /// round the list: with one owner left, that owner again). Returns the
+    /// node to send the lookup to.
+    fn advance(&mut self, now: Duration, period: Duration) -> Option<SocketAddr> {
+        let n = self.asks.len();
+        let from = self.current.map_or(0, |c| c + 1);
+        let pick = (0..n)
+            .map(|i| (from + i) % n)
+            .find(|&i| self.asks[i].said.is_none());
+        self.current = pick;
+        self.next = pick.map(|_| now + period);
+        pick.map(|i| self.asks[i].node)
+    }
+
+    /// Every owner listed has given a final answer.
+    fn exhausted(&self) -> bool {
+        self.asks.iter().all(|a| a.said.is_some())
+    }
+
+    fn said_offline(&self) -> bool {
+        self.asks.iter().any(|a| a.said == Some(Said::Offline))
+    }
+
+    /// Whether the ask in flight still waits for its answer.
+    fn waiting(&self) -> bool {
+        self.current.is_some_and(|c| self.asks[c].said.is_none())
+    }
 }
 
 /// Where a friend's connection stands.
@@ -336,8 +521,16 @@ pub struct Earth {
     state: State,
     online: bool,
     rng: Rng,
-    cookie: Cookie,
-    intro_keys: Vec<IntroKey>,
+    /// Every sky node we have sent to: cookies and introduction keys. A
+    /// datagram from one of them is the sky's; anything else is a peer's.
+    nodes: HashMap<SocketAddr, Node>,
+    view: Option<View>,
+    fetch: Option<Fetch>,
+    /// A fetch a node's answer asked for while one was running or too
+    /// recent: from that node, for that version.
+    refetch: Option<(SocketAddr, u32)>,
+    /// When the next fetch a node's answer asks for may start.
+    fetch_allowed: Duration,
     registrations: Vec<Registration>,
     queries: Vec<Query>,
     peers: HashMap<String, Peer>,
@@ -353,21 +546,31 @@ pub struct Earth {
 }
 
 impl Earth {
-    /// A core for `state`, talking to `config.sky`, with randomness from
-    /// `seed` (32 bytes from the operating system's random source).
-    pub fn new(config: Config, state: State, seed: [u8; 32], now: Duration) -> Earth {
+    /// A core for `state`, bootstrapping from `config.sky`, with randomness
+    /// from `seed` (32 bytes from the operating system's random source).
+    pub fn new(mut config: Config, state: State, seed: [u8; 32], now: Duration) -> Earth {
         let mut rng = Rng {
             key: seed,
             counter: 0,
         };
+        let mut bootstrap = Vec::with_capacity(config.sky.len());
+        for node in config.sky.iter().map(|n| wire::canonical(*n)) {
+            if !bootstrap.contains(&node) {
+                bootstrap.push(node);
+            }
+        }
+        config.sky = bootstrap;
         let next_cover = config.cover.map(|mean| now + rng.exponential(mean));
         Earth {
             config,
             state,
             online: false,
             rng,
-            cookie: Cookie::default(),
-            intro_keys: Vec::new(),
+            nodes: HashMap::new(),
+            view: None,
+            fetch: None,
+            refetch: None,
+            fetch_allowed: now,
             registrations: Vec::new(),
             queries: Vec::new(),
             peers: HashMap::new(),
@@ -390,13 +593,34 @@ impl Earth {
         &self.config
     }
 
+    /// The sky as the client sees it: the ring it computes owners with and
+    /// the version it holds (0: a standalone node). `None` until the first
+    /// members fetch completes.
+    pub fn ring(&self) -> Option<(&Ring, u32)> {
+        self.view.as_ref().map(|v| (&v.ring, v.version))
+    }
+
+    /// The sky nodes that hold `address` for us now (a registration
+    /// answered and kept alive).
+    pub fn holders(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
+        self.registrations
+            .iter()
+            .filter(|r| r.address == *address)
+            .flat_map(|r| &r.owners)
+            .filter(|o| matches!(o.state, RegState::Active { .. }))
+            .map(|o| o.node)
+            .collect()
+    }
+
     /// Where the sky sees us (our NAT's public endpoint), once registered.
     pub fn observed(&self) -> Option<SocketAddr> {
         self.registrations
             .iter()
-            .find_map(|r| match (r.kind, &r.state) {
-                (RegKind::Own(_), RegState::Active { observed, .. }) => Some(*observed),
-                _ => None,
+            .filter(|r| matches!(r.kind, RegKind::Own(_)))
+            .flat_map(|r| &r.owners)
+            .find_map(|o| match o.state {
+                RegState::Active { observed, .. } => Some(observed),
+                RegState::Pending { .. } => None,
             })
     }
 
@@ -407,11 +631,13 @@ impl Earth {
         self.handle_timeout(now);
     }
 
-    /// Unregisters every address.
+    /// Unregisters every address at every owner.
     pub fn go_offline(&mut self) {
         self.online = false;
         for reg in std::mem::take(&mut self.registrations) {
-            self.unregister(reg.token);
+            for o in &reg.owners {
+                self.unregister(o.node, reg.token);
+            }
         }
     }
 
@@ -429,8 +655,9 @@ impl Earth {
     }
 
     /// Looks `friend` up under each address they may have now (within `H`
-    /// of a boundary, the neighbouring epoch's too); answers with
-    /// [`Event::Lookup`]. The sky introduces us to them when online.
+    /// of a boundary, the neighbouring epoch's too), asking each address's
+    /// owners one after the other; answers with [`Event::Lookup`]. The
+    /// owner that finds them introduces us to them.
     pub fn lookup(&mut self, now: Duration, friend: &str) {
         if !self.start_query(now, friend, false) {
             self.events.push_back(Event::Lookup {
@@ -494,17 +721,34 @@ impl Earth {
     pub fn poll_timeout(&self) -> Option<Duration> {
         let mut t: Option<Duration> = None;
         let mut at = |d: Duration| t = Some(t.map_or(d, |t| t.min(d)));
+        if let Some(f) = &self.fetch {
+            at(f.next);
+        } else if self.refetch.is_some() {
+            at(self.fetch_allowed);
+        }
         for reg in &self.registrations {
-            match (&reg.state, reg.kind) {
-                (RegState::Pending { next, .. }, _) => at(*next),
-                (RegState::Active { next_keepalive, .. }, _) => at(*next_keepalive),
+            for o in &reg.owners {
+                match o.state {
+                    RegState::Pending { next, .. } => at(next),
+                    RegState::Active { next_keepalive, .. } => at(next_keepalive),
+                }
+            }
+            if let (Some(since), false, RegKind::Own(_)) =
+                (reg.unheld_since, reg.silent_reported, reg.kind)
+            {
+                at(since + self.config.give_up);
             }
             if let RegKind::Cover { until } = reg.kind {
                 at(until);
             }
         }
         for q in &self.queries {
-            at(q.next.min(q.first + self.config.give_up));
+            at(q.first + self.config.give_up);
+            for target in &q.targets {
+                if let Some(next) = target.next {
+                    at(next);
+                }
+            }
         }
         for peer in self.peers.values() {
             if let Phase::Handshaking { next, relookup, .. } = peer.phase {
@@ -581,18 +825,25 @@ impl Earth {
                 self.register_cover(now);
             }
         }
+        if self.fetch.is_none()
+            && now >= self.fetch_allowed
+            && let Some((node, _)) = self.refetch.take()
+        {
+            self.start_fetch(now, Some(node));
+        }
+        self.fetch_timer(now);
         self.registration_timers(now);
         self.query_timers(now);
         self.peer_timers(now);
         self.punch_timers(now);
     }
 
-    /// A datagram from `from`. Datagrams from the sky node are protocol
-    /// replies and introductions; anything else is a peer's.
+    /// A datagram from `from`. Datagrams from a sky node we talk to are
+    /// protocol replies and introductions; anything else is a peer's.
     pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &mut [u8]) {
         let from = wire::canonical(from);
-        if from == wire::canonical(self.config.sky) {
-            self.sky_datagram(now, datagram);
+        if self.nodes.contains_key(&from) {
+            self.sky_datagram(now, from, datagram);
             return;
         }
         match datagram.first().copied() {
@@ -601,7 +852,7 @@ impl Earth {
             Some(DATA) => self.data(now, from, datagram),
             Some(PUNCH) => {}
             _ => {
-                // Introductions come only from the sky node we registered
+                // Introductions come only from sky nodes we registered
                 // with.
                 if let Ok(Message::Introduction { .. }) = Message::decode(datagram) {
                     self.events.push_back(Event::ForgedIntroduction);
@@ -610,20 +861,20 @@ impl Earth {
         }
     }
 
-    // ---- the sky ----
+    // ---- the sky: requests ----
 
     fn tag(&mut self) -> Tag {
-        let b = self.rng.bytes();
-        Tag([b[0], b[1], b[2], b[3]])
+        self.rng.tag()
     }
 
-    fn send_to_sky(&mut self, msg: Message) {
-        let mut buf = [0u8; wire::MAX_MESSAGE_LEN];
-        let n = msg.emit(&mut buf);
-        self.transmits.push_back(Transmit {
-            dst: self.config.sky,
-            bytes: buf[..n].to_vec(),
-        });
+    /// Sends a request to `node` with the cookie it gave us.
+    fn request(&mut self, node: SocketAddr, build: impl FnOnce(Cookie) -> Message) {
+        let cookie = self.nodes.entry(node).or_default().cookie;
+        let msg = build(cookie);
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        let n = msg.emit(&mut bytes);
+        bytes.truncate(n);
+        self.transmits.push_back(Transmit { dst: node, bytes });
     }
 
     fn flags(&self) -> Flags {
@@ -634,35 +885,379 @@ impl Earth {
         })
     }
 
-    fn register_msg(&self, tag: Tag, token: Token) -> Message {
-        Message::Register {
+    fn send_register(&mut self, node: SocketAddr, tag: Tag, token: Token) {
+        let flags = self.flags();
+        self.request(node, |cookie| Message::Register {
             tag,
-            cookie: self.cookie,
-            flags: self.flags(),
+            cookie,
+            flags,
             token,
+        });
+    }
+
+    fn send_keepalive(&mut self, node: SocketAddr, tag: Tag, address: VirtualAddr) {
+        let ring = self.view.as_ref().map_or(0, |v| v.version);
+        self.request(node, |cookie| Message::Keepalive {
+            tag,
+            cookie,
+            address,
+            ring,
+        });
+    }
+
+    fn send_lookup(
+        &mut self,
+        node: SocketAddr,
+        tag: Tag,
+        target: VirtualAddr,
+        caller: VirtualAddr,
+    ) {
+        self.request(node, |cookie| Message::Lookup {
+            tag,
+            cookie,
+            target,
+            caller,
+        });
+    }
+
+    fn send_members(&mut self, node: SocketAddr, tag: Tag, start: u16) {
+        self.request(node, |cookie| Message::Members {
+            tag,
+            cookie,
+            start,
+            len: MEMBERS_REQUEST_LEN,
+        });
+    }
+
+    /// Unregistering costs the node nothing to answer: there is no reply,
+    /// and none is waited for.
+    fn unregister(&mut self, node: SocketAddr, token: Token) {
+        let tag = self.tag();
+        self.request(node, |cookie| Message::Unregister { tag, cookie, token });
+    }
+
+    // ---- the sky: members ----
+
+    /// Starts fetching the members: from `first` (a node that said the ring
+    /// changed), then the bootstrap list, then the members we know.
+    fn start_fetch(&mut self, now: Duration, first: Option<SocketAddr>) {
+        let mut queue = VecDeque::new();
+        let known = self.view.iter().flat_map(|v| v.ring.members());
+        for node in first
+            .into_iter()
+            .chain(self.config.sky.iter().copied())
+            .chain(known.map(|m| m.endpoint))
+        {
+            if !queue.contains(&node) {
+                queue.push_back(node);
+            }
+        }
+        let Some(node) = queue.pop_front() else {
+            return; // no bootstrap node at all
+        };
+        let tag = self.tag();
+        self.fetch = Some(Fetch {
+            node,
+            queue,
+            tag,
+            start: 0,
+            reading: None,
+            entries: Vec::new(),
+            tries: 0,
+            restarts: 0,
+            next: now,
+            passes: 0,
+        });
+        self.fetch_timer(now);
+    }
+
+    /// Fetches the members unless the client holds a view or is fetching.
+    fn ensure_view(&mut self, now: Duration) {
+        if self.view.is_none() && self.fetch.is_none() {
+            self.start_fetch(now, None);
         }
     }
 
-    fn unregister(&mut self, token: Token) {
+    /// A node's answer says the sky's view is `version`: fetch it from
+    /// `from` unless it is the view we hold (at most every
+    /// [`REFETCH_EVERY`], one fetch at a time).
+    fn ring_changed(&mut self, now: Duration, from: SocketAddr, version: u32) {
+        if self.view.as_ref().is_some_and(|v| v.version == version) {
+            return;
+        }
+        if self.fetch.is_some() || now < self.fetch_allowed {
+            self.refetch = Some((from, version));
+            return;
+        }
+        self.refetch = None;
+        self.start_fetch(now, Some(from));
+    }
+
+    fn fetch_timer(&mut self, now: Duration) {
+        let period = self.config.retry * 3;
+        let Some(f) = self.fetch.as_ref() else {
+            return;
+        };
+        if now < f.next {
+            return;
+        }
+        if f.tries >= FETCH_TRIES && !self.fetch_next_node(now) {
+            return;
+        }
+        let Some(f) = self.fetch.as_mut() else {
+            return;
+        };
+        if now < f.next {
+            return;
+        }
+        f.tries += 1;
+        f.next = now + period;
+        let (node, tag, start) = (f.node, f.tag, f.start);
+        self.send_members(node, tag, start);
+    }
+
+    /// Moves the fetch on to the next node. `false` when it gave up: the
+    /// client keeps the view it holds, or, holding none and needing none,
+    /// waits until it does.
+    fn fetch_next_node(&mut self, now: Duration) -> bool {
         let tag = self.tag();
-        let cookie = self.cookie;
-        self.send_to_sky(Message::Unregister { tag, cookie, token });
+        let period = self.config.retry * 3;
+        let keepalive = self.config.keepalive;
+        let has_view = self.view.is_some();
+        let needed = self.online || !self.queries.is_empty();
+        let Some(f) = self.fetch.as_mut() else {
+            return false;
+        };
+        let (node, pause) = match f.queue.pop_front() {
+            Some(node) => (node, Duration::ZERO),
+            None if has_view || !needed => {
+                self.fetch = None;
+                return false;
+            }
+            None => {
+                // Nobody answered: go round the bootstrap list again, after
+                // a pause that doubles up to the keepalive interval.
+                f.passes += 1;
+                f.queue = self.config.sky.iter().copied().collect();
+                let Some(node) = f.queue.pop_front() else {
+                    self.fetch = None;
+                    return false;
+                };
+                let pause = period.saturating_mul(1 << f.passes.min(16)).min(keepalive);
+                (node, pause)
+            }
+        };
+        f.node = node;
+        f.tag = tag;
+        f.start = 0;
+        f.reading = None;
+        f.entries.clear();
+        f.tries = 0;
+        f.restarts = 0;
+        f.next = now + pause;
+        true
+    }
+
+    /// The node asked now does not give a usable view: ask the next.
+    fn fetch_failed(&mut self, now: Duration) {
+        if self.fetch_next_node(now) {
+            self.fetch_timer(now);
+        }
+    }
+
+    fn members_page(&mut self, now: Duration, from: SocketAddr, page: &Packet<&[u8]>) {
+        let Message::MembersPage {
+            tag,
+            version,
+            config,
+            total,
+            start,
+        } = Message::parse(page)
+        else {
+            return;
+        };
+        let Some(f) = self.fetch.as_mut() else {
+            return;
+        };
+        if from != f.node || tag != f.tag || start != f.start {
+            return; // not the page asked for (late, or a duplicate)
+        }
+        if version == 0 && total == 0 {
+            // A standalone node: a sky of one, owner of every address.
+            self.fetch = None;
+            let config = RingConfig {
+                replicas: 1,
+                ..RingConfig::default()
+            };
+            self.set_view(now, Ring::new(config, [from]), 0);
+            return;
+        }
+        if version == 0 || total == 0 || config.validate().is_err() {
+            self.fetch_failed(now);
+            return;
+        }
+        match f.reading {
+            None => f.reading = Some((version, config, total)),
+            Some(reading) if reading != (version, config, total) => {
+                // The view changed between pages: start over.
+                f.restarts += 1;
+                if f.restarts > FETCH_RESTARTS {
+                    self.fetch_failed(now);
+                    return;
+                }
+                f.reading = None;
+                f.entries.clear();
+                f.start = 0;
+                f.tries = 0;
+                f.next = now;
+                f.tag = self.rng.tag();
+                self.fetch_timer(now);
+                return;
+            }
+            Some(_) => {}
+        }
+        let before = f.entries.len();
+        let wanted = usize::from(total) - before;
+        // A member without an address stands for the node that sent the
+        // page (a node that knows itself only by its wildcard address).
+        f.entries.extend(page.page_entries().take(wanted).map(|e| {
+            if e.ip().is_unspecified() {
+                SocketAddr::new(from.ip(), e.port())
+            } else {
+                wire::canonical(e)
+            }
+        }));
+        if f.entries.len() == usize::from(total) {
+            let Some(f) = self.fetch.take() else {
+                return;
+            };
+            self.set_view(now, Ring::new(config, f.entries), version);
+            return;
+        }
+        if f.entries.len() == before {
+            self.fetch_failed(now); // an empty page before the end
+            return;
+        }
+        f.start = f.entries.len() as u16;
+        f.tries = 0;
+        f.next = now;
+        f.tag = self.rng.tag();
+        self.fetch_timer(now);
+    }
+
+    /// Adopts a view: registers with owners that are new, unregisters at
+    /// nodes that no longer own, and asks new owners in lookups in flight.
+    fn set_view(&mut self, now: Duration, ring: Ring, version: u32) {
+        let changed = self
+            .view
+            .as_ref()
+            .is_none_or(|v| v.version != version || v.ring != ring);
+        self.fetch_allowed = now + REFETCH_EVERY;
+        if self.refetch.is_some_and(|(_, v)| v == version) {
+            self.refetch = None;
+        }
+        let nodes = ring.len();
+        self.view = Some(View { ring, version });
+        if changed {
+            self.events.push_back(Event::Sky { version, nodes });
+        }
+        self.reconcile_registrations(now);
+        self.reconcile_queries(now);
+        self.prune_nodes();
+    }
+
+    /// Forgets the cookies and keys of nodes the client no longer uses.
+    fn prune_nodes(&mut self) {
+        let mut used: HashSet<SocketAddr> = self.config.sky.iter().copied().collect();
+        if let Some(v) = &self.view {
+            used.extend(v.ring.members().iter().map(|m| m.endpoint));
+        }
+        for reg in &self.registrations {
+            used.extend(reg.owners.iter().map(|o| o.node));
+        }
+        for q in &self.queries {
+            for t in &q.targets {
+                used.extend(t.asks.iter().map(|a| a.node));
+            }
+        }
+        if let Some(f) = &self.fetch {
+            used.insert(f.node);
+            used.extend(f.queue.iter().copied());
+        }
+        self.nodes.retain(|node, _| used.contains(node));
+    }
+
+    // ---- the sky: registrations ----
+
+    /// The owners of `address` in the view held (none without one).
+    fn owners_of(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
+        self.view
+            .as_ref()
+            .map(|v| v.ring.owners(address).as_slice().collect())
+            .unwrap_or_default()
     }
 
     fn start_registration(&mut self, now: Duration, token: Token, kind: RegKind) {
-        let tag = self.tag();
-        self.send_to_sky(self.register_msg(tag, token));
+        let address = VirtualAddr::from_token(&token);
         self.registrations.push(Registration {
             token,
-            address: VirtualAddr::from_token(&token),
+            address,
             kind,
+            owners: Vec::new(),
+            reported: None,
+            unheld_since: Some(now),
+            silent_reported: false,
+        });
+        let i = self.registrations.len() - 1;
+        for node in self.owners_of(&address) {
+            self.register_with(now, i, node, false);
+        }
+        self.ensure_view(now);
+    }
+
+    /// Registers registration `i` with `node` (one more owner).
+    fn register_with(&mut self, now: Duration, i: usize, node: SocketAddr, via_hint: bool) {
+        let tag = self.tag();
+        let reg = &mut self.registrations[i];
+        reg.owners.push(OwnerReg {
+            node,
             state: RegState::Pending {
                 tag,
                 first: now,
                 next: now + self.config.retry,
-                silent_reported: false,
             },
+            via_hint,
         });
+        let token = reg.token;
+        self.send_register(node, tag, token);
+    }
+
+    /// After a new view: every registration with exactly its owners.
+    fn reconcile_registrations(&mut self, now: Duration) {
+        for i in 0..self.registrations.len() {
+            let owners = self.owners_of(&self.registrations[i].address);
+            let reg = &mut self.registrations[i];
+            let token = reg.token;
+            let mut gone = Vec::new();
+            reg.owners.retain(|o| {
+                let keep = owners.contains(&o.node);
+                if !keep {
+                    gone.push(o.node);
+                }
+                keep
+            });
+            let new: Vec<SocketAddr> = owners
+                .into_iter()
+                .filter(|n| !reg.owners.iter().any(|o| o.node == *n))
+                .collect();
+            for node in gone {
+                self.unregister(node, token);
+            }
+            for node in new {
+                self.register_with(now, i, node, false);
+            }
+            self.registrations[i].settle(now);
+        }
     }
 
     /// The own addresses that should be registered at `now`: the current
@@ -693,7 +1288,7 @@ impl Earth {
                 RegKind::Cover { until } => now < until,
             };
             if !keep {
-                dropped.push(r.token);
+                dropped.extend(r.owners.iter().map(|o| (o.node, r.token)));
             }
             keep
         });
@@ -702,8 +1297,8 @@ impl Earth {
                 self.start_registration(now, token, RegKind::Own(epoch));
             }
         }
-        for token in dropped {
-            self.unregister(token);
+        for (node, token) in dropped {
+            self.unregister(node, token);
         }
     }
 
@@ -718,103 +1313,89 @@ impl Earth {
     fn registration_timers(&mut self, now: Duration) {
         let retry_cap = self.config.keepalive;
         let give_up = self.config.give_up;
-        let mut resend = Vec::new();
+        let mut registers = Vec::new();
         let mut keepalives = Vec::new();
         for reg in &mut self.registrations {
-            match &mut reg.state {
-                RegState::Pending {
-                    tag,
-                    first,
-                    next,
-                    silent_reported,
-                } if now >= *next => {
-                    // Backs off from `retry` up to the keepalive interval.
-                    let waited = now.saturating_sub(*first);
-                    *next = now + waited.clamp(self.config.retry, retry_cap);
-                    resend.push((*tag, reg.token));
-                    if waited >= give_up && !*silent_reported && matches!(reg.kind, RegKind::Own(_))
-                    {
-                        *silent_reported = true;
-                        self.events.push_back(Event::SkySilent);
+            for o in &mut reg.owners {
+                match &mut o.state {
+                    RegState::Pending { tag, first, next } if now >= *next => {
+                        // Backs off from `retry` up to the keepalive interval.
+                        let waited = now.saturating_sub(*first);
+                        *next = now + waited.clamp(self.config.retry, retry_cap);
+                        registers.push((o.node, *tag, reg.token));
                     }
+                    RegState::Active {
+                        interval,
+                        next_keepalive,
+                        keepalive_tag,
+                        ..
+                    } if now >= *next_keepalive => {
+                        *next_keepalive = now + *interval;
+                        *keepalive_tag = self.rng.tag();
+                        keepalives.push((o.node, *keepalive_tag, reg.address));
+                    }
+                    _ => {}
                 }
-                RegState::Active {
-                    interval,
-                    next_keepalive,
-                    keepalive_tag,
-                    ..
-                } if now >= *next_keepalive => {
-                    *next_keepalive = now + *interval;
-                    let tag = Tag(self.rng.bytes()[..4].try_into().expect("4 bytes"));
-                    *keepalive_tag = tag;
-                    keepalives.push((tag, reg.address));
-                }
-                _ => {}
+            }
+            if let (Some(since), false, RegKind::Own(_)) =
+                (reg.unheld_since, reg.silent_reported, reg.kind)
+                && now >= since + give_up
+            {
+                reg.silent_reported = true;
+                self.events.push_back(Event::SkySilent);
             }
         }
-        for (tag, token) in resend {
-            self.send_to_sky(self.register_msg(tag, token));
+        for (node, tag, token) in registers {
+            self.send_register(node, tag, token);
         }
-        for (tag, address) in keepalives {
-            let cookie = self.cookie;
-            self.send_to_sky(Message::Keepalive {
-                ring: 0,
-                tag,
-                cookie,
-                address,
-            });
+        for (node, tag, address) in keepalives {
+            self.send_keepalive(node, tag, address);
         }
     }
 
-    fn sky_datagram(&mut self, now: Duration, datagram: &[u8]) {
-        let Ok(msg) = Message::decode(datagram) else {
+    fn sky_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+        let Ok(packet) = Packet::new_checked(datagram) else {
             return;
         };
-        match msg {
+        match Message::parse(&packet) {
             Message::CookieReply { tag, cookie } => {
-                self.cookie = cookie;
-                self.resend_with_cookie(tag);
+                self.nodes.entry(from).or_default().cookie = cookie;
+                self.resend_with_cookie(from, tag);
             }
             Message::Registered {
                 tag,
                 keepalive_secs,
                 intro_key,
                 observed,
-            } => self.registered(now, tag, keepalive_secs, intro_key, observed),
-            Message::NotRegistered { tag } => {
-                // Our entry expired, or the NAT mapping changed (the node saw
-                // the keepalive from a new endpoint): register again.
-                let any = self
-                    .registrations
-                    .iter()
-                    .any(|r| keepalive_tag(r) == Some(tag));
-                let mut again = Vec::new();
-                for reg in &mut self.registrations {
-                    if (!any || keepalive_tag(reg) == Some(tag))
-                        && matches!(reg.state, RegState::Active { .. })
-                    {
-                        let tag = Tag(self.rng.bytes()[..4].try_into().expect("4 bytes"));
-                        reg.state = RegState::Pending {
-                            tag,
-                            first: now,
-                            next: now + self.config.retry,
-                            silent_reported: false,
-                        };
-                        again.push((tag, reg.token));
-                    }
-                }
-                for (tag, token) in again {
-                    self.send_to_sky(self.register_msg(tag, token));
-                }
-            }
+            } => self.registered(now, from, tag, keepalive_secs, intro_key, observed),
+            Message::NotRegistered { tag } => self.not_registered(now, from, tag),
             Message::Online {
                 tag,
                 flags,
                 endpoint,
-            } => self.answer(now, tag, Some((endpoint, flags))),
-            Message::Offline { tag } => self.answer(now, tag, None),
+            } => self.lookup_answer(now, from, tag, Answer::Online(endpoint, flags)),
+            Message::Offline { tag } => self.lookup_answer(now, from, tag, Answer::Offline),
+            Message::NotOwner { tag, version, hint } => {
+                let hint = wire::canonical(hint);
+                if !self.register_not_owner(now, from, tag, version, hint) {
+                    self.lookup_answer(now, from, tag, Answer::NotOwner { version, hint });
+                }
+            }
+            Message::RingChanged { tag, version } => {
+                // Only in answer to a keepalive we sent that node.
+                let ours = self.registrations.iter().any(|r| {
+                    r.owners
+                        .iter()
+                        .any(|o| o.node == from && keepalive_tag(o) == Some(tag))
+                });
+                if ours {
+                    self.ring_changed(now, from, version);
+                }
+            }
+            Message::MembersPage { .. } => self.members_page(now, from, &packet),
             Message::Introduction { .. } => {
-                match keys::verify_introduction(&self.intro_keys, datagram) {
+                let intro_keys = self.nodes.get(&from).map_or(&[][..], |n| &n.intro_keys);
+                match keys::verify_introduction(intro_keys, datagram) {
                     Ok((caller, endpoint)) => self.introduced(now, caller, endpoint),
                     Err(_) => self.events.push_back(Event::ForgedIntroduction),
                 }
@@ -823,80 +1404,153 @@ impl Earth {
         }
     }
 
-    /// A cookie reply to request `tag`: send that request again with it.
-    fn resend_with_cookie(&mut self, tag: Tag) {
-        let cookie = self.cookie;
-        let mut again = Vec::new();
-        for reg in &self.registrations {
-            if let RegState::Pending { tag: t, .. } = reg.state
-                && t == tag
-            {
-                again.push(self.register_msg(tag, reg.token));
-            }
+    /// A cookie reply from `node` to request `tag`: send that request
+    /// again with it.
+    fn resend_with_cookie(&mut self, node: SocketAddr, tag: Tag) {
+        if let Some(f) = &self.fetch
+            && f.node == node
+            && f.tag == tag
+        {
+            let start = f.start;
+            self.send_members(node, tag, start);
         }
+        let mut registers = Vec::new();
+        let mut keepalives = Vec::new();
         for reg in &self.registrations {
-            if keepalive_tag(reg) == Some(tag) {
-                again.push(Message::Keepalive {
-                    ring: 0,
-                    tag,
-                    cookie,
-                    address: reg.address,
-                });
-            }
-        }
-        for q in &mut self.queries {
-            for (t, msg) in &mut q.requests {
-                if *t == tag
-                    && let Message::Lookup { cookie: c, .. } = msg
-                {
-                    *c = cookie;
-                    again.push(*msg);
+            for o in reg.owners.iter().filter(|o| o.node == node) {
+                match o.state {
+                    RegState::Pending { tag: t, .. } if t == tag => registers.push(reg.token),
+                    RegState::Active {
+                        keepalive_tag: t, ..
+                    } if t == tag => keepalives.push(reg.address),
+                    _ => {}
                 }
             }
         }
-        for msg in again {
-            self.send_to_sky(msg);
+        for token in registers {
+            self.send_register(node, tag, token);
+        }
+        for address in keepalives {
+            self.send_keepalive(node, tag, address);
+        }
+        let mut lookups = Vec::new();
+        for q in &self.queries {
+            for t in &q.targets {
+                if t.tag == tag && t.current.is_some_and(|c| t.asks[c].node == node) {
+                    lookups.push((t.address, q.caller));
+                }
+            }
+        }
+        for (target, caller) in lookups {
+            self.send_lookup(node, tag, target, caller);
         }
     }
 
     fn registered(
         &mut self,
         now: Duration,
+        from: SocketAddr,
         tag: Tag,
         keepalive_secs: u16,
         intro_key: IntroKey,
         observed: SocketAddr,
     ) {
-        let Some(reg) = self
-            .registrations
-            .iter_mut()
-            .find(|r| matches!(r.state, RegState::Pending { tag: t, .. } if t == tag))
-        else {
+        let Some((reg, o)) = self.registrations.iter_mut().find_map(|r| {
+            let i = r.owners.iter().position(|o| {
+                o.node == from && matches!(o.state, RegState::Pending { tag: t, .. } if t == tag)
+            })?;
+            Some((r, i))
+        }) else {
             return; // a late answer to a retransmission
         };
         let interval = match keepalive_secs {
             0 => self.config.keepalive,
             s => self.config.keepalive.min(Duration::from_secs(s.into())),
         };
-        reg.state = RegState::Active {
+        reg.owners[o].state = RegState::Active {
             observed,
             interval,
             next_keepalive: now + interval,
             keepalive_tag: tag,
         };
-        if let RegKind::Own(_) = reg.kind {
+        reg.settle(now);
+        if let RegKind::Own(_) = reg.kind
+            && reg.reported != Some(observed)
+        {
+            reg.reported = Some(observed);
             self.events.push_back(Event::Registered {
                 address: reg.address,
                 observed,
             });
         }
-        if !self.intro_keys.contains(&intro_key) {
-            self.intro_keys.push(intro_key);
-            // Keys of addresses long gone are of no use.
-            if self.intro_keys.len() > 16 {
-                self.intro_keys.remove(0);
+        let keys = &mut self.nodes.entry(from).or_default().intro_keys;
+        if !keys.contains(&intro_key) {
+            keys.push(intro_key);
+            if keys.len() > INTRO_KEYS_PER_NODE {
+                keys.remove(0);
             }
         }
+    }
+
+    /// `node` does not hold the address a keepalive named: it expired
+    /// there, or the NAT mapping changed (the node saw the keepalive from a
+    /// new endpoint). Register again with that node.
+    fn not_registered(&mut self, now: Duration, node: SocketAddr, tag: Tag) {
+        let any = self.registrations.iter().any(|r| {
+            r.owners
+                .iter()
+                .any(|o| o.node == node && keepalive_tag(o) == Some(tag))
+        });
+        let mut again = Vec::new();
+        for reg in &mut self.registrations {
+            for o in reg.owners.iter_mut().filter(|o| o.node == node) {
+                if (!any || keepalive_tag(o) == Some(tag))
+                    && matches!(o.state, RegState::Active { .. })
+                {
+                    let tag = self.rng.tag();
+                    o.state = RegState::Pending {
+                        tag,
+                        first: now,
+                        next: now + self.config.retry,
+                    };
+                    again.push((tag, reg.token));
+                }
+            }
+            reg.settle(now);
+        }
+        for (tag, token) in again {
+            self.send_register(node, tag, token);
+        }
+    }
+
+    /// A `not owner` answer to a registration: register with the hint at
+    /// once (unless this owner came from a hint itself) and fetch the
+    /// members again. `false` when `tag` names no registration.
+    fn register_not_owner(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        tag: Tag,
+        version: u32,
+        hint: SocketAddr,
+    ) -> bool {
+        let Some((i, o)) = self.registrations.iter().enumerate().find_map(|(i, r)| {
+            let o = r.owners.iter().position(|o| {
+                o.node == from && matches!(o.state, RegState::Pending { tag: t, .. } if t == tag)
+            })?;
+            Some((i, o))
+        }) else {
+            return false;
+        };
+        let reg = &mut self.registrations[i];
+        let gone = reg.owners.remove(o);
+        let follow = !gone.via_hint && hint != from && !reg.owners.iter().any(|o| o.node == hint);
+        if follow {
+            self.register_with(now, i, hint, true);
+        }
+        self.registrations[i].settle(now);
+        self.ring_changed(now, from, version);
+        true
     }
 
     fn introduced(&mut self, now: Duration, caller: VirtualAddr, endpoint: SocketAddr) {
@@ -957,83 +1611,147 @@ impl Earth {
         let Some(f) = self.state.friends.0.get_mut(friend) else {
             return false;
         };
-        let targets: Vec<VirtualAddr> = f
+        let addresses: Vec<VirtualAddr> = f
             .schedule
             .lookup_epochs(now, overlap)
             .into_iter()
             .filter_map(|e| f.chain.address_at(e))
             .collect();
-        let mut requests = Vec::with_capacity(targets.len());
-        for target in targets {
-            let tag = self.tag();
-            let msg = Message::Lookup {
-                tag,
-                cookie: self.cookie,
-                target,
-                caller,
-            };
-            self.send_to_sky(msg);
-            requests.push((tag, msg));
+        let mut targets = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let asks = self
+                .owners_of(&address)
+                .into_iter()
+                .map(|node| Ask { node, said: None })
+                .collect();
+            targets.push(Target {
+                address,
+                tag: self.rng.tag(),
+                asks,
+                current: None,
+                next: None,
+            });
         }
         self.queries.push(Query {
             friend: friend.to_string(),
-            asked: requests.len(),
-            requests,
-            offline: 0,
+            caller,
+            targets,
             first: now,
-            next: now + self.config.retry * 3,
             for_connect,
         });
+        let q = self.queries.len() - 1;
+        for t in 0..self.queries[q].targets.len() {
+            self.ask_next(now, q, t);
+        }
+        self.ensure_view(now);
         true
+    }
+
+    /// Asks target `t` of query `q` of its next owner.
+    fn ask_next(&mut self, now: Duration, q: usize, t: usize) {
+        let period = self.config.retry * 3;
+        let query = &mut self.queries[q];
+        let caller = query.caller;
+        let target = &mut query.targets[t];
+        if let Some(node) = target.advance(now, period) {
+            let (tag, address) = (target.tag, target.address);
+            self.send_lookup(node, tag, address, caller);
+        }
+    }
+
+    /// After a new view: owners a lookup in flight has not asked yet are
+    /// added, and asked when nothing else is in flight.
+    fn reconcile_queries(&mut self, now: Duration) {
+        for q in 0..self.queries.len() {
+            for t in 0..self.queries[q].targets.len() {
+                let owners = self.owners_of(&self.queries[q].targets[t].address);
+                let target = &mut self.queries[q].targets[t];
+                for node in owners {
+                    if !target.asks.iter().any(|a| a.node == node) {
+                        target.asks.push(Ask { node, said: None });
+                    }
+                }
+                if !target.waiting() {
+                    self.ask_next(now, q, t);
+                }
+            }
+        }
     }
 
     fn query_timers(&mut self, now: Duration) {
         let give_up = self.config.give_up;
-        let retry = self.config.retry * 3;
         let mut failed = Vec::new();
-        let mut again = Vec::new();
-        self.queries.retain_mut(|q| {
+        let mut i = 0;
+        while i < self.queries.len() {
+            let q = &self.queries[i];
             if now >= q.first + give_up {
-                failed.push((q.friend.clone(), q.for_connect));
-                return false;
+                // Owners that said offline count; owners that did not answer
+                // in time count for nothing.
+                let why = if q.targets.iter().any(Target::said_offline) {
+                    Failure::Offline
+                } else {
+                    Failure::SkySilent
+                };
+                let q = self.queries.swap_remove(i);
+                failed.push((q.friend, q.for_connect, why));
+                continue;
             }
-            if now >= q.next {
-                q.next = now + retry;
-                again.extend(q.requests.iter().map(|(_, m)| *m));
+            for t in 0..self.queries[i].targets.len() {
+                if self.queries[i].targets[t].next.is_some_and(|n| now >= n) {
+                    self.ask_next(now, i, t);
+                }
             }
-            true
-        });
-        for msg in again {
-            self.send_to_sky(msg);
+            i += 1;
         }
-        for (friend, for_connect) in failed {
-            self.query_done(now, &friend, for_connect, Err(Failure::SkySilent));
+        for (friend, for_connect, why) in failed {
+            self.query_done(now, &friend, for_connect, Err(why));
         }
     }
 
-    /// A lookup reply: `Some` online, `None` offline.
-    fn answer(&mut self, now: Duration, tag: Tag, online: Option<(SocketAddr, Flags)>) {
-        let Some(i) = self
-            .queries
-            .iter()
-            .position(|q| q.requests.iter().any(|(t, _)| *t == tag))
-        else {
+    /// A lookup answer from owner `from`.
+    fn lookup_answer(&mut self, now: Duration, from: SocketAddr, tag: Tag, answer: Answer) {
+        let Some((q, t)) = self.queries.iter().enumerate().find_map(|(q, query)| {
+            let t = query
+                .targets
+                .iter()
+                .position(|t| t.tag == tag && t.asks.iter().any(|a| a.node == from))?;
+            Some((q, t))
+        }) else {
             return;
         };
-        let q = &mut self.queries[i];
-        q.requests.retain(|(t, _)| *t != tag);
-        let result = match online {
-            Some(found) => Ok(found),
-            None => {
-                q.offline += 1;
-                if q.offline < q.asked {
-                    return; // another epoch's address may be online
-                }
-                Err(Failure::Offline)
-            }
+        let target = &mut self.queries[q].targets[t];
+        let Some(a) = target.asks.iter().position(|a| a.node == from) else {
+            return;
         };
-        let q = self.queries.swap_remove(i);
-        self.query_done(now, &q.friend, q.for_connect, result);
+        match answer {
+            Answer::Online(endpoint, flags) => {
+                let query = self.queries.swap_remove(q);
+                self.query_done(now, &query.friend, query.for_connect, Ok((endpoint, flags)));
+                return;
+            }
+            Answer::Offline => target.asks[a].said = Some(Said::Offline),
+            Answer::NotOwner { version, hint } => {
+                target.asks[a].said = Some(Said::NotOwner);
+                if !target.asks.iter().any(|a| a.node == hint) {
+                    target.asks.push(Ask {
+                        node: hint,
+                        said: None,
+                    });
+                }
+                self.ring_changed(now, from, version);
+            }
+        }
+        let target = &self.queries[q].targets[t];
+        if !target.waiting() {
+            self.ask_next(now, q, t);
+        }
+        let query = &self.queries[q];
+        if query.targets.iter().all(Target::exhausted)
+            && query.targets.iter().any(Target::said_offline)
+        {
+            let query = self.queries.swap_remove(q);
+            self.query_done(now, &query.friend, query.for_connect, Err(Failure::Offline));
+        }
     }
 
     fn query_done(
@@ -1048,6 +1766,15 @@ impl Earth {
                 friend: friend.to_string(),
                 result,
             });
+            return;
+        }
+        // A late answer to a lookup that a session made moot changes
+        // nothing: restarting the handshake would strand what is in flight.
+        if self
+            .peers
+            .get(friend)
+            .is_some_and(|p| matches!(p.phase, Phase::Established { .. }))
+        {
             return;
         }
         match result {
@@ -1355,6 +2082,9 @@ impl Earth {
                     session,
                     answered: None,
                 };
+                // The lookup that may still be asking is moot now.
+                self.queries
+                    .retain(|q| !(q.for_connect && q.friend == name));
                 self.events.push_back(Event::Connected {
                     friend: name,
                     peer: from,
@@ -1513,8 +2243,8 @@ impl Earth {
     }
 }
 
-fn keepalive_tag(reg: &Registration) -> Option<Tag> {
-    match reg.state {
+fn keepalive_tag(o: &OwnerReg) -> Option<Tag> {
+    match o.state {
         RegState::Active { keepalive_tag, .. } => Some(keepalive_tag),
         RegState::Pending { .. } => None,
     }
@@ -1536,17 +2266,19 @@ fn seal(session: &mut Session, plain: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    //! Earth cores and a real shard core (the sky) on one simulated network
+    //! Earth cores and real shard cores (the sky: one standalone node, or
+    //! several ring-aware nodes sharing one ring) on one simulated network
     //! in virtual time: endpoints behind NATs that filter like home routers,
-    //! rebinding, loss, epochs passing.
+    //! rebinding, loss, silent nodes, ring changes, epochs passing.
 
     use super::*;
     use crate::earth::identity::{Friends, Identity};
     use crate::earth::ratchet::DEFAULT_EPOCH;
     use crate::keys::NodeSecret;
     use crate::presence::Presence;
+    use crate::ring::{self, SharedRing};
     use crate::shard::{Shard, ShardConfig};
-    use std::collections::HashSet;
+    use crate::wire::Kind;
     use std::sync::Arc;
 
     const SKY: &str = "198.51.100.1:7700";
@@ -1562,10 +2294,49 @@ mod tests {
         events: Vec<Event>,
     }
 
+    /// One sky node: a real shard with its own secret and presence table.
+    struct SkyNode {
+        addr: SocketAddr,
+        secret: [u8; 32],
+        shard: Shard,
+        presence: Arc<Presence>,
+        /// Drops every datagram sent to it (a node that stopped answering).
+        down: bool,
+    }
+
+    impl SkyNode {
+        fn new(
+            addr: SocketAddr,
+            secret: [u8; 32],
+            ring: Option<&SharedRing>,
+            now: Duration,
+        ) -> Self {
+            let presence = Arc::new(Presence::new(1000));
+            let shard = Shard::new(
+                Arc::new(NodeSecret::new(secret)),
+                presence.clone(),
+                ShardConfig::default(),
+                now,
+            );
+            let shard = match ring {
+                Some(ring) => shard.with_ring(ring.clone(), addr),
+                None => shard,
+            };
+            SkyNode {
+                addr,
+                secret,
+                shard,
+                presence,
+                down: false,
+            }
+        }
+    }
+
     struct Net {
         now: Duration,
-        sky: Shard,
-        presence: Arc<Presence>,
+        skies: Vec<SkyNode>,
+        /// The ring every node reads (`None`: one standalone node).
+        ring: Option<SharedRing>,
         hosts: Vec<Host>,
         /// (arrival, from, to, bytes)
         flight: Vec<(Duration, SocketAddr, SocketAddr, Vec<u8>)>,
@@ -1576,10 +2347,27 @@ mod tests {
         block_peers: bool,
         /// Datagrams each host sent to the sky.
         to_sky: Vec<u32>,
+        /// Every reply a sky node sent: (node, to, kind).
+        replies: Vec<(SocketAddr, SocketAddr, Kind)>,
+        /// The ring version of every keepalive the sky received.
+        keepalive_rings: Vec<u32>,
     }
 
     fn sky() -> SocketAddr {
         SKY.parse().unwrap()
+    }
+
+    /// Sky node `n` of a ring: 198.51.100.n:7700 (node 1 is `SKY`).
+    fn node(n: u8) -> SocketAddr {
+        SocketAddr::new([198, 51, 100, n].into(), 7700)
+    }
+
+    /// Every address its own operator, so five nodes give five prefixes.
+    fn slash32() -> RingConfig {
+        RingConfig {
+            prefix_v4: 32,
+            ..RingConfig::default()
+        }
     }
 
     fn identity(seed: u8) -> Identity {
@@ -1590,74 +2378,134 @@ mod tests {
         )
     }
 
+    fn sorted(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        v.sort();
+        v
+    }
+
+    /// `names.len()` users, all friends of each other, bootstrapping from
+    /// `sky()`.
+    fn hosts(names: &[&str], config: impl Fn(&mut Config)) -> Vec<Host> {
+        let mut ids: Vec<Identity> = (0..names.len()).map(|i| identity(i as u8 + 1)).collect();
+        let invites: Vec<Invite> = ids.iter_mut().map(|id| id.invite(T0)).collect();
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let mut friends = Friends::default();
+                for (j, name) in names.iter().enumerate() {
+                    if j != i {
+                        friends.add(name, invites[j].clone().into()).unwrap();
+                    }
+                }
+                let state = State {
+                    identity: ids[i].clone(),
+                    friends,
+                    pending_resets: Default::default(),
+                };
+                let mut c = Config::new(vec![sky()]);
+                config(&mut c);
+                Host {
+                    earth: Earth::new(c, state, [i as u8 + 50; 32], T0),
+                    public: format!("203.0.113.{}:4{i}000", i + 1).parse().unwrap(),
+                    filtering: true,
+                    sent_to: HashSet::new(),
+                    events: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
     impl Net {
-        /// `names.len()` users, all friends of each other.
+        /// The users and one standalone sky node (no ring) at `sky()`.
         fn new(names: &[&str], config: impl Fn(&mut Config)) -> Net {
-            let mut ids: Vec<Identity> = (0..names.len()).map(|i| identity(i as u8 + 1)).collect();
-            let invites: Vec<Invite> = ids.iter_mut().map(|id| id.invite(T0)).collect();
-            let hosts = names
-                .iter()
-                .enumerate()
-                .map(|(i, _)| {
-                    let mut friends = Friends::default();
-                    for (j, name) in names.iter().enumerate() {
-                        if j != i {
-                            friends.add(name, invites[j].clone().into()).unwrap();
-                        }
-                    }
-                    let state = State {
-                        identity: ids[i].clone(),
-                        friends,
-                        pending_resets: Default::default(),
-                    };
-                    let mut c = Config::new(sky());
-                    config(&mut c);
-                    Host {
-                        earth: Earth::new(c, state, [i as u8 + 50; 32], T0),
-                        public: format!("203.0.113.{}:4{i}000", i + 1).parse().unwrap(),
-                        filtering: true,
-                        sent_to: HashSet::new(),
-                        events: Vec::new(),
-                    }
-                })
-                .collect();
-            let presence = Arc::new(Presence::new(1000));
             Net {
                 now: T0,
-                sky: Shard::new(
-                    Arc::new(NodeSecret::new([7; 32])),
-                    presence.clone(),
-                    ShardConfig::default(),
-                    Duration::ZERO,
-                ),
-                presence,
-                hosts,
+                skies: vec![SkyNode::new(sky(), [7; 32], None, Duration::ZERO)],
+                ring: None,
+                hosts: hosts(names, config),
                 flight: Vec::new(),
                 loss: 0,
                 counter: 0,
                 block_peers: false,
                 to_sky: vec![0; names.len()],
+                replies: Vec::new(),
+                keepalive_rings: Vec::new(),
             }
+        }
+
+        /// The users and a sky of `n` ring-aware nodes, `node(1..=n)`,
+        /// sharing one ring (k = 2, /32); the users bootstrap from node 1.
+        fn with_ring(names: &[&str], n: u8, config: impl Fn(&mut Config)) -> Net {
+            let shared = ring::shared(Ring::new(slash32(), (1..=n).map(node)));
+            let mut net = Net::new(names, config);
+            net.skies = (1..=n)
+                .map(|i| SkyNode::new(node(i), [i; 32], Some(&shared), Duration::ZERO))
+                .collect();
+            net.ring = Some(shared);
+            net
+        }
+
+        /// The ring the sky holds now.
+        fn sky_ring(&self) -> Arc<Ring> {
+            self.ring.as_ref().expect("a ring").load_full()
+        }
+
+        /// Every node now reads a ring of `members`.
+        fn set_ring(&mut self, members: impl IntoIterator<Item = SocketAddr>) -> Ring {
+            let ring = Ring::new(slash32(), members);
+            self.ring
+                .as_ref()
+                .expect("a ring")
+                .store(Arc::new(ring.clone()));
+            ring
+        }
+
+        /// A new node at `addr` that reads the sky's ring.
+        fn add_node(&mut self, addr: SocketAddr, secret: u8) {
+            let node = SkyNode::new(addr, [secret; 32], self.ring.as_ref(), self.now - T0);
+            self.skies.push(node);
+        }
+
+        fn sky_node(&mut self, addr: SocketAddr) -> &mut SkyNode {
+            self.skies
+                .iter_mut()
+                .find(|s| s.addr == addr)
+                .expect("a sky node")
+        }
+
+        fn is_sky(&self, addr: SocketAddr) -> bool {
+            self.skies.iter().any(|s| s.addr == addr)
+        }
+
+        /// The sky nodes that have `address` online now.
+        fn holders(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
+            let now = (self.now - T0).as_secs() as u32;
+            let found = self.skies.iter().filter(|s| {
+                matches!(
+                    s.presence.lookup(address, now, u8::MAX),
+                    crate::presence::Found::Online { .. }
+                )
+            });
+            sorted(found.map(|s| s.addr).collect())
         }
 
         /// Whether the sky has `address` online now.
         fn present(&self, address: &VirtualAddr) -> bool {
-            let now = (self.now - T0).as_secs() as u32;
-            matches!(
-                self.presence.lookup(address, now, u8::MAX),
-                crate::presence::Found::Online { .. }
-            )
+            !self.holders(address).is_empty()
         }
 
-        /// The sky forgets everything (a node restarted).
+        /// The first sky node forgets everything (it restarted).
         fn restart_sky(&mut self) {
-            self.presence = Arc::new(Presence::new(1000));
-            self.sky = Shard::new(
-                Arc::new(NodeSecret::new([8; 32])),
-                self.presence.clone(),
-                ShardConfig::default(),
-                self.now - T0,
-            );
+            let addr = self.skies[0].addr;
+            self.restart_node(addr);
+        }
+
+        /// Sky node `addr` forgets everything and draws a new secret.
+        fn restart_node(&mut self, addr: SocketAddr) {
+            let (ring, now) = (self.ring.clone(), self.now - T0);
+            let node = self.sky_node(addr);
+            *node = SkyNode::new(addr, [node.secret[0] ^ 0xff; 32], ring.as_ref(), now);
         }
 
         fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
@@ -1666,10 +2514,11 @@ mod tests {
             if self.loss != 0 && coin.is_multiple_of(self.loss) {
                 return;
             }
-            if self.block_peers && from != sky() && to != sky() {
+            let sky_side = self.is_sky(to) || self.is_sky(from);
+            if self.block_peers && !sky_side {
                 return;
             }
-            let latency = Duration::from_millis(if to == sky() || from == sky() { 10 } else { 20 });
+            let latency = Duration::from_millis(if sky_side { 10 } else { 20 });
             self.flight.push((self.now + latency, from, to, bytes));
         }
 
@@ -1677,7 +2526,7 @@ mod tests {
             let from = self.hosts[i].public;
             while let Some(t) = self.hosts[i].earth.poll_transmit() {
                 self.hosts[i].sent_to.insert(t.dst);
-                if t.dst == sky() {
+                if self.is_sky(t.dst) {
                     self.to_sky[i] += 1;
                 }
                 self.send(from, t.dst, t.bytes);
@@ -1688,18 +2537,27 @@ mod tests {
         }
 
         fn deliver(&mut self, from: SocketAddr, to: SocketAddr, mut bytes: Vec<u8>) {
-            if to == sky() {
+            if let Some(s) = self.skies.iter().position(|s| s.addr == to) {
+                if self.skies[s].down {
+                    return;
+                }
+                if let Ok(Message::Keepalive { ring, .. }) = Message::decode(&bytes) {
+                    self.keepalive_rings.push(ring);
+                }
                 let len = bytes.len();
                 bytes.resize(2048, 0);
                 let mut reply = [0u8; wire::MAX_MESSAGE_LEN];
-                let out =
-                    self.sky
-                        .handle_datagram(self.now - T0, from, &mut bytes, len, &mut reply);
+                let now = self.now - T0;
+                let out = self.skies[s]
+                    .shard
+                    .handle_datagram(now, from, &mut bytes, len, &mut reply);
                 if let Some(n) = out.reply {
-                    self.send(sky(), from, reply[..n].to_vec());
+                    let kind = Message::decode(&reply[..n]).unwrap().kind();
+                    self.replies.push((to, from, kind));
+                    self.send(to, from, reply[..n].to_vec());
                 }
                 if let Some(t) = out.in_place {
-                    self.send(sky(), t.dst, bytes[..t.len].to_vec());
+                    self.send(to, t.dst, bytes[..t.len].to_vec());
                 }
                 return;
             }
@@ -1781,6 +2639,11 @@ mod tests {
 
         fn take_events(&mut self, i: usize) -> Vec<Event> {
             std::mem::take(&mut self.hosts[i].events)
+        }
+
+        /// The version of the view host `i` holds.
+        fn version_held(&self, i: usize) -> Option<u32> {
+            self.hosts[i].earth.ring().map(|(_, v)| v)
         }
     }
 
@@ -2198,7 +3061,7 @@ mod tests {
             .count();
         assert!(net.present(&own));
         assert!(
-            net.presence.len() <= 1 + covers,
+            net.skies[0].presence.len() <= 1 + covers,
             "cover entries are unregistered when done"
         );
         assert!(
@@ -2211,6 +3074,420 @@ mod tests {
         quiet.run_for(secs(3600));
         // (keepalives, plus a few sent again with a rotated cookie)
         assert!(quiet.to_sky[0] <= 160, "{}", quiet.to_sky[0]);
-        assert_eq!(quiet.presence.len(), 1);
+        assert_eq!(quiet.skies[0].presence.len(), 1);
+    }
+
+    // ---- a sky of many nodes ----
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn owners(ring: &Ring, address: &VirtualAddr) -> Vec<SocketAddr> {
+        sorted(ring.owners(address).as_slice().collect())
+    }
+
+    /// Alice online in a sky of five; her address and its owners.
+    fn alice_in_five() -> (Net, VirtualAddr) {
+        let mut net = Net::with_ring(&["alice", "bob"], 5, |_| {});
+        net.online(0);
+        net.run_for(secs(1));
+        let regs = registered(&net.hosts[0].events);
+        assert_eq!(regs.len(), 1, "{:?}", net.hosts[0].events);
+        (net, regs[0].0)
+    }
+
+    #[test]
+    fn registers_with_both_owners_in_a_sky_of_five_and_is_found() {
+        let (mut net, address) = alice_in_five();
+        let events = net.take_events(0);
+        let ring = net.sky_ring();
+        assert!(events.contains(&Event::Sky {
+            version: ring.version(),
+            nodes: 5
+        }));
+        assert_eq!(
+            registered(&events),
+            vec![(address, net.hosts[0].public)],
+            "one event for the address, not one per owner"
+        );
+        let owners = owners(&ring, &address);
+        assert_eq!(owners.len(), 2);
+        assert_eq!(net.holders(&address), owners, "both owners, no other node");
+        assert_eq!(sorted(net.hosts[0].earth.holders(&address)), owners);
+        // Keepalives to both owners carry the ring version; nobody asks her
+        // to register again.
+        net.run_for(secs(60));
+        assert!(registered(&net.take_events(0)).is_empty());
+        assert!(net.keepalive_rings.len() >= 4, "{:?}", net.keepalive_rings);
+        assert!(net.keepalive_rings.iter().all(|&r| r == ring.version()));
+        assert_eq!(net.holders(&address), owners);
+        // Bob finds her through her first owner, which introduces him.
+        assert_eq!(net.lookup(1, "alice").unwrap().0, net.hosts[0].public);
+        let first = ring.owners(&address).first().unwrap();
+        let bob = net.hosts[1].public;
+        assert!(net.replies.contains(&(first, bob, Kind::Online)));
+        assert!(net.take_events(0).iter().any(|e| matches!(e,
+            Event::Introduced { friend: Some(f), .. } if f == "bob")));
+    }
+
+    #[test]
+    fn a_silent_owner_loses_no_one() {
+        let (mut net, address) = alice_in_five();
+        let ring = net.sky_ring();
+        let owners = owners(&ring, &address);
+        // The owner a lookup asks first stops answering anything.
+        let first = ring.owners(&address).first().unwrap();
+        net.sky_node(first).down = true;
+        for _ in 0..3 {
+            assert_eq!(net.lookup(1, "alice").unwrap().0, net.hosts[0].public);
+            net.run_for(secs(30));
+        }
+        let bob = net.take_events(1);
+        assert!(
+            !bob.iter()
+                .any(|e| matches!(e, Event::Lookup { result: Err(_), .. })),
+            "{bob:?}"
+        );
+        let alice = net.take_events(0);
+        assert!(!alice.contains(&Event::SkySilent), "{alice:?}");
+        let other = owners.iter().find(|o| **o != first).unwrap();
+        assert!(net.holders(&address).contains(other));
+    }
+
+    #[test]
+    fn a_joining_node_gets_the_address_within_one_keepalive_interval() {
+        let (mut net, address) = alice_in_five();
+        net.take_events(0);
+        let before = owners(&net.sky_ring(), &address);
+        // A sixth node whose position makes it an owner of her address.
+        let five = || (1..=5).map(node);
+        let newcomer = (6..=254)
+            .map(node)
+            .find(|n| {
+                Ring::new(slash32(), five().chain([*n]))
+                    .owners(&address)
+                    .contains(*n)
+            })
+            .expect("some position owns it");
+        net.add_node(newcomer, 6);
+        let six = net.set_ring(five().chain([newcomer]));
+        let after = owners(&six, &address);
+        assert_ne!(before, after);
+        net.run_for(secs(25)); // one keepalive interval
+        let alice = net.hosts[0].public;
+        assert!(
+            net.replies
+                .iter()
+                .any(|(_, to, k)| *to == alice && *k == Kind::RingChanged)
+        );
+        assert_eq!(net.version_held(0), Some(six.version()));
+        assert_eq!(
+            net.holders(&address),
+            after,
+            "registered with the new owner, unregistered at the old"
+        );
+        assert!(registered(&net.take_events(0)).is_empty(), "held all along");
+        // Bob, who never fetched before, computes owners on the new ring
+        // and finds her at its first owner.
+        assert_eq!(net.lookup(1, "alice").unwrap().0, alice);
+        assert_eq!(net.version_held(1), Some(six.version()));
+        let first = six.owners(&address).first().unwrap();
+        let bob = net.hosts[1].public;
+        assert!(net.replies.contains(&(first, bob, Kind::Online)));
+    }
+
+    #[test]
+    fn a_stale_view_is_told_not_owner_fetches_again_and_finds() {
+        let (mut net, address) = alice_in_five();
+        // Bob fetches the view of five.
+        assert!(net.lookup(1, "alice").is_ok());
+        let five = net.sky_ring();
+        assert_eq!(net.version_held(1), Some(five.version()));
+        // Both of her owners leave the ring (they keep running); she moves.
+        let leaving: Vec<SocketAddr> = five.owners(&address).as_slice().collect();
+        let three = net.set_ring((1..=5).map(node).filter(|n| !leaving.contains(n)));
+        net.run_for(secs(26));
+        assert_eq!(net.holders(&address), owners(&three, &address));
+        // Bob still holds five: the node he asks says it does not own her.
+        assert_eq!(net.version_held(1), Some(five.version()));
+        net.replies.clear();
+        assert_eq!(net.lookup(1, "alice").unwrap().0, net.hosts[0].public);
+        let bob = net.hosts[1].public;
+        assert!(
+            net.replies
+                .iter()
+                .any(|r| *r == (leaving[0], bob, Kind::NotOwner)),
+            "{:?}",
+            net.replies
+        );
+        assert!(
+            net.replies
+                .iter()
+                .any(|r| r.1 == bob && r.2 == Kind::Online && !leaving.contains(&r.0))
+        );
+        assert_eq!(net.version_held(1), Some(three.version()), "fetched again");
+        assert!(
+            !net.take_events(1)
+                .iter()
+                .any(|e| matches!(e, Event::Lookup { result: Err(_), .. }))
+        );
+    }
+
+    #[test]
+    fn an_introduction_is_checked_with_the_key_of_the_node_it_came_from() {
+        let (mut net, address) = alice_in_five();
+        net.take_events(0);
+        let owners: Vec<SocketAddr> = net.sky_ring().owners(&address).as_slice().collect();
+        let (a, b) = (owners[0], owners[1]);
+        let key_b =
+            keys::IntroKeys::new(&NodeSecret::new(net.sky_node(b).secret)).key_for(&address);
+        let caller = VirtualAddr([9; 16]);
+        let endpoint: SocketAddr = "192.0.2.9:9999".parse().unwrap();
+        let intro = Message::Introduction {
+            caller,
+            mac: keys::introduction_mac(&key_b, &caller, &endpoint),
+            endpoint,
+        };
+        let mut bytes = vec![0u8; intro.buffer_len()];
+        intro.emit(&mut bytes);
+        let stranger = (1..=5).map(node).find(|n| !owners.contains(n)).unwrap();
+        let now = net.now;
+        // B's key, but from A or from a node she never registered with.
+        for from in [a, stranger] {
+            net.hosts[0]
+                .earth
+                .handle_datagram(now, from, &mut bytes.clone());
+            net.flush(0);
+            let events = net.take_events(0);
+            assert_eq!(events, vec![Event::ForgedIntroduction], "from {from}");
+        }
+        // From B itself it is an introduction.
+        net.hosts[0]
+            .earth
+            .handle_datagram(now, b, &mut bytes.clone());
+        net.flush(0);
+        assert!(net.take_events(0).contains(&Event::Introduced {
+            friend: None,
+            caller,
+            endpoint
+        }));
+    }
+
+    #[test]
+    fn an_owner_that_forgot_is_registered_with_again_alone() {
+        let (mut net, address) = alice_in_five();
+        net.take_events(0);
+        let owners = owners(&net.sky_ring(), &address);
+        net.restart_node(owners[1]);
+        assert_eq!(net.holders(&address), vec![owners[0]]);
+        net.run_for(secs(26));
+        assert_eq!(net.holders(&address), owners);
+        assert!(registered(&net.take_events(0)).is_empty(), "held all along");
+        // The new secret's introduction key replaced nothing: both work.
+        assert!(net.lookup(1, "alice").is_ok());
+    }
+
+    #[test]
+    fn bootstrap_moves_on_to_the_next_node_that_answers() {
+        let dead: SocketAddr = "192.0.2.99:7700".parse().unwrap();
+        let mut net = Net::with_ring(&["alice", "bob"], 5, |c| c.sky = vec![dead, node(3)]);
+        net.online(0);
+        net.run_for(secs(3));
+        assert_eq!(registered(&net.take_events(0)).len(), 1);
+        assert!(net.lookup(1, "alice").is_ok());
+    }
+
+    #[test]
+    fn a_standalone_node_is_a_sky_of_one() {
+        let mut net = Net::new(&["alice", "bob"], |_| {});
+        net.online(0);
+        net.run_for(secs(60));
+        let events = net.take_events(0);
+        assert!(events.contains(&Event::Sky {
+            version: 0,
+            nodes: 1
+        }));
+        assert_eq!(registered(&events).len(), 1);
+        assert!(!net.keepalive_rings.is_empty());
+        assert!(
+            net.keepalive_rings.iter().all(|&r| r == 0),
+            "keepalives carry no ring version"
+        );
+        assert!(net.lookup(1, "alice").is_ok());
+    }
+
+    #[test]
+    fn a_silent_sky_is_reported_once_and_tried_again() {
+        let mut net = Net::new(&["alice", "bob"], |_| {});
+        net.skies[0].down = true;
+        net.online(0);
+        net.run_for(secs(60));
+        let events = net.take_events(0);
+        assert_eq!(
+            events.iter().filter(|e| **e == Event::SkySilent).count(),
+            1,
+            "{events:?}"
+        );
+        assert!(net.to_sky[0] < 100, "backs off: {}", net.to_sky[0]);
+        net.skies[0].down = false;
+        net.run_for(secs(60));
+        assert_eq!(registered(&net.take_events(0)).len(), 1);
+    }
+
+    // ---- the members fetch, driven by hand ----
+
+    /// Alice's core (friend "bob") bootstrapping from `bootstrap`.
+    fn lone(bootstrap: Vec<SocketAddr>) -> Earth {
+        hosts(&["alice", "bob"], |c| c.sky = bootstrap.clone())
+            .swap_remove(0)
+            .earth
+    }
+
+    fn drain(earth: &mut Earth) -> Vec<(SocketAddr, Message)> {
+        let mut out = Vec::new();
+        while let Some(t) = earth.poll_transmit() {
+            if let Ok(m) = Message::decode(&t.bytes) {
+                out.push((t.dst, m));
+            }
+        }
+        out
+    }
+
+    /// The members request among `sent`: (node, tag, start).
+    fn members_request(sent: &[(SocketAddr, Message)]) -> Option<(SocketAddr, Tag, u16)> {
+        sent.iter().find_map(|(dst, m)| match *m {
+            Message::Members {
+                tag, start, len, ..
+            } => {
+                assert_eq!(len, MEMBERS_REQUEST_LEN);
+                Some((*dst, tag, start))
+            }
+            _ => None,
+        })
+    }
+
+    fn registers(sent: &[(SocketAddr, Message)]) -> Vec<(SocketAddr, Tag)> {
+        sent.iter()
+            .filter_map(|(dst, m)| match *m {
+                Message::Register { tag, .. } => Some((*dst, tag)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A members page as a node writes it, from index `start` of `members`.
+    fn page(tag: Tag, version: u32, start: u16, members: &[SocketAddr]) -> Vec<u8> {
+        let mut buf = vec![0u8; wire::MAX_DATAGRAM_LEN];
+        let header = Message::MembersPage {
+            tag,
+            version,
+            config: slash32(),
+            total: members.len() as u16,
+            start,
+        };
+        let rest = members.iter().skip(start.into()).copied();
+        let (n, _) = wire::emit_members_page(&mut buf, MEMBERS_REQUEST_LEN.into(), header, rest);
+        buf.truncate(n);
+        buf
+    }
+
+    fn own_address(earth: &mut Earth, now: Duration) -> VirtualAddr {
+        let id = &mut earth.state.identity;
+        id.chain.address_at(id.schedule.epoch_at(now)).unwrap()
+    }
+
+    #[test]
+    fn members_are_read_page_by_page_and_again_when_the_view_changes_meanwhile() {
+        let mut earth = lone(vec![sky()]);
+        earth.go_online(T0);
+        let sent = drain(&mut earth);
+        let (dst, tag, start) = members_request(&sent).expect("a members request");
+        assert_eq!((dst, start), (sky(), 0));
+        assert!(registers(&sent).is_empty(), "no owners before the view");
+        let many: Vec<SocketAddr> = (1..=200).map(node).collect();
+        let fewer = &many[..199];
+        earth.handle_datagram(T0, sky(), &mut page(tag, 111, 0, &many));
+        let (_, tag, second) = members_request(&drain(&mut earth)).unwrap();
+        assert!((100..200).contains(&second), "{second}");
+        // A page from elsewhere, or for another start, is not the answer.
+        earth.handle_datagram(T0, node(2), &mut page(tag, 111, second, &many));
+        earth.handle_datagram(T0, sky(), &mut page(tag, 111, 0, &many));
+        assert!(drain(&mut earth).is_empty());
+        // The view changes before the second page: start over.
+        earth.handle_datagram(T0, sky(), &mut page(tag, 222, second, fewer));
+        let (_, tag, start) = members_request(&drain(&mut earth)).unwrap();
+        assert_eq!(start, 0);
+        earth.handle_datagram(T0, sky(), &mut page(tag, 222, 0, fewer));
+        let (_, tag, start) = members_request(&drain(&mut earth)).unwrap();
+        assert_eq!(start, second);
+        earth.handle_datagram(T0, sky(), &mut page(tag, 222, start, fewer));
+        let sent = drain(&mut earth);
+        assert_eq!(members_request(&sent), None);
+        let expected = Ring::new(slash32(), fewer.iter().copied());
+        let (ring, version) = earth.ring().unwrap();
+        assert_eq!((ring, version), (&expected, 222));
+        let address = own_address(&mut earth, T0);
+        let to: Vec<SocketAddr> = registers(&sent).into_iter().map(|r| r.0).collect();
+        assert_eq!(sorted(to), owners(&expected, &address));
+        let events: Vec<Event> = std::iter::from_fn(|| earth.poll_event()).collect();
+        assert!(events.contains(&Event::Sky {
+            version: 222,
+            nodes: 199
+        }));
+    }
+
+    #[test]
+    fn a_member_without_an_address_stands_for_the_node_that_sent_the_page() {
+        let mut earth = lone(vec![sky()]);
+        earth.lookup(T0, "bob");
+        let (_, tag, _) = members_request(&drain(&mut earth)).unwrap();
+        let wildcard: SocketAddr = "0.0.0.0:7700".parse().unwrap();
+        earth.handle_datagram(T0, sky(), &mut page(tag, 7, 0, &[wildcard, node(9)]));
+        let (ring, _) = earth.ring().unwrap();
+        assert!(ring.contains(sky()) && ring.contains(node(9)));
+        assert!(!ring.contains(wildcard));
+        // The lookup went on to bob's owners in that view.
+        assert!(
+            drain(&mut earth)
+                .iter()
+                .any(|(_, m)| matches!(m, Message::Lookup { .. }))
+        );
+    }
+
+    #[test]
+    fn a_not_owner_answer_to_a_registration_registers_with_the_hint_at_once() {
+        let mut earth = lone(vec![sky()]);
+        earth.go_online(T0);
+        let (_, tag, _) = members_request(&drain(&mut earth)).unwrap();
+        earth.handle_datagram(T0, sky(), &mut page(tag, 5, 0, &[node(1), node(2)]));
+        let regs = registers(&drain(&mut earth));
+        assert_eq!(
+            sorted(regs.iter().map(|r| r.0).collect()),
+            vec![node(1), node(2)]
+        );
+        // Node 2 has left the sky: it says so and names node 3.
+        let t2 = regs.iter().find(|r| r.0 == node(2)).unwrap().1;
+        let not_owner = Message::NotOwner {
+            tag: t2,
+            version: 6,
+            hint: node(3),
+        };
+        let mut bytes = vec![0u8; not_owner.buffer_len()];
+        not_owner.emit(&mut bytes);
+        earth.handle_datagram(T0 + ms(20), node(2), &mut bytes);
+        let sent = drain(&mut earth);
+        assert_eq!(
+            registers(&sent).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![node(3)]
+        );
+        // The members again, from the node that said so, once a second
+        // has passed since the last fetch.
+        assert_eq!(members_request(&sent), None);
+        let at = earth.poll_timeout().unwrap();
+        assert!(at <= T0 + REFETCH_EVERY, "{at:?}");
+        earth.handle_timeout(T0 + REFETCH_EVERY);
+        let (from, _, start) = members_request(&drain(&mut earth)).expect("a refetch");
+        assert_eq!((from, start), (node(2), 0));
     }
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::disallowed_methods)] // the earth's engine: it owns the clock
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,23 +31,39 @@ pub fn unix_now() -> Duration {
 /// An [`Earth`] core on a UDP socket of its own.
 pub struct Driver {
     socket: UdpSocket,
+    /// The socket is IPv6 (dual-stack when bound to the wildcard).
+    v6: bool,
     pub earth: Earth,
 }
 
 impl Driver {
-    /// Binds a fresh ephemeral port (on loopback when the sky is on
-    /// loopback, else the wildcard of its family) and seeds the core from
-    /// the kernel's random source.
+    /// Binds a fresh ephemeral port and seeds the core from the kernel's
+    /// random source. The socket is on loopback when every bootstrap node
+    /// is, else on the wildcard; of the family the bootstrap nodes share,
+    /// or dual-stack IPv6 when they mix families (so that ring members of
+    /// either family can be reached).
     pub fn bind(config: Config, state: State) -> io::Result<Driver> {
-        let ip: std::net::IpAddr = match (config.sky.is_ipv4(), config.sky.ip().is_loopback()) {
-            (true, true) => Ipv4Addr::LOCALHOST.into(),
-            (true, false) => Ipv4Addr::UNSPECIFIED.into(),
-            (false, true) => Ipv6Addr::LOCALHOST.into(),
-            (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+        if config.sky.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no sky node to bootstrap from",
+            ));
+        }
+        let all = |f: fn(&SocketAddr) -> bool| config.sky.iter().all(f);
+        let loopback = all(|a| a.ip().is_loopback());
+        let ip: IpAddr = match (all(SocketAddr::is_ipv4), all(SocketAddr::is_ipv6), loopback) {
+            (true, _, true) => Ipv4Addr::LOCALHOST.into(),
+            (true, _, false) => Ipv4Addr::UNSPECIFIED.into(),
+            (_, true, true) => Ipv6Addr::LOCALHOST.into(),
+            _ => Ipv6Addr::UNSPECIFIED.into(),
         };
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
         let earth = Earth::new(config, state, sys::random_secret()?, unix_now());
-        Ok(Driver { socket, earth })
+        Ok(Driver {
+            socket,
+            v6: ip.is_ipv6(),
+            earth,
+        })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -57,8 +73,16 @@ impl Driver {
     /// Sends everything the core has queued. A datagram the kernel refuses
     /// is dropped, as the network might have: the core retries.
     pub fn flush(&mut self) {
+        let v6 = self.v6;
         while let Some(t) = self.earth.poll_transmit() {
-            let _ = self.socket.send_to(&t.bytes, t.dst);
+            let dst = match t.dst {
+                // A dual-stack socket reaches IPv4 through mapped addresses.
+                SocketAddr::V4(v4) if v6 => {
+                    SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                }
+                dst => dst,
+            };
+            let _ = self.socket.send_to(&t.bytes, dst);
         }
     }
 

@@ -11,9 +11,10 @@
 //! - [`state`]: all of it on disk, owner-only, replaced atomically;
 //! - [`handshake`]: the friends' Noise-IK-shaped handshake and sealed
 //!   datagrams (X25519, ChaCha20-Poly1305);
-//! - [`client`]: the core, [`client::Earth`] — registration, keepalives,
-//!   lookups, punching, handshakes, delivery, address reset, overlap modes,
-//!   cover traffic;
+//! - [`client`]: the core, [`client::Earth`] — the sky's member list and
+//!   ring, registration with every owner, keepalives, lookups one owner
+//!   after another, punching, handshakes, delivery, address reset, overlap
+//!   modes, cover traffic;
 //! - [`driver`]: a std driver for it (one UDP socket, the wall clock).
 //!
 //! **Separation from the sky.** Chain keys live only here. Nothing in the

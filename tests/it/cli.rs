@@ -452,7 +452,7 @@ fn earth_friends_find_each_other_through_a_sky_node() {
 
     let online = Command::new(SKY)
         .args(["earth", "--state", alice.to_str().unwrap(), "online"])
-        .args(["--sky", "127.0.0.1:7795", "--hold", "2"])
+        .args(["--sky", "127.0.0.1:7795", "--hold", "4"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -464,6 +464,22 @@ fn earth_friends_find_each_other_through_a_sky_node() {
         "{}",
         stdout(&found)
     );
+    // `--sky` repeated is the bootstrap list: a node that does not answer
+    // is passed over for the next.
+    let started = std::time::Instant::now();
+    let via_second = earth(
+        &bob,
+        &[
+            "lookup",
+            "alice",
+            "--sky",
+            "127.0.0.1:7798",
+            "--sky",
+            "127.0.0.1:7795",
+        ],
+    );
+    assert_eq!(via_second.status.code(), Some(0), "{via_second:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{started:?}");
 
     let out = stdout(&online.wait_with_output().unwrap());
     assert!(
