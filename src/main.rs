@@ -642,7 +642,7 @@ fn bench_main(args: BenchArgs) -> ExitCode {
         ExitCode::from(2)
     };
     if args.serve_baseline {
-        let config = match (FileConfig {
+        let mut config = match (FileConfig {
             listen: Some(args.listen.clone()),
             metrics: Some("off".into()),
             shards: Some(args.shards),
@@ -654,6 +654,9 @@ fn bench_main(args: BenchArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
+        // The baseline runs a (lonely) gossip thread like a node, on an
+        // ephemeral port: it must not take a node's 7701 on this machine.
+        config.gossip.set_port(0);
         let node = match Node::start_baseline(&config) {
             Ok(n) => n,
             Err(e) => return fail(e.to_string()),
