@@ -64,6 +64,12 @@ fn three_nodes_agree_on_one_ring_and_the_two_left_shrink_it_when_one_stops() {
         assert_ne!(n.gossip_addr().port(), 0);
         assert_eq!(n.gossip_addr().ip(), n.local_addr().ip());
     }
+    // Garbage on the gossip port is counted, and changes nothing.
+    socket_for(b.gossip_addr())
+        .send_to(b"\x07not gossip", b.gossip_addr())
+        .unwrap();
+    let m = wait_until(&b, |m| sample(m, "sky_gossip_errors_total") >= 1.0);
+    assert!(sample(&m, "sky_gossip_errors_total") >= 1.0);
     let m = wait_until(&b, |m| sample(m, "sky_ring_members") == 3.0);
     assert_eq!(sample(&m, "sky_ring_version"), f64::from(version));
     assert_eq!(sample(&m, "sky_members{state=\"alive\"}"), 3.0);
