@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ring::RingConfig;
 use crate::shard::ShardConfig;
 
 /// Which packet engine runs the shards.
@@ -71,22 +72,61 @@ pub struct Config {
     pub capacity: usize,
     pub keepalive: Duration,
     pub intros_per_second: u8,
+    /// UDP address of the gossip socket (membership among sky nodes).
+    pub gossip: SocketAddr,
+    /// Gossip addresses of sky nodes to join through; empty: a sky of one
+    /// until another node names this one as its seed.
+    pub seeds: Vec<SocketAddr>,
+    /// Owners per virtual address (SPEC §4: `k`, default 2).
+    pub replicas: u8,
+    /// IPv4 prefix length that counts as one operator on the ring.
+    pub prefix_v4: u8,
+    /// IPv6 prefix length that counts as one operator on the ring.
+    pub prefix_v6: u8,
+    /// Positions each IP takes on the ring (docs/DHT.md).
+    pub positions: u8,
+    /// How long entries a node no longer owns are kept after a ring
+    /// change, for clients to re-register with their new owners.
+    pub handoff_grace: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9770";
+/// The gossip port when none is configured: the listen IP with this port
+/// (or port 0, ephemeral, when the listen port is 0).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
+
+/// The default gossip address for a listen address.
+pub fn default_gossip(listen: SocketAddr) -> SocketAddr {
+    let port = if listen.port() == 0 {
+        0
+    } else {
+        DEFAULT_GOSSIP_PORT
+    };
+    SocketAddr::new(listen.ip(), port)
+}
 
 impl Default for Config {
     fn default() -> Self {
+        let listen = DEFAULT_LISTEN.parse().expect("valid default");
+        let keepalive = Duration::from_secs(25);
+        let ring = RingConfig::default();
         Config {
-            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            listen,
             metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
             shards: None,
             engine: EngineChoice::Auto,
             pin_cores: true,
             capacity: 1_000_000,
-            keepalive: Duration::from_secs(25),
+            keepalive,
             intros_per_second: 5,
+            gossip: default_gossip(listen),
+            seeds: Vec::new(),
+            replicas: ring.replicas,
+            prefix_v4: ring.prefix_v4,
+            prefix_v6: ring.prefix_v6,
+            positions: ring.positions,
+            handoff_grace: 2 * keepalive,
         }
     }
 }
@@ -104,6 +144,13 @@ pub struct FileConfig {
     pub capacity: Option<usize>,
     pub keepalive_secs: Option<u64>,
     pub intros_per_second: Option<u8>,
+    pub gossip: Option<String>,
+    pub seeds: Option<Vec<String>>,
+    pub replicas: Option<u8>,
+    pub prefix_v4: Option<u8>,
+    pub prefix_v6: Option<u8>,
+    pub positions: Option<u8>,
+    pub handoff_grace_secs: Option<u64>,
 }
 
 /// A configuration that cannot run, and why.
@@ -136,6 +183,13 @@ impl FileConfig {
             capacity: other.capacity.or(self.capacity),
             keepalive_secs: other.keepalive_secs.or(self.keepalive_secs),
             intros_per_second: other.intros_per_second.or(self.intros_per_second),
+            gossip: other.gossip.or(self.gossip),
+            seeds: other.seeds.or(self.seeds),
+            replicas: other.replicas.or(self.replicas),
+            prefix_v4: other.prefix_v4.or(self.prefix_v4),
+            prefix_v6: other.prefix_v6.or(self.prefix_v6),
+            positions: other.positions.or(self.positions),
+            handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
         }
     }
 
@@ -177,6 +231,42 @@ impl FileConfig {
             Some(0) => return Err(ConfigError("intros_per_second: must be at least 1".into())),
             Some(n) => n,
         };
+        let gossip = match self.gossip {
+            Some(s) => s
+                .parse()
+                .map_err(|_| ConfigError(format!("gossip: `{s}` is not HOST:PORT")))?,
+            None => default_gossip(listen),
+        };
+        if gossip == listen && gossip.port() != 0 {
+            return Err(ConfigError(format!(
+                "gossip: {gossip} is the listen address; gossip needs its own port"
+            )));
+        }
+        let seeds = self
+            .seeds
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| ConfigError(format!("seeds: `{s}` is not HOST:PORT")))
+            })
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        let ring = RingConfig {
+            replicas: self.replicas.unwrap_or(d.replicas),
+            prefix_v4: self.prefix_v4.unwrap_or(d.prefix_v4),
+            prefix_v6: self.prefix_v6.unwrap_or(d.prefix_v6),
+            positions: self.positions.unwrap_or(d.positions),
+        };
+        ring.validate().map_err(ConfigError)?;
+        let handoff_grace = match self.handoff_grace_secs {
+            None => 2 * keepalive,
+            Some(s @ 0..=86_400) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(ConfigError(format!(
+                    "handoff_grace_secs: {s} is outside 0..=86400"
+                )));
+            }
+        };
         Ok(Config {
             listen,
             metrics,
@@ -186,6 +276,13 @@ impl FileConfig {
             capacity,
             keepalive,
             intros_per_second,
+            gossip,
+            seeds,
+            replicas: ring.replicas,
+            prefix_v4: ring.prefix_v4,
+            prefix_v6: ring.prefix_v6,
+            positions: ring.positions,
+            handoff_grace,
         })
     }
 }
@@ -196,6 +293,16 @@ impl Config {
     /// least one.
     pub fn shard_count(&self, cores: usize) -> usize {
         self.shards.unwrap_or(cores.saturating_sub(1).max(1))
+    }
+
+    /// How the ring chooses owners; every node of a sky must agree.
+    pub fn ring_config(&self) -> RingConfig {
+        RingConfig {
+            replicas: self.replicas,
+            prefix_v4: self.prefix_v4,
+            prefix_v6: self.prefix_v6,
+            positions: self.positions,
+        }
     }
 
     pub fn shard_config(&self) -> ShardConfig {
@@ -241,6 +348,17 @@ mod tests {
             ("capacity = 0", "capacity"),
             ("engine = \"fast\"", "engine"),
             ("typo = 1", "typo"),
+            ("gossip = \"nope\"", "gossip"),
+            ("seeds = [\"127.0.0.1:7701\", \"x\"]", "seeds"),
+            ("replicas = 0", "replicas"),
+            ("prefix_v4 = 33", "prefix_v4"),
+            ("prefix_v6 = 129", "prefix_v6"),
+            ("positions = 0", "positions"),
+            ("handoff_grace_secs = 100000", "handoff_grace_secs"),
+            (
+                "listen = \"127.0.0.1:7700\"\ngossip = \"127.0.0.1:7700\"",
+                "gossip",
+            ),
         ] {
             let err = toml::from_str::<FileConfig>(toml)
                 .map_err(|e| e.to_string())
@@ -248,6 +366,44 @@ mod tests {
                 .unwrap_err();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn gossip_defaults_to_the_listen_ip_on_7701_or_ephemeral() {
+        let resolve = |toml: &str| {
+            toml::from_str::<FileConfig>(toml)
+                .unwrap()
+                .resolve()
+                .unwrap()
+        };
+        let c = resolve("listen = \"0.0.0.0:7700\"");
+        assert_eq!(c.gossip, "0.0.0.0:7701".parse().unwrap());
+        let c = resolve("listen = \"[::1]:0\"");
+        assert_eq!(c.gossip, "[::1]:0".parse().unwrap(), "tests: ephemeral");
+        let c = resolve("gossip = \"10.0.0.1:9000\"\nseeds = [\"10.0.0.2:7701\"]");
+        assert_eq!(c.gossip, "10.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.seeds, vec!["10.0.0.2:7701".parse().unwrap()]);
+    }
+
+    #[test]
+    fn handoff_grace_defaults_to_two_keepalives() {
+        let file = FileConfig {
+            keepalive_secs: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(
+            file.resolve().unwrap().handoff_grace,
+            Duration::from_secs(20)
+        );
+        let file = FileConfig {
+            keepalive_secs: Some(10),
+            handoff_grace_secs: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            file.resolve().unwrap().handoff_grace,
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`presence`]: the shared presence table;
 //! - [`shard`]: the sans-IO core that handles one datagram;
 //! - [`ring`]: which nodes own which addresses (placement, owners, version);
+//! - [`gossip`]: SWIM membership among sky nodes (foca), which makes the ring;
 //! - [`engine`]: sockets, threads, io_uring and `recvmmsg`, the control
 //!   thread — the only place with a clock, syscalls or `unsafe`;
 //! - [`metrics`]: every metric name, in one place;
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod config;
 pub mod earth;
 pub mod engine;
+pub mod gossip;
 pub mod keys;
 pub mod metrics;
 pub mod presence;

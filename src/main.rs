@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a sky node (defaults: 127.0.0.1:7700/udp, metrics on 127.0.0.1:9770).
+    /// Run a sky node (defaults: 127.0.0.1:7700/udp, gossip on 127.0.0.1:7701/udp,
+    /// metrics on 127.0.0.1:9770).
     Node(NodeArgs),
     /// Blackbox checks against a running node.
     #[command(subcommand)]
@@ -195,6 +196,39 @@ struct NodeArgs {
     /// Introductions per target per second.
     #[arg(long, env = "SKY_INTROS_PER_SECOND")]
     intros_per_second: Option<u8>,
+    /// UDP address for gossip with other sky nodes [default: the listen IP,
+    /// port 7701; port 0 when the listen port is 0].
+    #[arg(long, env = "SKY_GOSSIP", value_name = "HOST:PORT")]
+    gossip: Option<String>,
+    /// Gossip address of a sky node to join through; repeat for more
+    /// (environment: comma-separated).
+    #[arg(
+        long = "seed",
+        env = "SKY_SEEDS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    seeds: Vec<String>,
+    /// Owners per virtual address, 1..=8 [default: 2]; the same on every
+    /// node of a sky.
+    #[arg(long, env = "SKY_REPLICAS")]
+    replicas: Option<u8>,
+    /// IPv4 prefix length that counts as one operator on the ring
+    /// [default: 24].
+    #[arg(long, env = "SKY_PREFIX_V4")]
+    prefix_v4: Option<u8>,
+    /// IPv6 prefix length that counts as one operator on the ring
+    /// [default: 48].
+    #[arg(long, env = "SKY_PREFIX_V6")]
+    prefix_v6: Option<u8>,
+    /// Positions each IP takes on the ring, 1..=64 [default: 16]; the same
+    /// on every node of a sky (docs/DHT.md).
+    #[arg(long, env = "SKY_POSITIONS")]
+    positions: Option<u8>,
+    /// Seconds to keep entries this node no longer owns after a ring
+    /// change [default: 2 × keepalive].
+    #[arg(long = "handoff-grace", env = "SKY_HANDOFF_GRACE", value_name = "SECS")]
+    handoff_grace: Option<u64>,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -635,7 +669,7 @@ fn bench_main(args: BenchArgs) -> ExitCode {
         ExitCode::from(2)
     };
     if args.serve_baseline {
-        let config = match (FileConfig {
+        let mut config = match (FileConfig {
             listen: Some(args.listen.clone()),
             metrics: Some("off".into()),
             shards: Some(args.shards),
@@ -647,6 +681,9 @@ fn bench_main(args: BenchArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
+        // The baseline runs a (lonely) gossip thread like a node, on an
+        // ephemeral port: it must not take a node's 7701 on this machine.
+        config.gossip.set_port(0);
         let node = match Node::start_baseline(&config) {
             Ok(n) => n,
             Err(e) => return fail(e.to_string()),
@@ -721,14 +758,22 @@ fn node(args: NodeArgs) -> ExitCode {
     };
     if let Some(path) = &args.check_config {
         println!(
-            "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s)",
+            "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s, \
+             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s)",
             path.display(),
             config.listen,
             config.metrics.map_or("off".into(), |a| a.to_string()),
             config.shards.map_or("auto".into(), |n| n.to_string()),
             config.engine,
             config.capacity,
-            config.keepalive.as_secs()
+            config.keepalive.as_secs(),
+            config.gossip,
+            config.seeds.len(),
+            config.replicas,
+            config.prefix_v4,
+            config.prefix_v6,
+            config.positions,
+            config.handoff_grace.as_secs()
         );
         return ExitCode::SUCCESS;
     }
@@ -771,6 +816,13 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         capacity: args.capacity,
         keepalive_secs: args.keepalive_secs,
         intros_per_second: args.intros_per_second,
+        gossip: args.gossip.clone(),
+        seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
+        replicas: args.replicas,
+        prefix_v4: args.prefix_v4,
+        prefix_v6: args.prefix_v6,
+        positions: args.positions,
+        handoff_grace_secs: args.handoff_grace,
     };
     file.overlay(overrides).resolve()
 }

@@ -3,8 +3,9 @@
 //! Names follow Prometheus conventions: `sky_` prefix, base units, counters
 //! end in `_total`. Label values come only from closed sets — message kind
 //! ([`RecvKind`], [`SentKind`]), drop reason ([`DropReason`]), lookup
-//! outcome, engine, shard number, build version — never from a peer: no IP,
-//! port or virtual address can reach a label.
+//! outcome, engine, shard number, build version, member state
+//! ([`MemberState`]), gossip direction — never from a peer: no IP, port or
+//! virtual address can reach a label, not even a sky node's.
 //!
 //! Shards count in plain integers ([`Stats`]) and [`ShardMetrics::publish`]
 //! moves the counts into Prometheus counters in batches, so the packet path
@@ -12,6 +13,8 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::gossip::{MemberCounts, MemberState};
+use crate::ring::Ring;
 use crate::shard::{DropReason, RecvKind, SentKind, Stats};
 
 pub const BUILD_INFO: &str = "sky_build_info";
@@ -29,6 +32,17 @@ pub const PRESENCE_ENTRIES: &str = "sky_presence_entries";
 pub const PRESENCE_CAPACITY: &str = "sky_presence_capacity";
 pub const PRESENCE_EXPIRED: &str = "sky_presence_expired_total";
 pub const SHARD_RECEIVED: &str = "sky_shard_received_datagrams_total";
+pub const MEMBERS: &str = "sky_members";
+pub const RING_VERSION: &str = "sky_ring_version";
+pub const RING_MEMBERS: &str = "sky_ring_members";
+pub const RING_CHANGES: &str = "sky_ring_changes_total";
+pub const GOSSIP_DATAGRAMS: &str = "sky_gossip_datagrams_total";
+pub const GOSSIP_BYTES: &str = "sky_gossip_bytes_total";
+pub const GOSSIP_ERRORS: &str = "sky_gossip_errors_total";
+pub const HANDOFF_DROPPED: &str = "sky_handoff_dropped_entries_total";
+
+/// The `direction` label of gossip traffic.
+const DIRECTIONS: [&str; 2] = ["in", "out"];
 
 /// The node's registry and the metrics the control thread sets directly.
 pub struct Metrics {
@@ -47,6 +61,14 @@ pub struct Metrics {
     pub presence_expired: IntCounter,
     engine: IntGaugeVec,
     pub shards: IntGauge,
+    members: IntGaugeVec,
+    ring_version: IntGauge,
+    ring_members: IntGauge,
+    ring_changes: IntCounter,
+    gossip_datagrams: IntCounterVec,
+    gossip_bytes: IntCounterVec,
+    gossip_errors: IntCounter,
+    pub handoff_dropped: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -92,6 +114,17 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(engine.clone())).expect("unique metric");
+        let members = IntGaugeVec::new(
+            Opts::new(
+                MEMBERS,
+                "Sky nodes in this node's membership view by state (alive, suspect, down); \
+                 alive includes this node.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(members.clone()))
+            .expect("unique metric");
 
         #[cfg(target_os = "linux")]
         r.register(Box::new(
@@ -146,6 +179,40 @@ impl Metrics {
             ),
             engine,
             shards: gauge(&r, SHARDS, "Packet shards running."),
+            members,
+            ring_version: gauge(
+                &r,
+                RING_VERSION,
+                "Version of the ring this node serves (a hash of its members and settings).",
+            ),
+            ring_members: gauge(&r, RING_MEMBERS, "Sky nodes on the ring this node serves."),
+            ring_changes: counter(
+                &r,
+                RING_CHANGES,
+                "Times the ring changed (a node joined, left or was declared down).",
+            ),
+            gossip_datagrams: counter_vec(
+                &r,
+                GOSSIP_DATAGRAMS,
+                "Gossip datagrams, by direction (in, out).",
+                "direction",
+            ),
+            gossip_bytes: counter_vec(
+                &r,
+                GOSSIP_BYTES,
+                "Gossip UDP payload bytes, by direction (in, out).",
+                "direction",
+            ),
+            gossip_errors: counter(
+                &r,
+                GOSSIP_ERRORS,
+                "Gossip datagrams that could not be decoded or were refused, and failed sends.",
+            ),
+            handoff_dropped: counter(
+                &r,
+                HANDOFF_DROPPED,
+                "Presence entries dropped after a ring change because this node no longer owns them.",
+            ),
             registry: r,
         };
         // Create every series up front so that rates exist from the start.
@@ -163,7 +230,29 @@ impl Metrics {
         for o in ["online", "offline"] {
             m.lookups.with_label_values(&[o]);
         }
+        for s in MemberState::ALL {
+            m.members.with_label_values(&[s.label()]);
+        }
+        for d in DIRECTIONS {
+            m.gossip_datagrams.with_label_values(&[d]);
+            m.gossip_bytes.with_label_values(&[d]);
+        }
         m
+    }
+
+    /// The handles the gossip thread updates, resolved once.
+    pub fn for_gossip(&self) -> GossipMetrics {
+        GossipMetrics {
+            members: MemberState::ALL.map(|s| self.members.with_label_values(&[s.label()])),
+            ring_version: self.ring_version.clone(),
+            ring_members: self.ring_members.clone(),
+            ring_changes: self.ring_changes.clone(),
+            datagrams_in: self.gossip_datagrams.with_label_values(&["in"]),
+            datagrams_out: self.gossip_datagrams.with_label_values(&["out"]),
+            bytes_in: self.gossip_bytes.with_label_values(&["in"]),
+            bytes_out: self.gossip_bytes.with_label_values(&["out"]),
+            errors: self.gossip_errors.clone(),
+        }
     }
 
     /// Marks `engine` ("uring" or "mmsg") as the one running.
@@ -259,5 +348,42 @@ impl ShardMetrics {
         if total != 0 {
             self.shard_received.inc_by(total);
         }
+    }
+}
+
+/// The gossip thread's handles into the node's metrics.
+pub struct GossipMetrics {
+    members: [IntGauge; 3],
+    ring_version: IntGauge,
+    ring_members: IntGauge,
+    pub ring_changes: IntCounter,
+    datagrams_in: IntCounter,
+    datagrams_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    pub errors: IntCounter,
+}
+
+impl GossipMetrics {
+    pub fn set_members(&self, counts: MemberCounts) {
+        for (gauge, state) in self.members.iter().zip(MemberState::ALL) {
+            gauge.set(counts.get(state) as i64);
+        }
+    }
+
+    /// The ring now served.
+    pub fn set_ring(&self, ring: &Ring) {
+        self.ring_version.set(i64::from(ring.version()));
+        self.ring_members.set(ring.len() as i64);
+    }
+
+    pub fn received(&self, bytes: usize) {
+        self.datagrams_in.inc();
+        self.bytes_in.inc_by(bytes as u64);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.datagrams_out.inc();
+        self.bytes_out.inc_by(bytes as u64);
     }
 }

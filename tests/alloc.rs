@@ -146,6 +146,7 @@ fn core_steady_state_allocations() -> u64 {
 fn engine_steady_state_allocations(engine: EngineChoice) -> u64 {
     let node = Node::start(&Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        gossip: "127.0.0.1:0".parse().unwrap(),
         metrics: None,
         shards: Some(1),
         engine,

@@ -1,13 +1,32 @@
 //! The control thread: serves `/metrics` over HTTP (tiny_http: no HTTP is
-//! parsed here) and sweeps expired presence entries.
+//! parsed here), sweeps expired presence entries, and hands off entries
+//! after a ring change.
+//!
+//! **Handoff.** When gossip swaps in a new ring, clients re-register with
+//! their new owners within a keepalive interval (SPEC §4); once the ring
+//! has stood for `grace`, the entries this node no longer owns are dropped
+//! (`Presence::retain_owned`), once. A change within the grace of the one
+//! before restarts the grace, and one handoff covers both: entries are
+//! never dropped against a ring younger than the grace.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::ring::{Ring, SharedRing};
 
 use super::WAKE_EVERY;
+
+/// What the control thread needs to hand off entries after ring changes.
+pub(super) struct Handoff {
+    pub ring: SharedRing,
+    /// This node's service endpoint, as the ring names it.
+    pub me: SocketAddr,
+    pub grace: Duration,
+}
 
 pub(super) fn run(
     http: Option<tiny_http::Server>,
@@ -16,8 +35,11 @@ pub(super) fn run(
     stop: &AtomicBool,
     origin: Instant,
     sweep_every: Duration,
+    handoff: Handoff,
 ) {
     let mut last_sweep = origin.elapsed();
+    let mut served: Arc<Ring> = handoff.ring.load_full();
+    let mut changed_at: Option<Duration> = None;
     while !stop.load(Ordering::Relaxed) {
         match &http {
             Some(server) => match server.recv_timeout(WAKE_EVERY) {
@@ -38,6 +60,23 @@ pub(super) fn run(
                 tracing::debug!(expired, "swept expired presence entries");
             }
             last_sweep = now;
+        }
+        let current = handoff.ring.load_full();
+        if !Arc::ptr_eq(&current, &served) {
+            served = current;
+            changed_at = Some(now);
+        }
+        if let Some(at) = changed_at
+            && now.saturating_sub(at) >= handoff.grace
+        {
+            changed_at = None;
+            let dropped = presence.retain_owned(&served, handoff.me);
+            metrics.handoff_dropped.inc_by(dropped as u64);
+            tracing::info!(
+                dropped,
+                version = served.version(),
+                "handed off the entries this node no longer owns"
+            );
         }
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! [`Node::start`] binds one `SO_REUSEPORT` UDP socket per packet shard on
 //! the same address, starts a thread per shard (pinned to cores 1..=N) that
-//! drives a sans-IO [`Shard`] with the chosen packet engine, and a control
-//! thread (core 0) that serves `/metrics` and sweeps expired presence.
-//! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`].
+//! drives a sans-IO [`Shard`] with the chosen packet engine, a control
+//! thread (core 0) that serves `/metrics`, sweeps expired presence and
+//! hands off entries after ring changes, and a gossip thread (core 0) that
+//! runs membership and swaps each new ring into the shards' snapshot.
+//! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`],
+//! and gossip leaves the sky before it exits.
 
 #![allow(clippy::disallowed_methods)] // the engine owns the clock and threads
 
@@ -25,9 +28,11 @@ use crate::config::{Config, EngineChoice};
 use crate::keys::NodeSecret;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::ring::{self, Ring, SharedRing};
 use crate::shard::{Core, Shard};
 
 mod control;
+mod gossip;
 mod mmsg;
 mod outbox;
 pub mod sys;
@@ -69,6 +74,8 @@ impl Engine {
 pub enum StartError {
     /// The UDP address could not be bound (in use, not local, no permission).
     Bind(SocketAddr, io::Error),
+    /// The gossip address could not be bound.
+    Gossip(SocketAddr, io::Error),
     /// The metrics address could not be bound.
     Metrics(SocketAddr, String),
     /// `--engine uring` was asked for and io_uring is not available.
@@ -83,6 +90,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}/udp: {e}"),
+            StartError::Gossip(a, e) => write!(f, "cannot bind the gossip socket on {a}/udp: {e}"),
             StartError::Metrics(a, e) => write!(f, "cannot serve metrics on {a}/tcp: {e}"),
             StartError::Uring(e) => write!(
                 f,
@@ -106,6 +114,8 @@ pub struct Node {
     threads: Vec<JoinHandle<io::Result<()>>>,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
+    ring: SharedRing,
+    gossip_addr: SocketAddr,
 }
 
 impl Node {
@@ -117,24 +127,27 @@ impl Node {
         let presence = Arc::new(Presence::new(config.capacity));
         let shard_config = config.shard_config();
         let shared = presence.clone();
-        Node::start_with(config, presence, move |_, now| {
+        Node::start_with(config, presence, move |_, now, ring, local_addr| {
             Shard::new(secret.clone(), shared.clone(), shard_config, now)
+                .with_ring(ring.clone(), local_addr)
         })
     }
 
-    /// The benchmark's ceiling: the same engine, sockets and threads, with
-    /// the no-logic [`Baseline`] core in place of the sky shard.
+    /// The benchmark's ceiling: the same engine, sockets and threads (gossip
+    /// included), with the no-logic [`Baseline`] core in place of the sky
+    /// shard.
     pub fn start_baseline(config: &Config) -> Result<Node, StartError> {
-        Node::start_with(config, Arc::new(Presence::new(1)), |_, _| {
+        Node::start_with(config, Arc::new(Presence::new(1)), |_, _, _, _| {
             Baseline::default()
         })
     }
 
-    /// Starts `shards` threads, each driving the core `make_core(i, now)`.
+    /// Starts `shards` threads, each driving the core
+    /// `make_core(i, now, ring, local_addr)`.
     fn start_with<C: Core>(
         config: &Config,
         presence: Arc<Presence>,
-        make_core: impl Fn(usize, Duration) -> C,
+        make_core: impl Fn(usize, Duration, &SharedRing, SocketAddr) -> C,
     ) -> Result<Node, StartError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = config.shard_count(cores);
@@ -158,6 +171,18 @@ impl Node {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(config.listen);
+        // The node serves its own ring until gossip finds others.
+        let ring = ring::shared(Ring::new(config.ring_config(), [local_addr]));
+        let gossip_socket =
+            gossip::bind(config.gossip).map_err(|e| StartError::Gossip(config.gossip, e))?;
+        let gossip_addr = gossip_socket
+            .local_addr()
+            .map_err(|e| StartError::Gossip(config.gossip, e))?;
+        let gossip_seed = u64::from_le_bytes(
+            sys::random_secret().map_err(StartError::Random)?[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
 
         let metrics = Arc::new(Metrics::new());
         metrics.set_engine(engine.label());
@@ -178,7 +203,7 @@ impl Node {
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
 
         for (i, socket) in sockets.into_iter().enumerate() {
-            let mut shard = make_core(i, origin.elapsed());
+            let mut shard = make_core(i, origin.elapsed(), &ring, local_addr);
             let shard_metrics = metrics.for_shard(i);
             let stop = stop.clone();
             let ready = ready_tx.clone();
@@ -228,26 +253,31 @@ impl Node {
                 Err(_) => failure = Some(io::Error::other("a shard thread exited during start")),
             }
         }
+        let pin = config.pin_cores && cores > 1;
         let control = {
             let presence = presence.clone();
             let metrics = metrics.clone();
             let stop = stop.clone();
             let keepalive = config.keepalive;
-            let pin = config.pin_cores && cores > 1;
+            let handoff = control::Handoff {
+                ring: ring.clone(),
+                me: local_addr,
+                grace: config.handoff_grace,
+            };
             std::thread::Builder::new()
                 .name("sky-control".into())
                 .spawn(move || {
                     if pin && let Err(e) = sys::pin_to_core(0) {
                         tracing::warn!(error = %e, "cannot pin control thread to core 0");
                     }
-                    control::run(http, &metrics, &presence, &stop, origin, keepalive);
+                    control::run(http, &metrics, &presence, &stop, origin, keepalive, handoff);
                     Ok(())
                 })
                 .map_err(StartError::Shard)?
         };
         threads.push(control);
 
-        let node = Node {
+        let mut node = Node {
             local_addr,
             metrics_addr,
             engine,
@@ -256,13 +286,46 @@ impl Node {
             threads,
             presence,
             metrics,
+            ring,
+            gossip_addr,
         };
         if let Some(e) = failure {
             let _ = node.shutdown();
             return Err(StartError::Shard(e));
         }
+        let gossip_thread = {
+            let setup = gossip::Setup {
+                service: local_addr,
+                seeds: config.seeds.clone(),
+                ring_config: config.ring_config(),
+                rng_seed: gossip_seed,
+            };
+            let ring = node.ring.clone();
+            let metrics = node.metrics.for_gossip();
+            let stop = node.stop.clone();
+            std::thread::Builder::new()
+                .name("sky-gossip".into())
+                .spawn(move || {
+                    if pin && let Err(e) = sys::pin_to_core(0) {
+                        tracing::warn!(error = %e, "cannot pin gossip thread to core 0");
+                    }
+                    let result = gossip::run(gossip_socket, setup, &ring, &metrics, &stop, origin);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "gossip stopped on an error");
+                    }
+                    result
+                })
+        };
+        match gossip_thread {
+            Ok(t) => node.threads.push(t),
+            Err(e) => {
+                let _ = node.shutdown();
+                return Err(StartError::Shard(e));
+            }
+        }
         tracing::info!(
             listen = %node.local_addr,
+            gossip = %node.gossip_addr,
             metrics = %node.metrics_addr.map_or("off".into(), |a| a.to_string()),
             engine = engine.label(),
             shards,
@@ -294,6 +357,16 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The ring snapshot the shards read; gossip swaps in each new one.
+    pub fn ring(&self) -> SharedRing {
+        self.ring.clone()
+    }
+
+    /// The bound gossip address (the one other nodes name as a seed).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
     }
 
     /// Setting this flag stops the node (e.g. from a signal handler).

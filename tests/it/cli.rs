@@ -6,16 +6,21 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const SKY: &str = env!("CARGO_BIN_EXE_sky");
+/// The gossip address of every node here but the defaults test's: an
+/// ephemeral port, so that nodes started at once do not all want 7701.
+const EPHEMERAL: &str = "127.0.0.1:0";
 
 /// A `sky node` child process, killed if the test fails.
-struct NodeProcess {
+pub struct NodeProcess {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// The node's "sky node ready" log line.
+    pub ready: String,
 }
 
 impl NodeProcess {
     /// Starts `sky node ARGS` and waits for its "ready" log line.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let mut cmd = Command::new(SKY);
         cmd.arg("node")
             .args(args)
@@ -33,12 +38,16 @@ impl NodeProcess {
                 let _ = tx.send(line);
             }
         });
-        let mut node = NodeProcess { child, stderr: rx };
-        node.wait_for("sky node ready");
+        let mut node = NodeProcess {
+            child,
+            stderr: rx,
+            ready: String::new(),
+        };
+        node.ready = node.wait_for("sky node ready");
         node
     }
 
-    fn wait_for(&mut self, needle: &str) -> String {
+    pub fn wait_for(&mut self, needle: &str) -> String {
         let mut seen = Vec::new();
         loop {
             match self.stderr.recv_timeout(Duration::from_secs(10)) {
@@ -53,7 +62,7 @@ impl NodeProcess {
     }
 
     /// SIGTERM, then the exit status and the rest of the log.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
@@ -122,7 +131,17 @@ fn sky_node_on_its_defaults_answers_probe_ping_within_a_second_and_stops_on_sigt
 
 #[test]
 fn probe_register_lookup_and_introduction_through_the_cli() {
-    let node = NodeProcess::start(&["--listen", "127.0.0.1:7791", "--metrics", "off"], &[]);
+    let node = NodeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:7791",
+            "--metrics",
+            "off",
+            "--gossip",
+            EPHEMERAL,
+        ],
+        &[],
+    );
     let token = "00112233445566778899aabbccddeeff";
     let holder = Command::new(SKY)
         .args([
@@ -273,7 +292,17 @@ fn check_config_validates_the_example_and_names_the_bad_field() {
 
 #[test]
 fn a_port_already_served_is_a_clear_error_not_a_silent_share() {
-    let node = NodeProcess::start(&["--listen", "127.0.0.1:7792", "--metrics", "off"], &[]);
+    let node = NodeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:7792",
+            "--metrics",
+            "off",
+            "--gossip",
+            EPHEMERAL,
+        ],
+        &[],
+    );
     let second = sky(&["node", "--listen", "127.0.0.1:7792", "--metrics", "off"]);
     assert_eq!(second.status.code(), Some(1), "{second:?}");
     assert!(
@@ -301,6 +330,8 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
                 "127.0.0.1:7793",
                 "--metrics",
                 "127.0.0.1:0",
+                "--gossip",
+                EPHEMERAL,
             ])
             .env_remove("SKY_LOG")
             .env("NO_COLOR", "1")
@@ -378,6 +409,8 @@ fn a_stopped_node_frees_its_port_for_an_immediate_restart() {
                     "off",
                     "--engine",
                     engine,
+                    "--gossip",
+                    EPHEMERAL,
                 ],
                 &[],
             );
@@ -445,7 +478,17 @@ fn earth_friends_find_each_other_through_a_sky_node() {
     );
     let (alice, bob) = (root.join("alice"), root.join("bob"));
 
-    let node = NodeProcess::start(&["--listen", "127.0.0.1:7795", "--metrics", "off"], &[]);
+    let node = NodeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:7795",
+            "--metrics",
+            "off",
+            "--gossip",
+            EPHEMERAL,
+        ],
+        &[],
+    );
     let offline = earth(&bob, &["lookup", "alice", "--sky", "127.0.0.1:7795"]);
     assert_eq!(offline.status.code(), Some(1), "{offline:?}");
     assert_eq!(stdout(&offline).trim(), "offline");
@@ -512,7 +555,17 @@ fn earth_send_delivers_a_message_over_an_authenticated_path() {
     );
     let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
 
-    let node = NodeProcess::start(&["--listen", "127.0.0.1:7796", "--metrics", "off"], &[]);
+    let node = NodeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:7796",
+            "--metrics",
+            "off",
+            "--gossip",
+            EPHEMERAL,
+        ],
+        &[],
+    );
     let online = Command::new(SKY)
         .args(["earth", "--state", alice.to_str().unwrap(), "online"])
         .args(["--sky", "127.0.0.1:7796", "--hold", "4"])
@@ -578,7 +631,17 @@ fn remove_friend_resets_the_address_for_every_remaining_friend_across_a_crash() 
     );
     let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
     let sky_addr = "127.0.0.1:7797";
-    let node = NodeProcess::start(&["--listen", sky_addr, "--metrics", "off"], &[]);
+    let node = NodeProcess::start(
+        &[
+            "--listen",
+            sky_addr,
+            "--metrics",
+            "off",
+            "--gossip",
+            EPHEMERAL,
+        ],
+        &[],
+    );
     let online = |dir: &std::path::Path, hold: &str| {
         Command::new(SKY)
             .args([

@@ -26,9 +26,13 @@ pub fn engines() -> Vec<EngineChoice> {
     }
 }
 
+/// A node's configuration on `listen`, its gossip socket on an ephemeral
+/// port of the same IP (tests run at once; none may take 7701).
 pub fn config(engine: EngineChoice, listen: &str) -> Config {
+    let listen: SocketAddr = listen.parse().unwrap();
     Config {
-        listen: listen.parse().unwrap(),
+        listen,
+        gossip: SocketAddr::new(listen.ip(), 0),
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         shards: Some(2),
         engine,

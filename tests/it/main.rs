@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod egress;
 mod end_to_end;
+mod gossip;
 mod hostile;
 mod metrics;
 mod nat;

@@ -1,0 +1,145 @@
+//! Membership over real sockets: nodes on 127.0.0.1–3 find each other
+//! through a seed, agree on one ring, and shrink it when one stops. Only
+//! bounded waits, no timing assertions (the timing targets are checked in
+//! virtual time by `src/gossip.rs`'s tests).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sky::config::{Config, EngineChoice};
+use sky::engine::Node;
+
+use crate::cli::NodeProcess;
+use crate::common::*;
+
+/// How long a test waits for gossip to converge.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// A node on `127.0.0.N` (port 0: listen and gossip), one owner per IP.
+fn node_on(n: u8, seeds: Vec<SocketAddr>) -> Node {
+    let config = Config {
+        seeds,
+        shards: Some(1),
+        prefix_v4: 32,
+        ..config(EngineChoice::Mmsg, &format!("127.0.0.{n}:0"))
+    };
+    Node::start(&config).expect("node starts")
+}
+
+/// Polls until every node serves a ring of `members` with one version.
+fn wait_for_one_view(nodes: &[&Node], members: usize) -> Option<u32> {
+    let end = Instant::now() + CONVERGE;
+    loop {
+        let views: Vec<(u32, usize)> = nodes
+            .iter()
+            .map(|n| {
+                let ring = n.ring().load_full();
+                (ring.version(), ring.len())
+            })
+            .collect();
+        if views.iter().all(|&v| v == (views[0].0, members)) {
+            return Some(views[0].0);
+        }
+        if Instant::now() > end {
+            eprintln!("views: {views:?}");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_nodes_agree_on_one_ring_and_the_two_left_shrink_it_when_one_stops() {
+    let a = node_on(1, Vec::new());
+    let b = node_on(2, vec![a.gossip_addr()]);
+    let c = node_on(3, vec![a.gossip_addr()]);
+    let version = wait_for_one_view(&[&a, &b, &c], 3).expect("three nodes agree");
+    let ring = a.ring().load_full();
+    for n in [&a, &b, &c] {
+        assert!(
+            ring.contains(n.local_addr()),
+            "{:?} on the ring",
+            n.local_addr()
+        );
+        assert_ne!(n.gossip_addr().port(), 0);
+        assert_eq!(n.gossip_addr().ip(), n.local_addr().ip());
+    }
+    // Garbage on the gossip port is counted, and changes nothing.
+    socket_for(b.gossip_addr())
+        .send_to(b"\x07not gossip", b.gossip_addr())
+        .unwrap();
+    let m = wait_until(&b, |m| sample(m, "sky_gossip_errors_total") >= 1.0);
+    assert!(sample(&m, "sky_gossip_errors_total") >= 1.0);
+    let m = wait_until(&b, |m| sample(m, "sky_ring_members") == 3.0);
+    assert_eq!(sample(&m, "sky_ring_version"), f64::from(version));
+    assert_eq!(sample(&m, "sky_members{state=\"alive\"}"), 3.0);
+    assert!(sample(&m, "sky_ring_changes_total") >= 1.0);
+    assert!(sample(&m, "sky_gossip_datagrams_total{direction=\"in\"}") > 0.0);
+    assert!(sample(&m, "sky_gossip_bytes_total{direction=\"out\"}") > 0.0);
+
+    c.shutdown().unwrap();
+    let after = wait_for_one_view(&[&a, &b], 2).expect("the two left agree");
+    assert_ne!(after, version);
+    assert!(!a.ring().load().contains("127.0.0.3:0".parse().unwrap()));
+    let m = wait_until(&a, |m| sample(m, "sky_members{state=\"down\"}") == 1.0);
+    assert_eq!(sample(&m, "sky_members{state=\"alive\"}"), 2.0);
+    assert_eq!(sample(&m, "sky_ring_members"), 2.0);
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
+
+/// The gossip address a `sky node` logged as ready.
+fn gossip_of(node: &NodeProcess) -> String {
+    node.ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("gossip="))
+        .unwrap_or_else(|| panic!("no gossip address in {}", node.ready))
+        .to_string()
+}
+
+/// Starts two `sky node` processes on 127.0.0.1 and .2, the second seeded
+/// with the first (through `SKY_SEEDS`), and waits until both see both.
+fn two_processes() -> (NodeProcess, NodeProcess) {
+    let node = |ip: &str, env: &[(&str, &str)]| {
+        let (listen, gossip) = (format!("{ip}:0"), format!("{ip}:0"));
+        let args = [
+            "--listen",
+            &listen,
+            "--gossip",
+            &gossip,
+            "--metrics",
+            "off",
+            "--prefix-v4",
+            "32",
+            "--shards",
+            "1",
+        ];
+        NodeProcess::start(&args, env)
+    };
+    let mut first = node("127.0.0.1", &[]);
+    let seed = gossip_of(&first);
+    let mut second = node("127.0.0.2", &[("SKY_SEEDS", seed.as_str())]);
+    first.wait_for("ring changed members=2");
+    second.wait_for("ring changed members=2");
+    (first, second)
+}
+
+/// `sky node --seed`: the second node joins the first; on SIGTERM it
+/// leaves the sky before it exits, and the first shrinks its ring.
+#[test]
+fn sky_node_processes_join_by_seed_and_sigterm_leaves_the_sky() {
+    let (mut first, second) = two_processes();
+    let (status, log) = second.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("left the sky"), "{log}");
+    first.wait_for("ring changed members=1");
+}
+
+/// A node killed with SIGKILL says nothing; the other finds it down by
+/// failed probes and shrinks its ring (within `wait_for`'s 10 s bound).
+#[test]
+fn a_killed_sky_node_is_dropped_from_the_ring() {
+    let (mut first, second) = two_processes();
+    drop(second); // SIGKILL
+    first.wait_for("ring changed members=1");
+}
