@@ -2,10 +2,12 @@
 //! real nodes put on the wire, and against the SPEC §3 budgets it states.
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use sky::engine::Node;
-use sky::wire::{Cookie, Flags, Message, Tag, Token, VirtualAddr};
+use sky::ring::{Ring, RingConfig};
+use sky::wire::{self, Cookie, Flags, Message, Tag, Token, VirtualAddr};
 
 use crate::common::*;
 
@@ -128,7 +130,79 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
             },
         ),
     );
+    measure_in_a_sky(node, &mut got);
     got
+}
+
+/// The DHT's replies, on a node made one of five members: the other four
+/// endpoints are only payload here (nothing is sent to them).
+fn measure_in_a_sky(node: &Node, got: &mut BTreeMap<String, usize>) {
+    let sky = node.local_addr();
+    let me = sky;
+    let others = (2..=5u8).map(|i| match me.ip() {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::from([127, 0, 0, i]), 7700),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::from([0, 0, 0, 0, 0, 0, 0, u16::from(i)]), 7700),
+    });
+    let config = RingConfig {
+        prefix_v4: 32,
+        prefix_v6: 128,
+        ..RingConfig::default()
+    };
+    let ring = Ring::new(config, others.chain([me]));
+    node.ring().store(Arc::new(ring.clone()));
+    let reply_len = |s: &UdpSocket, msg: Message| -> usize {
+        let mut buf = [0u8; wire::MAX_DATAGRAM_LEN];
+        let n = msg.emit(&mut buf);
+        s.send_to(&buf[..n], sky).unwrap();
+        let replies = drain(s);
+        assert!(replies.len() <= 1, "{msg:?}: {replies:?}");
+        replies.first().map_or(0, |(r, _)| r.len())
+    };
+    let client = socket_for(sky);
+    let cookie = cookie(&client, sky);
+    let tag = Tag([2; 4]);
+    let token_where = |owned: bool| {
+        (0..=255u8)
+            .map(|i| Token([i; 16]))
+            .find(|t| ring.is_owner(me, &VirtualAddr::from_token(t)) == owned)
+            .expect("a token")
+    };
+    let register = |token| Message::Register {
+        tag,
+        cookie,
+        flags: Flags(0),
+        token,
+    };
+    got.insert(
+        "not_owner".into(),
+        reply_len(&client, register(token_where(false))),
+    );
+    let owned = token_where(true);
+    assert!(reply_len(&client, register(owned)) > 0, "registered");
+    got.insert(
+        "ring_changed".into(),
+        reply_len(
+            &client,
+            Message::Keepalive {
+                tag,
+                cookie,
+                address: VirtualAddr::from_token(&owned),
+                ring: ring.version() ^ 1,
+            },
+        ),
+    );
+    got.insert(
+        "members_page".into(),
+        reply_len(
+            &client,
+            Message::Members {
+                tag,
+                cookie,
+                start: 0,
+                len: wire::MAX_DATAGRAM_LEN as u16,
+            },
+        ),
+    );
 }
 
 #[test]

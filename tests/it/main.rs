@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod common;
+mod dht;
 mod egress;
 mod end_to_end;
 mod gossip;
