@@ -225,6 +225,10 @@ pub enum GossipError {
     /// Decoded, but foca refused it (from our own identity, an indirect
     /// probe of ourselves, …).
     Rejected,
+    /// Its sender identity names a gossip endpoint other than the
+    /// datagram's source: foca answers the identity, so accepting it would
+    /// let anyone aim this node's replies at a third party.
+    Spoofed,
 }
 
 impl GossipError {
@@ -406,7 +410,14 @@ pub struct Gossip {
     next_seed_announce: Option<Duration>,
     left: bool,
     errors: u64,
+    stranger_tokens: f64,
+    stranger_refilled: Duration,
+    dropped_to_strangers: u64,
 }
+
+/// Datagrams a second a node sends to endpoints that are neither members
+/// nor seeds (see [`Gossip::poll_transmit`]).
+pub const STRANGER_BUDGET: u32 = 16;
 
 impl Gossip {
     /// A node that knows only itself. `seed` seeds the random choices of
@@ -435,6 +446,9 @@ impl Gossip {
             next_seed_announce: None,
             left: false,
             errors: 0,
+            stranger_tokens: f64::from(STRANGER_BUDGET),
+            stranger_refilled: Duration::ZERO,
+            dropped_to_strangers: 0,
         }
     }
 
@@ -460,8 +474,24 @@ impl Gossip {
     }
 
     /// Takes one datagram received on the gossip socket.
-    pub fn handle_datagram(&mut self, now: Duration, bytes: &[u8]) -> Result<(), GossipError> {
+    ///
+    /// `from` is the datagram's source: a datagram whose sender identity
+    /// claims another gossip endpoint is refused ([`GossipError::Spoofed`]),
+    /// because foca sends its answers to the claimed identity.
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), GossipError> {
         self.io.now = now;
+        let mut codec = PostcardCodec;
+        if let Ok(header) = foca::Codec::<NodeId>::decode_header(&mut codec, bytes)
+            && wire::canonical(header.src.gossip) != wire::canonical(from)
+        {
+            self.errors += 1;
+            return Err(GossipError::Spoofed);
+        }
         let result = self.foca.handle_data(bytes, &mut self.io);
         self.after_call();
         result.map_err(|e| {
@@ -502,13 +532,61 @@ impl Gossip {
 
     /// The next datagram to send: the destination's gossip endpoint and
     /// the payload.
+    ///
+    /// `Feed`s (the answer to an announce, the one gossip message much
+    /// larger than what asks for it) and datagrams to endpoints that are
+    /// neither active members nor seeds draw on a small budget,
+    /// [`STRANGER_BUDGET`] a second: an attacker who spoofs its source
+    /// address can make a node send at most that much to a third party,
+    /// whatever it sends. Joins are rare; the budget does not slow them.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         while let Some((dst, bytes)) = self.io.transmits.pop_front() {
-            if !self.is_spurious_turn_undead(&bytes) {
-                return Some((dst, bytes));
+            if self.is_spurious_turn_undead(&bytes) {
+                continue;
             }
+            let feed = matches!(
+                foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, &bytes[..]),
+                Ok(h) if h.message == foca::Message::Feed
+            );
+            if (feed || !self.is_known(dst)) && !self.take_stranger_token() {
+                self.dropped_to_strangers += 1;
+                self.errors += 1;
+                continue;
+            }
+            return Some((dst, bytes));
         }
         None
+    }
+
+    /// Datagrams not sent because the budget for strangers was spent.
+    pub fn dropped_to_strangers(&self) -> u64 {
+        self.dropped_to_strangers
+    }
+
+    fn is_known(&self, dst: SocketAddr) -> bool {
+        let dst = wire::canonical(dst);
+        self.seeds.iter().any(|s| wire::canonical(*s) == dst)
+            || self
+                .foca
+                .iter_members()
+                .any(|m| wire::canonical(m.id().gossip) == dst)
+    }
+
+    /// A token bucket of [`STRANGER_BUDGET`] datagrams a second, as deep.
+    fn take_stranger_token(&mut self) -> bool {
+        let now = self.io.now;
+        let elapsed = now.saturating_sub(self.stranger_refilled);
+        let refill = elapsed.as_secs_f64() * f64::from(STRANGER_BUDGET);
+        if refill >= 1.0 {
+            self.stranger_tokens = (self.stranger_tokens + refill).min(f64::from(STRANGER_BUDGET));
+            self.stranger_refilled = now;
+        }
+        if self.stranger_tokens >= 1.0 {
+            self.stranger_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// foca 2.0.0 sends `TurnUndead` ("you are down") when a suspicion's
@@ -665,8 +743,9 @@ mod tests {
         up: bool,
     }
 
-    /// Datagram in flight: (arrival, sequence, destination, payload).
-    type InFlight = Reverse<(Duration, u64, usize, Vec<u8>)>;
+    /// Datagram in flight: (arrival, sequence, destination, source,
+    /// payload).
+    type InFlight = Reverse<(Duration, u64, usize, SocketAddr, Vec<u8>)>;
 
     /// Nodes on a simulated network in virtual time: 1–5 ms latency,
     /// optional random loss from a seeded generator, optional partition.
@@ -740,8 +819,9 @@ mod tests {
                     }
                     let latency = Duration::from_micros(self.rng.random_range(1000..5000));
                     self.seq += 1;
+                    let from = self.nodes[i].gossip.identity().gossip;
                     self.in_flight
-                        .push(Reverse((self.now + latency, self.seq, to, bytes)));
+                        .push(Reverse((self.now + latency, self.seq, to, from, bytes)));
                 }
             }
         }
@@ -768,9 +848,9 @@ mod tests {
                 }
                 self.now = next;
                 if datagram == Some(next) {
-                    let Reverse((_, _, to, bytes)) = self.in_flight.pop().unwrap();
+                    let Reverse((_, _, to, from, bytes)) = self.in_flight.pop().unwrap();
                     if self.nodes[to].up {
-                        let _ = self.nodes[to].gossip.handle_datagram(next, &bytes);
+                        let _ = self.nodes[to].gossip.handle_datagram(next, from, &bytes);
                     }
                 } else {
                     for n in self.nodes.iter_mut().filter(|n| n.up) {
@@ -1045,6 +1125,55 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_that_is_not_its_source_is_refused_and_not_answered() {
+        let mut a = Gossip::new(node_id(0, 1), slash32(), 1, GossipConfig::default());
+        let mut b = Gossip::new(node_id(1, 1), slash32(), 2, GossipConfig::default());
+        b.join(&[node_id(0, 1).gossip], Duration::ZERO);
+        let (dst, announce) = b.poll_transmit().expect("an announce");
+        assert_eq!(dst, node_id(0, 1).gossip);
+        // Sent from elsewhere (a spoofer aiming a's answer at b).
+        let victim: SocketAddr = "192.0.2.9:7701".parse().unwrap();
+        assert_eq!(
+            a.handle_datagram(Duration::ZERO, victim, &announce),
+            Err(GossipError::Spoofed)
+        );
+        assert_eq!(
+            a.poll_transmit(),
+            None,
+            "nothing sent for a spoofed announce"
+        );
+        assert_eq!(a.take_errors(), 1);
+        assert_eq!(a.ring().len(), 1, "and nobody joined");
+        // From its real source it joins.
+        a.handle_datagram(Duration::ZERO, node_id(1, 1).gossip, &announce)
+            .unwrap();
+        assert_eq!(a.poll_transmit().map(|t| t.0), Some(node_id(1, 1).gossip));
+    }
+
+    #[test]
+    fn answers_to_announces_are_held_to_the_strangers_budget() {
+        let mut a = Gossip::new(node_id(0, 1), slash32(), 1, GossipConfig::default());
+        // 200 distinct joiners announce in the same second.
+        let mut sent = 0;
+        for i in 1..=200 {
+            let id = node_id(i, 1);
+            let mut b = Gossip::new(id, slash32(), i as u64, GossipConfig::default());
+            b.join(&[node_id(0, 1).gossip], Duration::ZERO);
+            let (_, announce) = b.poll_transmit().expect("an announce");
+            let now = Duration::from_millis(i as u64);
+            a.handle_datagram(now, id.gossip, &announce).unwrap();
+            while a.poll_transmit().is_some() {
+                sent += 1;
+            }
+        }
+        // A full bucket plus what refilled in 200 ms.
+        let most = STRANGER_BUDGET as usize + (STRANGER_BUDGET as usize / 5) + 1;
+        assert!(sent <= most, "{sent} feeds in 0.2 s");
+        assert!(sent >= STRANGER_BUDGET as usize);
+        assert_eq!(a.dropped_to_strangers() as usize, 200 - sent);
+    }
+
+    #[test]
     fn a_lone_node_rings_itself_and_asks_its_seeds_again() {
         let me = node_id(0, 1);
         let mut g = Gossip::new(me, slash32(), 1, GossipConfig::default());
@@ -1065,7 +1194,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1400)) {
             let mut g = Gossip::new(node_id(0, 1), slash32(), 1, GossipConfig::default());
-            let r = g.handle_datagram(Duration::ZERO, &bytes);
+            let r = g.handle_datagram(Duration::ZERO, node_id(1, 1).gossip, &bytes);
             let errors = g.take_errors();
             proptest::prop_assert_eq!(errors, u64::from(r.is_err()));
         }

@@ -90,9 +90,9 @@ pub(super) fn run(
             .clamp(Duration::from_millis(1), WAKE_EVERY);
         socket.set_read_timeout(Some(wait))?;
         match socket.recv_from(&mut buf) {
-            Ok((n, _from)) => {
+            Ok((n, from)) => {
                 metrics.received(n);
-                if let Err(e) = gossip.handle_datagram(origin.elapsed(), &buf[..n]) {
+                if let Err(e) = gossip.handle_datagram(origin.elapsed(), from, &buf[..n]) {
                     tracing::debug!(error = ?e, "gossip datagram refused");
                 }
             }

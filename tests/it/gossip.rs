@@ -129,6 +129,33 @@ fn two_processes() -> (NodeProcess, NodeProcess) {
 #[test]
 fn sky_node_processes_join_by_seed_and_sigterm_leaves_the_sky() {
     let (mut first, second) = two_processes();
+    // `sky probe members` prints the same view from either node.
+    let view = |node: &NodeProcess| {
+        let listen = node
+            .ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .expect("listen address")
+            .to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sky"))
+            .args(["probe", "members", "--sky", &listen])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (listen, String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let ((l1, v1), (l2, v2)) = (view(&first), view(&second));
+    assert_eq!(v1, v2, "one view");
+    assert!(
+        v1.starts_with("ring ") && v1.contains(" members 2 replicas 2 prefix_v4 /32"),
+        "{v1}"
+    );
+    for listen in [l1, l2] {
+        assert!(
+            v1.lines().any(|l| l == format!("member {listen}")),
+            "{listen}: {v1}"
+        );
+    }
     let (status, log) = second.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("left the sky"), "{log}");
@@ -142,4 +169,118 @@ fn a_killed_sky_node_is_dropped_from_the_ring() {
     let (mut first, second) = two_processes();
     drop(second); // SIGKILL
     first.wait_for("ring changed members=1");
+}
+
+/// Handoff on a real node: after a ring change, an entry the node no longer
+/// owns is still answered during the grace, then dropped (and counted);
+/// entries it still owns stay.
+#[test]
+fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
+    use std::sync::Arc;
+
+    use sky::ring::{Ring, RingConfig};
+    use sky::wire::{Flags, Message, Tag, Token, VirtualAddr};
+
+    let config = Config {
+        shards: Some(1),
+        prefix_v4: 32,
+        keepalive: Duration::from_secs(10),
+        handoff_grace: Duration::from_secs(1),
+        ..config(EngineChoice::Mmsg, "127.0.0.1:0")
+    };
+    let node = Node::start(&config).expect("node starts");
+    let me = node.local_addr();
+    // A view in which this node shares the ring with four others (only
+    // payload: nothing is sent to them).
+    let ring = Ring::new(
+        RingConfig {
+            prefix_v4: 32,
+            ..RingConfig::default()
+        },
+        (2..=5u8)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 7700)))
+            .chain([me]),
+    );
+    let token_where = |owned: bool| {
+        (0..=255u8)
+            .map(|i| Token([i; 16]))
+            .find(|t| ring.is_owner(me, &VirtualAddr::from_token(t)) == owned)
+            .expect("a token")
+    };
+    let (kept, moved) = (token_where(true), token_where(false));
+    let client = socket_for(me);
+    let cookie = cookie(&client, me);
+    let tag = Tag([3; 4]);
+    for token in [kept, moved] {
+        client
+            .send_to(
+                &emit(Message::Register {
+                    tag,
+                    cookie,
+                    flags: Flags(0),
+                    token,
+                }),
+                me,
+            )
+            .unwrap();
+        let replies = drain(&client);
+        assert!(
+            matches!(
+                Message::decode(&replies[0].0),
+                Ok(Message::Registered { .. })
+            ),
+            "{replies:?}"
+        );
+    }
+    let lookup = |token: Token| {
+        let msg = Message::Lookup {
+            tag,
+            cookie,
+            target: VirtualAddr::from_token(&token),
+            caller: VirtualAddr::default(),
+        };
+        client.send_to(&emit(msg), me).unwrap();
+        // The introduction goes to the registrant: the same socket here.
+        drain(&client)
+            .into_iter()
+            .filter_map(|(bytes, _)| Message::decode(&bytes).ok())
+            .find(|m| m.tag() == Some(tag))
+            .expect("an answer")
+    };
+    node.ring().store(Arc::new(ring.clone()));
+    let changed = Instant::now();
+    assert!(
+        matches!(lookup(moved), Message::Online { .. }),
+        "answered during the grace"
+    );
+    let dropped_at = loop {
+        match lookup(moved) {
+            Message::NotOwner { hint, version, .. } => {
+                assert_eq!(version, ring.version());
+                assert_ne!(hint, me);
+                break changed.elapsed();
+            }
+            Message::Online { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(8),
+            "never handed off"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        dropped_at >= Duration::from_secs(1),
+        "dropped before the grace: {dropped_at:?}"
+    );
+    assert!(
+        matches!(lookup(kept), Message::Online { .. }),
+        "an owned entry stays"
+    );
+    let metrics = scrape(&node);
+    assert!(
+        metrics.contains("sky_handoff_dropped_entries_total 1"),
+        "{metrics}"
+    );
+    node.shutdown().unwrap();
 }
