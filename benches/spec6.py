@@ -90,9 +90,11 @@ class Server:
 
 
 def node(engine="uring", shards=None, capacity=1_000_000, address=NODE, keepalive=25):
+    # Gossip on an ephemeral port: two nodes run at once here, and neither
+    # may take 7701 from a node running on this machine.
     argv = [SKY, "node", "--listen", address, "--metrics", "off", "--engine", engine,
             "--intros-per-second", "255", "--capacity", str(capacity),
-            "--keepalive-secs", str(keepalive)]
+            "--keepalive-secs", str(keepalive), "--gossip", "127.0.0.1:0"]
     if shards:
         argv += ["--shards", str(shards)]
     return Server(argv, address=address)
