@@ -40,6 +40,7 @@ fn smoke(target: &str, mode: &str) -> serde_json::Value {
 
 #[test]
 fn sky_bench_smoke_runs_in_every_node_mode_lose_nothing() {
+    let _heavy = heavy();
     for engine in engines() {
         let mut config = config(engine, "127.0.0.1:0");
         config.intros_per_second = 255;
@@ -68,6 +69,7 @@ fn sky_bench_smoke_runs_in_every_node_mode_lose_nothing() {
 
 #[test]
 fn the_baseline_answers_like_a_node() {
+    let _heavy = heavy();
     for engine in engines() {
         let mut config = config(engine, "127.0.0.1:0");
         config.metrics = None;
@@ -108,6 +110,7 @@ fn sky_bench_stun_mode_against_coturn() {
         eprintln!("WARNING: coturn not found; run .ci/test (installs it) for the stun smoke run");
         return;
     }
+    let _heavy = heavy();
     let port = {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap().port().to_string()

@@ -156,3 +156,13 @@ pub fn wait_until(node: &Node, ready: impl Fn(&str) -> bool) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Held by the tests that load the CPUs (the load generator's smoke runs)
+/// and by those whose failure detectors must not starve (the DHT fault
+/// tests): they run one at a time; everything else runs beside them.
+pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`HEAVY`], whether or not a previous holder panicked.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -13,18 +13,15 @@
 //!   tcpdump (root): none carries a user's IP, endpoint or virtual address.
 //!
 //! Every wait is bounded; every process and namespace is cleaned up on
-//! drop. The tests run one at a time (a lock): 2 cores do not hold 15
-//! nodes and their users honestly.
+//! drop. The tests run one at a time, and never beside the load
+//! generator's smoke runs (`common::heavy`): failure detectors starved of
+//! CPU would measure the machine, not the sky.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SKY: &str = env!("CARGO_BIN_EXE_sky");
-
-/// One fault test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Keepalive the nodes give their users: short, so that handoffs (one
 /// keepalive interval) fit in a test.
@@ -364,7 +361,7 @@ fn converged_sky(name: &str, netns: bool, net: &str, first: u8, hold: u64) -> Sk
 
 #[test]
 fn a_killed_node_is_declared_dead_within_5s_and_every_user_stays_findable() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::common::heavy();
     // Loopback addresses of the host: no root needed.
     let mut sky = converged_sky("kill", false, "127.0.3", 1, 120);
     let victim = 2;
@@ -402,7 +399,7 @@ fn a_partition_of_2_and_3_heals_into_one_view_and_loses_no_user() {
     if !can_run_as_root("the partition test", &["ip", "nft"]) {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::common::heavy();
     let mut sky = converged_sky("part", true, "127.0.0", 11, 200);
     let (a, b) = (
         "127.0.0.11, 127.0.0.12",
@@ -442,7 +439,7 @@ fn twenty_percent_gossip_loss_for_60s_declares_no_node_dead() {
     if !can_run_as_root("the loss test", &["ip", "nft"]) {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::common::heavy();
     let mut sky = Sky::new("loss", true, "127.0.0", 21, 5);
     sky.start_all();
     assert!(
@@ -539,7 +536,7 @@ fn gossip_carries_no_earth_data() {
     if !can_run_as_root("the gossip capture test", &["ip", "tcpdump"]) {
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::common::heavy();
     let mut sky = Sky::new("cap", true, "127.0.0", 31, 3);
     let pcap = sky.dir.join("gossip.pcap");
     let tcpdump = sky
