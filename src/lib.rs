@@ -17,12 +17,14 @@
 //!   thread — the only place with a clock, syscalls or `unsafe`;
 //! - [`metrics`]: every metric name, in one place;
 //! - [`config`]: the node's configuration (file, environment, flags);
-//! - [`earth`]: the earth client (in progress: the ratchet and invites);
+//! - [`earth`]: the earth client: ratcheting addresses, friends, hole
+//!   punching, address reset, in a sky of many nodes;
 //! - [`probe`]: the operator's blocking client (`sky probe`);
-//! - [`bench`]: the load generator (`sky bench`), and [`baseline`], the
+//! - [`bench`](mod@bench): the load generator (`sky bench`), and [`baseline`], the
 //!   no-logic core it measures the node against;
 //! - [`sim`]: pure, deterministic simulators (`sky sim`): address
-//!   linkability under colluding sky operators (`docs/PRIVACY.md`).
+//!   linkability under colluding sky operators (`docs/PRIVACY.md`) and the
+//!   ring's load balance (`docs/DHT.md`).
 
 #![deny(unsafe_code)]
 
