@@ -77,14 +77,9 @@ pub struct Config {
     /// Gossip addresses of sky nodes to join through; empty: a sky of one
     /// until another node names this one as its seed.
     pub seeds: Vec<SocketAddr>,
-    /// Owners per virtual address (SPEC §4: `k`, default 2).
-    pub replicas: u8,
-    /// IPv4 prefix length that counts as one operator on the ring.
-    pub prefix_v4: u8,
-    /// IPv6 prefix length that counts as one operator on the ring.
-    pub prefix_v6: u8,
-    /// Positions each IP takes on the ring (docs/DHT.md).
-    pub positions: u8,
+    /// How the ring chooses owners (replicas, operator prefixes,
+    /// positions per IP); every node of a sky must agree.
+    pub ring: RingConfig,
     /// How long entries a node no longer owns are kept after a ring
     /// change, for clients to re-register with their new owners.
     pub handoff_grace: Duration,
@@ -122,10 +117,7 @@ impl Default for Config {
             intros_per_second: 5,
             gossip: default_gossip(listen),
             seeds: Vec::new(),
-            replicas: ring.replicas,
-            prefix_v4: ring.prefix_v4,
-            prefix_v6: ring.prefix_v6,
-            positions: ring.positions,
+            ring,
             handoff_grace: 2 * keepalive,
         }
     }
@@ -252,10 +244,10 @@ impl FileConfig {
             })
             .collect::<Result<Vec<SocketAddr>, _>>()?;
         let ring = RingConfig {
-            replicas: self.replicas.unwrap_or(d.replicas),
-            prefix_v4: self.prefix_v4.unwrap_or(d.prefix_v4),
-            prefix_v6: self.prefix_v6.unwrap_or(d.prefix_v6),
-            positions: self.positions.unwrap_or(d.positions),
+            replicas: self.replicas.unwrap_or(d.ring.replicas),
+            prefix_v4: self.prefix_v4.unwrap_or(d.ring.prefix_v4),
+            prefix_v6: self.prefix_v6.unwrap_or(d.ring.prefix_v6),
+            positions: self.positions.unwrap_or(d.ring.positions),
         };
         ring.validate().map_err(ConfigError)?;
         let handoff_grace = match self.handoff_grace_secs {
@@ -278,10 +270,7 @@ impl FileConfig {
             intros_per_second,
             gossip,
             seeds,
-            replicas: ring.replicas,
-            prefix_v4: ring.prefix_v4,
-            prefix_v6: ring.prefix_v6,
-            positions: ring.positions,
+            ring,
             handoff_grace,
         })
     }
@@ -293,16 +282,6 @@ impl Config {
     /// least one.
     pub fn shard_count(&self, cores: usize) -> usize {
         self.shards.unwrap_or(cores.saturating_sub(1).max(1))
-    }
-
-    /// How the ring chooses owners; every node of a sky must agree.
-    pub fn ring_config(&self) -> RingConfig {
-        RingConfig {
-            replicas: self.replicas,
-            prefix_v4: self.prefix_v4,
-            prefix_v6: self.prefix_v6,
-            positions: self.positions,
-        }
     }
 
     pub fn shard_config(&self) -> ShardConfig {

@@ -541,13 +541,24 @@ impl Gossip {
     /// whatever it sends. Joins are rare; the budget does not slow them.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         while let Some((dst, bytes)) = self.io.transmits.pop_front() {
-            if self.is_spurious_turn_undead(&bytes) {
+            // Our own encoding: one header read serves both checks.
+            let header = foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, &bytes[..]).ok();
+            let message = header.as_ref().map(|h| &h.message);
+            // foca 2.0.0 sends `TurnUndead` ("you are down") when a suspicion's
+            // timer runs out even if the member refuted the suspicion in time
+            // (`handle_timer`, `ChangeSuspectToDown`: the message is sent whether
+            // or not the member was declared down). The member would then renew
+            // its identity, and the cluster would hear its old identity declared
+            // down: under loss, a live node flaps out of rings. A `TurnUndead` to
+            // a member this node holds active is that case, and is not sent; one
+            // to a member held down (or to an identity since replaced) is sent, as
+            // it is what lets partitions heal.
+            if message == Some(&foca::Message::TurnUndead)
+                && header.as_ref().is_some_and(|h| self.is_active(&h.dst))
+            {
                 continue;
             }
-            let feed = matches!(
-                foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, &bytes[..]),
-                Ok(h) if h.message == foca::Message::Feed
-            );
+            let feed = message == Some(&foca::Message::Feed);
             if (feed || !self.is_known(dst)) && !self.take_stranger_token() {
                 self.dropped_to_strangers += 1;
                 self.errors += 1;
@@ -589,23 +600,9 @@ impl Gossip {
         }
     }
 
-    /// foca 2.0.0 sends `TurnUndead` ("you are down") when a suspicion's
-    /// timer runs out even if the member refuted the suspicion in time
-    /// (`handle_timer`, `ChangeSuspectToDown`: the message is sent whether
-    /// or not the member was declared down). The member would then renew
-    /// its identity, and the cluster would hear its old identity declared
-    /// down: under loss, a live node flaps out of rings. A `TurnUndead` to
-    /// a member this node holds active is that case, and is not sent; one
-    /// to a member held down (or to an identity since replaced) is sent, as
-    /// it is what lets partitions heal.
-    fn is_spurious_turn_undead(&self, bytes: &[u8]) -> bool {
-        let mut codec = PostcardCodec;
-        match foca::Codec::<NodeId>::decode_header(&mut codec, bytes) {
-            Ok(header) if header.message == foca::Message::TurnUndead => {
-                self.foca.iter_members().any(|m| *m.id() == header.dst)
-            }
-            _ => false,
-        }
+    /// Whether foca holds `id` as an active (alive or suspect) member.
+    fn is_active(&self, id: &NodeId) -> bool {
+        self.foca.iter_members().any(|m| m.id() == id)
     }
 
     /// Leaves the sky gracefully: tells a few members this identity is

@@ -480,6 +480,12 @@ fn earth_send(
         }
         _ => std::ops::ControlFlow::Continue(()),
     });
+    earth_outcome(result, outcome)
+}
+
+/// The exit of a one-shot earth command: its outcome, or why the driver
+/// stopped without one.
+fn earth_outcome(result: std::io::Result<()>, outcome: Option<ExitCode>) -> ExitCode {
     match (result, outcome) {
         (Err(e), _) => earth_fail(e.to_string()),
         (Ok(()), Some(code)) => code,
@@ -518,11 +524,7 @@ fn earth_lookup(state: sky::earth::state::State, name: &str, sky_addrs: &[String
         }
         _ => std::ops::ControlFlow::Continue(()),
     });
-    match (result, outcome) {
-        (Err(e), _) => earth_fail(e.to_string()),
-        (Ok(()), Some(code)) => code,
-        (Ok(()), None) => earth_fail("interrupted".into()),
-    }
+    earth_outcome(result, outcome)
 }
 
 fn earth_main(args: EarthArgs) -> ExitCode {
@@ -769,10 +771,10 @@ fn node(args: NodeArgs) -> ExitCode {
             config.keepalive.as_secs(),
             config.gossip,
             config.seeds.len(),
-            config.replicas,
-            config.prefix_v4,
-            config.prefix_v6,
-            config.positions,
+            config.ring.replicas,
+            config.ring.prefix_v4,
+            config.ring.prefix_v6,
+            config.ring.positions,
             config.handoff_grace.as_secs()
         );
         return ExitCode::SUCCESS;

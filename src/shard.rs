@@ -524,29 +524,14 @@ impl Shard {
         from: SocketAddr,
         buf: &mut [u8],
     ) -> Output {
-        let Some((cache, _)) = self.ring.as_mut() else {
-            // A standalone shard is a ring of one whose endpoint it does
-            // not know: an empty page says "ask nobody else".
-            let header = Message::MembersPage {
-                tag,
-                version: 0,
-                config: crate::ring::RingConfig::default(),
-                total: 0,
-                start,
-            };
-            let (n, _) = wire::emit_members_page(buf, len.into(), header, []);
-            self.stats.record_sent(SentKind::MembersPage, n);
-            return Output {
-                reply: None,
-                in_place: Some(Transmit { dst: from, len: n }),
-            };
-        };
-        let ring = cache.load();
-        let members = ring.members();
+        // A standalone shard is a ring of one whose endpoint it does not
+        // know: version 0 and no members say "ask nobody else".
+        let ring = self.ring.as_mut().map(|(cache, _)| cache.load());
+        let members = ring.map_or(&[][..], |r| r.members());
         let header = Message::MembersPage {
             tag,
-            version: ring.version(),
-            config: ring.config(),
+            version: ring.map_or(0, |r| r.version()),
+            config: ring.map_or_else(Default::default, |r| r.config()),
             total: members.len().min(u16::MAX.into()) as u16,
             start,
         };

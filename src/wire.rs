@@ -483,7 +483,7 @@ impl Iterator for PageEntries<'_> {
 }
 
 /// Bytes one members page entry takes.
-pub fn page_entry_len(endpoint: &SocketAddr) -> usize {
+fn page_entry_len(endpoint: &SocketAddr) -> usize {
     1 + endpoint_len(endpoint)
 }
 

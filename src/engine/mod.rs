@@ -172,7 +172,7 @@ impl Node {
             .and_then(|a| a.as_socket())
             .unwrap_or(config.listen);
         // The node serves its own ring until gossip finds others.
-        let ring = ring::shared(Ring::new(config.ring_config(), [local_addr]));
+        let ring = ring::shared(Ring::new(config.ring, [local_addr]));
         let gossip_socket =
             gossip::bind(config.gossip).map_err(|e| StartError::Gossip(config.gossip, e))?;
         let gossip_addr = gossip_socket
@@ -297,7 +297,7 @@ impl Node {
             let setup = gossip::Setup {
                 service: local_addr,
                 seeds: config.seeds.clone(),
-                ring_config: config.ring_config(),
+                ring_config: config.ring,
                 rng_seed: gossip_seed,
             };
             let ring = node.ring.clone();

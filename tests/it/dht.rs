@@ -196,8 +196,9 @@ impl Sky {
         child.wait().unwrap();
     }
 
-    /// Node `i`'s view: (ring version, members), or None if it is silent.
-    fn view(&self, i: usize) -> Option<(String, usize)> {
+    /// What `sky probe members` prints for node `i`, or None if it is
+    /// silent.
+    fn members(&self, i: usize) -> Option<String> {
         let o = self
             .command(SKY)
             .args([
@@ -210,13 +211,16 @@ impl Sky {
             ])
             .output()
             .unwrap();
-        if !o.status.success() {
-            return None;
-        }
-        let text = String::from_utf8_lossy(&o.stdout);
-        let first = text.lines().next()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Node `i`'s view: (ring version, members), or None if it is silent.
+    fn view(&self, i: usize) -> Option<(String, usize)> {
+        let text = self.members(i)?;
         // "ring 1a2b3c4d members 5 replicas 2 ..."
-        let words: Vec<&str> = first.split_whitespace().collect();
+        let words: Vec<&str> = text.lines().next()?.split_whitespace().collect();
         Some((words.get(1)?.to_string(), words.get(3)?.parse().ok()?))
     }
 
@@ -332,19 +336,7 @@ impl Sky {
     /// Node `i`'s ring, rebuilt here from its members page the way clients
     /// do (and checked against the version it reports).
     fn ring(&self, i: usize) -> Option<Ring> {
-        let o = self
-            .command(SKY)
-            .args([
-                "probe",
-                "members",
-                "--sky",
-                &self.endpoint(i),
-                "--timeout",
-                "0.3",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
+        let text = self.members(i)?;
         let version = text.split_whitespace().nth(1)?.to_string();
         let members: Vec<SocketAddr> = text
             .lines()

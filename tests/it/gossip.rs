@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sky::config::{Config, EngineChoice};
 use sky::engine::Node;
+use sky::ring::RingConfig;
 
 use crate::cli::NodeProcess;
 use crate::common::*;
@@ -15,12 +16,20 @@ use crate::common::*;
 /// How long a test waits for gossip to converge.
 const CONVERGE: Duration = Duration::from_secs(20);
 
+/// Ring settings for nodes on 127.0.0.x: every IP its own operator.
+fn one_owner_per_ip() -> RingConfig {
+    RingConfig {
+        prefix_v4: 32,
+        ..RingConfig::default()
+    }
+}
+
 /// A node on `127.0.0.N` (port 0: listen and gossip), one owner per IP.
 fn node_on(n: u8, seeds: Vec<SocketAddr>) -> Node {
     let config = Config {
         seeds,
         shards: Some(1),
-        prefix_v4: 32,
+        ring: one_owner_per_ip(),
         ..config(EngineChoice::Mmsg, &format!("127.0.0.{n}:0"))
     };
     Node::start(&config).expect("node starts")
@@ -178,12 +187,12 @@ fn a_killed_sky_node_is_dropped_from_the_ring() {
 fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
     use std::sync::Arc;
 
-    use sky::ring::{Ring, RingConfig};
+    use sky::ring::Ring;
     use sky::wire::{Flags, Message, Tag, Token, VirtualAddr};
 
     let config = Config {
         shards: Some(1),
-        prefix_v4: 32,
+        ring: one_owner_per_ip(),
         keepalive: Duration::from_secs(10),
         handoff_grace: Duration::from_secs(1),
         ..config(EngineChoice::Mmsg, "127.0.0.1:0")
@@ -193,10 +202,7 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
     // A view in which this node shares the ring with four others (only
     // payload: nothing is sent to them).
     let ring = Ring::new(
-        RingConfig {
-            prefix_v4: 32,
-            ..RingConfig::default()
-        },
+        config.ring,
         (2..=5u8)
             .map(|i| SocketAddr::from(([127, 0, 0, i], 7700)))
             .chain([me]),
