@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use sky::keys::NodeSecret;
-use sky::presence::Presence;
-use sky::shard::{Shard, ShardConfig};
-use sky::wire::{Cookie, Flags, IntroKey, MAX_MESSAGE_LEN, Mac, Message, Tag, Token, VirtualAddr};
+use sky_node::keys::NodeSecret;
+use sky_node::presence::Presence;
+use sky_node::shard::{Shard, ShardConfig};
+use sky_proto::wire::{
+    Cookie, Flags, IntroKey, MAX_MESSAGE_LEN, Mac, Message, Tag, Token, VirtualAddr,
+};
 
 fn messages() -> Vec<(&'static str, Message)> {
     let tag = Tag([1; 4]);

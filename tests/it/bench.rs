@@ -44,7 +44,7 @@ fn sky_bench_smoke_runs_in_every_node_mode_lose_nothing() {
     for engine in engines() {
         let mut config = config(engine, "127.0.0.1:0");
         config.intros_per_second = 255;
-        let node = sky::engine::Node::start(&config).unwrap();
+        let node = sky_node::engine::Node::start(&config).unwrap();
         let target = node.local_addr().to_string();
         for mode in [
             "ping",
@@ -73,7 +73,7 @@ fn the_baseline_answers_like_a_node() {
     for engine in engines() {
         let mut config = config(engine, "127.0.0.1:0");
         config.metrics = None;
-        let baseline = sky::engine::Node::start_baseline(&config).unwrap();
+        let baseline = sky_lab::baseline::start(&config).unwrap();
         let target = baseline.local_addr().to_string();
         for mode in ["ping", "register", "lookup-online", "mixed"] {
             let r = smoke(&target, mode);

@@ -11,7 +11,7 @@ const SKY: &str = env!("CARGO_BIN_EXE_sky");
 const EPHEMERAL: &str = "127.0.0.1:0";
 
 /// A `sky node` child process, killed if the test fails.
-pub struct NodeProcess {
+pub(crate) struct NodeProcess {
     child: Child,
     stderr: mpsc::Receiver<String>,
     /// The node's "sky node ready" log line.
@@ -20,7 +20,7 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `sky node ARGS` and waits for its "ready" log line.
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let mut cmd = Command::new(SKY);
         cmd.arg("node")
             .args(args)
@@ -47,7 +47,7 @@ impl NodeProcess {
         node
     }
 
-    pub fn wait_for(&mut self, needle: &str) -> String {
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
         let mut seen = Vec::new();
         loop {
             match self.stderr.recv_timeout(Duration::from_secs(10)) {
@@ -62,7 +62,7 @@ impl NodeProcess {
     }
 
     /// SIGTERM, then the exit status and the rest of the log.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
@@ -159,8 +159,8 @@ fn probe_register_lookup_and_introduction_through_the_cli() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let address = sky::wire::VirtualAddr::from_token(&sky::wire::Token(
-        sky::wire::from_hex::<16>(token).unwrap(),
+    let address = sky_proto::wire::VirtualAddr::from_token(&sky_proto::wire::Token(
+        sky_proto::wire::from_hex::<16>(token).unwrap(),
     ))
     .to_hex();
     let caller = "0123456789abcdef0123456789abcdef";
@@ -316,8 +316,8 @@ fn a_port_already_served_is_a_clear_error_not_a_silent_share() {
 /// about an earth node reaches the log, and nothing is written to disk.
 #[test]
 fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
-    use sky::probe::Client;
-    use sky::wire::{Token, VirtualAddr};
+    use sky_node::probe::Client;
+    use sky_proto::wire::{Token, VirtualAddr};
 
     let dir = std::env::temp_dir().join(format!("sky-privacy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -381,7 +381,7 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
         garbage.local_addr().unwrap().port().to_string(),
         reg.address.to_hex(),
         caller.to_hex(),
-        sky::wire::to_hex(&token.0),
+        sky_proto::wire::to_hex(&token.0),
     ];
     for s in &secrets {
         assert!(
@@ -397,7 +397,7 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
 #[test]
 fn a_stopped_node_frees_its_port_for_an_immediate_restart() {
     for engine in ["uring", "mmsg"] {
-        if engine == "uring" && sky::engine::uring_available().is_err() {
+        if engine == "uring" && sky_node::engine::uring_available().is_err() {
             continue;
         }
         for _ in 0..3 {

@@ -4,17 +4,17 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use sky::config::{Config, EngineChoice};
-use sky::engine::Node;
-use sky::wire::{Cookie, MAX_MESSAGE_LEN, Message, Tag};
+use sky_node::config::{Config, EngineChoice};
+use sky_node::engine::Node;
+use sky_proto::wire::{Cookie, MAX_MESSAGE_LEN, Message, Tag};
 
 /// How long a test waits to be sure that no datagram is coming.
-pub const QUIET: Duration = Duration::from_millis(300);
+pub(crate) const QUIET: Duration = Duration::from_millis(300);
 
 /// The engines every behaviour is checked on. io_uring must be available in
 /// CI; elsewhere its absence is reported loudly and only the fallback runs.
-pub fn engines() -> Vec<EngineChoice> {
-    match sky::engine::uring_available() {
+pub(crate) fn engines() -> Vec<EngineChoice> {
+    match sky_node::engine::uring_available() {
         Ok(()) => vec![EngineChoice::Uring, EngineChoice::Mmsg],
         Err(e) if std::env::var_os("CI").is_some() => {
             panic!("io_uring is unavailable in CI ({e}): the io_uring engine would go untested")
@@ -28,7 +28,7 @@ pub fn engines() -> Vec<EngineChoice> {
 
 /// A node's configuration on `listen`, its gossip socket on an ephemeral
 /// port of the same IP (tests run at once; none may take 7701).
-pub fn config(engine: EngineChoice, listen: &str) -> Config {
+pub(crate) fn config(engine: EngineChoice, listen: &str) -> Config {
     let listen: SocketAddr = listen.parse().unwrap();
     Config {
         listen,
@@ -43,12 +43,12 @@ pub fn config(engine: EngineChoice, listen: &str) -> Config {
 }
 
 /// A node on an ephemeral loopback port.
-pub fn start(engine: EngineChoice) -> Node {
+pub(crate) fn start(engine: EngineChoice) -> Node {
     Node::start(&config(engine, "127.0.0.1:0")).expect("node starts")
 }
 
 /// A raw client socket on loopback, matching the node's family.
-pub fn socket_for(node: SocketAddr) -> UdpSocket {
+pub(crate) fn socket_for(node: SocketAddr) -> UdpSocket {
     let local = if node.is_ipv4() {
         "127.0.0.1:0"
     } else {
@@ -61,7 +61,7 @@ pub fn socket_for(node: SocketAddr) -> UdpSocket {
 
 /// One datagram within the socket's timeout; `None` on timeout. Retries
 /// a receive interrupted by a signal.
-pub fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+pub(crate) fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = [0u8; 2048];
     loop {
         match socket.recv_from(&mut buf) {
@@ -73,7 +73,7 @@ pub fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
 }
 
 /// Every datagram that arrives within `QUIET`, with its source.
-pub fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
+pub(crate) fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
     let mut out = Vec::new();
     let end = Instant::now() + QUIET;
     while Instant::now() < end {
@@ -86,19 +86,19 @@ pub fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
 }
 
 /// Sends `bytes` and returns the first datagram back (within `QUIET`).
-pub fn exchange(socket: &UdpSocket, node: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn exchange(socket: &UdpSocket, node: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     socket.send_to(bytes, node).unwrap();
     recv(socket).map(|(d, _)| d)
 }
 
-pub fn emit(msg: Message) -> Vec<u8> {
+pub(crate) fn emit(msg: Message) -> Vec<u8> {
     let mut buf = [0u8; MAX_MESSAGE_LEN];
     let n = msg.emit(&mut buf);
     buf[..n].to_vec()
 }
 
 /// Gets a cookie for `socket` by sending a ping-sized request without one.
-pub fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
+pub(crate) fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
     let req = emit(Message::Keepalive {
         ring: 0,
         tag: Tag([9; 4]),
@@ -113,7 +113,7 @@ pub fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
 
 /// GET /metrics from the node (a test-side client; the node's HTTP server
 /// is tiny_http).
-pub fn scrape(node: &Node) -> String {
+pub(crate) fn scrape(node: &Node) -> String {
     let addr = node.metrics_addr().expect("metrics enabled");
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -129,7 +129,7 @@ pub fn scrape(node: &Node) -> String {
 }
 
 /// The value of one sample, e.g. `sky_dropped_datagrams_total{reason="truncated"}`.
-pub fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -140,13 +140,13 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
 }
 
 /// Scrapes until `series` reaches `at_least` (shards publish every 100 ms).
-pub fn wait_for_sample(node: &Node, series: &str, at_least: f64) -> String {
+pub(crate) fn wait_for_sample(node: &Node, series: &str, at_least: f64) -> String {
     wait_until(node, |m| sample(m, series) >= at_least)
 }
 
 /// Scrapes until `ready` holds for the metrics text, for up to 10 s (a
 /// loaded machine may delay a shard's publish); returns the last scrape.
-pub fn wait_until(node: &Node, ready: impl Fn(&str) -> bool) -> String {
+pub(crate) fn wait_until(node: &Node, ready: impl Fn(&str) -> bool) -> String {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let m = scrape(node);
@@ -160,9 +160,9 @@ pub fn wait_until(node: &Node, ready: impl Fn(&str) -> bool) -> String {
 /// Held by the tests that load the CPUs (the load generator's smoke runs)
 /// and by those whose failure detectors must not starve (the DHT fault
 /// tests): they run one at a time; everything else runs beside them.
-pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Takes [`HEAVY`], whether or not a previous holder panicked.
-pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sky::ring::{Ring, RingConfig};
-use sky::wire::{self, VirtualAddr};
+use sky_proto::ring::{Ring, RingConfig};
+use sky_proto::wire::{self, VirtualAddr};
 
 const SKY: &str = env!("CARGO_BIN_EXE_sky");
 

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
-use sky::engine::Node;
-use sky::ring::{Ring, RingConfig};
-use sky::wire::{self, Cookie, Flags, Message, Tag, Token, VirtualAddr};
+use sky_node::engine::Node;
+use sky_proto::ring::{Ring, RingConfig};
+use sky_proto::wire::{self, Cookie, Flags, Message, Tag, Token, VirtualAddr};
 
 use crate::common::*;
 

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use sky::engine::Node;
-use sky::probe::{Client, Incoming, Lookup};
-use sky::wire::{Mac, Message, Tag, Token, VirtualAddr};
+use sky_node::engine::Node;
+use sky_node::probe::{Client, Incoming, Lookup};
+use sky_proto::wire::{Mac, Message, Tag, Token, VirtualAddr};
 
 use crate::common::*;
 

@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sky::config::{Config, EngineChoice};
-use sky::engine::Node;
-use sky::ring::RingConfig;
+use sky_node::config::{Config, EngineChoice};
+use sky_node::engine::Node;
+use sky_proto::ring::RingConfig;
 
 use crate::cli::NodeProcess;
 use crate::common::*;
@@ -187,8 +187,8 @@ fn a_killed_sky_node_is_dropped_from_the_ring() {
 fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
     use std::sync::Arc;
 
-    use sky::ring::Ring;
-    use sky::wire::{Flags, Message, Tag, Token, VirtualAddr};
+    use sky_proto::ring::Ring;
+    use sky_proto::wire::{Flags, Message, Tag, Token, VirtualAddr};
 
     let config = Config {
         shards: Some(1),

@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use sky::probe::Client;
-use sky::wire::{self, Cookie, Flags, MAX_MESSAGE_LEN, Message, Tag, Token, VirtualAddr};
+use sky_node::probe::Client;
+use sky_proto::wire::{self, Cookie, Flags, MAX_MESSAGE_LEN, Message, Tag, Token, VirtualAddr};
 
 use crate::common::*;
 

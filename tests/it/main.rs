@@ -13,3 +13,4 @@ mod gossip;
 mod hostile;
 mod metrics;
 mod nat;
+mod workspace;

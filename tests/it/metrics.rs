@@ -6,8 +6,8 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
-use sky::probe::Client;
-use sky::wire::{Token, VirtualAddr};
+use sky_node::probe::Client;
+use sky_proto::wire::{Token, VirtualAddr};
 
 use crate::common::*;
 
@@ -194,7 +194,7 @@ fn alerts_and_dashboard_use_only_exported_names() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    let reasons: BTreeSet<&str> = sky::shard::DropReason::ALL
+    let reasons: BTreeSet<&str> = sky_node::shard::DropReason::ALL
         .iter()
         .map(|r| r.label())
         .collect();

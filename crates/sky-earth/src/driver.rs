@@ -1,0 +1,150 @@
+//! The std driver of the earth core: one UDP socket, the wall clock, and a
+//! loop that feeds [`Earth`] and hands its events to the application.
+//!
+//! This is the earth's engine, the only earth module with a socket or a
+//! clock. An application that has its own event loop (tokio, mio, a game
+//! loop) drives [`Earth`] itself the same way: `handle_datagram`,
+//! `handle_timeout`, then `poll_transmit` and `poll_event` until empty.
+
+#![allow(clippy::disallowed_methods)] // the earth's engine: it owns the clock
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::client::{Config, Earth, Event};
+use crate::state::State;
+
+/// How long the loop sleeps at most, so that a stop flag is seen.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Wall-clock time since the Unix epoch (what the ratchet's epochs count).
+pub fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// An [`Earth`] core on a UDP socket of its own.
+pub struct Driver {
+    socket: UdpSocket,
+    /// The socket is IPv6 (dual-stack when bound to the wildcard).
+    v6: bool,
+    pub earth: Earth,
+}
+
+impl Driver {
+    /// Binds a fresh ephemeral port and seeds the core from the kernel's
+    /// random source. The socket is on loopback when every bootstrap node
+    /// is, else on the wildcard; of the family the bootstrap nodes share,
+    /// or dual-stack IPv6 when they mix families (so that ring members of
+    /// either family can be reached).
+    pub fn bind(config: Config, state: State) -> io::Result<Driver> {
+        if config.sky.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no sky node to bootstrap from",
+            ));
+        }
+        let all = |f: fn(&SocketAddr) -> bool| config.sky.iter().all(f);
+        let loopback = all(|a| a.ip().is_loopback());
+        let ip: IpAddr = match (all(SocketAddr::is_ipv4), all(SocketAddr::is_ipv6), loopback) {
+            (true, _, true) => Ipv4Addr::LOCALHOST.into(),
+            (true, _, false) => Ipv4Addr::UNSPECIFIED.into(),
+            (_, true, true) => Ipv6Addr::LOCALHOST.into(),
+            _ => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let earth = Earth::new(config, state, random_seed()?, unix_now());
+        Ok(Driver {
+            socket,
+            v6: ip.is_ipv6(),
+            earth,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends everything the core has queued. A datagram the kernel refuses
+    /// is dropped, as the network might have: the core retries.
+    pub fn flush(&mut self) {
+        let v6 = self.v6;
+        while let Some(t) = self.earth.poll_transmit() {
+            let dst = match t.dst {
+                // A dual-stack socket reaches IPv4 through mapped addresses.
+                SocketAddr::V4(v4) if v6 => {
+                    SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                }
+                dst => dst,
+            };
+            let _ = self.socket.send_to(&t.bytes, dst);
+        }
+    }
+
+    /// Runs the core until `on_event` breaks, `stop` is set or `until`
+    /// passes. `on_event` gets the core too: it may answer an event (save
+    /// the state and call [`Earth::saved`], send, look up).
+    pub fn run(
+        &mut self,
+        until: Option<Instant>,
+        stop: &AtomicBool,
+        mut on_event: impl FnMut(&mut Earth, Event) -> ControlFlow<()>,
+    ) -> io::Result<()> {
+        let mut buf = [0u8; 2048];
+        loop {
+            self.flush();
+            while let Some(event) = self.earth.poll_event() {
+                let flow = on_event(&mut self.earth, event);
+                self.flush();
+                if flow.is_break() {
+                    return Ok(());
+                }
+            }
+            if stop.load(Ordering::Relaxed) || until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(());
+            }
+            let now = unix_now();
+            let mut wait = self
+                .earth
+                .poll_timeout()
+                .map_or(TICK, |t| t.saturating_sub(now))
+                .min(TICK);
+            if let Some(u) = until {
+                wait = wait.min(u.saturating_duration_since(Instant::now()));
+            }
+            if !wait.is_zero() {
+                self.socket.set_read_timeout(Some(wait))?;
+                match self.socket.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        self.earth.handle_datagram(unix_now(), from, &mut buf[..n]);
+                        continue;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                                // An ICMP error from a punch that found no one.
+                                | io::ErrorKind::ConnectionRefused
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.earth.poll_timeout().is_some_and(|t| t <= unix_now()) {
+                self.earth.handle_timeout(unix_now());
+            }
+        }
+    }
+}
+
+/// 32 bytes from the operating system's random source.
+pub fn random_seed() -> io::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    getrandom::fill(&mut out).map_err(io::Error::other)?;
+    Ok(out)
+}

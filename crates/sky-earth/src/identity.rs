@@ -1,0 +1,177 @@
+//! A user's identity and friend list, as values (no IO; `state` persists
+//! them).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::invite::Invite;
+use crate::ratchet::{Chain, ChainKey, Epoch, Schedule};
+
+/// The user's own secrets: the chain it registers under and its long-term
+/// X25519 key pair. Its `Debug` shows no secret.
+#[derive(Clone)]
+pub struct Identity {
+    pub chain: Chain,
+    pub schedule: Schedule,
+    secret: StaticSecret,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("origin", &self.chain.origin())
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A new identity from 64 random bytes (the caller draws them), whose
+    /// chain starts at the epoch of `now_unix` under epochs of `length`.
+    pub fn generate(random: [u8; 64], length: Duration, now_unix: Duration) -> Identity {
+        let mut ck = [0u8; 32];
+        ck.copy_from_slice(&random[..32]);
+        let mut sk = [0u8; 32];
+        sk.copy_from_slice(&random[32..]);
+        Identity::from_parts(ChainKey::from_bytes(ck), length, now_unix, sk)
+    }
+
+    /// An identity whose chain is `key` from the epoch of `now_unix`; the
+    /// phase is derived from `key`.
+    pub fn from_parts(
+        key: ChainKey,
+        length: Duration,
+        now_unix: Duration,
+        secret: [u8; 32],
+    ) -> Identity {
+        let schedule = Schedule {
+            length,
+            phase: key.phase(length),
+        };
+        let origin = schedule.epoch_at(now_unix);
+        Identity {
+            chain: Chain::new(origin, key),
+            schedule,
+            secret: StaticSecret::from(secret),
+        }
+    }
+
+    /// Restores an identity saved with `secret_bytes` and its chain origin.
+    pub fn restore(origin: Epoch, key: ChainKey, schedule: Schedule, secret: [u8; 32]) -> Identity {
+        Identity {
+            chain: Chain::new(origin, key),
+            schedule,
+            secret: StaticSecret::from(secret),
+        }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        PublicKey::from(&self.secret).to_bytes()
+    }
+
+    /// Address reset: a fresh chain from `key`, starting at the epoch of
+    /// `now_unix`, on the same schedule. Nobody holding the old chain can
+    /// compute the new addresses.
+    pub fn reset(&mut self, key: ChainKey, now_unix: Duration) {
+        let origin = self.schedule.epoch_at(now_unix);
+        self.chain = Chain::new(origin, key);
+    }
+
+    /// The long-term X25519 secret, for the handshake.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.to_bytes()
+    }
+
+    /// The invite for the epoch of `now_unix`: it reveals nothing of
+    /// earlier epochs.
+    pub fn invite(&mut self, now_unix: Duration) -> Invite {
+        let epoch = self.schedule.epoch_at(now_unix).max(self.chain.origin());
+        Invite {
+            epoch,
+            chain_key: self
+                .chain
+                .key_at(epoch)
+                .expect("epoch at or after the origin"),
+            schedule: self.schedule,
+            public_key: self.public_key(),
+        }
+    }
+}
+
+/// A friend: their chain from the epoch their invite (or last reset) gave,
+/// their schedule and long-term public key.
+#[derive(Clone, Debug)]
+pub struct Friend {
+    pub chain: Chain,
+    pub schedule: Schedule,
+    pub public_key: [u8; 32],
+}
+
+impl From<Invite> for Friend {
+    fn from(i: Invite) -> Friend {
+        Friend {
+            chain: Chain::new(i.epoch, i.chain_key),
+            schedule: i.schedule,
+            public_key: i.public_key,
+        }
+    }
+}
+
+/// Why a friend could not be added or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FriendError {
+    /// Names are 1 to 64 characters of letters, digits, `-`, `_`, `.`.
+    BadName(String),
+    AlreadyFriend(String),
+    NoSuchFriend(String),
+}
+
+impl fmt::Display for FriendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FriendError::BadName(n) => write!(
+                f,
+                "`{n}` is not a friend name (1 to 64 letters, digits, '-', '_' or '.')"
+            ),
+            FriendError::AlreadyFriend(n) => write!(f, "`{n}` is already a friend"),
+            FriendError::NoSuchFriend(n) => write!(f, "no friend named `{n}`"),
+        }
+    }
+}
+
+impl std::error::Error for FriendError {}
+
+/// Friends by name.
+#[derive(Clone, Debug, Default)]
+pub struct Friends(pub BTreeMap<String, Friend>);
+
+impl Friends {
+    pub fn add(&mut self, name: &str, friend: Friend) -> Result<(), FriendError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(FriendError::BadName(name.to_string()));
+        }
+        if self.0.contains_key(name) {
+            return Err(FriendError::AlreadyFriend(name.to_string()));
+        }
+        self.0.insert(name.to_string(), friend);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<Friend, FriendError> {
+        self.0
+            .remove(name)
+            .ok_or_else(|| FriendError::NoSuchFriend(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/identity.rs"]
+mod tests;

@@ -1,0 +1,183 @@
+//! Chain keys and the epoch ratchet (SPEC §2; derivations in
+//! `docs/PROTOCOL.md`, "Earth: the ratchet").
+//!
+//! ```text
+//! ck[e+1]  = BLAKE3.derive_key("sky v1 chain ratchet", ck[e])
+//! token[e] = BLAKE3.derive_key("sky v1 registration token", ck[e])[0..16]
+//! addr[e]  = BLAKE3.derive_key("sky v1 virtual address", token[e])[0..16]
+//! phase    = u64_le(BLAKE3.derive_key("sky v1 epoch phase", ck[origin])[0..8]) mod R
+//! epoch(t) = floor((t - phase) / R)          (t: seconds since the Unix epoch)
+//! ```
+//!
+//! Whoever holds `ck[e]` computes every later key, token and address; the
+//! ratchet is one-way, so nobody computes an earlier one, and a sky node,
+//! which sees only tokens and addresses, computes none.
+//!
+//! ```compile_fail
+//! // A chain key never becomes a wire type: the sky cannot be handed one.
+//! let ck = sky::earth::ratchet::ChainKey::from_bytes([0; 32]);
+//! let token: sky::wire::Token = ck.into();
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use sky_proto::wire::{Token, VirtualAddr};
+
+/// A user's secret chain key for one epoch. Its `Debug` shows nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChainKey([u8; 32]);
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+impl ChainKey {
+    /// A chain key from 32 random bytes (the caller draws them).
+    pub fn from_bytes(bytes: [u8; 32]) -> ChainKey {
+        ChainKey(bytes)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The next epoch's key. There is no way back.
+    pub fn next(&self) -> ChainKey {
+        ChainKey(blake3::derive_key("sky v1 chain ratchet", &self.0))
+    }
+
+    /// The registration token of this key's epoch.
+    pub fn token(&self) -> Token {
+        let hash = blake3::derive_key("sky v1 registration token", &self.0);
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&hash[..16]);
+        Token(t)
+    }
+
+    /// The virtual address of this key's epoch (the hash of its token, as
+    /// the sky checks it).
+    pub fn address(&self) -> VirtualAddr {
+        VirtualAddr::from_token(&self.token())
+    }
+
+    /// The user's phase offset in `[0, length)`, derived from the key the
+    /// chain started from, so users do not all rotate at the same instant.
+    pub fn phase(&self, length: Duration) -> Duration {
+        let hash = blake3::derive_key("sky v1 epoch phase", &self.0);
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&hash[..8]);
+        Duration::from_secs(u64::from_le_bytes(n) % length.as_secs().max(1))
+    }
+}
+
+/// An epoch number: `R`-long periods shifted by the user's phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+/// When a user's epochs begin: every `length`, offset by `phase`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// `R` (default 24 h). Whole seconds.
+    pub length: Duration,
+    /// In `[0, length)`. Whole seconds.
+    pub phase: Duration,
+}
+
+/// SPEC §2 default epoch length.
+pub const DEFAULT_EPOCH: Duration = Duration::from_secs(24 * 3600);
+/// SPEC §2 default overlap window `H`.
+pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
+
+impl Schedule {
+    /// The epoch at `unix` (time since the Unix epoch).
+    pub fn epoch_at(&self, unix: Duration) -> Epoch {
+        let t = unix.as_secs().saturating_sub(self.phase.as_secs());
+        Epoch(t / self.length.as_secs().max(1))
+    }
+
+    /// When `epoch` begins, since the Unix epoch.
+    pub fn start_of(&self, epoch: Epoch) -> Duration {
+        Duration::from_secs(epoch.0 * self.length.as_secs() + self.phase.as_secs())
+    }
+
+    /// The epochs whose addresses a friend tries at `unix`: the current one
+    /// and, within `overlap` of a boundary, the neighbour on the other side
+    /// (so clocks skewed by up to `overlap` still meet). Current first.
+    pub fn lookup_epochs(&self, unix: Duration, overlap: Duration) -> Vec<Epoch> {
+        let e = self.epoch_at(unix);
+        let mut out = vec![e];
+        let since_start = unix.saturating_sub(self.start_of(e));
+        let until_next = self.start_of(Epoch(e.0 + 1)).saturating_sub(unix);
+        if since_start < overlap && e.0 > 0 {
+            out.push(Epoch(e.0 - 1));
+        }
+        if until_next <= overlap {
+            out.push(Epoch(e.0 + 1));
+        }
+        out
+    }
+}
+
+/// A chain known from some epoch on: a user's own (from its origin) or a
+/// friend's (from the invite or reset that carried it). Keeps the latest
+/// key it reached, so walking forward costs one step an epoch.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    origin: Epoch,
+    origin_key: ChainKey,
+    latest: Epoch,
+    latest_key: ChainKey,
+}
+
+impl Chain {
+    pub fn new(origin: Epoch, key: ChainKey) -> Chain {
+        Chain {
+            origin,
+            latest: origin,
+            latest_key: key.clone(),
+            origin_key: key,
+        }
+    }
+
+    /// The epoch this chain is known from.
+    pub fn origin(&self) -> Epoch {
+        self.origin
+    }
+
+    /// The key the chain is known from (what persisting it saves).
+    pub fn origin_key(&self) -> &ChainKey {
+        &self.origin_key
+    }
+
+    /// The key of `epoch`, or `None` before the chain's origin: the ratchet
+    /// cannot go back.
+    pub fn key_at(&mut self, epoch: Epoch) -> Option<ChainKey> {
+        if epoch < self.origin {
+            return None;
+        }
+        if epoch < self.latest {
+            self.latest = self.origin;
+            self.latest_key = self.origin_key.clone();
+        }
+        while self.latest < epoch {
+            self.latest_key = self.latest_key.next();
+            self.latest = Epoch(self.latest.0 + 1);
+        }
+        Some(self.latest_key.clone())
+    }
+
+    pub fn token_at(&mut self, epoch: Epoch) -> Option<Token> {
+        self.key_at(epoch).map(|k| k.token())
+    }
+
+    pub fn address_at(&mut self, epoch: Epoch) -> Option<VirtualAddr> {
+        self.key_at(epoch).map(|k| k.address())
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/ratchet.rs"]
+mod tests;

@@ -1,0 +1,273 @@
+//! The earth client's state on disk: identity and friends, in one TOML file
+//! in an owner-only directory, replaced atomically (write a temporary file,
+//! sync it, rename it over the old one, sync the directory), so a crash at
+//! any moment leaves either the old state or the new one, never a mix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Friend, Friends, Identity};
+use crate::ratchet::{Chain, ChainKey, Epoch, Schedule};
+use sky_proto::wire;
+
+const FILE: &str = "state.toml";
+const TEMP: &str = "state.toml.tmp";
+
+/// Everything the client keeps.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub identity: Identity,
+    pub friends: Friends,
+    /// Friends who have not yet acknowledged the last address reset: they
+    /// are sent the new chain key until they do, across restarts.
+    pub pending_resets: BTreeSet<String>,
+}
+
+/// Why state could not be read or written.
+#[derive(Debug)]
+pub enum StateError {
+    /// No state in that directory yet (`sky earth init`).
+    Missing(PathBuf),
+    Io(PathBuf, io::Error),
+    /// The file is there but not valid state.
+    Corrupt(PathBuf, String),
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Missing(p) => write!(
+                f,
+                "no earth state in {} (run `sky earth init`)",
+                p.display()
+            ),
+            StateError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            StateError::Corrupt(p, e) => write!(f, "{} is not valid earth state: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainFile {
+    origin_epoch: u64,
+    chain_key: String,
+    epoch_secs: u64,
+    phase_secs: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    #[serde(flatten)]
+    chain: ChainFile,
+    secret_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FriendFile {
+    #[serde(flatten)]
+    chain: ChainFile,
+    public_key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    identity: IdentityFile,
+    #[serde(default)]
+    friends: BTreeMap<String, FriendFile>,
+    #[serde(default)]
+    pending_resets: BTreeSet<String>,
+}
+
+fn chain_file(chain: &Chain, schedule: &Schedule) -> ChainFile {
+    ChainFile {
+        origin_epoch: chain.origin().0,
+        chain_key: wire::to_hex(chain.origin_key().as_bytes()),
+        epoch_secs: schedule.length.as_secs(),
+        phase_secs: schedule.phase.as_secs(),
+    }
+}
+
+fn hex32(s: &str, what: &str) -> Result<[u8; 32], String> {
+    wire::from_hex::<32>(s).ok_or_else(|| format!("{what} is not 64 hex digits"))
+}
+
+fn chain_of(c: &ChainFile) -> Result<(Chain, Schedule), String> {
+    if c.epoch_secs == 0 || c.phase_secs >= c.epoch_secs {
+        return Err("invalid epoch schedule".into());
+    }
+    let key = ChainKey::from_bytes(hex32(&c.chain_key, "chain_key")?);
+    let schedule = Schedule {
+        length: Duration::from_secs(c.epoch_secs),
+        phase: Duration::from_secs(c.phase_secs),
+    };
+    Ok((Chain::new(Epoch(c.origin_epoch), key), schedule))
+}
+
+impl State {
+    /// Address reset (SPEC §2): removes `friend`, moves the user to a fresh
+    /// chain from `key` starting at the epoch of `now_unix`, and marks every
+    /// remaining friend pending until they acknowledge the new chain.
+    pub fn reset_address(
+        &mut self,
+        friend: &str,
+        key: crate::ratchet::ChainKey,
+        now_unix: std::time::Duration,
+    ) -> Result<(), crate::identity::FriendError> {
+        self.friends.remove(friend)?;
+        self.identity.reset(key, now_unix);
+        self.pending_resets = self.friends.0.keys().cloned().collect();
+        Ok(())
+    }
+
+    /// Reads the state in `dir`.
+    pub fn load(dir: &Path) -> Result<State, StateError> {
+        let path = dir.join(FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::Missing(dir.into()));
+            }
+            Err(e) => return Err(StateError::Io(path, e)),
+        };
+        let corrupt = |e: String| StateError::Corrupt(path.clone(), e);
+        let file: StateFile = toml::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if file.version != 1 {
+            return Err(corrupt(format!("unknown version {}", file.version)));
+        }
+        let (chain, schedule) = chain_of(&file.identity.chain).map_err(corrupt)?;
+        let secret = hex32(&file.identity.secret_key, "secret_key").map_err(corrupt)?;
+        let identity =
+            Identity::restore(chain.origin(), chain.origin_key().clone(), schedule, secret);
+        let mut friends = Friends::default();
+        for (name, f) in &file.friends {
+            let (chain, schedule) =
+                chain_of(&f.chain).map_err(|e| corrupt(format!("friend {name}: {e}")))?;
+            let public_key = hex32(&f.public_key, "public_key").map_err(corrupt)?;
+            friends
+                .add(
+                    name,
+                    Friend {
+                        chain,
+                        schedule,
+                        public_key,
+                    },
+                )
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        Ok(State {
+            identity,
+            friends,
+            pending_resets: file.pending_resets,
+        })
+    }
+
+    /// Replaces the state in `dir` atomically, creating `dir` owner-only
+    /// (0700) and the file owner-only (0600).
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let io_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| StateError::Io(p, e)
+        };
+        owner_only::create_dir(dir).map_err(io_err(dir))?;
+        let file = StateFile {
+            version: 1,
+            identity: IdentityFile {
+                chain: chain_file(&self.identity.chain, &self.identity.schedule),
+                secret_key: wire::to_hex(&self.identity.secret_bytes()),
+            },
+            friends: self
+                .friends
+                .0
+                .iter()
+                .map(|(name, f)| {
+                    let entry = FriendFile {
+                        chain: chain_file(&f.chain, &f.schedule),
+                        public_key: wire::to_hex(&f.public_key),
+                    };
+                    (name.clone(), entry)
+                })
+                .collect(),
+            pending_resets: self.pending_resets.clone(),
+        };
+        let text = toml::to_string(&file).expect("state serializes");
+        let temp = dir.join(TEMP);
+        let _ = fs::remove_file(&temp); // a crash may have left one
+        let mut out = owner_only::create_file(&temp).map_err(io_err(&temp))?;
+        out.write_all(text.as_bytes()).map_err(io_err(&temp))?;
+        out.sync_all().map_err(io_err(&temp))?;
+        drop(out);
+        let path = dir.join(FILE);
+        fs::rename(&temp, &path).map_err(io_err(&path))?;
+        owner_only::sync_dir(dir).map_err(io_err(dir))?;
+        Ok(())
+    }
+}
+
+/// Owner-only files and directories: Unix modes where there are any; on
+/// other systems the platform's per-user defaults (a user's profile
+/// directory) are what protects the state.
+mod owner_only {
+    use std::fs;
+    use std::io;
+    use std::path::Path;
+
+    #[cfg(unix)]
+    pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    #[cfg(unix)]
+    pub(super) fn create_file(path: &Path) -> io::Result<fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn create_file(path: &Path) -> io::Result<fs::File> {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    }
+
+    /// Makes a rename in `dir` durable (a no-op where directories cannot
+    /// be opened, as on Windows, whose renames are journaled).
+    pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+        #[cfg(unix)]
+        fs::File::open(dir)?.sync_all()?;
+        #[cfg(not(unix))]
+        let _ = dir;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/state.rs"]
+mod tests;

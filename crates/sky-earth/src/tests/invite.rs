@@ -1,0 +1,65 @@
+//! Tests of `invite`.
+
+use super::*;
+use crate::ratchet::{Chain, DEFAULT_EPOCH};
+
+fn invite() -> Invite {
+    let ck = ChainKey::from_bytes([9; 32]);
+    Invite {
+        epoch: Epoch(20_411),
+        schedule: Schedule {
+            length: DEFAULT_EPOCH,
+            phase: ck.phase(DEFAULT_EPOCH),
+        },
+        chain_key: ck,
+        public_key: [7; 32],
+    }
+}
+
+#[test]
+fn an_invite_round_trips_through_its_string() {
+    let text = invite().encode();
+    assert!(text.starts_with("sky1-"));
+    assert_eq!(text.len(), 5 + 2 * LEN);
+    assert_eq!(Invite::decode(&format!("  {text}\n")), Ok(invite()));
+}
+
+#[test]
+fn a_friend_finds_the_user_from_the_invite() {
+    let ck = ChainKey::from_bytes([9; 32]);
+    let mut owner = Chain::new(Epoch(20_000), ck.clone());
+    let schedule = Schedule {
+        length: DEFAULT_EPOCH,
+        phase: ck.phase(DEFAULT_EPOCH),
+    };
+    let made = Invite {
+        epoch: Epoch(20_411),
+        chain_key: owner.key_at(Epoch(20_411)).unwrap(),
+        schedule,
+        public_key: [7; 32],
+    };
+    let got = Invite::decode(&made.encode()).unwrap();
+    assert_eq!(got.schedule, schedule);
+    let mut friend = Chain::new(got.epoch, got.chain_key);
+    for e in 20_411..20_420 {
+        assert_eq!(friend.address_at(Epoch(e)), owner.address_at(Epoch(e)));
+    }
+    assert_eq!(friend.address_at(Epoch(20_410)), None);
+}
+
+#[test]
+fn damaged_invites_are_refused() {
+    let text = invite().encode();
+    let mut damaged: Vec<char> = text.chars().collect();
+    damaged[40] = if damaged[40] == '0' { '1' } else { '0' };
+    let damaged: String = damaged.into_iter().collect();
+    assert_eq!(Invite::decode(&damaged), Err(InviteError::Check));
+    assert_eq!(
+        Invite::decode(&text[..text.len() - 2]),
+        Err(InviteError::Format)
+    );
+    assert_eq!(Invite::decode("sky2-00"), Err(InviteError::Format));
+    for n in 0..text.len() {
+        let _ = Invite::decode(&text[..n]); // never panics
+    }
+}

@@ -1,0 +1,112 @@
+//! Tests of `ratchet`.
+
+use super::*;
+
+fn owner() -> (Chain, Schedule) {
+    let ck = ChainKey::from_bytes([42; 32]);
+    let schedule = Schedule {
+        length: DEFAULT_EPOCH,
+        phase: ck.phase(DEFAULT_EPOCH),
+    };
+    (Chain::new(Epoch(20_000), ck), schedule)
+}
+
+#[test]
+fn a_friend_holding_epoch_e_computes_the_owners_addresses_for_e_to_e_plus_100() {
+    let (mut own, _) = owner();
+    let e = Epoch(20_037);
+    let mut friend = Chain::new(e, own.key_at(e).unwrap());
+    for i in 0..=100 {
+        let epoch = Epoch(e.0 + i);
+        assert_eq!(
+            friend.address_at(epoch),
+            own.address_at(epoch),
+            "epoch {epoch:?}"
+        );
+        assert_eq!(friend.token_at(epoch), own.token_at(epoch));
+        // What the sky checks: the address is the hash of the token.
+        let token = own.token_at(epoch).unwrap();
+        assert_eq!(
+            VirtualAddr::from_token(&token),
+            own.address_at(epoch).unwrap()
+        );
+    }
+}
+
+#[test]
+fn nothing_computes_an_earlier_epoch_from_a_later_key() {
+    let (mut own, _) = owner();
+    let e = Epoch(20_037);
+    let mut friend = Chain::new(e, own.key_at(e).unwrap());
+    assert_eq!(friend.key_at(Epoch(e.0 - 1)), None);
+    // Walking forward from e never meets e-1's address or token.
+    let before = own.address_at(Epoch(e.0 - 1)).unwrap();
+    let before_token = own.token_at(Epoch(e.0 - 1)).unwrap();
+    for i in 0..=100 {
+        let epoch = Epoch(e.0 + i);
+        assert_ne!(friend.address_at(epoch), Some(before));
+        assert_ne!(friend.token_at(epoch), Some(before_token));
+    }
+}
+
+#[test]
+fn every_epoch_has_its_own_address_and_phases_differ_between_users() {
+    let (mut own, _) = owner();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..1000 {
+        assert!(seen.insert(own.address_at(Epoch(20_000 + i)).unwrap()));
+    }
+    let phases: std::collections::HashSet<_> = (0..50u8)
+        .map(|b| ChainKey::from_bytes([b; 32]).phase(DEFAULT_EPOCH))
+        .collect();
+    assert!(phases.len() > 40, "phases should spread: {}", phases.len());
+    assert!(phases.iter().all(|p| *p < DEFAULT_EPOCH));
+}
+
+#[test]
+fn schedule_epochs_start_at_the_phase() {
+    let s = Schedule {
+        length: Duration::from_secs(100),
+        phase: Duration::from_secs(30),
+    };
+    assert_eq!(s.epoch_at(Duration::from_secs(129)), Epoch(0));
+    assert_eq!(s.epoch_at(Duration::from_secs(130)), Epoch(1));
+    assert_eq!(s.start_of(Epoch(1)), Duration::from_secs(130));
+}
+
+/// SPEC §2: the user registers only its current address; a friend whose
+/// clock is off by up to H still finds it.
+#[test]
+fn lookups_find_the_user_with_clocks_skewed_by_up_to_h() {
+    let (mut own, schedule) = owner();
+    let h = DEFAULT_OVERLAP;
+    let boundary = schedule.start_of(Epoch(20_050));
+    let step = Duration::from_secs(60);
+    // Owner times from 2 h before to 2 h after a boundary.
+    let mut t = boundary - 2 * h;
+    while t <= boundary + 2 * h {
+        let registered = own.address_at(schedule.epoch_at(t)).unwrap();
+        let mut skew = 0i64;
+        while skew.unsigned_abs() <= h.as_secs() {
+            let friend_time = Duration::from_secs((t.as_secs() as i64 + skew) as u64);
+            let tried: Vec<_> = schedule
+                .lookup_epochs(friend_time, h)
+                .into_iter()
+                .map(|e| own.address_at(e).unwrap())
+                .collect();
+            assert!(
+                tried.contains(&registered),
+                "owner at {t:?}, friend skewed {skew} s: not found"
+            );
+            skew = if skew < 0 { -skew } else { -skew - 300 };
+        }
+        t += step;
+    }
+}
+
+#[test]
+fn away_from_a_boundary_a_friend_tries_one_address() {
+    let (_, schedule) = owner();
+    let middle = schedule.start_of(Epoch(20_050)) + DEFAULT_EPOCH / 2;
+    assert_eq!(schedule.lookup_epochs(middle, DEFAULT_OVERLAP).len(), 1);
+}

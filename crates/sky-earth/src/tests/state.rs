@@ -1,0 +1,78 @@
+//! Tests of `state`.
+
+use super::*;
+use crate::ratchet::DEFAULT_EPOCH;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sky-state-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn state() -> State {
+    let now = Duration::from_secs(1_795_000_000);
+    let identity = Identity::generate([5; 64], DEFAULT_EPOCH, now);
+    let mut bob = Identity::generate([6; 64], DEFAULT_EPOCH, now);
+    let mut friends = Friends::default();
+    friends.add("bob", bob.invite(now).into()).unwrap();
+    State {
+        identity,
+        friends,
+        pending_resets: ["bob".to_string()].into(),
+    }
+}
+
+#[test]
+fn state_round_trips_through_an_owner_only_directory() {
+    let dir = temp_dir("roundtrip").join("nested");
+    let mut s = state();
+    s.save(&dir).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(FILE)), 0o600);
+    }
+    assert!(!dir.join(TEMP).exists());
+    let mut back = State::load(&dir).unwrap();
+    assert_eq!(back.identity.public_key(), s.identity.public_key());
+    assert_eq!(back.identity.schedule, s.identity.schedule);
+    assert_eq!(back.pending_resets, s.pending_resets);
+    let e = Epoch(s.identity.chain.origin().0 + 5);
+    assert_eq!(
+        back.identity.chain.address_at(e),
+        s.identity.chain.address_at(e)
+    );
+    let (b0, b1) = (
+        s.friends.0.get_mut("bob").unwrap(),
+        back.friends.0.get_mut("bob").unwrap(),
+    );
+    assert_eq!(b0.chain.address_at(e), b1.chain.address_at(e));
+    assert_eq!(b0.public_key, b1.public_key);
+    fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_crash_before_the_rename_leaves_the_old_state() {
+    let dir = temp_dir("crash");
+    let s = state();
+    s.save(&dir).unwrap();
+    // A crash mid-write leaves a partial temporary file behind.
+    fs::write(dir.join(TEMP), "version = 1\n[identity").unwrap();
+    let back = State::load(&dir).unwrap();
+    assert_eq!(back.identity.public_key(), s.identity.public_key());
+    s.save(&dir).unwrap(); // and the next save replaces it
+    assert!(!dir.join(TEMP).exists());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_and_corrupt_state_say_so() {
+    let dir = temp_dir("missing");
+    assert!(matches!(State::load(&dir), Err(StateError::Missing(_))));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(FILE), "version = 1\n").unwrap();
+    assert!(matches!(State::load(&dir), Err(StateError::Corrupt(..))));
+    fs::remove_dir_all(&dir).unwrap();
+}

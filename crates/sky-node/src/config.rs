@@ -1,0 +1,297 @@
+//! The node's configuration: defaults, then a TOML file, then `SKY_*`
+//! environment variables, then command-line flags — each overriding the
+//! one before. `deploy/sky.toml` documents every field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::shard::ShardConfig;
+use sky_proto::ring::RingConfig;
+
+/// Which packet engine runs the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// io_uring if a ring can be created here, else `mmsg`.
+    #[default]
+    Auto,
+    /// io_uring: multishot `recvmsg` into provided buffers.
+    Uring,
+    /// `recvmmsg`/`sendmmsg`.
+    Mmsg,
+}
+
+impl FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "uring" => Ok(EngineChoice::Uring),
+            "mmsg" => Ok(EngineChoice::Mmsg),
+            other => Err(format!(
+                "unknown engine `{other}` (expected auto, uring or mmsg)"
+            )),
+        }
+    }
+}
+
+/// Where `/metrics` is served, or nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(MetricsAddr(None));
+        }
+        s.parse()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|_| format!("metrics: `{s}` is not HOST:PORT or `off`"))
+    }
+}
+
+/// The whole node configuration, after merging.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// UDP address the sky protocol listens on.
+    pub listen: SocketAddr,
+    /// TCP address of `/metrics`; `None` serves no metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Packet shards; `None` means one per core but one, at least one.
+    pub shards: Option<usize>,
+    pub engine: EngineChoice,
+    /// Pin each shard to its own core (core 0 is left for control).
+    pub pin_cores: bool,
+    /// Presence table capacity, in entries.
+    pub capacity: usize,
+    pub keepalive: Duration,
+    pub intros_per_second: u8,
+    /// UDP address of the gossip socket (membership among sky nodes).
+    pub gossip: SocketAddr,
+    /// Gossip addresses of sky nodes to join through; empty: a sky of one
+    /// until another node names this one as its seed.
+    pub seeds: Vec<SocketAddr>,
+    /// How the ring chooses owners (replicas, operator prefixes,
+    /// positions per IP); every node of a sky must agree.
+    pub ring: RingConfig,
+    /// How long entries a node no longer owns are kept after a ring
+    /// change, for clients to re-register with their new owners.
+    pub handoff_grace: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9770";
+/// The gossip port when none is configured: the listen IP with this port
+/// (or port 0, ephemeral, when the listen port is 0).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
+
+/// The default gossip address for a listen address.
+pub fn default_gossip(listen: SocketAddr) -> SocketAddr {
+    let port = if listen.port() == 0 {
+        0
+    } else {
+        DEFAULT_GOSSIP_PORT
+    };
+    SocketAddr::new(listen.ip(), port)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let listen = DEFAULT_LISTEN.parse().expect("valid default");
+        let keepalive = Duration::from_secs(25);
+        let ring = RingConfig::default();
+        Config {
+            listen,
+            metrics: Some(DEFAULT_METRICS.parse().expect("valid default")),
+            shards: None,
+            engine: EngineChoice::Auto,
+            pin_cores: true,
+            capacity: 1_000_000,
+            keepalive,
+            intros_per_second: 5,
+            gossip: default_gossip(listen),
+            seeds: Vec::new(),
+            ring,
+            handoff_grace: 2 * keepalive,
+        }
+    }
+}
+
+/// The TOML file, every field optional. Unknown fields are errors, so a
+/// typo does not silently leave a default in place.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub metrics: Option<String>,
+    pub shards: Option<usize>,
+    pub engine: Option<EngineChoice>,
+    pub pin_cores: Option<bool>,
+    pub capacity: Option<usize>,
+    pub keepalive_secs: Option<u64>,
+    pub intros_per_second: Option<u8>,
+    pub gossip: Option<String>,
+    pub seeds: Option<Vec<String>>,
+    pub replicas: Option<u8>,
+    pub prefix_v4: Option<u8>,
+    pub prefix_v6: Option<u8>,
+    pub positions: Option<u8>,
+    pub handoff_grace_secs: Option<u64>,
+}
+
+/// A configuration that cannot run, and why.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Applies `other` on top of `self`: its set fields win.
+    pub fn overlay(self, other: FileConfig) -> FileConfig {
+        FileConfig {
+            listen: other.listen.or(self.listen),
+            metrics: other.metrics.or(self.metrics),
+            shards: other.shards.or(self.shards),
+            engine: other.engine.or(self.engine),
+            pin_cores: other.pin_cores.or(self.pin_cores),
+            capacity: other.capacity.or(self.capacity),
+            keepalive_secs: other.keepalive_secs.or(self.keepalive_secs),
+            intros_per_second: other.intros_per_second.or(self.intros_per_second),
+            gossip: other.gossip.or(self.gossip),
+            seeds: other.seeds.or(self.seeds),
+            replicas: other.replicas.or(self.replicas),
+            prefix_v4: other.prefix_v4.or(self.prefix_v4),
+            prefix_v6: other.prefix_v6.or(self.prefix_v6),
+            positions: other.positions.or(self.positions),
+            handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
+        }
+    }
+
+    /// Fills in defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let listen = match self.listen {
+            Some(s) => s
+                .parse()
+                .map_err(|_| ConfigError(format!("listen: `{s}` is not HOST:PORT")))?,
+            None => d.listen,
+        };
+        let metrics = match self.metrics {
+            Some(s) => s.parse::<MetricsAddr>().map_err(ConfigError)?.0,
+            None => d.metrics,
+        };
+        let shards = match self.shards {
+            Some(0) | None => None,
+            Some(n) if n > 1024 => {
+                return Err(ConfigError(format!("shards: {n} is more than 1024")));
+            }
+            Some(n) => Some(n),
+        };
+        let capacity = self.capacity.unwrap_or(d.capacity);
+        if capacity == 0 {
+            return Err(ConfigError("capacity: must be at least 1".into()));
+        }
+        let keepalive = match self.keepalive_secs {
+            None => d.keepalive,
+            Some(s @ 1..=3600) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(ConfigError(format!(
+                    "keepalive_secs: {s} is outside 1..=3600"
+                )));
+            }
+        };
+        let intros_per_second = match self.intros_per_second {
+            None => d.intros_per_second,
+            Some(0) => return Err(ConfigError("intros_per_second: must be at least 1".into())),
+            Some(n) => n,
+        };
+        let gossip = match self.gossip {
+            Some(s) => s
+                .parse()
+                .map_err(|_| ConfigError(format!("gossip: `{s}` is not HOST:PORT")))?,
+            None => default_gossip(listen),
+        };
+        if gossip == listen && gossip.port() != 0 {
+            return Err(ConfigError(format!(
+                "gossip: {gossip} is the listen address; gossip needs its own port"
+            )));
+        }
+        let seeds = self
+            .seeds
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| ConfigError(format!("seeds: `{s}` is not HOST:PORT")))
+            })
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        let ring = RingConfig {
+            replicas: self.replicas.unwrap_or(d.ring.replicas),
+            prefix_v4: self.prefix_v4.unwrap_or(d.ring.prefix_v4),
+            prefix_v6: self.prefix_v6.unwrap_or(d.ring.prefix_v6),
+            positions: self.positions.unwrap_or(d.ring.positions),
+        };
+        ring.validate().map_err(ConfigError)?;
+        let handoff_grace = match self.handoff_grace_secs {
+            None => 2 * keepalive,
+            Some(s @ 0..=86_400) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(ConfigError(format!(
+                    "handoff_grace_secs: {s} is outside 0..=86400"
+                )));
+            }
+        };
+        Ok(Config {
+            listen,
+            metrics,
+            shards,
+            engine: self.engine.unwrap_or(d.engine),
+            pin_cores: self.pin_cores.unwrap_or(d.pin_cores),
+            capacity,
+            keepalive,
+            intros_per_second,
+            gossip,
+            seeds,
+            ring,
+            handoff_grace,
+        })
+    }
+}
+
+impl Config {
+    /// Shards to run on a machine with `cores` cores: the configured number,
+    /// or one per core but one (left for gossip, metrics and control), at
+    /// least one.
+    pub fn shard_count(&self, cores: usize) -> usize {
+        self.shards.unwrap_or(cores.saturating_sub(1).max(1))
+    }
+
+    pub fn shard_config(&self) -> ShardConfig {
+        ShardConfig {
+            keepalive: self.keepalive,
+            intros_per_second: self.intros_per_second,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/config.rs"]
+mod tests;

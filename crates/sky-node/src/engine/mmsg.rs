@@ -1,0 +1,129 @@
+//! The fallback engine: `recvmmsg` a batch, handle it, `sendmmsg` the
+//! replies and introductions. Used where io_uring is unavailable.
+//!
+//! As in the io_uring engine, an introduction is written over its request
+//! in the receive buffer and sent from there; every array is allocated once.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::PUBLISH_EVERY;
+use super::outbox::Outbox;
+use super::sys::RawAddr;
+use crate::metrics::ShardMetrics;
+use crate::shard::Core;
+
+/// Datagrams per `recvmmsg`.
+const BATCH: usize = 64;
+const BUF_SIZE: usize = 2048;
+
+pub(super) struct MmsgEngine {
+    fd: RawFd,
+    bufs: Box<[[u8; BUF_SIZE]]>,
+    names: Box<[RawAddr]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    outbox: Outbox,
+}
+
+fn zeroed_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is plain data; all-zero is an empty header.
+    unsafe { std::mem::zeroed() }
+}
+
+fn empty_iov() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
+}
+
+impl MmsgEngine {
+    /// `fd` must have a receive timeout set, so that the loop wakes to see
+    /// `stop`.
+    pub(super) fn new(fd: RawFd, v6: bool) -> MmsgEngine {
+        MmsgEngine {
+            fd,
+            bufs: vec![[0u8; BUF_SIZE]; BATCH].into_boxed_slice(),
+            names: vec![RawAddr::zeroed(); BATCH].into_boxed_slice(),
+            iovs: vec![empty_iov(); BATCH].into_boxed_slice(),
+            hdrs: vec![zeroed_mmsghdr(); BATCH].into_boxed_slice(),
+            outbox: Outbox::new(fd, v6, 2 * BATCH),
+        }
+    }
+
+    pub(super) fn run(
+        mut self,
+        shard: &mut impl Core,
+        metrics: &ShardMetrics,
+        stop: &AtomicBool,
+        origin: Instant,
+    ) -> io::Result<()> {
+        let mut last_publish = origin.elapsed();
+        while !stop.load(Ordering::Relaxed) {
+            for i in 0..BATCH {
+                self.iovs[i] = libc::iovec {
+                    iov_base: self.bufs[i].as_mut_ptr().cast(),
+                    iov_len: BUF_SIZE,
+                };
+                let h = &mut self.hdrs[i].msg_hdr;
+                h.msg_name = self.names[i].as_mut_ptr();
+                h.msg_namelen = RawAddr::CAPACITY;
+                h.msg_iov = &mut self.iovs[i];
+                h.msg_iovlen = 1;
+                h.msg_flags = 0;
+            }
+            // SAFETY: every header points into arrays owned by self, sized as
+            // declared; the kernel writes at most msg_namelen and iov_len.
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.fd,
+                    self.hdrs.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            let now = origin.elapsed();
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => {}
+                    _ => return Err(e),
+                }
+            }
+            for i in 0..n.max(0) as usize {
+                let len = self.hdrs[i].msg_len as usize;
+                let Some(from) = self.names[i].get() else {
+                    continue;
+                };
+                if self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    shard.drop_oversized(len);
+                    continue;
+                }
+                let buf = &mut self.bufs[i];
+                let o = shard.handle_datagram(now, from, buf, len, self.outbox.reply_buf());
+                if let Some(n) = o.reply {
+                    self.outbox.push_reply(from, n);
+                }
+                if let Some(t) = o.in_place {
+                    // The introduction is sent from the receive buffer, which
+                    // stays untouched until the flush below.
+                    self.outbox.push(t.dst, buf.as_mut_ptr(), t.len);
+                }
+            }
+            self.outbox.flush(shard);
+            if now.saturating_sub(last_publish) >= PUBLISH_EVERY {
+                shard.handle_timeout(now);
+                metrics.publish(&shard.take_stats());
+                last_publish = now;
+            }
+        }
+        metrics.publish(&shard.take_stats());
+        Ok(())
+    }
+}

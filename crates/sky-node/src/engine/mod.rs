@@ -1,0 +1,439 @@
+//! The engine: sockets, threads, the clock and every `unsafe` line.
+//!
+//! [`Node::start`] binds one `SO_REUSEPORT` UDP socket per packet shard on
+//! the same address, starts a thread per shard (pinned to cores 1..=N) that
+//! drives a sans-IO [`Shard`] with the chosen packet engine, a control
+//! thread (core 0) that serves `/metrics`, sweeps expired presence and
+//! hands off entries after ring changes, and a gossip thread (core 0) that
+//! runs membership and swaps each new ring into the shards' snapshot.
+//! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`],
+//! and gossip leaves the sky before it exits.
+
+#![allow(clippy::disallowed_methods)] // the engine owns the clock and threads
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, EngineChoice};
+use crate::keys::NodeSecret;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::shard::{Core, Shard};
+use crate::snapshot::{self, SharedRing};
+use sky_proto::ring::Ring;
+
+pub mod batch;
+mod control;
+mod gossip;
+mod mmsg;
+mod outbox;
+pub mod sys;
+mod uring;
+
+/// How long a shard may block waiting for datagrams before it looks at the
+/// stop flag and its timers.
+pub const WAKE_EVERY: Duration = Duration::from_millis(100);
+/// How often shards move their counters into Prometheus.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Whether io_uring can run here (what `--engine auto` checks): a ring and a
+/// provided-buffer ring can be created.
+pub fn uring_available() -> io::Result<()> {
+    uring::probe()
+}
+
+/// The packet engine a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Uring,
+    Mmsg,
+}
+
+impl Engine {
+    /// The `engine` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Uring => "uring",
+            Engine::Mmsg => "mmsg",
+        }
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The UDP address could not be bound (in use, not local, no permission).
+    Bind(SocketAddr, io::Error),
+    /// The gossip address could not be bound.
+    Gossip(SocketAddr, io::Error),
+    /// The metrics address could not be bound.
+    Metrics(SocketAddr, String),
+    /// `--engine uring` was asked for and io_uring is not available.
+    Uring(io::Error),
+    /// A thread or its engine could not be set up.
+    Shard(io::Error),
+    /// No randomness for the node secret.
+    Random(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}/udp: {e}"),
+            StartError::Gossip(a, e) => write!(f, "cannot bind the gossip socket on {a}/udp: {e}"),
+            StartError::Metrics(a, e) => write!(f, "cannot serve metrics on {a}/tcp: {e}"),
+            StartError::Uring(e) => write!(
+                f,
+                "io_uring is not available here ({e}); use --engine mmsg or auto"
+            ),
+            StartError::Shard(e) => write!(f, "cannot start a packet shard: {e}"),
+            StartError::Random(e) => write!(f, "cannot read /dev/urandom: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running sky node.
+pub struct Node {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    engine: Engine,
+    shards: usize,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    presence: Arc<Presence>,
+    metrics: Arc<Metrics>,
+    ring: SharedRing,
+    gossip_addr: SocketAddr,
+}
+
+impl Node {
+    /// Binds, starts every thread, and returns once all shards are ready.
+    pub fn start(config: &Config) -> Result<Node, StartError> {
+        let secret = Arc::new(NodeSecret::new(
+            sys::random_secret().map_err(StartError::Random)?,
+        ));
+        let presence = Arc::new(Presence::new(config.capacity));
+        let shard_config = config.shard_config();
+        let shared = presence.clone();
+        Node::start_with(config, presence, move |_, now, ring, local_addr| {
+            Shard::new(secret.clone(), shared.clone(), shard_config, now)
+                .with_ring(ring.clone(), local_addr)
+        })
+    }
+
+    /// Starts `shards` threads, each driving the core
+    /// `make_core(i, now, ring, local_addr)`: what [`Node::start`] does with
+    /// the sky's [`Shard`], and what the benchmark's no-logic baseline
+    /// (`sky_lab::baseline`) does with its own core, so that both run on the
+    /// very same engine, sockets and threads (gossip included).
+    pub fn start_with<C: Core>(
+        config: &Config,
+        presence: Arc<Presence>,
+        make_core: impl Fn(usize, Duration, &SharedRing, SocketAddr) -> C,
+    ) -> Result<Node, StartError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = config.shard_count(cores);
+        let engine = match config.engine {
+            EngineChoice::Mmsg => Engine::Mmsg,
+            EngineChoice::Uring => {
+                uring::probe().map_err(StartError::Uring)?;
+                Engine::Uring
+            }
+            EngineChoice::Auto => match uring::probe() {
+                Ok(()) => Engine::Uring,
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable; falling back to recvmmsg");
+                    Engine::Mmsg
+                }
+            },
+        };
+        let sockets = bind_shard_sockets(config.listen, shards, engine)?;
+        let local_addr = sockets[0]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(config.listen);
+        // The node serves its own ring until gossip finds others.
+        let ring = snapshot::shared(Ring::new(config.ring, [local_addr]));
+        let gossip_socket =
+            gossip::bind(config.gossip).map_err(|e| StartError::Gossip(config.gossip, e))?;
+        let gossip_addr = gossip_socket
+            .local_addr()
+            .map_err(|e| StartError::Gossip(config.gossip, e))?;
+        let gossip_seed = u64::from_le_bytes(
+            sys::random_secret().map_err(StartError::Random)?[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_engine(engine.label());
+        metrics.shards.set(shards as i64);
+        metrics.presence_capacity.set(config.capacity as i64);
+        let http = match config.metrics {
+            Some(addr) => Some(
+                tiny_http::Server::http(addr)
+                    .map_err(|e| StartError::Metrics(addr, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = http.as_ref().and_then(|s| s.server_addr().to_ip());
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let origin = Instant::now();
+        let mut threads = Vec::with_capacity(shards + 1);
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let mut shard = make_core(i, origin.elapsed(), &ring, local_addr);
+            let shard_metrics = metrics.for_shard(i);
+            let stop = stop.clone();
+            let ready = ready_tx.clone();
+            let pin = (config.pin_cores && cores > 1).then_some(1 + i % (cores - 1));
+            let v6 = local_addr.is_ipv6();
+            let spawned = std::thread::Builder::new()
+                .name(format!("sky-shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = pin
+                        && let Err(e) = sys::pin_to_core(core)
+                    {
+                        tracing::warn!(shard = i, core, error = %e, "cannot pin shard to its core");
+                    }
+                    let fd = socket.as_raw_fd();
+                    let result = match engine {
+                        Engine::Uring => match uring::UringEngine::new(fd, v6) {
+                            Ok(e) => {
+                                let _ = ready.send(Ok(()));
+                                e.run(&mut shard, &shard_metrics, &stop, origin)
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                                Err(e)
+                            }
+                        },
+                        Engine::Mmsg => {
+                            let e = mmsg::MmsgEngine::new(fd, v6);
+                            let _ = ready.send(Ok(()));
+                            e.run(&mut shard, &shard_metrics, &stop, origin)
+                        }
+                    };
+                    if let Err(e) = &result {
+                        tracing::error!(shard = i, error = %e, "packet shard stopped on an error");
+                    }
+                    drop(socket);
+                    result
+                })
+                .map_err(StartError::Shard)?;
+            threads.push(spawned);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(io::Error::other("a shard thread exited during start")),
+            }
+        }
+        let pin = config.pin_cores && cores > 1;
+        let control = {
+            let presence = presence.clone();
+            let metrics = metrics.clone();
+            let stop = stop.clone();
+            let keepalive = config.keepalive;
+            let handoff = control::Handoff {
+                ring: ring.clone(),
+                me: local_addr,
+                grace: config.handoff_grace,
+            };
+            std::thread::Builder::new()
+                .name("sky-control".into())
+                .spawn(move || {
+                    if pin && let Err(e) = sys::pin_to_core(0) {
+                        tracing::warn!(error = %e, "cannot pin control thread to core 0");
+                    }
+                    control::run(http, &metrics, &presence, &stop, origin, keepalive, handoff);
+                    Ok(())
+                })
+                .map_err(StartError::Shard)?
+        };
+        threads.push(control);
+
+        let mut node = Node {
+            local_addr,
+            metrics_addr,
+            engine,
+            shards,
+            stop,
+            threads,
+            presence,
+            metrics,
+            ring,
+            gossip_addr,
+        };
+        if let Some(e) = failure {
+            let _ = node.shutdown();
+            return Err(StartError::Shard(e));
+        }
+        let gossip_thread = {
+            let setup = gossip::Setup {
+                service: local_addr,
+                seeds: config.seeds.clone(),
+                ring_config: config.ring,
+                rng_seed: gossip_seed,
+            };
+            let ring = node.ring.clone();
+            let metrics = node.metrics.for_gossip();
+            let stop = node.stop.clone();
+            std::thread::Builder::new()
+                .name("sky-gossip".into())
+                .spawn(move || {
+                    if pin && let Err(e) = sys::pin_to_core(0) {
+                        tracing::warn!(error = %e, "cannot pin gossip thread to core 0");
+                    }
+                    let result = gossip::run(gossip_socket, setup, &ring, &metrics, &stop, origin);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "gossip stopped on an error");
+                    }
+                    result
+                })
+        };
+        match gossip_thread {
+            Ok(t) => node.threads.push(t),
+            Err(e) => {
+                let _ = node.shutdown();
+                return Err(StartError::Shard(e));
+            }
+        }
+        tracing::info!(
+            listen = %node.local_addr,
+            gossip = %node.gossip_addr,
+            metrics = %node.metrics_addr.map_or("off".into(), |a| a.to_string()),
+            engine = engine.label(),
+            shards,
+            capacity = config.capacity,
+            "sky node ready"
+        );
+        Ok(node)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The ring snapshot the shards read; gossip swaps in each new one.
+    pub fn ring(&self) -> SharedRing {
+        self.ring.clone()
+    }
+
+    /// The bound gossip address (the one other nodes name as a seed).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// Setting this flag stops the node (e.g. from a signal handler).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Blocks until the stop flag is set, then stops every thread.
+    pub fn wait(self) -> io::Result<()> {
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(WAKE_EVERY);
+        }
+        self.shutdown()
+    }
+
+    /// Stops every thread and waits for them. Returns the first error a
+    /// thread stopped with.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = Ok(());
+        for t in self.threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a node thread panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        tracing::info!("sky node stopped");
+        first
+    }
+}
+
+/// One socket per shard on the same address. The address is first bound
+/// *without* `SO_REUSEPORT`, so that a port already served by another
+/// process is an error rather than a silent share, and so that port 0
+/// resolves to one port for every shard.
+fn bind_shard_sockets(
+    listen: SocketAddr,
+    shards: usize,
+    engine: Engine,
+) -> Result<Vec<Socket>, StartError> {
+    let new_socket = |reuse: bool| -> io::Result<Socket> {
+        let s = Socket::new(
+            Domain::for_address(listen),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?;
+        if listen.is_ipv6() && listen.ip().is_unspecified() {
+            s.set_only_v6(false)?;
+        }
+        if reuse {
+            s.set_reuse_port(true)?;
+        }
+        Ok(s)
+    };
+    let err = |e| StartError::Bind(listen, e);
+    let probe = new_socket(false).map_err(err)?;
+    probe.bind(&listen.into()).map_err(err)?;
+    let addr = probe.local_addr().map_err(err)?;
+    drop(probe);
+    (0..shards)
+        .map(|_| {
+            let s = new_socket(true)?;
+            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+            if engine == Engine::Mmsg {
+                s.set_read_timeout(Some(WAKE_EVERY))?;
+            }
+            s.bind(&addr)?;
+            Ok(s)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(err)
+}

@@ -1,0 +1,131 @@
+//! Small system helpers for the engines: socket addresses as the kernel
+//! wants them, core pinning, the node secret.
+
+#![allow(unsafe_code)]
+
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+/// A socket address in the kernel's layout, big enough for IPv4 and IPv6.
+/// Writing a union field is safe; the kernel reads it through a pointer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl RawAddr {
+    pub fn zeroed() -> RawAddr {
+        RawAddr {
+            v6: libc::sockaddr_in6 {
+                sin6_family: 0,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+                sin6_scope_id: 0,
+            },
+        }
+    }
+
+    /// Capacity handed to the kernel for a received source address.
+    pub const CAPACITY: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in6>() as _;
+
+    /// Writes `addr` for a socket of family IPv6 (`v6_socket`) or IPv4, and
+    /// returns the length to pass to the kernel. An IPv4 destination on an
+    /// IPv6 socket is written IPv4-mapped.
+    pub fn set(&mut self, addr: SocketAddr, v6_socket: bool) -> libc::socklen_t {
+        match (addr, v6_socket) {
+            (SocketAddr::V4(a), false) => {
+                self.v4 = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                std::mem::size_of::<libc::sockaddr_in>() as _
+            }
+            (SocketAddr::V4(a), true) => self.set_v6(a.ip().to_ipv6_mapped(), a.port()),
+            (SocketAddr::V6(a), _) => self.set_v6(*a.ip(), a.port()),
+        }
+    }
+
+    fn set_v6(&mut self, ip: Ipv6Addr, port: u16) -> libc::socklen_t {
+        self.v6 = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: port.to_be(),
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: ip.octets(),
+            },
+            sin6_scope_id: 0,
+        };
+        Self::CAPACITY
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        (self as *mut RawAddr).cast()
+    }
+
+    /// Reads what the kernel wrote.
+    pub fn get(&self) -> Option<SocketAddr> {
+        // SAFETY: RawAddr is plain old data of exactly this size; any bit
+        // pattern is a valid byte array.
+        let bytes: &[u8; std::mem::size_of::<RawAddr>()] =
+            unsafe { &*(self as *const RawAddr).cast() };
+        decode_sockaddr(bytes)
+    }
+}
+
+/// Parses a `sockaddr_in` or `sockaddr_in6` from its bytes (as io_uring
+/// hands them back). Safe: plain byte reads.
+pub fn decode_sockaddr(b: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]);
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    if i32::from(family) == libc::AF_INET {
+        let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+    } else if i32::from(family) == libc::AF_INET6 {
+        let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+        let scope = u32::from_ne_bytes(b.get(24..28)?.try_into().ok()?);
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(ip),
+            port,
+            0,
+            scope,
+        )))
+    } else {
+        None
+    }
+}
+
+/// Pins the calling thread to `core`. Best effort: the caller logs failure.
+pub fn pin_to_core(core: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET
+    // writes within it for core < CPU_SETSIZE (checked), and
+    // sched_setaffinity(0, ..) reads it for the calling thread only.
+    unsafe {
+        if core >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// 32 bytes from the kernel's random source.
+pub fn random_secret() -> io::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "tests/sys.rs"]
+mod tests;

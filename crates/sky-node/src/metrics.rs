@@ -1,0 +1,389 @@
+//! Every metric the node exports, in one place.
+//!
+//! Names follow Prometheus conventions: `sky_` prefix, base units, counters
+//! end in `_total`. Label values come only from closed sets — message kind
+//! ([`RecvKind`], [`SentKind`]), drop reason ([`DropReason`]), lookup
+//! outcome, engine, shard number, build version, member state
+//! ([`MemberState`]), gossip direction — never from a peer: no IP, port or
+//! virtual address can reach a label, not even a sky node's.
+//!
+//! Shards count in plain integers ([`Stats`]) and [`ShardMetrics::publish`]
+//! moves the counts into Prometheus counters in batches, so the packet path
+//! touches no shared cache line per datagram.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::gossip::{MemberCounts, MemberState};
+use crate::shard::{DropReason, RecvKind, SentKind, Stats};
+use sky_proto::ring::Ring;
+
+pub const BUILD_INFO: &str = "sky_build_info";
+pub const ENGINE_INFO: &str = "sky_engine_info";
+pub const SHARDS: &str = "sky_shards";
+pub const DATAGRAMS_RECEIVED: &str = "sky_datagrams_received_total";
+pub const RECEIVED_BYTES: &str = "sky_received_bytes_total";
+pub const DATAGRAMS_SENT: &str = "sky_datagrams_sent_total";
+pub const SENT_BYTES: &str = "sky_sent_bytes_total";
+pub const DROPPED: &str = "sky_dropped_datagrams_total";
+pub const LOOKUPS: &str = "sky_lookups_total";
+pub const INTRODUCTIONS_SENT: &str = "sky_introductions_sent_total";
+pub const INTRODUCTIONS_RATE_LIMITED: &str = "sky_introductions_rate_limited_total";
+pub const PRESENCE_ENTRIES: &str = "sky_presence_entries";
+pub const PRESENCE_CAPACITY: &str = "sky_presence_capacity";
+pub const PRESENCE_EXPIRED: &str = "sky_presence_expired_total";
+pub const SHARD_RECEIVED: &str = "sky_shard_received_datagrams_total";
+pub const MEMBERS: &str = "sky_members";
+pub const RING_VERSION: &str = "sky_ring_version";
+pub const RING_MEMBERS: &str = "sky_ring_members";
+pub const RING_CHANGES: &str = "sky_ring_changes_total";
+pub const GOSSIP_DATAGRAMS: &str = "sky_gossip_datagrams_total";
+pub const GOSSIP_BYTES: &str = "sky_gossip_bytes_total";
+pub const GOSSIP_ERRORS: &str = "sky_gossip_errors_total";
+pub const HANDOFF_DROPPED: &str = "sky_handoff_dropped_entries_total";
+
+/// The `direction` label of gossip traffic.
+const DIRECTIONS: [&str; 2] = ["in", "out"];
+
+/// The node's registry and the metrics the control thread sets directly.
+pub struct Metrics {
+    pub registry: Registry,
+    received: IntCounterVec,
+    received_bytes: IntCounterVec,
+    sent: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    dropped: IntCounterVec,
+    lookups: IntCounterVec,
+    intros_sent: IntCounter,
+    intros_rate_limited: IntCounter,
+    shard_received: IntCounterVec,
+    pub presence_entries: IntGauge,
+    pub presence_capacity: IntGauge,
+    pub presence_expired: IntCounter,
+    engine: IntGaugeVec,
+    pub shards: IntGauge,
+    members: IntGaugeVec,
+    ring_version: IntGauge,
+    ring_members: IntGauge,
+    ring_changes: IntCounter,
+    gossip_datagrams: IntCounterVec,
+    gossip_bytes: IntCounterVec,
+    gossip_errors: IntCounter,
+    pub handoff_dropped: IntCounter,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Build of the running node; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone())).expect("unique metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let engine = IntGaugeVec::new(
+            Opts::new(
+                ENGINE_INFO,
+                "Packet engine in use (uring or mmsg); 1 for the running one.",
+            ),
+            &["engine"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(engine.clone())).expect("unique metric");
+        let members = IntGaugeVec::new(
+            Opts::new(
+                MEMBERS,
+                "Sky nodes in this node's membership view by state (alive, suspect, down); \
+                 alive includes this node.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(members.clone()))
+            .expect("unique metric");
+
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+
+        let m = Metrics {
+            received: counter_vec(
+                &r,
+                DATAGRAMS_RECEIVED,
+                "Datagrams received, by kind.",
+                "kind",
+            ),
+            received_bytes: counter_vec(
+                &r,
+                RECEIVED_BYTES,
+                "UDP payload bytes received, by kind.",
+                "kind",
+            ),
+            sent: counter_vec(&r, DATAGRAMS_SENT, "Datagrams sent, by kind.", "kind"),
+            sent_bytes: counter_vec(&r, SENT_BYTES, "UDP payload bytes sent, by kind.", "kind"),
+            dropped: counter_vec(
+                &r,
+                DROPPED,
+                "Datagrams dropped without an answer, by reason.",
+                "reason",
+            ),
+            lookups: counter_vec(&r, LOOKUPS, "Lookups answered, by outcome.", "outcome"),
+            intros_sent: counter(&r, INTRODUCTIONS_SENT, "Introductions sent to targets."),
+            intros_rate_limited: counter(
+                &r,
+                INTRODUCTIONS_RATE_LIMITED,
+                "Introductions not sent because the target's rate limit was reached.",
+            ),
+            shard_received: counter_vec(
+                &r,
+                SHARD_RECEIVED,
+                "Datagrams received, by packet shard.",
+                "shard",
+            ),
+            presence_entries: gauge(&r, PRESENCE_ENTRIES, "Entries in the presence table."),
+            presence_capacity: gauge(
+                &r,
+                PRESENCE_CAPACITY,
+                "Capacity of the presence table; new registrations are refused beyond it.",
+            ),
+            presence_expired: counter(
+                &r,
+                PRESENCE_EXPIRED,
+                "Presence entries removed because they expired.",
+            ),
+            engine,
+            shards: gauge(&r, SHARDS, "Packet shards running."),
+            members,
+            ring_version: gauge(
+                &r,
+                RING_VERSION,
+                "Version of the ring this node serves (a hash of its members and settings).",
+            ),
+            ring_members: gauge(&r, RING_MEMBERS, "Sky nodes on the ring this node serves."),
+            ring_changes: counter(
+                &r,
+                RING_CHANGES,
+                "Times the ring changed (a node joined, left or was declared down).",
+            ),
+            gossip_datagrams: counter_vec(
+                &r,
+                GOSSIP_DATAGRAMS,
+                "Gossip datagrams, by direction (in, out).",
+                "direction",
+            ),
+            gossip_bytes: counter_vec(
+                &r,
+                GOSSIP_BYTES,
+                "Gossip UDP payload bytes, by direction (in, out).",
+                "direction",
+            ),
+            gossip_errors: counter(
+                &r,
+                GOSSIP_ERRORS,
+                "Gossip datagrams that could not be decoded or were refused, and failed sends.",
+            ),
+            handoff_dropped: counter(
+                &r,
+                HANDOFF_DROPPED,
+                "Presence entries dropped after a ring change because this node no longer owns them.",
+            ),
+            registry: r,
+        };
+        // Create every series up front so that rates exist from the start.
+        for k in RecvKind::ALL {
+            m.received.with_label_values(&[k.label()]);
+            m.received_bytes.with_label_values(&[k.label()]);
+        }
+        for k in SentKind::ALL {
+            m.sent.with_label_values(&[k.label()]);
+            m.sent_bytes.with_label_values(&[k.label()]);
+        }
+        for r in DropReason::ALL {
+            m.dropped.with_label_values(&[r.label()]);
+        }
+        for o in ["online", "offline"] {
+            m.lookups.with_label_values(&[o]);
+        }
+        for s in MemberState::ALL {
+            m.members.with_label_values(&[s.label()]);
+        }
+        for d in DIRECTIONS {
+            m.gossip_datagrams.with_label_values(&[d]);
+            m.gossip_bytes.with_label_values(&[d]);
+        }
+        m
+    }
+
+    /// The handles the gossip thread updates, resolved once.
+    pub fn for_gossip(&self) -> GossipMetrics {
+        GossipMetrics {
+            members: MemberState::ALL.map(|s| self.members.with_label_values(&[s.label()])),
+            ring_version: self.ring_version.clone(),
+            ring_members: self.ring_members.clone(),
+            ring_changes: self.ring_changes.clone(),
+            datagrams_in: self.gossip_datagrams.with_label_values(&["in"]),
+            datagrams_out: self.gossip_datagrams.with_label_values(&["out"]),
+            bytes_in: self.gossip_bytes.with_label_values(&["in"]),
+            bytes_out: self.gossip_bytes.with_label_values(&["out"]),
+            errors: self.gossip_errors.clone(),
+        }
+    }
+
+    /// Marks `engine` ("uring" or "mmsg") as the one running.
+    pub fn set_engine(&self, engine: &str) {
+        self.engine.with_label_values(&[engine]).set(1);
+    }
+
+    /// The counters one shard publishes into. Resolved once, so publishing
+    /// does not allocate.
+    pub fn for_shard(&self, shard: usize) -> ShardMetrics {
+        let each = |vec: &IntCounterVec, labels: &[&str]| -> Vec<IntCounter> {
+            labels
+                .iter()
+                .map(|l| vec.with_label_values(&[*l]))
+                .collect()
+        };
+        let recv: Vec<_> = RecvKind::ALL.iter().map(|k| k.label()).collect();
+        let sent: Vec<_> = SentKind::ALL.iter().map(|k| k.label()).collect();
+        let drops: Vec<_> = DropReason::ALL.iter().map(|k| k.label()).collect();
+        ShardMetrics {
+            received: each(&self.received, &recv),
+            received_bytes: each(&self.received_bytes, &recv),
+            sent: each(&self.sent, &sent),
+            sent_bytes: each(&self.sent_bytes, &sent),
+            dropped: each(&self.dropped, &drops),
+            online: self.lookups.with_label_values(&["online"]),
+            offline: self.lookups.with_label_values(&["offline"]),
+            intros_sent: self.intros_sent.clone(),
+            intros_rate_limited: self.intros_rate_limited.clone(),
+            shard_received: self.shard_received.with_label_values(&[&shard.to_string()]),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One shard's handles into the node's counters.
+pub struct ShardMetrics {
+    received: Vec<IntCounter>,
+    received_bytes: Vec<IntCounter>,
+    sent: Vec<IntCounter>,
+    sent_bytes: Vec<IntCounter>,
+    dropped: Vec<IntCounter>,
+    online: IntCounter,
+    offline: IntCounter,
+    intros_sent: IntCounter,
+    intros_rate_limited: IntCounter,
+    shard_received: IntCounter,
+}
+
+impl ShardMetrics {
+    /// Adds a shard's counts since its last publish.
+    pub fn publish(&self, s: &Stats) {
+        fn add(counters: &[IntCounter], values: &[u64]) {
+            for (c, v) in counters.iter().zip(values) {
+                if *v != 0 {
+                    c.inc_by(*v);
+                }
+            }
+        }
+        add(&self.received, &s.received);
+        add(&self.received_bytes, &s.received_bytes);
+        add(&self.sent, &s.sent);
+        add(&self.sent_bytes, &s.sent_bytes);
+        add(&self.dropped, &s.dropped);
+        for (c, v) in [
+            (&self.online, s.lookups_online),
+            (&self.offline, s.lookups_offline),
+            (&self.intros_rate_limited, s.intros_rate_limited),
+        ] {
+            if v != 0 {
+                c.inc_by(v);
+            }
+        }
+        let intros = s.sent[SentKind::Introduction as usize];
+        if intros != 0 {
+            self.intros_sent.inc_by(intros);
+        }
+        let total: u64 = s.received.iter().sum();
+        if total != 0 {
+            self.shard_received.inc_by(total);
+        }
+    }
+}
+
+/// The gossip thread's handles into the node's metrics.
+pub struct GossipMetrics {
+    members: [IntGauge; 3],
+    ring_version: IntGauge,
+    ring_members: IntGauge,
+    pub ring_changes: IntCounter,
+    datagrams_in: IntCounter,
+    datagrams_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    pub errors: IntCounter,
+}
+
+impl GossipMetrics {
+    pub fn set_members(&self, counts: MemberCounts) {
+        for (gauge, state) in self.members.iter().zip(MemberState::ALL) {
+            gauge.set(counts.get(state) as i64);
+        }
+    }
+
+    /// The ring now served.
+    pub fn set_ring(&self, ring: &Ring) {
+        self.ring_version.set(i64::from(ring.version()));
+        self.ring_members.set(ring.len() as i64);
+    }
+
+    pub fn received(&self, bytes: usize) {
+        self.datagrams_in.inc();
+        self.bytes_in.inc_by(bytes as u64);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.datagrams_out.inc();
+        self.bytes_out.inc_by(bytes as u64);
+    }
+}

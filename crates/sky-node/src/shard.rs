@@ -1,0 +1,597 @@
+//! The sans-IO shard core: what a sky node does with one datagram.
+//!
+//! A [`Shard`] never opens a socket, reads a clock or spawns a thread. The
+//! engine drives it:
+//!
+//! 1. [`Shard::handle_datagram`]`(now, from, buf, len, reply)` for every
+//!    datagram received; it returns an [`Output`] saying what to send;
+//! 2. [`Shard::handle_timeout`]`(now)` at least every [`Shard::poll_timeout`];
+//! 3. [`Shard::take_stats`] whenever the engine publishes metrics.
+//!
+//! **Where it sends.** A reply (and a members page) always goes to `from`,
+//! the observed source of the datagram being handled; an introduction always
+//! goes to the endpoint of a registration that was itself validated by
+//! cookie. [`Output`] has no
+//! way to name any other destination, and no v1 request carries an endpoint
+//! the core could be tricked into using (SPEC §3 invariant 1).
+//!
+//! **Never a reflector.** Before a source shows a valid cookie, the only
+//! replies are `pong` (6 bytes) and `cookie` (14 bytes); every request is at
+//! least 14 bytes.
+//!
+//! **Hostile input.** Every datagram is checked by [`wire::Packet`]; failures
+//! are counted in [`Stats::dropped`] by [`DropReason`], never propagated.
+//! Nothing here allocates.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
+use crate::presence::{Found, Presence};
+use crate::snapshot::SharedRing;
+use sky_proto::ring::Ring;
+use sky_proto::wire::{self, Flags, Kind, Message, VirtualAddr};
+
+/// Settings a shard needs; the engine builds it from the node config.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// The keepalive interval clients are told to use; entries expire after
+    /// three of them.
+    pub keepalive: Duration,
+    /// Introductions sent to one target per second, at most.
+    pub intros_per_second: u8,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            keepalive: Duration::from_secs(25),
+            intros_per_second: 5,
+        }
+    }
+}
+
+/// A datagram to send, already written into a caller buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub len: usize,
+}
+
+/// What to send after one datagram.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Output {
+    /// Bytes written at the front of `reply`, to send back to `from`.
+    pub reply: Option<usize>,
+    /// A datagram written over the request in `buf`: an introduction to a
+    /// registered endpoint, or a members page back to `from` (never larger
+    /// than the request it overwrote).
+    pub in_place: Option<Transmit>,
+}
+
+/// Kinds of datagram received, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvKind {
+    Ping,
+    Register,
+    Keepalive,
+    Lookup,
+    Unregister,
+    Members,
+    /// Anything that is not a valid v1 request.
+    Invalid,
+}
+
+impl RecvKind {
+    pub const ALL: [RecvKind; 7] = [
+        RecvKind::Ping,
+        RecvKind::Register,
+        RecvKind::Keepalive,
+        RecvKind::Lookup,
+        RecvKind::Unregister,
+        RecvKind::Members,
+        RecvKind::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RecvKind::Ping => "ping",
+            RecvKind::Register => "register",
+            RecvKind::Keepalive => "keepalive",
+            RecvKind::Lookup => "lookup",
+            RecvKind::Unregister => "unregister",
+            RecvKind::Members => "members",
+            RecvKind::Invalid => "invalid",
+        }
+    }
+}
+
+/// Kinds of datagram sent, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SentKind {
+    Pong,
+    Cookie,
+    Registered,
+    NotRegistered,
+    Online,
+    Offline,
+    Introduction,
+    MembersPage,
+    NotOwner,
+    RingChanged,
+}
+
+impl SentKind {
+    pub const ALL: [SentKind; 10] = [
+        SentKind::Pong,
+        SentKind::Cookie,
+        SentKind::Registered,
+        SentKind::NotRegistered,
+        SentKind::Online,
+        SentKind::Offline,
+        SentKind::Introduction,
+        SentKind::MembersPage,
+        SentKind::NotOwner,
+        SentKind::RingChanged,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SentKind::Pong => "pong",
+            SentKind::Cookie => "cookie",
+            SentKind::Registered => "registered",
+            SentKind::NotRegistered => "not_registered",
+            SentKind::Online => "online",
+            SentKind::Offline => "offline",
+            SentKind::Introduction => "introduction",
+            SentKind::MembersPage => "members_page",
+            SentKind::NotOwner => "not_owner",
+            SentKind::RingChanged => "ring_changed",
+        }
+    }
+
+    fn of(kind: Kind) -> SentKind {
+        match kind {
+            Kind::Pong => SentKind::Pong,
+            Kind::Cookie => SentKind::Cookie,
+            Kind::Registered => SentKind::Registered,
+            Kind::NotRegistered => SentKind::NotRegistered,
+            Kind::Online => SentKind::Online,
+            Kind::Offline => SentKind::Offline,
+            Kind::MembersPage => SentKind::MembersPage,
+            Kind::NotOwner => SentKind::NotOwner,
+            Kind::RingChanged => SentKind::RingChanged,
+            _ => SentKind::Introduction,
+        }
+    }
+}
+
+/// Why a datagram was dropped without an answer. A closed set: these are
+/// the values of the `reason` metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Truncated,
+    Oversized,
+    BadVersion,
+    UnknownKind,
+    BadLength,
+    /// A valid message, but a reply kind: the sky answers only requests.
+    NotARequest,
+    /// A new registration while the presence table is full.
+    TableFull,
+    /// The kernel refused a send (engine).
+    SendFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Truncated,
+        DropReason::Oversized,
+        DropReason::BadVersion,
+        DropReason::UnknownKind,
+        DropReason::BadLength,
+        DropReason::NotARequest,
+        DropReason::TableFull,
+        DropReason::SendFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Oversized => "oversized",
+            DropReason::BadVersion => "bad_version",
+            DropReason::UnknownKind => "unknown_kind",
+            DropReason::BadLength => "bad_length",
+            DropReason::NotARequest => "not_a_request",
+            DropReason::TableFull => "table_full",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+
+    fn of(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::Truncated => DropReason::Truncated,
+            wire::Error::BadVersion => DropReason::BadVersion,
+            wire::Error::UnknownKind => DropReason::UnknownKind,
+            wire::Error::BadLength => DropReason::BadLength,
+            wire::Error::Oversized => DropReason::Oversized,
+            // Entries that do not fill the page's length exactly.
+            wire::Error::BadEntry => DropReason::BadLength,
+        }
+    }
+}
+
+/// Counters a shard keeps in plain integers (no atomics on the packet path);
+/// the engine moves them into Prometheus in batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub received: [u64; RecvKind::ALL.len()],
+    pub received_bytes: [u64; RecvKind::ALL.len()],
+    pub sent: [u64; SentKind::ALL.len()],
+    pub sent_bytes: [u64; SentKind::ALL.len()],
+    pub dropped: [u64; DropReason::ALL.len()],
+    pub lookups_online: u64,
+    pub lookups_offline: u64,
+    pub intros_rate_limited: u64,
+}
+
+impl Stats {
+    pub fn record_drop(&mut self, reason: DropReason) {
+        self.dropped[reason as usize] += 1;
+    }
+
+    fn record_sent(&mut self, kind: SentKind, len: usize) {
+        self.sent[kind as usize] += 1;
+        self.sent_bytes[kind as usize] += len as u64;
+    }
+}
+
+/// What an engine drives for each datagram: the sky [`Shard`], or the
+/// benchmark's no-logic baseline (`sky_lab::baseline`). Same contract as
+/// [`Shard::handle_datagram`]: a reply goes to `from`, an introduction
+/// (written over the request in `buf`) to its `Transmit::dst`.
+pub trait Core: Send + 'static {
+    fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        reply: &mut [u8],
+    ) -> Output;
+    fn handle_timeout(&mut self, now: Duration);
+    fn take_stats(&mut self) -> Stats;
+    fn stats_mut(&mut self) -> &mut Stats;
+    /// A datagram the kernel truncated (larger than the engine's buffers).
+    fn drop_oversized(&mut self, len: usize);
+}
+
+impl Core for Shard {
+    fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        reply: &mut [u8],
+    ) -> Output {
+        Shard::handle_datagram(self, now, from, buf, len, reply)
+    }
+    fn handle_timeout(&mut self, now: Duration) {
+        Shard::handle_timeout(self, now)
+    }
+    fn take_stats(&mut self) -> Stats {
+        Shard::take_stats(self)
+    }
+    fn stats_mut(&mut self) -> &mut Stats {
+        Shard::stats_mut(self)
+    }
+    fn drop_oversized(&mut self, len: usize) {
+        Shard::drop_oversized(self, len)
+    }
+}
+
+/// One packet shard's logic.
+pub struct Shard {
+    secret: Arc<NodeSecret>,
+    cookies: CookieJar,
+    intro_keys: IntroKeys,
+    presence: Arc<Presence>,
+    config: ShardConfig,
+    stats: Stats,
+    /// The sky's view and this node's own endpoint in it; `None` for a
+    /// standalone shard (tests, benchmarks), which owns every address.
+    ring: Option<(arc_swap::Cache<SharedRing, Arc<Ring>>, SocketAddr)>,
+}
+
+impl Shard {
+    /// `now` is time since the engine's origin, shared by every shard.
+    pub fn new(
+        secret: Arc<NodeSecret>,
+        presence: Arc<Presence>,
+        config: ShardConfig,
+        now: Duration,
+    ) -> Shard {
+        Shard {
+            cookies: CookieJar::new(&secret, now),
+            intro_keys: IntroKeys::new(&secret),
+            secret,
+            presence,
+            config,
+            stats: Stats::default(),
+            ring: None,
+        }
+    }
+
+    /// Makes this shard one member of a sky: it answers members requests
+    /// from `ring`, registers only addresses `me` owns in it, and tells a
+    /// client whose keepalive names another ring version. The ring is read
+    /// through an `arc_swap::Cache`: one atomic load per datagram while it
+    /// is unchanged, and never a lock.
+    pub fn with_ring(mut self, ring: SharedRing, me: SocketAddr) -> Shard {
+        self.ring = Some((arc_swap::Cache::new(ring), wire::canonical(me)));
+        self
+    }
+
+    /// `Some(version)` with the first owner if this node is a member of a
+    /// ring and does not own `address`; `None` if it owns it.
+    fn not_owner(&mut self, address: &VirtualAddr) -> Option<(u32, SocketAddr)> {
+        let (cache, me) = self.ring.as_mut()?;
+        let ring = cache.load();
+        let owners = ring.owners(address);
+        if owners.contains(*me) {
+            return None;
+        }
+        Some((ring.version(), owners.first().unwrap_or(*me)))
+    }
+
+    fn ring_version(&mut self) -> Option<u32> {
+        self.ring.as_mut().map(|(cache, _)| cache.load().version())
+    }
+
+    /// Handles one datagram of `len` bytes at the front of `buf`.
+    ///
+    /// A reply is written into `reply` (at least [`wire::MAX_MESSAGE_LEN`]
+    /// bytes) and goes to `from`; an introduction is written over the request
+    /// in `buf` (which must be at least [`wire::MAX_MESSAGE_LEN`] bytes) and
+    /// goes to [`Transmit::dst`].
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        reply: &mut [u8],
+    ) -> Output {
+        let from = wire::canonical(from);
+        let len = len.min(buf.len());
+        let msg = match wire::Message::decode(&buf[..len]) {
+            Ok(m) if m.kind().is_request() => m,
+            Ok(_) => {
+                self.drop_invalid(len, DropReason::NotARequest);
+                return Output::default();
+            }
+            Err(e) => {
+                self.drop_invalid(len, DropReason::of(e));
+                return Output::default();
+            }
+        };
+        let recv = match msg.kind() {
+            Kind::Ping => RecvKind::Ping,
+            Kind::Register => RecvKind::Register,
+            Kind::Keepalive => RecvKind::Keepalive,
+            Kind::Lookup => RecvKind::Lookup,
+            Kind::Members => RecvKind::Members,
+            _ => RecvKind::Unregister,
+        };
+        self.stats.received[recv as usize] += 1;
+        self.stats.received_bytes[recv as usize] += len as u64;
+
+        let (tag, cookie) = match msg {
+            Message::Ping { tag, .. } => return self.reply(Message::Pong { tag }, reply),
+            Message::Register { tag, cookie, .. }
+            | Message::Keepalive { tag, cookie, .. }
+            | Message::Lookup { tag, cookie, .. }
+            | Message::Unregister { tag, cookie, .. }
+            | Message::Members { tag, cookie, .. } => (tag, cookie),
+            _ => unreachable!("requests only"),
+        };
+        self.cookies.rotate(&self.secret, now);
+        if !self.cookies.check(&from, &cookie) {
+            let cookie = self.cookies.issue(&from);
+            return self.reply(Message::CookieReply { tag, cookie }, reply);
+        }
+
+        let now_secs = secs(now);
+        let expires = now_secs.saturating_add(3 * secs(self.config.keepalive));
+        match msg {
+            Message::Register { flags, token, .. } => {
+                let address = VirtualAddr::from_token(&token);
+                if let Some((version, hint)) = self.not_owner(&address) {
+                    return self.reply(Message::NotOwner { tag, version, hint }, reply);
+                }
+                match self.presence.register(address, from, flags, expires) {
+                    Err(_) => {
+                        self.stats.record_drop(DropReason::TableFull);
+                        Output::default()
+                    }
+                    Ok(()) => self.reply(
+                        Message::Registered {
+                            tag,
+                            keepalive_secs: secs(self.config.keepalive).min(u16::MAX.into()) as u16,
+                            intro_key: self.intro_keys.key_for(&address),
+                            observed: from,
+                        },
+                        reply,
+                    ),
+                }
+            }
+            Message::Keepalive { address, ring, .. } => {
+                if !self.presence.refresh(&address, from, now_secs, expires) {
+                    return self.reply(Message::NotRegistered { tag }, reply);
+                }
+                match self.ring_version() {
+                    // The client holds another view: four bytes tell it to
+                    // fetch the members again. Silence otherwise.
+                    Some(version) if ring != 0 && ring != version => {
+                        self.reply(Message::RingChanged { tag, version }, reply)
+                    }
+                    _ => Output::default(),
+                }
+            }
+            Message::Lookup { target, caller, .. } => {
+                self.lookup(tag, target, caller, from, now_secs, buf, reply)
+            }
+            Message::Unregister { token, .. } => {
+                self.presence.remove(&VirtualAddr::from_token(&token));
+                Output::default()
+            }
+            Message::Members { start, len, .. } => self.members_page(tag, start, len, from, buf),
+            _ => unreachable!("requests only"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lookup(
+        &mut self,
+        tag: wire::Tag,
+        target: VirtualAddr,
+        caller: VirtualAddr,
+        from: SocketAddr,
+        now_secs: u32,
+        buf: &mut [u8],
+        reply: &mut [u8],
+    ) -> Output {
+        match self
+            .presence
+            .lookup(&target, now_secs, self.config.intros_per_second)
+        {
+            Found::Offline => {
+                // Entries a node no longer owns are still answered during
+                // the handoff grace; only a miss asks whether we own it.
+                if let Some((version, hint)) = self.not_owner(&target) {
+                    return self.reply(Message::NotOwner { tag, version, hint }, reply);
+                }
+                self.stats.lookups_offline += 1;
+                self.reply(Message::Offline { tag }, reply)
+            }
+            Found::Online {
+                endpoint,
+                flags,
+                introduce,
+            } => {
+                self.stats.lookups_online += 1;
+                let mut flags = flags;
+                let introduction = if introduce {
+                    let key = self.intro_keys.key_for(&target);
+                    let intro = Message::Introduction {
+                        caller,
+                        mac: sky_proto::intro::introduction_mac(&key, &caller, &from),
+                        endpoint: from,
+                    };
+                    let len = intro.emit(buf);
+                    self.stats.record_sent(SentKind::Introduction, len);
+                    Some(Transmit { dst: endpoint, len })
+                } else {
+                    self.stats.intros_rate_limited += 1;
+                    flags.0 |= Flags::NOT_INTRODUCED;
+                    None
+                };
+                let out = self.reply(
+                    Message::Online {
+                        tag,
+                        flags,
+                        endpoint,
+                    },
+                    reply,
+                );
+                Output {
+                    in_place: introduction,
+                    ..out
+                }
+            }
+        }
+    }
+
+    /// A page of this node's view, written over the request (`len` bytes,
+    /// so the page is never larger than what asked for it) and sent back.
+    fn members_page(
+        &mut self,
+        tag: wire::Tag,
+        start: u16,
+        len: u16,
+        from: SocketAddr,
+        buf: &mut [u8],
+    ) -> Output {
+        // A standalone shard is a ring of one whose endpoint it does not
+        // know: version 0 and no members say "ask nobody else".
+        let ring = self.ring.as_mut().map(|(cache, _)| cache.load());
+        let members = ring.map_or(&[][..], |r| r.members());
+        let header = Message::MembersPage {
+            tag,
+            version: ring.map_or(0, |r| r.version()),
+            config: ring.map_or_else(Default::default, |r| r.config()),
+            total: members.len().min(u16::MAX.into()) as u16,
+            start,
+        };
+        let rest = members.iter().skip(start.into()).map(|m| m.endpoint);
+        let (n, _) = wire::emit_members_page(buf, len.into(), header, rest);
+        self.stats.record_sent(SentKind::MembersPage, n);
+        Output {
+            reply: None,
+            in_place: Some(Transmit { dst: from, len: n }),
+        }
+    }
+
+    /// Periodic work; the engine calls it at least every `poll_timeout`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.cookies.rotate(&self.secret, now);
+    }
+
+    /// How long the engine may wait before calling `handle_timeout`.
+    pub fn poll_timeout(&self) -> Duration {
+        keys::COOKIE_ROTATION / 4
+    }
+
+    /// The counters since the last call, leaving zeros behind.
+    pub fn take_stats(&mut self) -> Stats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// For the engine's own drops (send failures, full queues).
+    pub fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
+    /// A datagram the engine saw truncated by the kernel (larger than its
+    /// buffers): counted as received and dropped as oversized.
+    pub fn drop_oversized(&mut self, len: usize) {
+        self.drop_invalid(len, DropReason::Oversized);
+    }
+
+    fn drop_invalid(&mut self, len: usize, reason: DropReason) {
+        let i = RecvKind::Invalid as usize;
+        self.stats.received[i] += 1;
+        self.stats.received_bytes[i] += len as u64;
+        self.stats.record_drop(reason);
+    }
+
+    fn reply(&mut self, msg: Message, reply: &mut [u8]) -> Output {
+        let len = msg.emit(reply);
+        self.stats.record_sent(SentKind::of(msg.kind()), len);
+        Output {
+            reply: Some(len),
+            in_place: None,
+        }
+    }
+}
+
+fn secs(d: Duration) -> u32 {
+    d.as_secs().min(u32::MAX.into()) as u32
+}
+
+#[cfg(test)]
+#[path = "tests/shard.rs"]
+mod tests;

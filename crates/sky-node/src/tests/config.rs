@@ -1,0 +1,100 @@
+//! Tests of `config`.
+
+use super::*;
+
+#[test]
+fn the_example_config_is_valid_and_matches_the_defaults() {
+    let text = include_str!("../../../../deploy/sky.toml");
+    let file: FileConfig = toml::from_str(text).expect("deploy/sky.toml parses");
+    assert_eq!(file.resolve().unwrap(), Config::default());
+}
+
+#[test]
+fn later_layers_win() {
+    let file = FileConfig {
+        listen: Some("0.0.0.0:1".into()),
+        capacity: Some(5),
+        ..Default::default()
+    };
+    let env = FileConfig {
+        listen: Some("0.0.0.0:2".into()),
+        ..Default::default()
+    };
+    let c = file.overlay(env).resolve().unwrap();
+    assert_eq!(c.listen, "0.0.0.0:2".parse().unwrap());
+    assert_eq!(c.capacity, 5);
+}
+
+#[test]
+fn bad_values_say_which_field() {
+    for (toml, field) in [
+        ("listen = \"nope\"", "listen"),
+        ("keepalive_secs = 0", "keepalive_secs"),
+        ("capacity = 0", "capacity"),
+        ("engine = \"fast\"", "engine"),
+        ("typo = 1", "typo"),
+        ("gossip = \"nope\"", "gossip"),
+        ("seeds = [\"127.0.0.1:7701\", \"x\"]", "seeds"),
+        ("replicas = 0", "replicas"),
+        ("prefix_v4 = 33", "prefix_v4"),
+        ("prefix_v6 = 129", "prefix_v6"),
+        ("positions = 0", "positions"),
+        ("handoff_grace_secs = 100000", "handoff_grace_secs"),
+        (
+            "listen = \"127.0.0.1:7700\"\ngossip = \"127.0.0.1:7700\"",
+            "gossip",
+        ),
+    ] {
+        let err = toml::from_str::<FileConfig>(toml)
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.resolve().map_err(|e| e.0))
+            .unwrap_err();
+        assert!(err.contains(field), "{err}");
+    }
+}
+
+#[test]
+fn gossip_defaults_to_the_listen_ip_on_7701_or_ephemeral() {
+    let resolve = |toml: &str| {
+        toml::from_str::<FileConfig>(toml)
+            .unwrap()
+            .resolve()
+            .unwrap()
+    };
+    let c = resolve("listen = \"0.0.0.0:7700\"");
+    assert_eq!(c.gossip, "0.0.0.0:7701".parse().unwrap());
+    let c = resolve("listen = \"[::1]:0\"");
+    assert_eq!(c.gossip, "[::1]:0".parse().unwrap(), "tests: ephemeral");
+    let c = resolve("gossip = \"10.0.0.1:9000\"\nseeds = [\"10.0.0.2:7701\"]");
+    assert_eq!(c.gossip, "10.0.0.1:9000".parse().unwrap());
+    assert_eq!(c.seeds, vec!["10.0.0.2:7701".parse().unwrap()]);
+}
+
+#[test]
+fn handoff_grace_defaults_to_two_keepalives() {
+    let file = FileConfig {
+        keepalive_secs: Some(10),
+        ..Default::default()
+    };
+    assert_eq!(
+        file.resolve().unwrap().handoff_grace,
+        Duration::from_secs(20)
+    );
+    let file = FileConfig {
+        keepalive_secs: Some(10),
+        handoff_grace_secs: Some(3),
+        ..Default::default()
+    };
+    assert_eq!(
+        file.resolve().unwrap().handoff_grace,
+        Duration::from_secs(3)
+    );
+}
+
+#[test]
+fn shards_default_to_cores_minus_one() {
+    let c = Config::default();
+    assert_eq!(c.shard_count(1), 1);
+    assert_eq!(c.shard_count(2), 1);
+    assert_eq!(c.shard_count(16), 15);
+}

@@ -1,0 +1,430 @@
+//! Wire format v1: every sky message is one UDP datagram.
+//!
+//! Two layers, as in smoltcp:
+//! - [`Packet`] is a *checked view* over untrusted bytes. [`Packet::new_checked`]
+//!   validates the version, the kind and the exact length for that kind; after
+//!   that every accessor is in bounds.
+//! - [`Message`] is the *parsed value*, a small `Copy` enum. [`Message::parse`]
+//!   reads one from a checked packet, [`Message::emit`] writes one into a caller
+//!   buffer of at least [`Message::buffer_len`] bytes.
+//!
+//! Decoding never panics and never allocates, whatever the input (a property
+//! test feeds it arbitrary bytes, and every truncation of every message). The
+//! byte layout is documented, with sizes, in `docs/PROTOCOL.md`; the constants
+//! here are the single source for those numbers.
+//!
+//! ```
+//! use sky_proto::wire::{Cookie, Message, Tag, VirtualAddr, MAX_MESSAGE_LEN};
+//!
+//! let lookup = Message::Lookup {
+//!     tag: Tag([1, 2, 3, 4]),
+//!     cookie: Cookie::default(),
+//!     target: VirtualAddr([0x11; 16]),
+//!     caller: VirtualAddr([0x22; 16]),
+//! };
+//! let mut buf = [0u8; MAX_MESSAGE_LEN];
+//! let len = lookup.emit(&mut buf);
+//! assert_eq!(len, 46);
+//! assert_eq!(Message::decode(&buf[..len]), Ok(lookup));
+//! assert!(Message::decode(&buf[..len - 1]).is_err());
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::addr::encode_endpoint;
+pub use crate::addr::{
+    Cookie, ENDPOINT_V4_LEN, ENDPOINT_V6_LEN, Flags, IntroKey, Mac, Tag, Token, VirtualAddr,
+    canonical, decode_endpoint, endpoint_len, from_hex, to_hex,
+};
+
+mod message;
+
+pub use message::Message;
+
+/// The protocol version carried in byte 0 of every datagram.
+pub const VERSION: u8 = 1;
+
+/// Datagrams longer than this are dropped as oversized (IPv6 minimum MTU
+/// minus IPv6 and UDP headers). No v1 message comes close.
+pub const MAX_DATAGRAM_LEN: usize = 1232;
+
+/// Length of the header every request carries: version, kind, tag, cookie.
+pub const REQUEST_HEADER_LEN: usize = 14;
+
+/// Length of the header every tagged reply carries: version, kind, tag.
+pub const REPLY_HEADER_LEN: usize = 6;
+
+/// The longest message v1 defines (a `registered` reply to an IPv6 client).
+pub const MAX_MESSAGE_LEN: usize = 58;
+
+/// Byte offsets of every field, by message kind.
+pub(crate) mod field {
+    use std::ops::{Range, RangeFrom};
+
+    pub(crate) const VERSION: usize = 0;
+    pub(crate) const KIND: usize = 1;
+    /// Client-chosen request tag, echoed in the reply (matching and
+    /// anti-spoofing).
+    pub(crate) const TAG: Range<usize> = 2..6;
+    /// Requests only.
+    pub(crate) const COOKIE: Range<usize> = 6..14;
+
+    // Request bodies.
+    pub(crate) const REGISTER_FLAGS: usize = 14;
+    pub(crate) const REGISTER_TOKEN: Range<usize> = 15..31;
+    pub(crate) const KEEPALIVE_ADDRESS: Range<usize> = 14..30;
+    /// The ring version the client holds (0: none).
+    pub(crate) const KEEPALIVE_RING: Range<usize> = 30..34;
+    pub(crate) const LOOKUP_TARGET: Range<usize> = 14..30;
+    pub(crate) const LOOKUP_CALLER: Range<usize> = 30..46;
+    pub(crate) const UNREGISTER_TOKEN: Range<usize> = 14..30;
+    /// Index of the first member wanted; padding follows.
+    pub(crate) const MEMBERS_START: Range<usize> = 14..16;
+
+    // Reply bodies.
+    pub(crate) const COOKIE_VALUE: Range<usize> = 6..14;
+    pub(crate) const REGISTERED_KEEPALIVE: Range<usize> = 6..8;
+    pub(crate) const REGISTERED_INTRO_KEY: Range<usize> = 8..40;
+    pub(crate) const REGISTERED_ENDPOINT: RangeFrom<usize> = 40..;
+    pub(crate) const ONLINE_FLAGS: usize = 6;
+    pub(crate) const ONLINE_ENDPOINT: RangeFrom<usize> = 7..;
+    pub(crate) const PAGE_VERSION: Range<usize> = 6..10;
+    pub(crate) const PAGE_REPLICAS: usize = 10;
+    pub(crate) const PAGE_PREFIX_V4: usize = 11;
+    pub(crate) const PAGE_PREFIX_V6: usize = 12;
+    pub(crate) const PAGE_POSITIONS: usize = 13;
+    pub(crate) const PAGE_TOTAL: Range<usize> = 14..16;
+    pub(crate) const PAGE_START: Range<usize> = 16..18;
+    pub(crate) const PAGE_ENTRIES: RangeFrom<usize> = 18..;
+    pub(crate) const NOT_OWNER_VERSION: Range<usize> = 6..10;
+    pub(crate) const NOT_OWNER_HINT: RangeFrom<usize> = 10..;
+    pub(crate) const RING_VERSION: Range<usize> = 6..10;
+
+    // Introduction (sky to target, unsolicited: no tag).
+    pub(crate) const INTRO_CALLER: Range<usize> = 2..18;
+    pub(crate) const INTRO_MAC: Range<usize> = 18..26;
+    pub(crate) const INTRO_ENDPOINT: RangeFrom<usize> = 26..;
+}
+
+/// Message kinds (byte 1). Requests have the high bit clear, replies set.
+///
+/// `0x06` (members), `0x88` (members page), `0x89` (not owner) and `0x8a`
+/// (ring changed) are the DHT's (SPEC §4, `docs/PROTOCOL.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// `0x01`: ping.
+    Ping = 0x01,
+    /// `0x02`: register.
+    Register = 0x02,
+    /// `0x03`: keepalive.
+    Keepalive = 0x03,
+    /// `0x04`: lookup.
+    Lookup = 0x04,
+    /// `0x05`: unregister.
+    Unregister = 0x05,
+    /// `0x06`: members request.
+    Members = 0x06,
+    /// `0x81`: pong.
+    Pong = 0x81,
+    /// `0x82`: cookie.
+    Cookie = 0x82,
+    /// `0x83`: registered.
+    Registered = 0x83,
+    /// `0x84`: not registered.
+    NotRegistered = 0x84,
+    /// `0x85`: online.
+    Online = 0x85,
+    /// `0x86`: offline.
+    Offline = 0x86,
+    /// `0x87`: introduction.
+    Introduction = 0x87,
+    /// `0x88`: members page.
+    MembersPage = 0x88,
+    /// `0x89`: not owner.
+    NotOwner = 0x89,
+    /// `0x8a`: ring changed.
+    RingChanged = 0x8a,
+}
+
+/// The lengths a datagram of one kind may have.
+#[derive(Clone, Copy, Debug)]
+enum Lengths {
+    Fixed(usize),
+    /// A base plus an IPv4 or an IPv6 endpoint.
+    Endpoint(usize, usize),
+    /// At least this many bytes, up to [`MAX_DATAGRAM_LEN`].
+    AtLeast(usize),
+}
+
+impl Kind {
+    /// Every kind, in wire order.
+    pub const ALL: [Kind; 16] = [
+        Kind::Ping,
+        Kind::Register,
+        Kind::Keepalive,
+        Kind::Lookup,
+        Kind::Unregister,
+        Kind::Members,
+        Kind::Pong,
+        Kind::Cookie,
+        Kind::Registered,
+        Kind::NotRegistered,
+        Kind::Online,
+        Kind::Offline,
+        Kind::Introduction,
+        Kind::MembersPage,
+        Kind::NotOwner,
+        Kind::RingChanged,
+    ];
+
+    /// The kind byte 1 names, if any.
+    pub fn from_byte(byte: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == byte)
+    }
+
+    /// True for the kinds a client sends to a sky node.
+    pub fn is_request(self) -> bool {
+        (self as u8) & 0x80 == 0
+    }
+
+    /// The lengths a datagram of this kind may have.
+    fn lengths(self) -> Lengths {
+        use Lengths::{AtLeast, Fixed};
+        let with_endpoint =
+            |base| Lengths::Endpoint(base + ENDPOINT_V4_LEN, base + ENDPOINT_V6_LEN);
+        match self {
+            Kind::Ping => Fixed(REQUEST_HEADER_LEN),
+            Kind::Register => Fixed(field::REGISTER_TOKEN.end),
+            Kind::Keepalive => Fixed(field::KEEPALIVE_RING.end),
+            Kind::Lookup => Fixed(field::LOOKUP_CALLER.end),
+            Kind::Unregister => Fixed(field::UNREGISTER_TOKEN.end),
+            // At least as long as a page header: no page outgrows its request.
+            Kind::Members => AtLeast(field::PAGE_ENTRIES.start),
+            Kind::Pong | Kind::NotRegistered | Kind::Offline => Fixed(REPLY_HEADER_LEN),
+            Kind::Cookie => Fixed(field::COOKIE_VALUE.end),
+            Kind::Registered => with_endpoint(field::REGISTERED_ENDPOINT.start),
+            Kind::Online => with_endpoint(field::ONLINE_ENDPOINT.start),
+            Kind::Introduction => with_endpoint(field::INTRO_ENDPOINT.start),
+            Kind::MembersPage => AtLeast(field::PAGE_ENTRIES.start),
+            Kind::NotOwner => with_endpoint(field::NOT_OWNER_HINT.start),
+            Kind::RingChanged => Fixed(field::RING_VERSION.end),
+        }
+    }
+
+    /// The shortest datagram of this kind.
+    pub fn min_len(self) -> usize {
+        match self.lengths() {
+            Lengths::Fixed(n) | Lengths::Endpoint(n, _) | Lengths::AtLeast(n) => n,
+        }
+    }
+}
+
+/// Why a datagram is not a valid v1 message. Small and `Copy`: drops are
+/// counted by this reason, never propagated as strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// Shorter than its kind requires (or empty).
+    Truncated,
+    /// Byte 0 is not [`VERSION`].
+    BadVersion,
+    /// Byte 1 names no v1 kind.
+    UnknownKind,
+    /// A members page whose entries do not parse.
+    BadEntry,
+    /// Longer than its kind allows, or between the IPv4 and IPv6 sizes.
+    BadLength,
+    /// Longer than [`MAX_DATAGRAM_LEN`].
+    Oversized,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::Truncated => "datagram shorter than its kind requires",
+            Error::BadVersion => "unsupported protocol version",
+            Error::UnknownKind => "unknown message kind",
+            Error::BadEntry => "members page entry does not parse",
+            Error::BadLength => "datagram length does not fit its kind",
+            Error::Oversized => "datagram longer than any message",
+        })
+    }
+}
+
+impl std::error::Error for Error {}
+/// A checked view over the bytes of one datagram.
+///
+/// `new_checked` is the only constructor from untrusted bytes; once it
+/// returns `Ok`, every field accessor is in bounds for the packet's kind.
+/// Accessors of fields the kind does not have panic (a bug in the caller,
+/// never reachable from input).
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps a buffer without checking it (for emitting into it).
+    pub fn new_unchecked(buffer: T) -> Packet<T> {
+        Packet { buffer }
+    }
+
+    /// Wraps untrusted bytes, checking version, kind and length.
+    pub fn new_checked(buffer: T) -> Result<Packet<T>, Error> {
+        let bytes = buffer.as_ref();
+        if bytes.len() > MAX_DATAGRAM_LEN {
+            return Err(Error::Oversized);
+        }
+        match bytes.first() {
+            None => return Err(Error::Truncated),
+            Some(&v) if v != VERSION => return Err(Error::BadVersion),
+            Some(_) => {}
+        }
+        let kind = match bytes.get(field::KIND) {
+            None => return Err(Error::Truncated),
+            Some(&k) => Kind::from_byte(k).ok_or(Error::UnknownKind)?,
+        };
+        let len = bytes.len();
+        if len < kind.min_len() {
+            return Err(Error::Truncated);
+        }
+        match kind.lengths() {
+            Lengths::Fixed(n) if len != n => return Err(Error::BadLength),
+            Lengths::Endpoint(v4, v6) if len != v4 && len != v6 => return Err(Error::BadLength),
+            _ => {}
+        }
+        if kind == Kind::MembersPage {
+            let mut entries = PageEntries {
+                rest: &bytes[field::PAGE_ENTRIES],
+            };
+            while !entries.rest.is_empty() {
+                if entries.next().is_none() {
+                    return Err(Error::BadEntry);
+                }
+            }
+        }
+        Ok(Packet { buffer })
+    }
+
+    /// The buffer back.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
+    /// Byte 0.
+    pub fn version(&self) -> u8 {
+        self.bytes()[field::VERSION]
+    }
+
+    /// The kind; valid on a checked packet.
+    pub fn kind(&self) -> Kind {
+        Kind::from_byte(self.bytes()[field::KIND]).expect("checked packet")
+    }
+
+    /// The tag (requests and tagged replies).
+    pub fn tag(&self) -> Tag {
+        Tag::read(&self.bytes()[field::TAG])
+    }
+
+    /// The cookie (requests).
+    pub fn cookie(&self) -> Cookie {
+        Cookie::read(&self.bytes()[field::COOKIE])
+    }
+
+    pub(crate) fn read_endpoint(&self, from: usize) -> SocketAddr {
+        decode_endpoint(&self.bytes()[from..]).expect("checked length")
+    }
+
+    /// The members a members page lists; empty for any other kind.
+    pub fn page_entries(&self) -> PageEntries<'_> {
+        let rest = match self.kind() {
+            Kind::MembersPage => &self.bytes()[field::PAGE_ENTRIES],
+            _ => &[],
+        };
+        PageEntries { rest }
+    }
+}
+
+/// Family byte of a members page entry followed by an IPv4 endpoint.
+const ENTRY_V4: u8 = 4;
+/// Family byte of a members page entry followed by an IPv6 endpoint.
+const ENTRY_V6: u8 = 6;
+
+/// The endpoints of a members page, in order.
+#[derive(Clone, Debug)]
+pub struct PageEntries<'a> {
+    rest: &'a [u8],
+}
+
+impl Iterator for PageEntries<'_> {
+    type Item = SocketAddr;
+
+    fn next(&mut self) -> Option<SocketAddr> {
+        let n = match *self.rest.first()? {
+            ENTRY_V4 => ENDPOINT_V4_LEN,
+            ENTRY_V6 => ENDPOINT_V6_LEN,
+            _ => return None,
+        };
+        let entry = self.rest.get(1..1 + n)?;
+        self.rest = &self.rest[1 + n..];
+        decode_endpoint(entry)
+    }
+}
+
+/// Bytes one members page entry takes.
+fn page_entry_len(endpoint: &SocketAddr) -> usize {
+    1 + endpoint_len(endpoint)
+}
+
+/// Writes a members page into `buf`: the header, then as many of
+/// `entries` as fit in `limit` bytes (a node passes the request's length,
+/// so a page is never larger than the request that asked for it). Returns
+/// the length written and the number of entries in it.
+pub fn emit_members_page(
+    buf: &mut [u8],
+    limit: usize,
+    header: Message,
+    entries: impl IntoIterator<Item = SocketAddr>,
+) -> (usize, usize) {
+    debug_assert!(matches!(header, Message::MembersPage { .. }));
+    let limit = limit.min(buf.len()).min(MAX_DATAGRAM_LEN);
+    let mut len = header.emit(buf);
+    let mut count = 0;
+    for endpoint in entries {
+        let endpoint = canonical(endpoint);
+        let n = page_entry_len(&endpoint);
+        if len + n > limit {
+            break;
+        }
+        buf[len] = if n == 1 + ENDPOINT_V4_LEN {
+            ENTRY_V4
+        } else {
+            ENTRY_V6
+        };
+        encode_endpoint(&endpoint, &mut buf[len + 1..len + n]);
+        len += n;
+        count += 1;
+    }
+    (len, count)
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buffer.as_mut()
+    }
+
+    pub(crate) fn set_header(&mut self, kind: Kind) {
+        let bytes = self.bytes_mut();
+        bytes[field::VERSION] = VERSION;
+        bytes[field::KIND] = kind as u8;
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/wire.rs"]
+mod tests;

@@ -1,0 +1,144 @@
+//! `sky bench`: the load generator, and with `--serve-baseline` the
+//! no-logic ceiling it measures a node against.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use sky_node::config::{EngineChoice, FileConfig};
+use sky_node::probe;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// The node (or STUN server) to load, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", default_value = sky_node::config::DEFAULT_LISTEN)]
+    sky: String,
+    /// ping, register, lookup-online, lookup-offline, mixed or stun.
+    #[arg(long, default_value = "lookup-online")]
+    mode: sky_lab::bench::Mode,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Operations per second (default: as fast as answers come).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Client sockets (source ports).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Addresses registered before measuring.
+    #[arg(long, default_value_t = 10_000)]
+    population: usize,
+    /// Requests in flight per socket.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Pin the generator to this core.
+    #[arg(long)]
+    pin: Option<usize>,
+    /// The server's process id: report the CPU it used while measuring.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// The population is already registered (by an earlier run): skip setup.
+    #[arg(long)]
+    registered: bool,
+    /// Serve the no-logic baseline on --listen instead of generating load.
+    #[arg(long)]
+    serve_baseline: bool,
+    /// Baseline: UDP address.
+    #[arg(long, default_value = "127.0.0.1:7799")]
+    listen: String,
+    /// Baseline: packet shards (0: one per core but one).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Baseline: packet engine.
+    #[arg(long, default_value = "auto")]
+    engine: EngineChoice,
+}
+
+pub(crate) fn main(args: BenchArgs) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("sky bench: {msg}");
+        ExitCode::from(2)
+    };
+    if args.serve_baseline {
+        let mut config = match (FileConfig {
+            listen: Some(args.listen.clone()),
+            metrics: Some("off".into()),
+            shards: Some(args.shards),
+            engine: Some(args.engine),
+            ..FileConfig::default()
+        })
+        .resolve()
+        {
+            Ok(c) => c,
+            Err(e) => return fail(e.to_string()),
+        };
+        // The baseline runs a (lonely) gossip thread like a node, on an
+        // ephemeral port: it must not take a node's 7701 on this machine.
+        config.gossip.set_port(0);
+        let node = match sky_lab::baseline::start(&config) {
+            Ok(n) => n,
+            Err(e) => return fail(e.to_string()),
+        };
+        eprintln!(
+            "sky bench: baseline serving {} ({} engine, {} shards)",
+            node.local_addr(),
+            node.engine().label(),
+            node.shards()
+        );
+        let stop = node.stop_flag();
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register(signal, stop.clone());
+        }
+        return match node.wait() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    let duration = match Duration::try_from_secs_f64(args.duration) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
+        _ => return fail("--duration must be between 0 and 3600 seconds".into()),
+    };
+    let target = match probe::resolve(&args.sky) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot resolve {}: {e}", args.sky)),
+    };
+    if args.clients == 0 || args.window == 0 || args.population == 0 {
+        return fail("--clients, --window and --population must be at least 1".into());
+    }
+    if let Some(core) = args.pin
+        && let Err(e) = sky_node::engine::sys::pin_to_core(core)
+    {
+        return fail(format!("cannot pin to core {core}: {e}"));
+    }
+    let config = sky_lab::bench::BenchConfig {
+        target,
+        mode: args.mode,
+        duration,
+        rate: args.rate,
+        clients: args.clients,
+        population: args.population,
+        window: args.window,
+        progress: !args.json,
+        server_pid: args.server_pid,
+        registered: args.registered,
+        ..Default::default()
+    };
+    match sky_lab::bench::run(config) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("serializable report")
+                );
+            } else {
+                println!("{report}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}

@@ -1,0 +1,156 @@
+//! `sky node`: run a sky node until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig};
+use sky_node::engine::Node;
+
+/// Flags override `SKY_*` environment variables, which override the file.
+#[derive(Args)]
+pub(crate) struct NodeArgs {
+    /// UDP address to serve the sky protocol on.
+    #[arg(long, env = "SKY_LISTEN", value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// TCP address for /metrics, or `off`.
+    #[arg(long, env = "SKY_METRICS", value_name = "HOST:PORT|off")]
+    metrics: Option<String>,
+    /// Packet shards (0: one per core but one).
+    #[arg(long, env = "SKY_SHARDS")]
+    shards: Option<usize>,
+    /// Packet engine.
+    #[arg(long, env = "SKY_ENGINE", value_name = "auto|uring|mmsg")]
+    engine: Option<EngineChoice>,
+    /// Pin shards to cores.
+    #[arg(long, env = "SKY_PIN_CORES", value_name = "true|false")]
+    pin_cores: Option<bool>,
+    /// Presence table capacity, in entries.
+    #[arg(long, env = "SKY_CAPACITY")]
+    capacity: Option<usize>,
+    /// Keepalive interval told to clients, in seconds.
+    #[arg(long, env = "SKY_KEEPALIVE_SECS")]
+    keepalive_secs: Option<u64>,
+    /// Introductions per target per second.
+    #[arg(long, env = "SKY_INTROS_PER_SECOND")]
+    intros_per_second: Option<u8>,
+    /// UDP address for gossip with other sky nodes [default: the listen IP,
+    /// port 7701; port 0 when the listen port is 0].
+    #[arg(long, env = "SKY_GOSSIP", value_name = "HOST:PORT")]
+    gossip: Option<String>,
+    /// Gossip address of a sky node to join through; repeat for more
+    /// (environment: comma-separated).
+    #[arg(
+        long = "seed",
+        env = "SKY_SEEDS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    seeds: Vec<String>,
+    /// Owners per virtual address, 1..=8 [default: 2]; the same on every
+    /// node of a sky.
+    #[arg(long, env = "SKY_REPLICAS")]
+    replicas: Option<u8>,
+    /// IPv4 prefix length that counts as one operator on the ring
+    /// [default: 24].
+    #[arg(long, env = "SKY_PREFIX_V4")]
+    prefix_v4: Option<u8>,
+    /// IPv6 prefix length that counts as one operator on the ring
+    /// [default: 48].
+    #[arg(long, env = "SKY_PREFIX_V6")]
+    prefix_v6: Option<u8>,
+    /// Positions each IP takes on the ring, 1..=64 [default: 16]; the same
+    /// on every node of a sky (docs/DHT.md).
+    #[arg(long, env = "SKY_POSITIONS")]
+    positions: Option<u8>,
+    /// Seconds to keep entries this node no longer owns after a ring
+    /// change [default: 2 × keepalive].
+    #[arg(long = "handoff-grace", env = "SKY_HANDOFF_GRACE", value_name = "SECS")]
+    handoff_grace: Option<u64>,
+    /// TOML configuration file (see deploy/sky.toml).
+    #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate FILE (merged with environment and flags) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+pub(crate) fn main(args: NodeArgs) -> ExitCode {
+    let config = match merged_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sky node: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &args.check_config {
+        println!(
+            "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s, \
+             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s)",
+            path.display(),
+            config.listen,
+            config.metrics.map_or("off".into(), |a| a.to_string()),
+            config.shards.map_or("auto".into(), |n| n.to_string()),
+            config.engine,
+            config.capacity,
+            config.keepalive.as_secs(),
+            config.gossip,
+            config.seeds.len(),
+            config.ring.replicas,
+            config.ring.prefix_v4,
+            config.ring.prefix_v6,
+            config.ring.positions,
+            config.handoff_grace.as_secs()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let node = match Node::start(&config) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sky node: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = node.stop_flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("sky node: cannot handle signal {signal}: {e}");
+            let _ = node.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
+    match node.wait() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sky node: stopped on an error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
+    let file = match args.check_config.as_ref().or(args.config.as_ref()) {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let overrides = FileConfig {
+        listen: args.listen.clone(),
+        metrics: args.metrics.clone(),
+        shards: args.shards,
+        engine: args.engine,
+        pin_cores: args.pin_cores,
+        capacity: args.capacity,
+        keepalive_secs: args.keepalive_secs,
+        intros_per_second: args.intros_per_second,
+        gossip: args.gossip.clone(),
+        seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
+        replicas: args.replicas,
+        prefix_v4: args.prefix_v4,
+        prefix_v6: args.prefix_v6,
+        positions: args.positions,
+        handoff_grace_secs: args.handoff_grace,
+    };
+    file.overlay(overrides).resolve()
+}

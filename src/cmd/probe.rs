@@ -1,0 +1,220 @@
+//! `sky probe`: the operator's blackbox checks against a running node.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use sky_node::probe::{self, Client, Incoming, Lookup, ProbeError};
+use sky_proto::wire::{self, Token, VirtualAddr};
+
+#[derive(Subcommand)]
+pub(crate) enum ProbeCommand {
+    /// Ping a node and print the round trip.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+        /// Pings to send.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Register a token's address, print it and the observed endpoint, and
+    /// hold it (printing introductions) for --hold seconds.
+    Register {
+        #[command(flatten)]
+        target: Target,
+        /// 16-byte registration token, hex.
+        #[arg(long, value_name = "HEX")]
+        token: String,
+        /// Seconds to stay registered, sending keepalives.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+        /// Flag the registration as metered.
+        #[arg(long)]
+        metered: bool,
+    },
+    /// Look an address up: `online <ip:port>` (exit 0) or `offline` (exit 1).
+    Lookup {
+        #[command(flatten)]
+        target: Target,
+        /// 16-byte virtual address, hex.
+        #[arg(long, value_name = "HEX")]
+        address: String,
+        /// The caller's own virtual address, passed on in the introduction.
+        #[arg(long = "as", value_name = "HEX")]
+        caller: Option<String>,
+    },
+    /// Print the node's view of the sky: ring version and settings, then
+    /// one member (service endpoint) per line, in ring order.
+    Members {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct Target {
+    /// The node, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", default_value = sky_node::config::DEFAULT_LISTEN)]
+    sky: String,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 2.0)]
+    timeout: f64,
+}
+
+/// Exit codes: 0 success, 1 negative answer (offline), 2 no answer or a
+/// usage error.
+pub(crate) fn main(cmd: ProbeCommand) -> ExitCode {
+    let target = match &cmd {
+        ProbeCommand::Ping { target, .. }
+        | ProbeCommand::Register { target, .. }
+        | ProbeCommand::Lookup { target, .. }
+        | ProbeCommand::Members { target } => target,
+    };
+    let fail = |msg: String| {
+        eprintln!("sky probe: {msg}");
+        ExitCode::from(2)
+    };
+    let timeout = match Duration::try_from_secs_f64(target.timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            return fail(format!(
+                "--timeout {} is not a positive number",
+                target.timeout
+            ));
+        }
+    };
+    let sky = match probe::resolve(&target.sky) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("cannot resolve {}: {e}", target.sky)),
+    };
+    let mut client = match Client::new(sky, timeout) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot open a socket: {e}")),
+    };
+    let no_answer = |e: ProbeError| match e {
+        ProbeError::Timeout => fail(format!(
+            "no answer from {sky} within {:.1}s",
+            timeout.as_secs_f64()
+        )),
+        e => fail(format!("{sky}: {e}")),
+    };
+    match cmd {
+        ProbeCommand::Ping { count, .. } => {
+            for _ in 0..count.max(1) {
+                match client.ping() {
+                    Ok(rtt) => println!("pong from {sky} in {:.3} ms", rtt.as_secs_f64() * 1e3),
+                    Err(e) => return no_answer(e),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        ProbeCommand::Lookup {
+            address, caller, ..
+        } => {
+            let Some(target) = wire::from_hex::<16>(&address).map(VirtualAddr) else {
+                return fail("--address must be 32 hex digits".into());
+            };
+            let caller = match caller.map(|c| wire::from_hex::<16>(&c)) {
+                None => VirtualAddr::default(),
+                Some(Some(c)) => VirtualAddr(c),
+                Some(None) => return fail("--as must be 32 hex digits".into()),
+            };
+            match client.lookup(target, caller) {
+                Ok(Lookup::Online { endpoint, flags }) => {
+                    let metered = if flags.metered() { " metered" } else { "" };
+                    println!("online {endpoint}{metered}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Lookup::Offline) => {
+                    println!("offline");
+                    ExitCode::from(1)
+                }
+                Err(e) => no_answer(e),
+            }
+        }
+        ProbeCommand::Members { .. } => match client.members() {
+            Ok(view) => {
+                println!(
+                    "ring {:08x} members {} replicas {} prefix_v4 /{} prefix_v6 /{} positions {}",
+                    view.version,
+                    view.members.len(),
+                    view.config.replicas,
+                    view.config.prefix_v4,
+                    view.config.prefix_v6,
+                    view.config.positions,
+                );
+                for m in &view.members {
+                    println!("member {m}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => no_answer(e),
+        },
+        ProbeCommand::Register {
+            token,
+            hold,
+            metered,
+            ..
+        } => {
+            let Some(token) = wire::from_hex::<16>(&token).map(Token) else {
+                return fail("--token must be 32 hex digits".into());
+            };
+            println!("address {}", VirtualAddr::from_token(&token).to_hex());
+            let reg = match client.register(token, metered) {
+                Ok(r) => r,
+                Err(e) => return no_answer(e),
+            };
+            println!("registered {}", reg.observed);
+            let _ = std::io::stdout().flush();
+            hold_registration(&mut client, token, metered, reg, Duration::from_secs(hold))
+        }
+    }
+}
+
+/// Keeps a registration alive for `hold`, printing what arrives.
+fn hold_registration(
+    client: &mut Client,
+    token: Token,
+    metered: bool,
+    reg: probe::Registration,
+    hold: Duration,
+) -> ExitCode {
+    let end = Instant::now() + hold;
+    let mut next_keepalive = Instant::now() + reg.keepalive;
+    while Instant::now() < end {
+        let wait = next_keepalive
+            .min(end)
+            .saturating_duration_since(Instant::now());
+        match client.receive(wait) {
+            Ok(Some(Incoming::Introduction { caller, endpoint })) => {
+                println!("introduced {} {endpoint}", caller.to_hex());
+            }
+            Ok(Some(Incoming::Forged)) => eprintln!("sky probe: rejected a forged introduction"),
+            Ok(Some(Incoming::NotRegistered)) => {
+                if let Err(e) = client.register(token, metered) {
+                    eprintln!("sky probe: re-registration failed: {e}");
+                    return ExitCode::from(2);
+                }
+                println!("registered again");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("sky probe: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        let _ = std::io::stdout().flush();
+        if Instant::now() >= next_keepalive {
+            if let Err(e) = client.keepalive(reg.address) {
+                eprintln!("sky probe: keepalive failed: {e}");
+            }
+            next_keepalive = Instant::now() + reg.keepalive;
+        }
+    }
+    if !hold.is_zero() {
+        let _ = client.unregister(token);
+    }
+    ExitCode::SUCCESS
+}
