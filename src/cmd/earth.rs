@@ -186,7 +186,7 @@ fn earth_online(
     }
 }
 
-fn earth_now() -> Duration {
+fn earth_now() -> sky_proto::time::UnixTime {
     sky_earth::driver::unix_now()
 }
 
@@ -301,7 +301,7 @@ pub(crate) fn main(args: EarthArgs) -> ExitCode {
         None => return fail("no --state DIR and no HOME to put the state in".into()),
     };
     let now = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(t) => t,
+        Ok(t) => sky_proto::time::UnixTime::from_duration(t),
         Err(_) => return fail("the system clock is before 1970".into()),
     };
     if let EarthCommand::Init { epoch_hours } = args.command {

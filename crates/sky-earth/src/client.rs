@@ -36,6 +36,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sky_proto::time::UnixTime;
+
 use crate::handshake::{
     self, DATA, DATA_OVERHEAD, Initiator, MSG1, MSG1_LEN, MSG2, MSG2_LEN, Session,
 };
@@ -332,7 +334,7 @@ struct Fetch {
     /// Requests sent to `node` since it last answered.
     tries: u32,
     restarts: u32,
-    next: Duration,
+    next: UnixTime,
     /// Passes over the bootstrap list that found no node (while the client
     /// holds no view): the pause before the next pass doubles.
     passes: u32,
@@ -350,7 +352,7 @@ struct Registration {
     reported: Option<SocketAddr>,
     /// Since when no owner has held the address, and whether
     /// [`Event::SkySilent`] was reported for it.
-    unheld_since: Option<Duration>,
+    unheld_since: Option<UnixTime>,
     silent_reported: bool,
 }
 
@@ -368,7 +370,7 @@ enum RegKind {
     Own(Epoch),
     /// Cover traffic: unregistered at `until`.
     Cover {
-        until: Duration,
+        until: UnixTime,
     },
 }
 
@@ -376,13 +378,13 @@ enum RegState {
     /// Sent, not answered yet.
     Pending {
         tag: Tag,
-        first: Duration,
-        next: Duration,
+        first: UnixTime,
+        next: UnixTime,
     },
     Active {
         observed: SocketAddr,
         interval: Duration,
-        next_keepalive: Duration,
+        next_keepalive: UnixTime,
         keepalive_tag: Tag,
     },
 }
@@ -396,7 +398,7 @@ impl Registration {
 
     /// Brings `reported` and `unheld_since` up to date after the owners'
     /// states changed.
-    fn settle(&mut self, now: Duration) {
+    fn settle(&mut self, now: UnixTime) {
         if self.held() {
             self.unheld_since = None;
             self.silent_reported = false;
@@ -412,7 +414,7 @@ struct Query {
     friend: String,
     caller: VirtualAddr,
     targets: Vec<Target>,
-    first: Duration,
+    first: UnixTime,
     /// Started by `connect`: its answer goes to the peer, not to the app.
     for_connect: bool,
 }
@@ -426,7 +428,7 @@ struct Target {
     /// The ask in flight (index into `asks`).
     current: Option<usize>,
     /// When the ask in flight is given up for the next owner.
-    next: Option<Duration>,
+    next: Option<UnixTime>,
 }
 
 struct Ask {
@@ -452,7 +454,7 @@ impl Target {
     /// Asks the next owner that has not answered (after the current one,
     /// round the list: with one owner left, that owner again). Returns the
     /// node to send the lookup to.
-    fn advance(&mut self, now: Duration, period: Duration) -> Option<SocketAddr> {
+    fn advance(&mut self, now: UnixTime, period: Duration) -> Option<SocketAddr> {
         let n = self.asks.len();
         let from = self.current.map_or(0, |c| c + 1);
         let pick = (0..n)
@@ -486,10 +488,10 @@ enum Phase {
     Handshaking {
         initiator: Initiator,
         msg1: [u8; MSG1_LEN],
-        next: Duration,
+        next: UnixTime,
         /// When to look the friend up again: the lookup makes the sky
         /// introduce us again, in case that introduction was lost.
-        relookup: Duration,
+        relookup: UnixTime,
     },
     Established {
         session: Session,
@@ -503,12 +505,12 @@ enum Phase {
 struct Outgoing {
     id: u64,
     payload: Vec<u8>,
-    queued: Duration,
+    queued: UnixTime,
     /// The sealed datagram in flight (retransmitted as is) and its counter.
     sealed: Option<(Vec<u8>, u64)>,
-    next: Duration,
+    next: UnixTime,
     sent: u32,
-    deadline: Duration,
+    deadline: UnixTime,
 }
 
 /// A connection to a friend.
@@ -516,14 +518,14 @@ struct Peer {
     endpoint: Option<SocketAddr>,
     phase: Phase,
     outbox: VecDeque<Outgoing>,
-    deadline: Duration,
+    deadline: UnixTime,
 }
 
 /// Punching towards an introduced friend until their handshake arrives.
 struct Punch {
     endpoint: SocketAddr,
-    next: Duration,
-    until: Duration,
+    next: UnixTime,
+    until: UnixTime,
 }
 
 /// The earth client's core. See the module documentation for the calls.
@@ -541,13 +543,13 @@ pub struct Earth {
     /// recent: from that node, for that version.
     refetch: Option<(SocketAddr, u32)>,
     /// When the next fetch a node's answer asks for may start.
-    fetch_allowed: Duration,
+    fetch_allowed: UnixTime,
     registrations: Vec<Registration>,
     queries: Vec<Query>,
     peers: HashMap<String, Peer>,
     punches: Vec<Punch>,
-    next_reset: Duration,
-    next_cover: Option<Duration>,
+    next_reset: UnixTime,
+    next_cover: Option<UnixTime>,
     next_id: u64,
     /// Acknowledgements that wait for the state to be saved.
     /// (the counter acknowledged, the acknowledgement)
@@ -559,7 +561,7 @@ pub struct Earth {
 impl Earth {
     /// A core for `state`, bootstrapping from `config.sky`, with randomness
     /// from `seed` (32 bytes from the operating system's random source).
-    pub fn new(mut config: Config, state: State, seed: [u8; 32], now: Duration) -> Earth {
+    pub fn new(mut config: Config, state: State, seed: [u8; 32], now: UnixTime) -> Earth {
         let mut rng = Rng {
             key: seed,
             counter: 0,
@@ -636,7 +638,7 @@ impl Earth {
     }
 
     /// Stays registered from now on (and sends pending resets).
-    pub fn go_online(&mut self, now: Duration) {
+    pub fn go_online(&mut self, now: UnixTime) {
         self.online = true;
         self.next_reset = now;
         self.handle_timeout(now);
@@ -684,7 +686,7 @@ impl Earth {
     #[cfg(feature = "test-support")]
     pub fn send_raw_payload_for_test(
         &mut self,
-        now: Duration,
+        now: UnixTime,
         friend: &str,
         payload: Vec<u8>,
     ) -> u64 {
@@ -703,7 +705,7 @@ impl Earth {
     /// of a boundary, the neighbouring epoch's too), asking each address's
     /// owners one after the other; answers with [`Event::Lookup`]. The
     /// owner that finds them introduces us to them.
-    pub fn lookup(&mut self, now: Duration, friend: &str) {
+    pub fn lookup(&mut self, now: UnixTime, friend: &str) {
         if !self.start_query(now, friend, false) {
             self.events.push_back(Event::Lookup {
                 friend: friend.to_string(),
@@ -716,7 +718,7 @@ impl Earth {
     /// is no session (lookup, punching, handshake), then sends until it is
     /// acknowledged. Answers with [`Event::Delivered`] or [`Event::Failed`]
     /// carrying the returned id.
-    pub fn send(&mut self, now: Duration, friend: &str, payload: &[u8]) -> u64 {
+    pub fn send(&mut self, now: UnixTime, friend: &str, payload: &[u8]) -> u64 {
         let mut bytes = Vec::with_capacity(payload.len() + 1);
         bytes.push(payload::TEXT);
         bytes.extend_from_slice(payload);
@@ -750,7 +752,7 @@ impl Earth {
     /// sends them the new chain while online until each acknowledges it.
     pub fn remove_friend(
         &mut self,
-        now: Duration,
+        now: UnixTime,
         friend: &str,
         key: ChainKey,
     ) -> Result<(), crate::identity::FriendError> {
@@ -763,9 +765,9 @@ impl Earth {
     }
 
     /// When [`Earth::handle_timeout`] should be called next.
-    pub fn poll_timeout(&self) -> Option<Duration> {
-        let mut t: Option<Duration> = None;
-        let mut at = |d: Duration| t = Some(t.map_or(d, |t| t.min(d)));
+    pub fn poll_timeout(&self) -> Option<UnixTime> {
+        let mut t: Option<UnixTime> = None;
+        let mut at = |d: UnixTime| t = Some(t.map_or(d, |t| t.min(d)));
         if let Some(f) = &self.fetch {
             at(f.next);
         } else if self.refetch.is_some() {
@@ -827,7 +829,7 @@ impl Earth {
 
     /// The next time the set of registered addresses changes: the next
     /// epoch start, or the end of the current dual-registration window.
-    fn next_boundary(&self, schedule: crate::ratchet::Schedule) -> Option<Duration> {
+    fn next_boundary(&self, schedule: crate::ratchet::Schedule) -> Option<UnixTime> {
         let epoch = self.registrations.iter().find_map(|r| match r.kind {
             RegKind::Own(e) => Some(e),
             RegKind::Cover { .. } => None,
@@ -856,7 +858,7 @@ impl Earth {
     }
 
     /// Everything that is due at `now`.
-    pub fn handle_timeout(&mut self, now: Duration) {
+    pub fn handle_timeout(&mut self, now: UnixTime) {
         if self.online {
             self.update_registrations(now);
             if !self.state.pending_resets.is_empty() && now >= self.next_reset {
@@ -885,7 +887,7 @@ impl Earth {
 
     /// A datagram from `from`. Datagrams from a sky node we talk to are
     /// protocol replies and introductions; anything else is a peer's.
-    pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &mut [u8]) {
+    pub fn handle_datagram(&mut self, now: UnixTime, from: SocketAddr, datagram: &mut [u8]) {
         let from = wire::canonical(from);
         if self.nodes.contains_key(&from) {
             self.sky_datagram(now, from, datagram);
@@ -985,7 +987,7 @@ impl Earth {
 
     /// Starts fetching the members: from `first` (a node that said the ring
     /// changed), then the bootstrap list, then the members we know.
-    fn start_fetch(&mut self, now: Duration, first: Option<SocketAddr>) {
+    fn start_fetch(&mut self, now: UnixTime, first: Option<SocketAddr>) {
         let mut queue = VecDeque::new();
         let known = self.view.iter().flat_map(|v| v.ring.members());
         for node in first
@@ -1017,7 +1019,7 @@ impl Earth {
     }
 
     /// Fetches the members unless the client holds a view or is fetching.
-    fn ensure_view(&mut self, now: Duration) {
+    fn ensure_view(&mut self, now: UnixTime) {
         if self.view.is_none() && self.fetch.is_none() {
             self.start_fetch(now, None);
         }
@@ -1026,7 +1028,7 @@ impl Earth {
     /// A node's answer says the sky's view is `version`: fetch it from
     /// `from` unless it is the view we hold (at most every
     /// [`REFETCH_EVERY`], one fetch at a time).
-    fn ring_changed(&mut self, now: Duration, from: SocketAddr, version: u32) {
+    fn ring_changed(&mut self, now: UnixTime, from: SocketAddr, version: u32) {
         if self.view.as_ref().is_some_and(|v| v.version == version) {
             return;
         }
@@ -1038,7 +1040,7 @@ impl Earth {
         self.start_fetch(now, Some(from));
     }
 
-    fn fetch_timer(&mut self, now: Duration) {
+    fn fetch_timer(&mut self, now: UnixTime) {
         let period = self.config.retry * 3;
         let Some(f) = self.fetch.as_ref() else {
             return;
@@ -1064,7 +1066,7 @@ impl Earth {
     /// Moves the fetch on to the next node. `false` when it gave up: the
     /// client keeps the view it holds, or, holding none and needing none,
     /// waits until it does.
-    fn fetch_next_node(&mut self, now: Duration) -> bool {
+    fn fetch_next_node(&mut self, now: UnixTime) -> bool {
         let tag = self.tag();
         let period = self.config.retry * 3;
         let keepalive = self.config.keepalive;
@@ -1104,13 +1106,13 @@ impl Earth {
     }
 
     /// The node asked now does not give a usable view: ask the next.
-    fn fetch_failed(&mut self, now: Duration) {
+    fn fetch_failed(&mut self, now: UnixTime) {
         if self.fetch_next_node(now) {
             self.fetch_timer(now);
         }
     }
 
-    fn members_page(&mut self, now: Duration, from: SocketAddr, page: &Packet<&[u8]>) {
+    fn members_page(&mut self, now: UnixTime, from: SocketAddr, page: &Packet<&[u8]>) {
         let Message::MembersPage {
             tag,
             version,
@@ -1192,7 +1194,7 @@ impl Earth {
 
     /// Adopts a view: registers with owners that are new, unregisters at
     /// nodes that no longer own, and asks new owners in lookups in flight.
-    fn set_view(&mut self, now: Duration, ring: Ring, version: u32) {
+    fn set_view(&mut self, now: UnixTime, ring: Ring, version: u32) {
         let changed = self
             .view
             .as_ref()
@@ -1242,7 +1244,7 @@ impl Earth {
             .unwrap_or_default()
     }
 
-    fn start_registration(&mut self, now: Duration, token: Token, kind: RegKind) {
+    fn start_registration(&mut self, now: UnixTime, token: Token, kind: RegKind) {
         let address = VirtualAddr::from_token(&token);
         self.registrations.push(Registration {
             token,
@@ -1261,7 +1263,7 @@ impl Earth {
     }
 
     /// Registers registration `i` with `node` (one more owner).
-    fn register_with(&mut self, now: Duration, i: usize, node: SocketAddr, via_hint: bool) {
+    fn register_with(&mut self, now: UnixTime, i: usize, node: SocketAddr, via_hint: bool) {
         let tag = self.tag();
         let reg = &mut self.registrations[i];
         reg.owners.push(OwnerReg {
@@ -1278,7 +1280,7 @@ impl Earth {
     }
 
     /// After a new view: every registration with exactly its owners.
-    fn reconcile_registrations(&mut self, now: Duration) {
+    fn reconcile_registrations(&mut self, now: UnixTime) {
         for i in 0..self.registrations.len() {
             let owners = self.owners_of(&self.registrations[i].address);
             let reg = &mut self.registrations[i];
@@ -1307,7 +1309,7 @@ impl Earth {
 
     /// The own addresses that should be registered at `now`: the current
     /// epoch's, and in dual mode the previous one's during the first `H`.
-    fn wanted(&mut self, now: Duration) -> Vec<(Epoch, Token)> {
+    fn wanted(&mut self, now: UnixTime) -> Vec<(Epoch, Token)> {
         let schedule = self.state.identity.schedule;
         let epoch = schedule.epoch_at(now);
         let mut epochs = vec![epoch];
@@ -1324,7 +1326,7 @@ impl Earth {
             .collect()
     }
 
-    fn update_registrations(&mut self, now: Duration) {
+    fn update_registrations(&mut self, now: UnixTime) {
         let wanted = self.wanted(now);
         let mut dropped = Vec::new();
         self.registrations.retain(|r| {
@@ -1347,7 +1349,7 @@ impl Earth {
         }
     }
 
-    fn register_cover(&mut self, now: Duration) {
+    fn register_cover(&mut self, now: UnixTime) {
         let mut token = [0u8; 16];
         token.copy_from_slice(&self.rng.bytes()[..16]);
         // Held like a real one: a few keepalive intervals, at random.
@@ -1355,7 +1357,7 @@ impl Earth {
         self.start_registration(now, Token(token), RegKind::Cover { until: now + hold });
     }
 
-    fn registration_timers(&mut self, now: Duration) {
+    fn registration_timers(&mut self, now: UnixTime) {
         let retry_cap = self.config.keepalive;
         let give_up = self.config.give_up;
         let mut registers = Vec::new();
@@ -1365,7 +1367,7 @@ impl Earth {
                 match &mut o.state {
                     RegState::Pending { tag, first, next } if now >= *next => {
                         // Backs off from `retry` up to the keepalive interval.
-                        let waited = now.saturating_sub(*first);
+                        let waited = now.saturating_duration_since(*first);
                         *next = now + waited.clamp(self.config.retry, retry_cap);
                         registers.push((o.node, *tag, reg.token));
                     }
@@ -1398,7 +1400,7 @@ impl Earth {
         }
     }
 
-    fn sky_datagram(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+    fn sky_datagram(&mut self, now: UnixTime, from: SocketAddr, datagram: &[u8]) {
         let Ok(packet) = Packet::new_checked(datagram) else {
             return;
         };
@@ -1493,7 +1495,7 @@ impl Earth {
 
     fn registered(
         &mut self,
-        now: Duration,
+        now: UnixTime,
         from: SocketAddr,
         tag: Tag,
         keepalive_secs: u16,
@@ -1540,7 +1542,7 @@ impl Earth {
     /// `node` does not hold the address a keepalive named: it expired
     /// there, or the NAT mapping changed (the node saw the keepalive from a
     /// new endpoint). Register again with that node.
-    fn not_registered(&mut self, now: Duration, node: SocketAddr, tag: Tag) {
+    fn not_registered(&mut self, now: UnixTime, node: SocketAddr, tag: Tag) {
         let any = self.registrations.iter().any(|r| {
             r.owners
                 .iter()
@@ -1573,7 +1575,7 @@ impl Earth {
     /// members again. `false` when `tag` names no registration.
     fn register_not_owner(
         &mut self,
-        now: Duration,
+        now: UnixTime,
         from: SocketAddr,
         tag: Tag,
         version: u32,
@@ -1598,7 +1600,7 @@ impl Earth {
         true
     }
 
-    fn introduced(&mut self, now: Duration, caller: VirtualAddr, endpoint: SocketAddr) {
+    fn introduced(&mut self, now: UnixTime, caller: VirtualAddr, endpoint: SocketAddr) {
         let overlap = self.config.overlap_window;
         let friend = self.state.friends.0.iter_mut().find_map(|(name, f)| {
             f.schedule
@@ -1627,7 +1629,7 @@ impl Earth {
         });
     }
 
-    fn punch_timers(&mut self, now: Duration) {
+    fn punch_timers(&mut self, now: UnixTime) {
         let retry = self.config.retry;
         self.punches.retain(|p| now < p.until);
         for p in &mut self.punches {
@@ -1644,7 +1646,7 @@ impl Earth {
     // ---- lookups ----
 
     /// Starts a lookup of `friend`; `false` when there is no such friend.
-    fn start_query(&mut self, now: Duration, friend: &str, for_connect: bool) -> bool {
+    fn start_query(&mut self, now: UnixTime, friend: &str, for_connect: bool) -> bool {
         let own_epoch = self.state.identity.schedule.epoch_at(now);
         let caller = self
             .state
@@ -1693,7 +1695,7 @@ impl Earth {
     }
 
     /// Asks target `t` of query `q` of its next owner.
-    fn ask_next(&mut self, now: Duration, q: usize, t: usize) {
+    fn ask_next(&mut self, now: UnixTime, q: usize, t: usize) {
         let period = self.config.retry * 3;
         let query = &mut self.queries[q];
         let caller = query.caller;
@@ -1706,7 +1708,7 @@ impl Earth {
 
     /// After a new view: owners a lookup in flight has not asked yet are
     /// added, and asked when nothing else is in flight.
-    fn reconcile_queries(&mut self, now: Duration) {
+    fn reconcile_queries(&mut self, now: UnixTime) {
         for q in 0..self.queries.len() {
             for t in 0..self.queries[q].targets.len() {
                 let owners = self.owners_of(&self.queries[q].targets[t].address);
@@ -1723,7 +1725,7 @@ impl Earth {
         }
     }
 
-    fn query_timers(&mut self, now: Duration) {
+    fn query_timers(&mut self, now: UnixTime) {
         let give_up = self.config.give_up;
         let mut failed = Vec::new();
         let mut i = 0;
@@ -1754,7 +1756,7 @@ impl Earth {
     }
 
     /// A lookup answer from owner `from`.
-    fn lookup_answer(&mut self, now: Duration, from: SocketAddr, tag: Tag, answer: Answer) {
+    fn lookup_answer(&mut self, now: UnixTime, from: SocketAddr, tag: Tag, answer: Answer) {
         let Some((q, t)) = self.queries.iter().enumerate().find_map(|(q, query)| {
             let t = query
                 .targets
@@ -1801,7 +1803,7 @@ impl Earth {
 
     fn query_done(
         &mut self,
-        now: Duration,
+        now: UnixTime,
         friend: &str,
         for_connect: bool,
         result: Result<(SocketAddr, Flags), Failure>,
@@ -1842,7 +1844,7 @@ impl Earth {
 
     // ---- connections ----
 
-    fn enqueue(&mut self, now: Duration, friend: &str, payload: Vec<u8>) -> u64 {
+    fn enqueue(&mut self, now: UnixTime, friend: &str, payload: Vec<u8>) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let why = if !self.state.friends.0.contains_key(friend) {
@@ -1889,7 +1891,7 @@ impl Earth {
         id
     }
 
-    fn start_handshake(&mut self, now: Duration, friend: &str, endpoint: SocketAddr) {
+    fn start_handshake(&mut self, now: UnixTime, friend: &str, endpoint: SocketAddr) {
         let Some(public) = self.state.friends.0.get(friend).map(|f| f.public_key) else {
             return;
         };
@@ -1927,7 +1929,7 @@ impl Earth {
         }
     }
 
-    fn peer_timers(&mut self, now: Duration) {
+    fn peer_timers(&mut self, now: UnixTime) {
         let retry = self.config.retry;
         let mut failed = Vec::new();
         let mut lookups = Vec::new();
@@ -2017,7 +2019,7 @@ impl Earth {
         }
     }
 
-    fn enqueue_again(&mut self, now: Duration, friend: &str, o: Outgoing) {
+    fn enqueue_again(&mut self, now: UnixTime, friend: &str, o: Outgoing) {
         let id = self.enqueue(now, friend, o.payload);
         // Keep the caller's id.
         for p in self.peers.values_mut() {
@@ -2031,7 +2033,7 @@ impl Earth {
     }
 
     /// Someone's msg1: answer it if it comes from a friend.
-    fn msg1(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+    fn msg1(&mut self, now: UnixTime, from: SocketAddr, datagram: &[u8]) {
         // The same msg1 again: our msg2 was lost; send it again.
         for peer in self.peers.values() {
             if let Phase::Established {
@@ -2108,7 +2110,7 @@ impl Earth {
         self.peer_timers(now);
     }
 
-    fn msg2(&mut self, now: Duration, from: SocketAddr, datagram: &[u8]) {
+    fn msg2(&mut self, now: UnixTime, from: SocketAddr, datagram: &[u8]) {
         let Some(name) = self
             .peers
             .iter()
@@ -2144,7 +2146,7 @@ impl Earth {
         }
     }
 
-    fn data(&mut self, now: Duration, from: SocketAddr, datagram: &mut [u8]) {
+    fn data(&mut self, now: UnixTime, from: SocketAddr, datagram: &mut [u8]) {
         let Some((name, peer)) = self.peers.iter_mut().find(|(_, p)| {
             p.endpoint == Some(from) && matches!(p.phase, Phase::Established { .. })
         }) else {
@@ -2236,7 +2238,7 @@ impl Earth {
         }
     }
 
-    fn delivered(&mut self, now: Duration, friend: &str, peer: SocketAddr, o: Outgoing) {
+    fn delivered(&mut self, now: UnixTime, friend: &str, peer: SocketAddr, o: Outgoing) {
         if o.payload.first() == Some(&payload::RESET) {
             if self.state.pending_resets.remove(friend) {
                 self.events.push_back(Event::ResetAcknowledged {
@@ -2250,14 +2252,14 @@ impl Earth {
             friend: friend.to_string(),
             id: o.id,
             peer,
-            elapsed: now.saturating_sub(o.queued),
+            elapsed: now.saturating_duration_since(o.queued),
             sent: o.sent,
         });
     }
 
     // ---- address reset ----
 
-    fn send_pending_resets(&mut self, now: Duration) {
+    fn send_pending_resets(&mut self, now: UnixTime) {
         let epoch = self.state.identity.schedule.epoch_at(now);
         let Some(chain_key) = self.state.identity.chain.key_at(epoch) else {
             return;

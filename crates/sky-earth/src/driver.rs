@@ -16,15 +16,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::client::{Config, Earth, Event};
 use crate::state::State;
+use sky_proto::time::UnixTime;
 
 /// How long the loop sleeps at most, so that a stop flag is seen.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Wall-clock time since the Unix epoch (what the ratchet's epochs count).
-pub fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+/// The wall clock (what the ratchet's epochs count).
+pub fn unix_now() -> UnixTime {
+    UnixTime::from_duration(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 /// An [`Earth`] core on a UDP socket of its own.
@@ -111,7 +114,7 @@ impl Driver {
             let mut wait = self
                 .earth
                 .poll_timeout()
-                .map_or(TICK, |t| t.saturating_sub(now))
+                .map_or(TICK, |t| t.saturating_duration_since(now))
                 .min(TICK);
             if let Some(u) = until {
                 wait = wait.min(u.saturating_duration_since(Instant::now()));

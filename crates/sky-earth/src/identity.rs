@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use sky_proto::time::UnixTime;
+
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::invite::Invite;
@@ -30,28 +32,28 @@ impl fmt::Debug for Identity {
 
 impl Identity {
     /// A new identity from 64 random bytes (the caller draws them), whose
-    /// chain starts at the epoch of `now_unix` under epochs of `length`.
-    pub fn generate(random: [u8; 64], length: Duration, now_unix: Duration) -> Identity {
+    /// chain starts at the epoch of `now` under epochs of `length`.
+    pub fn generate(random: [u8; 64], length: Duration, now: UnixTime) -> Identity {
         let mut ck = [0u8; 32];
         ck.copy_from_slice(&random[..32]);
         let mut sk = [0u8; 32];
         sk.copy_from_slice(&random[32..]);
-        Identity::from_parts(ChainKey::from_bytes(ck), length, now_unix, sk)
+        Identity::from_parts(ChainKey::from_bytes(ck), length, now, sk)
     }
 
-    /// An identity whose chain is `key` from the epoch of `now_unix`; the
+    /// An identity whose chain is `key` from the epoch of `now`; the
     /// phase is derived from `key`.
     pub fn from_parts(
         key: ChainKey,
         length: Duration,
-        now_unix: Duration,
+        now: UnixTime,
         secret: [u8; 32],
     ) -> Identity {
         let schedule = Schedule {
             length,
             phase: key.phase(length),
         };
-        let origin = schedule.epoch_at(now_unix);
+        let origin = schedule.epoch_at(now);
         Identity {
             chain: Chain::new(origin, key),
             schedule,
@@ -73,10 +75,10 @@ impl Identity {
     }
 
     /// Address reset: a fresh chain from `key`, starting at the epoch of
-    /// `now_unix`, on the same schedule. Nobody holding the old chain can
+    /// `now`, on the same schedule. Nobody holding the old chain can
     /// compute the new addresses.
-    pub fn reset(&mut self, key: ChainKey, now_unix: Duration) {
-        let origin = self.schedule.epoch_at(now_unix);
+    pub fn reset(&mut self, key: ChainKey, now: UnixTime) {
+        let origin = self.schedule.epoch_at(now);
         self.chain = Chain::new(origin, key);
     }
 
@@ -85,10 +87,10 @@ impl Identity {
         self.secret.to_bytes()
     }
 
-    /// The invite for the epoch of `now_unix`: it reveals nothing of
+    /// The invite for the epoch of `now`: it reveals nothing of
     /// earlier epochs.
-    pub fn invite(&mut self, now_unix: Duration) -> Invite {
-        let epoch = self.schedule.epoch_at(now_unix).max(self.chain.origin());
+    pub fn invite(&mut self, now: UnixTime) -> Invite {
+        let epoch = self.schedule.epoch_at(now).max(self.chain.origin());
         Invite {
             epoch,
             chain_key: self

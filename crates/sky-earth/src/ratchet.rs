@@ -22,6 +22,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use sky_proto::time::UnixTime;
+
 use sky_proto::wire::{Token, VirtualAddr};
 
 /// A user's secret chain key for one epoch. Its `Debug` shows nothing.
@@ -92,25 +94,27 @@ pub const DEFAULT_EPOCH: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
 
 impl Schedule {
-    /// The epoch at `unix` (time since the Unix epoch).
-    pub fn epoch_at(&self, unix: Duration) -> Epoch {
+    /// The epoch at `unix`.
+    pub fn epoch_at(&self, unix: UnixTime) -> Epoch {
         let t = unix.as_secs().saturating_sub(self.phase.as_secs());
         Epoch(t / self.length.as_secs().max(1))
     }
 
-    /// When `epoch` begins, since the Unix epoch.
-    pub fn start_of(&self, epoch: Epoch) -> Duration {
-        Duration::from_secs(epoch.0 * self.length.as_secs() + self.phase.as_secs())
+    /// When `epoch` begins.
+    pub fn start_of(&self, epoch: Epoch) -> UnixTime {
+        UnixTime::from_secs(epoch.0 * self.length.as_secs() + self.phase.as_secs())
     }
 
     /// The epochs whose addresses a friend tries at `unix`: the current one
     /// and, within `overlap` of a boundary, the neighbour on the other side
     /// (so clocks skewed by up to `overlap` still meet). Current first.
-    pub fn lookup_epochs(&self, unix: Duration, overlap: Duration) -> Vec<Epoch> {
+    pub fn lookup_epochs(&self, unix: UnixTime, overlap: Duration) -> Vec<Epoch> {
         let e = self.epoch_at(unix);
         let mut out = vec![e];
-        let since_start = unix.saturating_sub(self.start_of(e));
-        let until_next = self.start_of(Epoch(e.0 + 1)).saturating_sub(unix);
+        let since_start = unix.saturating_duration_since(self.start_of(e));
+        let until_next = self
+            .start_of(Epoch(e.0 + 1))
+            .saturating_duration_since(unix);
         if since_start < overlap && e.0 > 0 {
             out.push(Epoch(e.0 - 1));
         }

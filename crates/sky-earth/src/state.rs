@@ -118,16 +118,16 @@ fn chain_of(c: &ChainFile) -> Result<(Chain, Schedule), String> {
 
 impl State {
     /// Address reset (SPEC §2): removes `friend`, moves the user to a fresh
-    /// chain from `key` starting at the epoch of `now_unix`, and marks every
+    /// chain from `key` starting at the epoch of `now`, and marks every
     /// remaining friend pending until they acknowledge the new chain.
     pub fn reset_address(
         &mut self,
         friend: &str,
         key: crate::ratchet::ChainKey,
-        now_unix: std::time::Duration,
+        now: sky_proto::time::UnixTime,
     ) -> Result<(), crate::identity::FriendError> {
         self.friends.remove(friend)?;
-        self.identity.reset(key, now_unix);
+        self.identity.reset(key, now);
         self.pending_resets = self.friends.0.keys().cloned().collect();
         Ok(())
     }

@@ -26,11 +26,12 @@ use sky_node::presence::Presence;
 use sky_node::shard::{Shard, ShardConfig};
 use sky_node::snapshot::{self, SharedRing};
 use sky_proto::ring::{Ring, RingConfig};
+use sky_proto::time::{MonoTime, UnixTime};
 use sky_proto::wire::{self, Flags, Kind, Message, VirtualAddr};
 
 pub const SKY: &str = "198.51.100.1:7700";
 /// The virtual time every simulation starts at (2027).
-pub const T0: Duration = Duration::from_secs(1_800_000_000);
+pub const T0: UnixTime = UnixTime::from_secs(1_800_000_000);
 
 /// One earth core behind a NAT: `public` is its mapping; with
 /// `filtering` it drops what comes from an endpoint it never sent to.
@@ -57,7 +58,7 @@ impl SkyNode {
         addr: SocketAddr,
         secret: [u8; 32],
         ring: Option<&SharedRing>,
-        now: Duration,
+        now: MonoTime,
     ) -> Self {
         let presence = Arc::new(Presence::new(1000));
         let shard = Shard::new(
@@ -81,13 +82,13 @@ impl SkyNode {
 }
 
 pub struct Net {
-    pub now: Duration,
+    pub now: UnixTime,
     pub skies: Vec<SkyNode>,
     /// The ring every node reads (`None`: one standalone node).
     pub ring: Option<SharedRing>,
     pub hosts: Vec<Host>,
     /// (arrival, from, to, bytes)
-    pub flight: Vec<(Duration, SocketAddr, SocketAddr, Vec<u8>)>,
+    pub flight: Vec<(UnixTime, SocketAddr, SocketAddr, Vec<u8>)>,
     /// Every `loss`-th datagram is dropped (0: none).
     pub loss: u32,
     pub counter: u32,
@@ -165,11 +166,16 @@ pub fn hosts(names: &[&str], config: impl Fn(&mut Config)) -> Vec<Host> {
 }
 
 impl Net {
+    /// The sky nodes' monotonic clock: time since the simulation began.
+    pub fn sky_now(&self) -> MonoTime {
+        MonoTime::from_duration(self.now.saturating_duration_since(T0))
+    }
+
     /// The users and one standalone sky node (no ring) at `sky()`.
     pub fn new(names: &[&str], config: impl Fn(&mut Config)) -> Net {
         Net {
             now: T0,
-            skies: vec![SkyNode::new(sky(), [7; 32], None, Duration::ZERO)],
+            skies: vec![SkyNode::new(sky(), [7; 32], None, MonoTime::ZERO)],
             ring: None,
             hosts: hosts(names, config),
             flight: Vec::new(),
@@ -188,7 +194,7 @@ impl Net {
         let shared = snapshot::shared(Ring::new(slash32(), (1..=n).map(node)));
         let mut net = Net::new(names, config);
         net.skies = (1..=n)
-            .map(|i| SkyNode::new(node(i), [i; 32], Some(&shared), Duration::ZERO))
+            .map(|i| SkyNode::new(node(i), [i; 32], Some(&shared), MonoTime::ZERO))
             .collect();
         net.ring = Some(shared);
         net
@@ -211,7 +217,7 @@ impl Net {
 
     /// A new node at `addr` that reads the sky's ring.
     pub fn add_node(&mut self, addr: SocketAddr, secret: u8) {
-        let node = SkyNode::new(addr, [secret; 32], self.ring.as_ref(), self.now - T0);
+        let node = SkyNode::new(addr, [secret; 32], self.ring.as_ref(), self.sky_now());
         self.skies.push(node);
     }
 
@@ -228,7 +234,7 @@ impl Net {
 
     /// The sky nodes that have `address` online now.
     pub fn holders(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
-        let now = (self.now - T0).as_secs() as u32;
+        let now = self.sky_now().as_secs() as u32;
         let found = self.skies.iter().filter(|s| {
             matches!(
                 s.presence.lookup(address, now, u8::MAX),
@@ -251,7 +257,7 @@ impl Net {
 
     /// Sky node `addr` forgets everything and draws a new secret.
     pub fn restart_node(&mut self, addr: SocketAddr) {
-        let (ring, now) = (self.ring.clone(), self.now - T0);
+        let (ring, now) = (self.ring.clone(), self.sky_now());
         let node = self.sky_node(addr);
         *node = SkyNode::new(addr, [node.secret[0] ^ 0xff; 32], ring.as_ref(), now);
     }
@@ -295,7 +301,7 @@ impl Net {
             let len = bytes.len();
             bytes.resize(2048, 0);
             let mut reply = [0u8; wire::MAX_MESSAGE_LEN];
-            let now = self.now - T0;
+            let now = self.sky_now();
             let out = self.skies[s]
                 .shard
                 .handle_datagram(now, from, &mut bytes, len, &mut reply);
@@ -321,7 +327,7 @@ impl Net {
     }
 
     /// Runs the network until `until` (virtual time).
-    pub fn run_until(&mut self, until: Duration) {
+    pub fn run_until(&mut self, until: UnixTime) {
         for i in 0..self.hosts.len() {
             self.flush(i);
         }

@@ -13,8 +13,8 @@
 //! field (the target it registered). This is a benchmark tool for loopback:
 //! reading a destination from a payload is exactly what the sky never does.
 
+use sky_proto::time::MonoTime;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use sky_node::shard::{Core, Output, Stats, Transmit};
 use sky_proto::wire::{self, Kind};
@@ -28,7 +28,7 @@ pub struct Baseline {
 impl Core for Baseline {
     fn handle_datagram(
         &mut self,
-        _now: Duration,
+        _now: MonoTime,
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
@@ -72,7 +72,7 @@ impl Core for Baseline {
         }
     }
 
-    fn handle_timeout(&mut self, _now: Duration) {}
+    fn handle_timeout(&mut self, _now: MonoTime) {}
 
     fn take_stats(&mut self) -> Stats {
         std::mem::take(&mut self.stats)

@@ -14,7 +14,7 @@
 //!    and [`Gossip::take_ring_change`] to publish a new [`Ring`];
 //! 5. [`Gossip::leave`]`(now)` on a graceful stop, then a last flush.
 //!
-//! `now` is the time since any fixed origin, as in the shard.
+//! `now` is a [`MonoTime`]: time since the engine's origin, as in the shard.
 //!
 //! **The ring.** A node's ring is itself plus every member foca reports
 //! active (alive or suspect), each by its *service* endpoint (the one earth
@@ -49,6 +49,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
+
+use sky_proto::time::MonoTime;
 
 use foca::{Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, Runtime, State, Timer};
 use rand::SeedableRng;
@@ -337,7 +339,7 @@ impl Default for GossipConfig {
 
 /// A timer foca asked for, at an absolute time.
 struct Scheduled {
-    at: Duration,
+    at: MonoTime,
     seq: u64,
     timer: Timer<NodeId>,
 }
@@ -366,7 +368,7 @@ impl Ord for Scheduled {
 /// foca's [`Runtime`]: queues what foca asks for until the caller polls.
 struct Io {
     /// The time of the call in progress; `submit_after` is relative to it.
-    now: Duration,
+    now: MonoTime,
     seq: u64,
     timers: BinaryHeap<Reverse<Scheduled>>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -391,7 +393,7 @@ impl Runtime<NodeId> for Io {
     fn submit_after(&mut self, timer: Timer<NodeId>, after: Duration) {
         self.seq += 1;
         self.timers.push(Reverse(Scheduled {
-            at: self.now.saturating_add(after),
+            at: self.now + after,
             seq: self.seq,
             timer,
         }));
@@ -407,11 +409,11 @@ pub struct Gossip {
     ring: Ring,
     ring_changed: bool,
     seeds: Vec<SocketAddr>,
-    next_seed_announce: Option<Duration>,
+    next_seed_announce: Option<MonoTime>,
     left: bool,
     errors: u64,
     stranger_tokens: f64,
-    stranger_refilled: Duration,
+    stranger_refilled: MonoTime,
     dropped_to_strangers: u64,
 }
 
@@ -432,7 +434,7 @@ impl Gossip {
         Gossip {
             foca,
             io: Io {
-                now: Duration::ZERO,
+                now: MonoTime::ZERO,
                 seq: 0,
                 timers: BinaryHeap::new(),
                 transmits: VecDeque::new(),
@@ -447,7 +449,7 @@ impl Gossip {
             left: false,
             errors: 0,
             stranger_tokens: f64::from(STRANGER_BUDGET),
-            stranger_refilled: Duration::ZERO,
+            stranger_refilled: MonoTime::ZERO,
             dropped_to_strangers: 0,
         }
     }
@@ -456,7 +458,7 @@ impl Gossip {
     /// skipped), and keeps announcing every `seed_announce_every` to those
     /// that are not active members: a lost announce, a seed that starts
     /// later, or a partition that ended all heal by it.
-    pub fn join(&mut self, seeds: &[SocketAddr], now: Duration) {
+    pub fn join(&mut self, seeds: &[SocketAddr], now: MonoTime) {
         let me = self.foca.identity().gossip;
         self.seeds.clear();
         for s in seeds.iter().map(|&s| wire::canonical(s)) {
@@ -469,7 +471,7 @@ impl Gossip {
         }
         self.io.now = now;
         self.announce_to_seeds();
-        self.next_seed_announce = Some(now.saturating_add(self.config.seed_announce_every));
+        self.next_seed_announce = Some(now + self.config.seed_announce_every);
         self.after_call();
     }
 
@@ -480,7 +482,7 @@ impl Gossip {
     /// because foca sends its answers to the claimed identity.
     pub fn handle_datagram(
         &mut self,
-        now: Duration,
+        now: MonoTime,
         from: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), GossipError> {
@@ -501,7 +503,7 @@ impl Gossip {
     }
 
     /// Runs every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Duration) {
+    pub fn handle_timeout(&mut self, now: MonoTime) {
         self.io.now = now;
         while self.io.timers.peek().is_some_and(|t| t.0.at <= now) {
             let Some(Reverse(due)) = self.io.timers.pop() else {
@@ -515,14 +517,14 @@ impl Gossip {
             && at <= now
         {
             self.announce_to_seeds();
-            self.next_seed_announce = Some(now.saturating_add(self.config.seed_announce_every));
+            self.next_seed_announce = Some(now + self.config.seed_announce_every);
         }
         self.after_call();
     }
 
     /// When [`Gossip::handle_timeout`] must next be called; `None` before
     /// anything was scheduled.
-    pub fn poll_timeout(&self) -> Option<Duration> {
+    pub fn poll_timeout(&self) -> Option<MonoTime> {
         let timer = self.io.timers.peek().map(|t| t.0.at);
         match (timer, self.next_seed_announce) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -586,7 +588,7 @@ impl Gossip {
     /// A token bucket of [`STRANGER_BUDGET`] datagrams a second, as deep.
     fn take_stranger_token(&mut self) -> bool {
         let now = self.io.now;
-        let elapsed = now.saturating_sub(self.stranger_refilled);
+        let elapsed = now.saturating_duration_since(self.stranger_refilled);
         let refill = elapsed.as_secs_f64() * f64::from(STRANGER_BUDGET);
         if refill >= 1.0 {
             self.stranger_tokens = (self.stranger_tokens + refill).min(f64::from(STRANGER_BUDGET));
@@ -608,7 +610,7 @@ impl Gossip {
     /// Leaves the sky gracefully: tells a few members this identity is
     /// down, so the rest learn it by gossip instead of by failed probes.
     /// Nothing more is announced afterwards; flush, then stop.
-    pub fn leave(&mut self, now: Duration) {
+    pub fn leave(&mut self, now: MonoTime) {
         if self.left {
             return;
         }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use sky_proto::intro::ct_eq;
 #[cfg(test)]
 use sky_proto::intro::{IntroError, introduction_mac, verify_introduction};
+use sky_proto::time::MonoTime;
 use sky_proto::wire::{self, Cookie, IntroKey, VirtualAddr};
 
 /// How often the cookie secret rotates. A cookie is accepted for one to two
@@ -51,7 +52,7 @@ pub struct CookieJar {
 }
 
 impl CookieJar {
-    pub fn new(secret: &NodeSecret, now: Duration) -> CookieJar {
+    pub fn new(secret: &NodeSecret, now: MonoTime) -> CookieJar {
         let generation = Self::generation_at(now);
         CookieJar {
             generation,
@@ -60,7 +61,7 @@ impl CookieJar {
         }
     }
 
-    fn generation_at(now: Duration) -> u64 {
+    fn generation_at(now: MonoTime) -> u64 {
         now.as_secs() / COOKIE_ROTATION.as_secs()
     }
 
@@ -69,7 +70,7 @@ impl CookieJar {
     }
 
     /// Moves to the generation of `now` if it changed (cheap when it did not).
-    pub fn rotate(&mut self, secret: &NodeSecret, now: Duration) {
+    pub fn rotate(&mut self, secret: &NodeSecret, now: MonoTime) {
         let g = Self::generation_at(now);
         if g == self.generation {
             return;

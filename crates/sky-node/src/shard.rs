@@ -27,6 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sky_proto::time::MonoTime;
+
 use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
 use crate::presence::{Found, Presence};
 use crate::snapshot::SharedRing;
@@ -255,13 +257,13 @@ impl Stats {
 pub trait Core: Send + 'static {
     fn handle_datagram(
         &mut self,
-        now: Duration,
+        now: MonoTime,
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
         reply: &mut [u8],
     ) -> Output;
-    fn handle_timeout(&mut self, now: Duration);
+    fn handle_timeout(&mut self, now: MonoTime);
     fn take_stats(&mut self) -> Stats;
     fn stats_mut(&mut self) -> &mut Stats;
     /// A datagram the kernel truncated (larger than the engine's buffers).
@@ -271,7 +273,7 @@ pub trait Core: Send + 'static {
 impl Core for Shard {
     fn handle_datagram(
         &mut self,
-        now: Duration,
+        now: MonoTime,
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
@@ -279,7 +281,7 @@ impl Core for Shard {
     ) -> Output {
         Shard::handle_datagram(self, now, from, buf, len, reply)
     }
-    fn handle_timeout(&mut self, now: Duration) {
+    fn handle_timeout(&mut self, now: MonoTime) {
         Shard::handle_timeout(self, now)
     }
     fn take_stats(&mut self) -> Stats {
@@ -312,7 +314,7 @@ impl Shard {
         secret: Arc<NodeSecret>,
         presence: Arc<Presence>,
         config: ShardConfig,
-        now: Duration,
+        now: MonoTime,
     ) -> Shard {
         Shard {
             cookies: CookieJar::new(&secret, now),
@@ -359,7 +361,7 @@ impl Shard {
     /// goes to [`Transmit::dst`].
     pub fn handle_datagram(
         &mut self,
-        now: Duration,
+        now: MonoTime,
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
@@ -404,7 +406,7 @@ impl Shard {
             return self.reply(Message::CookieReply { tag, cookie }, reply);
         }
 
-        let now_secs = secs(now);
+        let now_secs = secs(now.as_duration());
         let expires = now_secs.saturating_add(3 * secs(self.config.keepalive));
         match msg {
             Message::Register { flags, token, .. } => {
@@ -546,7 +548,7 @@ impl Shard {
     }
 
     /// Periodic work; the engine calls it at least every `poll_timeout`.
-    pub fn handle_timeout(&mut self, now: Duration) {
+    pub fn handle_timeout(&mut self, now: MonoTime) {
         self.cookies.rotate(&self.secret, now);
     }
 

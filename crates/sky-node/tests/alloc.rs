@@ -19,6 +19,7 @@ use sky_node::engine::Node;
 use sky_node::keys::NodeSecret;
 use sky_node::presence::Presence;
 use sky_node::shard::{Shard, ShardConfig};
+use sky_proto::time::MonoTime;
 use sky_proto::wire::{Cookie, Flags, MAX_MESSAGE_LEN, Message, Tag, Token, VirtualAddr};
 
 struct Counting;
@@ -102,11 +103,11 @@ fn core_steady_state_allocations() -> u64 {
         intros_per_second: 255,
         ..ShardConfig::default()
     };
-    let mut shard = Shard::new(secret, presence, config, Duration::ZERO);
+    let mut shard = Shard::new(secret, presence, config, MonoTime::ZERO);
     let from: SocketAddr = "192.0.2.1:4000".parse().unwrap();
     let mut buf = [0u8; 2048];
     let mut reply = [0u8; MAX_MESSAGE_LEN];
-    let now = Duration::from_secs(10);
+    let now = MonoTime::from_secs(10);
     let n = emit(
         Message::Ping {
             tag: Tag([0; 4]),

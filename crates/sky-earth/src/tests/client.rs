@@ -6,7 +6,7 @@ use super::*;
 use crate::identity::{Friends, Identity};
 use crate::ratchet::DEFAULT_EPOCH;
 
-const T0: Duration = Duration::from_secs(1_800_000_000);
+const T0: UnixTime = UnixTime::from_secs(1_800_000_000);
 
 fn sky() -> SocketAddr {
     "198.51.100.1:7700".parse().unwrap()
@@ -104,7 +104,7 @@ fn page(tag: Tag, version: u32, start: u16, members: &[SocketAddr]) -> Vec<u8> {
     buf
 }
 
-fn own_address(earth: &mut Earth, now: Duration) -> VirtualAddr {
+fn own_address(earth: &mut Earth, now: UnixTime) -> VirtualAddr {
     let id = &mut earth.state.identity;
     id.chain.address_at(id.schedule.epoch_at(now)).unwrap()
 }

@@ -2,10 +2,11 @@
 
 use super::*;
 use crate::ratchet::DEFAULT_EPOCH;
+use sky_proto::time::UnixTime;
 
 #[test]
 fn a_friend_added_from_an_invite_computes_the_users_current_address() {
-    let now = Duration::from_secs(1_795_000_000);
+    let now = UnixTime::from_secs(1_795_000_000);
     let mut alice = Identity::generate([3; 64], DEFAULT_EPOCH, now);
     let later = now + DEFAULT_EPOCH * 10;
     let invite = alice.invite(later);
@@ -21,9 +22,9 @@ fn a_friend_added_from_an_invite_computes_the_users_current_address() {
 
 #[test]
 fn friend_names_are_checked_and_unique() {
-    let mut alice = Identity::generate([3; 64], DEFAULT_EPOCH, Duration::ZERO);
+    let mut alice = Identity::generate([3; 64], DEFAULT_EPOCH, UnixTime::ZERO);
     let mut friends = Friends::default();
-    let f: Friend = alice.invite(Duration::ZERO).into();
+    let f: Friend = alice.invite(UnixTime::ZERO).into();
     assert!(matches!(
         friends.add("", f.clone()),
         Err(FriendError::BadName(_))
@@ -46,8 +47,8 @@ fn friend_names_are_checked_and_unique() {
 
 #[test]
 fn identities_from_different_randomness_differ() {
-    let a = Identity::generate([1; 64], DEFAULT_EPOCH, Duration::ZERO);
-    let b = Identity::generate([2; 64], DEFAULT_EPOCH, Duration::ZERO);
+    let a = Identity::generate([1; 64], DEFAULT_EPOCH, UnixTime::ZERO);
+    let b = Identity::generate([2; 64], DEFAULT_EPOCH, UnixTime::ZERO);
     assert_ne!(a.public_key(), b.public_key());
     assert!(!format!("{a:?}").contains("secret"));
 }

@@ -1,6 +1,7 @@
 //! Tests of `ratchet`.
 
 use super::*;
+use sky_proto::time::UnixTime;
 
 fn owner() -> (Chain, Schedule) {
     let ck = ChainKey::from_bytes([42; 32]);
@@ -69,9 +70,9 @@ fn schedule_epochs_start_at_the_phase() {
         length: Duration::from_secs(100),
         phase: Duration::from_secs(30),
     };
-    assert_eq!(s.epoch_at(Duration::from_secs(129)), Epoch(0));
-    assert_eq!(s.epoch_at(Duration::from_secs(130)), Epoch(1));
-    assert_eq!(s.start_of(Epoch(1)), Duration::from_secs(130));
+    assert_eq!(s.epoch_at(UnixTime::from_secs(129)), Epoch(0));
+    assert_eq!(s.epoch_at(UnixTime::from_secs(130)), Epoch(1));
+    assert_eq!(s.start_of(Epoch(1)), UnixTime::from_secs(130));
 }
 
 /// SPEC §2: the user registers only its current address; a friend whose
@@ -88,7 +89,7 @@ fn lookups_find_the_user_with_clocks_skewed_by_up_to_h() {
         let registered = own.address_at(schedule.epoch_at(t)).unwrap();
         let mut skew = 0i64;
         while skew.unsigned_abs() <= h.as_secs() {
-            let friend_time = Duration::from_secs((t.as_secs() as i64 + skew) as u64);
+            let friend_time = UnixTime::from_secs((t.as_secs() as i64 + skew) as u64);
             let tried: Vec<_> = schedule
                 .lookup_epochs(friend_time, h)
                 .into_iter()

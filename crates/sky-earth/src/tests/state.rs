@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::ratchet::DEFAULT_EPOCH;
+use sky_proto::time::UnixTime;
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sky-state-{name}-{}", std::process::id()));
@@ -10,7 +11,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn state() -> State {
-    let now = Duration::from_secs(1_795_000_000);
+    let now = UnixTime::from_secs(1_795_000_000);
     let identity = Identity::generate([5; 64], DEFAULT_EPOCH, now);
     let mut bob = Identity::generate([6; 64], DEFAULT_EPOCH, now);
     let mut friends = Friends::default();

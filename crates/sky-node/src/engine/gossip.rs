@@ -21,6 +21,7 @@ use crate::snapshot::SharedRing;
 use sky_proto::ring::RingConfig;
 
 use super::WAKE_EVERY;
+use sky_proto::time::MonoTime;
 
 /// Receive buffer: larger than any gossip datagram foca accepts (1200
 /// bytes), so an oversized one is seen as such and counted.
@@ -74,7 +75,7 @@ pub(super) fn run(
         GossipConfig::default(),
     );
     metrics.set_ring(gossip.ring());
-    gossip.join(&setup.seeds, origin.elapsed());
+    gossip.join(&setup.seeds, MonoTime::from_duration(origin.elapsed()));
     tracing::info!(gossip = %local, seeds = setup.seeds.len(), "gossip started");
     let v6 = local.is_ipv6();
     let mut buf = vec![0u8; RECV_BUFFER];
@@ -84,16 +85,20 @@ pub(super) fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let now = origin.elapsed();
+        let now = MonoTime::from_duration(origin.elapsed());
         let wait = gossip
             .poll_timeout()
-            .map_or(WAKE_EVERY, |at| at.saturating_sub(now))
+            .map_or(WAKE_EVERY, |at| at.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), WAKE_EVERY);
         socket.set_read_timeout(Some(wait))?;
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 metrics.received(n);
-                if let Err(e) = gossip.handle_datagram(origin.elapsed(), from, &buf[..n]) {
+                if let Err(e) = gossip.handle_datagram(
+                    MonoTime::from_duration(origin.elapsed()),
+                    from,
+                    &buf[..n],
+                ) {
                     tracing::debug!(error = ?e, "gossip datagram refused");
                 }
             }
@@ -109,12 +114,12 @@ pub(super) fn run(
                 tracing::debug!(error = %e, "gossip receive failed");
             }
         }
-        let now = origin.elapsed();
+        let now = MonoTime::from_duration(origin.elapsed());
         if gossip.poll_timeout().is_some_and(|at| at <= now) {
             gossip.handle_timeout(now);
         }
     }
-    gossip.leave(origin.elapsed());
+    gossip.leave(MonoTime::from_duration(origin.elapsed()));
     flush(&socket, v6, &mut gossip, metrics);
     tracing::info!("left the sky");
     Ok(())

@@ -16,6 +16,7 @@ use super::outbox::Outbox;
 use super::sys::RawAddr;
 use crate::metrics::ShardMetrics;
 use crate::shard::Core;
+use sky_proto::time::MonoTime;
 
 /// Datagrams per `recvmmsg`.
 const BATCH: usize = 64;
@@ -63,7 +64,7 @@ impl MmsgEngine {
         stop: &AtomicBool,
         origin: Instant,
     ) -> io::Result<()> {
-        let mut last_publish = origin.elapsed();
+        let mut last_publish = MonoTime::from_duration(origin.elapsed());
         while !stop.load(Ordering::Relaxed) {
             for i in 0..BATCH {
                 self.iovs[i] = libc::iovec {
@@ -88,7 +89,7 @@ impl MmsgEngine {
                     std::ptr::null_mut(),
                 )
             };
-            let now = origin.elapsed();
+            let now = MonoTime::from_duration(origin.elapsed());
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
@@ -117,7 +118,7 @@ impl MmsgEngine {
                 }
             }
             self.outbox.flush(shard);
-            if now.saturating_sub(last_publish) >= PUBLISH_EVERY {
+            if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
                 metrics.publish(&shard.take_stats());
                 last_publish = now;

@@ -30,6 +30,7 @@ use crate::presence::Presence;
 use crate::shard::{Core, Shard};
 use crate::snapshot::{self, SharedRing};
 use sky_proto::ring::Ring;
+use sky_proto::time::MonoTime;
 
 pub mod batch;
 mod control;
@@ -142,7 +143,7 @@ impl Node {
     pub fn start_with<C: Core>(
         config: &Config,
         presence: Arc<Presence>,
-        make_core: impl Fn(usize, Duration, &SharedRing, SocketAddr) -> C,
+        make_core: impl Fn(usize, MonoTime, &SharedRing, SocketAddr) -> C,
     ) -> Result<Node, StartError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = config.shard_count(cores);
@@ -198,7 +199,12 @@ impl Node {
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
 
         for (i, socket) in sockets.into_iter().enumerate() {
-            let mut shard = make_core(i, origin.elapsed(), &ring, local_addr);
+            let mut shard = make_core(
+                i,
+                MonoTime::from_duration(origin.elapsed()),
+                &ring,
+                local_addr,
+            );
             let shard_metrics = metrics.for_shard(i);
             let stop = stop.clone();
             let ready = ready_tx.clone();

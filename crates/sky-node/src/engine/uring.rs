@@ -31,6 +31,7 @@ use super::sys::{self, RawAddr};
 use super::{PUBLISH_EVERY, WAKE_EVERY};
 use crate::metrics::ShardMetrics;
 use crate::shard::Core;
+use sky_proto::time::MonoTime;
 
 /// Bytes per provided buffer: recvmsg header, source address, payload.
 const BUF_SIZE: usize = 2048;
@@ -203,12 +204,12 @@ impl UringEngine {
         push(&mut sq, &submitter, &recv)?;
         let ts = Timespec::new().nsec(WAKE_EVERY.as_nanos() as u32);
         let args = SubmitArgs::new().timespec(&ts);
-        let mut last_publish = origin.elapsed();
+        let mut last_publish = MonoTime::from_duration(origin.elapsed());
 
         while !stop.load(Ordering::Relaxed) {
             sq.sync();
             wait(&submitter, &args)?;
-            let now = origin.elapsed();
+            let now = MonoTime::from_duration(origin.elapsed());
             let mut rearm = false;
             cq.sync();
             for cqe in (&mut cq).take(MAX_CQES_PER_WAKE) {
@@ -266,7 +267,7 @@ impl UringEngine {
             if rearm {
                 push(&mut sq, &submitter, &recv)?;
             }
-            if now.saturating_sub(last_publish) >= PUBLISH_EVERY {
+            if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
                 metrics.publish(&shard.take_stats());
                 last_publish = now;
@@ -279,9 +280,9 @@ impl UringEngine {
         // closes it, not later when the kernel tears the ring down.
         let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
         push(&mut sq, &submitter, &cancel)?;
-        let deadline = origin.elapsed() + Duration::from_secs(1);
+        let deadline = MonoTime::from_duration(origin.elapsed()) + Duration::from_secs(1);
         let mut recv_done = false;
-        while !recv_done && origin.elapsed() < deadline {
+        while !recv_done && MonoTime::from_duration(origin.elapsed()) < deadline {
             sq.sync();
             wait(&submitter, &args)?;
             cq.sync();

@@ -24,14 +24,14 @@ struct Sim {
 
 /// Datagram in flight: (arrival, sequence, destination, source,
 /// payload).
-type InFlight = Reverse<(Duration, u64, usize, SocketAddr, Vec<u8>)>;
+type InFlight = Reverse<(MonoTime, u64, usize, SocketAddr, Vec<u8>)>;
 
 /// Nodes on a simulated network in virtual time: 1–5 ms latency,
 /// optional random loss from a seeded generator, optional partition.
 struct Net {
     nodes: Vec<Sim>,
     by_gossip: HashMap<SocketAddr, usize>,
-    now: Duration,
+    now: MonoTime,
     in_flight: BinaryHeap<InFlight>,
     seq: u64,
     rng: SmallRng,
@@ -52,7 +52,7 @@ impl Net {
         let mut net = Net {
             nodes: Vec::new(),
             by_gossip: HashMap::new(),
-            now: Duration::ZERO,
+            now: MonoTime::ZERO,
             in_flight: BinaryHeap::new(),
             seq: 0,
             rng: SmallRng::seed_from_u64(seed),
@@ -73,7 +73,7 @@ impl Net {
         }
         let seeds = [node_id(0, 1).gossip];
         for i in 0..n {
-            net.nodes[i].gossip.join(&seeds, Duration::ZERO);
+            net.nodes[i].gossip.join(&seeds, MonoTime::ZERO);
         }
         net
     }
@@ -149,11 +149,11 @@ impl Net {
         let end = start + limit;
         while self.now < end {
             if done(self) {
-                return Some(self.now - start);
+                return Some(self.now.saturating_duration_since(start));
             }
             self.run_for(Duration::from_millis(10), |_| {});
         }
-        done(self).then(|| self.now - start)
+        done(self).then(|| self.now.saturating_duration_since(start))
     }
 
     fn live(&self) -> impl Iterator<Item = &Gossip> {
@@ -407,13 +407,13 @@ fn identities_order_by_bump_and_placeholders_lose() {
 fn an_identity_that_is_not_its_source_is_refused_and_not_answered() {
     let mut a = Gossip::new(node_id(0, 1), slash32(), 1, GossipConfig::default());
     let mut b = Gossip::new(node_id(1, 1), slash32(), 2, GossipConfig::default());
-    b.join(&[node_id(0, 1).gossip], Duration::ZERO);
+    b.join(&[node_id(0, 1).gossip], MonoTime::ZERO);
     let (dst, announce) = b.poll_transmit().expect("an announce");
     assert_eq!(dst, node_id(0, 1).gossip);
     // Sent from elsewhere (a spoofer aiming a's answer at b).
     let victim: SocketAddr = "192.0.2.9:7701".parse().unwrap();
     assert_eq!(
-        a.handle_datagram(Duration::ZERO, victim, &announce),
+        a.handle_datagram(MonoTime::ZERO, victim, &announce),
         Err(GossipError::Spoofed)
     );
     assert_eq!(
@@ -424,7 +424,7 @@ fn an_identity_that_is_not_its_source_is_refused_and_not_answered() {
     assert_eq!(a.take_errors(), 1);
     assert_eq!(a.ring().len(), 1, "and nobody joined");
     // From its real source it joins.
-    a.handle_datagram(Duration::ZERO, node_id(1, 1).gossip, &announce)
+    a.handle_datagram(MonoTime::ZERO, node_id(1, 1).gossip, &announce)
         .unwrap();
     assert_eq!(a.poll_transmit().map(|t| t.0), Some(node_id(1, 1).gossip));
 }
@@ -437,9 +437,9 @@ fn answers_to_announces_are_held_to_the_strangers_budget() {
     for i in 1..=200 {
         let id = node_id(i, 1);
         let mut b = Gossip::new(id, slash32(), i as u64, GossipConfig::default());
-        b.join(&[node_id(0, 1).gossip], Duration::ZERO);
+        b.join(&[node_id(0, 1).gossip], MonoTime::ZERO);
         let (_, announce) = b.poll_transmit().expect("an announce");
-        let now = Duration::from_millis(i as u64);
+        let now = MonoTime::from_millis(i as u64);
         a.handle_datagram(now, id.gossip, &announce).unwrap();
         while a.poll_transmit().is_some() {
             sent += 1;
@@ -459,7 +459,7 @@ fn a_lone_node_rings_itself_and_asks_its_seeds_again() {
     assert_eq!(g.ring().members().len(), 1);
     assert!(g.ring().contains(me.service));
     assert_eq!(g.poll_timeout(), None);
-    g.join(&[me.gossip, node_id(1, 1).gossip], Duration::ZERO);
+    g.join(&[me.gossip, node_id(1, 1).gossip], MonoTime::ZERO);
     let (dst, _) = g.poll_transmit().expect("an announce");
     assert_eq!(dst, node_id(1, 1).gossip, "never to itself");
     assert_eq!(g.poll_transmit(), None);
@@ -473,7 +473,7 @@ proptest::proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1400)) {
         let mut g = Gossip::new(node_id(0, 1), slash32(), 1, GossipConfig::default());
-        let r = g.handle_datagram(Duration::ZERO, node_id(1, 1).gossip, &bytes);
+        let r = g.handle_datagram(MonoTime::ZERO, node_id(1, 1).gossip, &bytes);
         let errors = g.take_errors();
         proptest::prop_assert_eq!(errors, u64::from(r.is_err()));
     }

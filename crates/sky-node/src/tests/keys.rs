@@ -8,7 +8,7 @@ fn secret() -> NodeSecret {
 
 #[test]
 fn cookie_is_bound_to_ip_and_port() {
-    let jar = CookieJar::new(&secret(), Duration::ZERO);
+    let jar = CookieJar::new(&secret(), MonoTime::ZERO);
     let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
     let cookie = jar.issue(&a);
     assert!(jar.check(&a, &cookie));
@@ -21,21 +21,21 @@ fn cookie_is_bound_to_ip_and_port() {
 #[test]
 fn cookie_survives_one_rotation_but_not_two() {
     let s = secret();
-    let mut jar = CookieJar::new(&s, Duration::ZERO);
+    let mut jar = CookieJar::new(&s, MonoTime::ZERO);
     let a: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
     let cookie = jar.issue(&a);
-    jar.rotate(&s, COOKIE_ROTATION);
+    jar.rotate(&s, MonoTime::ZERO + COOKIE_ROTATION);
     assert!(jar.check(&a, &cookie));
-    jar.rotate(&s, COOKIE_ROTATION * 2);
+    jar.rotate(&s, MonoTime::ZERO + COOKIE_ROTATION * 2);
     assert!(!jar.check(&a, &cookie));
 }
 
 #[test]
 fn shards_of_one_node_agree_on_cookies() {
     let s = secret();
-    let mut one = CookieJar::new(&s, Duration::ZERO);
-    let two = CookieJar::new(&s, COOKIE_ROTATION * 5);
-    one.rotate(&s, COOKIE_ROTATION * 5);
+    let mut one = CookieJar::new(&s, MonoTime::ZERO);
+    let two = CookieJar::new(&s, MonoTime::ZERO + COOKIE_ROTATION * 5);
+    one.rotate(&s, MonoTime::ZERO + COOKIE_ROTATION * 5);
     let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
     assert!(two.check(&a, &one.issue(&a)));
 }

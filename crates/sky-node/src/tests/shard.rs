@@ -6,7 +6,7 @@ use sky_proto::wire::{Cookie, IntroKey, MAX_MESSAGE_LEN, Tag, Token};
 /// A node with one shard on virtual time, and a client helper.
 struct Pair {
     shard: Shard,
-    now: Duration,
+    now: MonoTime,
 }
 
 const BUF: usize = 2048;
@@ -16,8 +16,8 @@ impl Pair {
         let secret = Arc::new(NodeSecret::new([3; 32]));
         let presence = Arc::new(Presence::new(1000));
         Pair {
-            shard: Shard::new(secret, presence, ShardConfig::default(), Duration::ZERO),
-            now: Duration::from_secs(1),
+            shard: Shard::new(secret, presence, ShardConfig::default(), MonoTime::ZERO),
+            now: MonoTime::from_secs(1),
         }
     }
 
@@ -306,7 +306,7 @@ mod dht {
                 Arc::new(NodeSecret::new([0; 32])),
                 Arc::new(Presence::new(1)),
                 ShardConfig::default(),
-                Duration::ZERO,
+                MonoTime::ZERO,
             ),
         )
         .with_ring(shared.clone(), node(1));
