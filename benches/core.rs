@@ -6,13 +6,13 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use sky_node::keys::NodeSecret;
 use sky_node::presence::Presence;
 use sky_node::shard::{Shard, ShardConfig};
+use sky_proto::time::MonoTime;
 use sky_proto::wire::{
     Cookie, Flags, IntroKey, MAX_MESSAGE_LEN, Mac, Message, Tag, Token, VirtualAddr,
 };
@@ -104,9 +104,9 @@ fn shard(c: &mut Criterion) {
         intros_per_second: 255,
         ..ShardConfig::default()
     };
-    let mut shard = Shard::new(secret, presence, config, Duration::ZERO);
+    let mut shard = Shard::new(secret, presence, config, MonoTime::ZERO);
     let from: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-    let now = Duration::from_secs(10);
+    let now = MonoTime::from_secs(10);
     let mut buf = [0u8; 2048];
     let mut reply = [0u8; MAX_MESSAGE_LEN];
     let send = |shard: &mut Shard,

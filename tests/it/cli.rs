@@ -47,6 +47,15 @@ impl NodeProcess {
         node
     }
 
+    /// The service address from the "ready" line (`listen=HOST:PORT`).
+    pub(crate) fn listen_addr(&self) -> String {
+        self.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .expect("listen address in the ready line")
+            .to_string()
+    }
+
     pub(crate) fn wait_for(&mut self, needle: &str) -> String {
         let mut seen = Vec::new();
         loop {

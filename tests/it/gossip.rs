@@ -140,12 +140,7 @@ fn sky_node_processes_join_by_seed_and_sigterm_leaves_the_sky() {
     let (mut first, second) = two_processes();
     // `sky probe members` prints the same view from either node.
     let view = |node: &NodeProcess| {
-        let listen = node
-            .ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .expect("listen address")
-            .to_string();
+        let listen = node.listen_addr();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sky"))
             .args(["probe", "members", "--sky", &listen])
             .output()

@@ -13,4 +13,5 @@ mod gossip;
 mod hostile;
 mod metrics;
 mod nat;
+mod sdk;
 mod workspace;

@@ -35,6 +35,7 @@ pub struct Driver {
     socket: UdpSocket,
     /// The socket is IPv6 (dual-stack when bound to the wildcard).
     v6: bool,
+    /// The core; call its API between runs (or from `run`'s callback).
     pub earth: Earth,
 }
 
@@ -68,6 +69,7 @@ impl Driver {
         })
     }
 
+    /// The socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }

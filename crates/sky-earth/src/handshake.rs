@@ -28,13 +28,7 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-pub const MSG1: u8 = 0x21;
-pub const MSG2: u8 = 0x22;
-pub const DATA: u8 = 0x23;
-pub const MSG1_LEN: usize = 1 + 32 + 48 + 16;
-pub const MSG2_LEN: usize = 1 + 32 + 16;
-/// Bytes a sealed datagram adds to its payload.
-pub const DATA_OVERHEAD: usize = 1 + 8 + 16;
+use sky_proto::frame::{DATA, DATA_OVERHEAD, MSG1, MSG1_LEN, MSG2, MSG2_LEN};
 
 /// Why a handshake or data message was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

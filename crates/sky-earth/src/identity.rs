@@ -16,7 +16,9 @@ use crate::ratchet::{Chain, ChainKey, Epoch, Schedule};
 /// X25519 key pair. Its `Debug` shows no secret.
 #[derive(Clone)]
 pub struct Identity {
+    /// The user's own chain, from its origin epoch.
     pub chain: Chain,
+    /// The user's epochs (length and phase).
     pub schedule: Schedule,
     secret: StaticSecret,
 }
@@ -70,6 +72,7 @@ impl Identity {
         }
     }
 
+    /// The long-term X25519 public key friends know from the invite.
     pub fn public_key(&self) -> [u8; 32] {
         PublicKey::from(&self.secret).to_bytes()
     }
@@ -107,8 +110,11 @@ impl Identity {
 /// their schedule and long-term public key.
 #[derive(Clone, Debug)]
 pub struct Friend {
+    /// Their chain, from the epoch their invite or last reset carried.
     pub chain: Chain,
+    /// Their epochs.
     pub schedule: Schedule,
+    /// Their long-term X25519 public key (the handshake proves it).
     pub public_key: [u8; 32],
 }
 
@@ -127,7 +133,9 @@ impl From<Invite> for Friend {
 pub enum FriendError {
     /// Names are 1 to 64 characters of letters, digits, `-`, `_`, `.`.
     BadName(String),
+    /// A friend by that name exists already.
     AlreadyFriend(String),
+    /// No friend by that name.
     NoSuchFriend(String),
 }
 
@@ -151,6 +159,7 @@ impl std::error::Error for FriendError {}
 pub struct Friends(pub BTreeMap<String, Friend>);
 
 impl Friends {
+    /// Adds `friend` under `name`.
     pub fn add(&mut self, name: &str, friend: Friend) -> Result<(), FriendError> {
         let ok = !name.is_empty()
             && name.len() <= 64
@@ -167,6 +176,7 @@ impl Friends {
         Ok(())
     }
 
+    /// Removes the friend `name` and returns them.
     pub fn remove(&mut self, name: &str) -> Result<Friend, FriendError> {
         self.0
             .remove(name)

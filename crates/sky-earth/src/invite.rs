@@ -25,9 +25,13 @@ const LEN: usize = BODY + 4;
 /// and the user's long-term public key for the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invite {
+    /// The epoch whose chain key this is.
     pub epoch: Epoch,
+    /// The chain key of `epoch`: every later key follows from it.
     pub chain_key: ChainKey,
+    /// The user's epochs.
     pub schedule: Schedule,
+    /// The user's long-term X25519 public key.
     pub public_key: [u8; 32],
 }
 
@@ -74,6 +78,7 @@ impl Invite {
         Invite::decode(&format!("{PREFIX}{}", wire::to_hex(bytes)))
     }
 
+    /// The `sky1-…` text.
     pub fn encode(&self) -> String {
         let mut b = Vec::with_capacity(LEN);
         b.extend_from_slice(&self.epoch.0.to_be_bytes());
@@ -86,6 +91,7 @@ impl Invite {
         format!("{PREFIX}{}", wire::to_hex(&b))
     }
 
+    /// Parses the `sky1-…` text (surrounding whitespace ignored).
     pub fn decode(text: &str) -> Result<Invite, InviteError> {
         let hex = text
             .trim()

@@ -137,6 +137,7 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// The chain whose key at `origin` is `key`.
     pub fn new(origin: Epoch, key: ChainKey) -> Chain {
         Chain {
             origin,
@@ -173,10 +174,12 @@ impl Chain {
         Some(self.latest_key.clone())
     }
 
+    /// The registration token of `epoch` (`None` before the origin).
     pub fn token_at(&mut self, epoch: Epoch) -> Option<Token> {
         self.key_at(epoch).map(|k| k.token())
     }
 
+    /// The virtual address of `epoch` (`None` before the origin).
     pub fn address_at(&mut self, epoch: Epoch) -> Option<VirtualAddr> {
         self.key_at(epoch).map(|k| k.address())
     }

@@ -22,7 +22,9 @@ const TEMP: &str = "state.toml.tmp";
 /// Everything the client keeps.
 #[derive(Clone, Debug)]
 pub struct State {
+    /// The user's chain and key pair.
     pub identity: Identity,
+    /// The friends, by name.
     pub friends: Friends,
     /// Friends who have not yet acknowledged the last address reset: they
     /// are sent the new chain key until they do, across restarts.
@@ -34,6 +36,7 @@ pub struct State {
 pub enum StateError {
     /// No state in that directory yet (`sky earth init`).
     Missing(PathBuf),
+    /// Reading or writing a file failed.
     Io(PathBuf, io::Error),
     /// The file is there but not valid state.
     Corrupt(PathBuf, String),

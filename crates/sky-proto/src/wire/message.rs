@@ -324,7 +324,7 @@ impl Message {
     ///
     /// # Panics
     /// If `buf` is shorter than [`Message::buffer_len`] (a caller bug: every
-    /// buffer in this crate is at least [`MAX_MESSAGE_LEN`], and a padded
+    /// buffer in this crate is at least [`super::MAX_MESSAGE_LEN`], and a padded
     /// members request's buffer at least its `len`).
     pub fn emit(&self, buf: &mut [u8]) -> usize {
         let len = self.buffer_len();

@@ -2,9 +2,13 @@
 //! page, wildcard members, a `not owner` answer to a registration. (The
 //! core against real shards, on a simulated network, is `sky-harness`.)
 
+use std::time::Duration;
+
 use super::*;
+use crate::client::{Config, Earth, Event};
 use crate::identity::{Friends, Identity};
 use crate::ratchet::DEFAULT_EPOCH;
+use crate::state::State;
 
 const T0: UnixTime = UnixTime::from_secs(1_800_000_000);
 
@@ -104,8 +108,8 @@ fn page(tag: Tag, version: u32, start: u16, members: &[SocketAddr]) -> Vec<u8> {
     buf
 }
 
-fn own_address(earth: &mut Earth, now: UnixTime) -> VirtualAddr {
-    let id = &mut earth.state.identity;
+fn own_address(earth: &Earth, now: UnixTime) -> VirtualAddr {
+    let mut id = earth.state().identity.clone();
     id.chain.address_at(id.schedule.epoch_at(now)).unwrap()
 }
 
@@ -139,7 +143,7 @@ fn members_are_read_page_by_page_and_again_when_the_view_changes_meanwhile() {
     let expected = Ring::new(slash32(), fewer.iter().copied());
     let (ring, version) = earth.ring().unwrap();
     assert_eq!((ring, version), (&expected, 222));
-    let address = own_address(&mut earth, T0);
+    let address = own_address(&earth, T0);
     let to: Vec<SocketAddr> = registers(&sent).into_iter().map(|r| r.0).collect();
     assert_eq!(sorted(to), owners(&expected, &address));
     let events: Vec<Event> = std::iter::from_fn(|| earth.poll_event()).collect();

@@ -1,0 +1,541 @@
+//! [`Earth`]: the core the driver talks to, wiring the state machines
+//! together — a new view reconciles registrations and lookups, a lookup a
+//! connection made answers that connection, a delivered reset notice is
+//! the reset machine's, a `not owner` to a registration makes the members
+//! fetch again.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use sky_proto::frame::{FrameKind, Payload, Registry};
+use sky_proto::intro;
+use sky_proto::ring::Ring;
+use sky_proto::time::UnixTime;
+use sky_proto::wire::{self, Message, Packet, VirtualAddr};
+
+use super::config::Config;
+use super::event::{Event, Failure, RegistrationInfo, Transmit};
+use super::io::Io;
+use super::lookups::{Answer, Done, Lookups, NewLookup};
+use super::members::Members;
+use super::peers::{Peers, Received};
+use super::registrations::Registrations;
+use super::reset::Reset;
+use super::timers::Timer;
+use crate::identity::FriendError;
+use crate::ratchet::ChainKey;
+use crate::state::State;
+
+/// The earth client's core. See the module documentation of
+/// [`crate::client`] for the calls and their order.
+pub struct Earth {
+    config: Config,
+    state: State,
+    online: bool,
+    io: Io,
+    members: Members,
+    registrations: Registrations,
+    lookups: Lookups,
+    peers: Peers,
+    reset: Reset,
+}
+
+impl Earth {
+    /// A core for `state`, bootstrapping from `config.sky`, with randomness
+    /// from `seed` (32 bytes from the operating system's random source).
+    pub fn new(mut config: Config, state: State, seed: [u8; 32], now: UnixTime) -> Earth {
+        let mut bootstrap = Vec::with_capacity(config.sky.len());
+        for node in config.sky.iter().map(|n| wire::canonical(*n)) {
+            if !bootstrap.contains(&node) {
+                bootstrap.push(node);
+            }
+        }
+        config.sky = bootstrap.clone();
+        let mut io = Io::new(seed);
+        let registrations = Registrations::new(&config);
+        registrations.schedule_cover(now, &mut io);
+        Earth {
+            members: Members::new(bootstrap, config.retry, config.keepalive),
+            registrations,
+            lookups: Lookups::new(config.retry, config.give_up),
+            peers: Peers::new(config.retry, config.give_up),
+            reset: Reset::new(config.reset_retry),
+            config,
+            state,
+            online: false,
+            io,
+        }
+    }
+
+    /// The identity, friends and pending resets (what the driver saves).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The configuration the core runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The sky as the client sees it: the ring it computes owners with and
+    /// the version it holds (0: a standalone node). `None` until the first
+    /// members fetch completes.
+    pub fn ring(&self) -> Option<(&Ring, u32)> {
+        self.members.view()
+    }
+
+    /// The sky nodes that hold `address` for us now (a registration
+    /// answered and kept alive).
+    pub fn holders(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
+        self.registrations.holders(address)
+    }
+
+    /// Where the sky sees us (our NAT's public endpoint), once registered.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.registrations.observed()
+    }
+
+    /// The addresses the client keeps registered now: its own (one, or two
+    /// during a dual overlap) and cover addresses, each with the sky nodes
+    /// that hold it.
+    pub fn registrations(&self) -> Vec<RegistrationInfo> {
+        self.registrations.info()
+    }
+
+    /// Stays registered from now on (and sends pending resets).
+    pub fn go_online(&mut self, now: UnixTime) {
+        self.online = true;
+        self.update_registrations(now);
+        self.reset.arm(now, &mut self.io);
+        self.handle_timeout(now);
+    }
+
+    /// Unregisters every address at every owner.
+    pub fn go_offline(&mut self) {
+        self.online = false;
+        self.registrations.clear(&mut self.io);
+    }
+
+    /// The state was saved: release the acknowledgements that waited on it.
+    pub fn saved(&mut self) {
+        self.peers.saved(&mut self.io);
+    }
+
+    /// The state could not be saved: the acknowledgements that waited on it
+    /// are dropped, so each friend sends its notice again later and the
+    /// change is saved then.
+    pub fn save_failed(&mut self) {
+        self.peers.save_failed();
+    }
+
+    /// The next datagram to send, until `None`.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.io.transmits.pop_front()
+    }
+
+    /// The next event for the application, until `None`.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.io.events.pop_front()
+    }
+
+    /// When [`Earth::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<UnixTime> {
+        self.io.timers.next()
+    }
+
+    /// Looks `friend` up under each address they may have now (within `H`
+    /// of a boundary, the neighbouring epoch's too), asking each address's
+    /// owners one after the other; answers with [`Event::Lookup`]. The
+    /// owner that finds them introduces us to them.
+    pub fn lookup(&mut self, now: UnixTime, friend: &str) {
+        if !self.start_lookup(now, friend, false) {
+            self.io.event(Event::Lookup {
+                friend: friend.to_string(),
+                result: Err(Failure::NoSuchFriend),
+            });
+        }
+    }
+
+    /// Delivers `payload` to `friend` reliably: connects first when there
+    /// is no session (lookup, punching, handshake), then sends until it is
+    /// acknowledged. Answers with [`Event::Delivered`] or [`Event::Failed`]
+    /// carrying the returned id.
+    pub fn send(&mut self, now: UnixTime, friend: &str, payload: &[u8]) -> u64 {
+        let mut bytes = Vec::with_capacity(payload.len() + 1);
+        bytes.push(Payload::Text as u8);
+        bytes.extend_from_slice(payload);
+        self.enqueue(now, friend, bytes)
+    }
+
+    /// Sends `payload` to `friend` once, best effort, over an established
+    /// session. `false` when there is none (call [`Earth::send`] or wait
+    /// for [`Event::Connected`]) or the payload is too large.
+    pub fn send_datagram(&mut self, friend: &str, payload: &[u8]) -> bool {
+        self.peers.send_datagram(&mut self.io, friend, payload)
+    }
+
+    /// Queues a sealed payload of any kind to `friend`, as [`Earth::send`]
+    /// does for text: for tests of what a friend's client does with
+    /// payloads the real client never sends (a forged reset).
+    #[cfg(feature = "test-support")]
+    pub fn send_raw_payload_for_test(
+        &mut self,
+        now: UnixTime,
+        friend: &str,
+        payload: Vec<u8>,
+    ) -> u64 {
+        self.enqueue(now, friend, payload)
+    }
+
+    /// Address reset (SPEC §2): removes `friend`, moves the user to a fresh
+    /// chain from `key`, and marks every remaining friend pending; the core
+    /// sends them the new chain while online until each acknowledges it.
+    pub fn remove_friend(
+        &mut self,
+        now: UnixTime,
+        friend: &str,
+        key: ChainKey,
+    ) -> Result<(), FriendError> {
+        self.state.reset_address(friend, key, now)?;
+        self.peers.remove(&mut self.io, friend);
+        self.reset.arm(now, &mut self.io);
+        self.io.event(Event::SaveState);
+        if self.online {
+            self.update_registrations(now);
+        }
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    /// Everything that is due at `now`.
+    pub fn handle_timeout(&mut self, now: UnixTime) {
+        while let Some(timer) = self.io.timers.pop_due(now) {
+            self.fire(now, timer);
+        }
+    }
+
+    /// A datagram from `from`. Datagrams from a sky node we talk to are
+    /// protocol replies and introductions; anything else is a peer's.
+    pub fn handle_datagram(&mut self, now: UnixTime, from: SocketAddr, datagram: &mut [u8]) {
+        let from = wire::canonical(from);
+        if self.io.nodes.contains_key(&from) {
+            self.sky_datagram(now, from, datagram);
+            return;
+        }
+        let connected = match Registry::of(datagram) {
+            Registry::Frame(FrameKind::Msg1) => {
+                let ours = (
+                    self.state.identity.secret_bytes(),
+                    self.state.identity.public_key(),
+                );
+                let friends: Vec<(String, [u8; 32])> = self
+                    .state
+                    .friends
+                    .0
+                    .iter()
+                    .map(|(n, f)| (n.clone(), f.public_key))
+                    .collect();
+                self.peers
+                    .on_msg1(now, &mut self.io, from, datagram, ours, &friends)
+            }
+            Registry::Frame(FrameKind::Msg2) => {
+                self.peers.on_msg2(now, &mut self.io, from, datagram)
+            }
+            Registry::Frame(FrameKind::Data) => {
+                let received = self.peers.on_data(now, &mut self.io, from, datagram);
+                self.received(now, received);
+                None
+            }
+            Registry::Frame(FrameKind::Punch) | Registry::Unknown => None,
+            Registry::Sky => {
+                // Introductions come only from sky nodes we registered with.
+                if let Ok(Message::Introduction { .. }) = Message::decode(datagram) {
+                    self.io.event(Event::ForgedIntroduction);
+                }
+                None
+            }
+        };
+        // The lookup a connection may have started is moot now.
+        if let Some(friend) = connected {
+            self.lookups.cancel_connect(&mut self.io, &friend);
+        }
+    }
+
+    // ---- wiring ----
+
+    /// Whether the member list is needed now.
+    fn needed(&self) -> bool {
+        self.online || self.lookups.any()
+    }
+
+    fn fire(&mut self, now: UnixTime, timer: Timer) {
+        let needed = self.needed();
+        let io = &mut self.io;
+        match timer {
+            Timer::Fetch => self.members.on_fetch(now, io, needed),
+            Timer::Refetch => self.members.on_refetch(now, io, needed),
+            Timer::Boundary => {
+                if self.online {
+                    self.update_registrations(now);
+                }
+            }
+            Timer::Cover => {
+                self.registrations
+                    .on_cover(now, io, &self.members, self.online);
+                self.members.ensure(now, io, needed);
+            }
+            Timer::Owner(id, node) => {
+                let ring = self.members.version();
+                self.registrations.on_owner(now, io, id, node, ring);
+            }
+            Timer::Silent(id) => self.registrations.on_silent(io, id),
+            Timer::CoverEnd(id) => self.registrations.on_cover_end(io, id),
+            Timer::GiveUp(q) => {
+                if let Some(done) = self.lookups.on_give_up(io, q) {
+                    self.lookup_finished(now, done);
+                }
+            }
+            Timer::NextOwner(q, t) => self.lookups.on_next_owner(now, io, q, t),
+            Timer::PeerGiveUp(p) => {
+                for friend in self.peers.on_give_up(now, io, p) {
+                    self.start_lookup(now, &friend, true);
+                }
+            }
+            Timer::Resend(p) => self.peers.on_resend(now, io, p),
+            Timer::Relookup(p) => {
+                if let Some(friend) = self.peers.on_relookup(now, io, p)
+                    && !self.lookups.looking_up(&friend)
+                {
+                    self.start_lookup(now, &friend, true);
+                }
+            }
+            Timer::Punch(endpoint) => self.peers.on_punch(now, io, endpoint),
+            Timer::Reset => {
+                let peers = &self.peers;
+                let notices = self
+                    .reset
+                    .on_timer(now, io, &mut self.state, self.online, |f| {
+                        peers.has_queued(f, Payload::Reset)
+                    });
+                for (friend, payload) in notices {
+                    self.enqueue(now, &friend, payload);
+                }
+            }
+        }
+    }
+
+    /// Registers exactly the own addresses of `now` (and fetches the
+    /// members if the client holds no view).
+    fn update_registrations(&mut self, now: UnixTime) {
+        let schedule = self.state.identity.schedule;
+        let chain = &mut self.state.identity.chain;
+        let wanted: Vec<_> = self
+            .registrations
+            .wanted_epochs(now, schedule)
+            .into_iter()
+            .filter_map(|e| chain.token_at(e).map(|t| (e, t)))
+            .collect();
+        self.registrations
+            .update(now, &mut self.io, &self.members, &wanted, schedule);
+        let needed = self.needed();
+        self.members.ensure(now, &mut self.io, needed);
+    }
+
+    /// Starts a lookup of `friend`; `false` when there is no such friend.
+    fn start_lookup(&mut self, now: UnixTime, friend: &str, for_connect: bool) -> bool {
+        let own_epoch = self.state.identity.schedule.epoch_at(now);
+        let caller = self
+            .state
+            .identity
+            .chain
+            .address_at(own_epoch)
+            .unwrap_or_default();
+        let overlap = self.config.overlap_window;
+        let Some(f) = self.state.friends.0.get_mut(friend) else {
+            return false;
+        };
+        let addresses: Vec<VirtualAddr> = f
+            .schedule
+            .lookup_epochs(now, overlap)
+            .into_iter()
+            .filter_map(|e| f.chain.address_at(e))
+            .collect();
+        let query = NewLookup {
+            friend: friend.to_string(),
+            caller,
+            addresses,
+            for_connect,
+        };
+        self.lookups.start(now, &mut self.io, &self.members, query);
+        self.members.ensure(now, &mut self.io, true);
+        true
+    }
+
+    /// A lookup is over: its answer goes to the application, or to the
+    /// connection that asked.
+    fn lookup_finished(&mut self, now: UnixTime, done: Done) {
+        if !done.for_connect {
+            self.io.event(Event::Lookup {
+                friend: done.friend,
+                result: done.result,
+            });
+            return;
+        }
+        let keys = self
+            .state
+            .friends
+            .0
+            .get(&done.friend)
+            .map(|f| (self.state.identity.secret_bytes(), f.public_key));
+        let result = done.result.map(|(endpoint, _)| endpoint);
+        self.peers
+            .lookup_done(now, &mut self.io, &done.friend, result, keys);
+    }
+
+    /// Queues a sealed payload for `friend`, connecting first if needed.
+    fn enqueue(&mut self, now: UnixTime, friend: &str, payload: Vec<u8>) -> u64 {
+        let known = self.state.friends.0.contains_key(friend);
+        let (id, lookup) = self
+            .peers
+            .enqueue(now, &mut self.io, friend, payload, known);
+        if lookup {
+            self.start_lookup(now, friend, true);
+        }
+        id
+    }
+
+    /// What a friend's sealed datagram asks of the other machines.
+    fn received(&mut self, now: UnixTime, received: Received) {
+        match received {
+            Received::Nothing => {}
+            Received::Acked {
+                friend,
+                peer,
+                outgoing,
+            } => {
+                if outgoing.payload.first() == Some(&(Payload::Reset as u8)) {
+                    self.reset
+                        .acknowledged(&mut self.io, &mut self.state, &friend);
+                    return;
+                }
+                self.io.event(Event::Delivered {
+                    friend,
+                    id: outgoing.id,
+                    peer,
+                    elapsed: now.saturating_duration_since(outgoing.queued),
+                    sent: outgoing.sent,
+                });
+            }
+            Received::ResetNotice {
+                friend,
+                notice,
+                counter,
+                ack,
+            } => {
+                if self
+                    .reset
+                    .adopt(&mut self.io, &mut self.state, &friend, &notice)
+                {
+                    self.peers.hold(counter, ack);
+                }
+            }
+        }
+    }
+
+    /// A reply or an introduction from the sky node `from`.
+    fn sky_datagram(&mut self, now: UnixTime, from: SocketAddr, datagram: &[u8]) {
+        let Ok(packet) = Packet::new_checked(datagram) else {
+            return;
+        };
+        let needed = self.needed();
+        let io = &mut self.io;
+        match Message::parse(&packet) {
+            Message::CookieReply { tag, cookie } => {
+                io.nodes.entry(from).or_default().cookie = cookie;
+                self.members.on_cookie(io, from, tag);
+                let ring = self.members.version();
+                self.registrations.on_cookie(io, from, tag, ring);
+                self.lookups.on_cookie(io, from, tag);
+            }
+            reply @ Message::Registered { .. } => {
+                self.registrations.on_registered(now, io, from, reply)
+            }
+            Message::NotRegistered { tag } => {
+                self.registrations.on_not_registered(now, io, from, tag)
+            }
+            Message::Online {
+                tag,
+                flags,
+                endpoint,
+            } => self.lookup_answer(now, from, tag, Answer::Online(endpoint, flags)),
+            Message::Offline { tag } => self.lookup_answer(now, from, tag, Answer::Offline),
+            Message::NotOwner { tag, version, hint } => {
+                let hint = wire::canonical(hint);
+                if self.registrations.on_not_owner(now, io, from, tag, hint) {
+                    self.members.ring_changed(now, io, from, version, needed);
+                } else {
+                    self.lookup_answer(now, from, tag, Answer::NotOwner { version, hint });
+                }
+            }
+            // Only in answer to a keepalive we sent that node.
+            Message::RingChanged { tag, version } if self.registrations.is_keepalive(from, tag) => {
+                self.members.ring_changed(now, io, from, version, needed);
+            }
+            Message::MembersPage { .. } if self.members.on_page(now, io, from, &packet, needed) => {
+                self.after_view(now);
+            }
+            Message::Introduction { .. } => {
+                let keys = io.nodes.get(&from).map_or(&[][..], |n| &n.intro_keys);
+                match intro::verify_introduction(keys, datagram) {
+                    Ok((caller, endpoint)) => self.introduced(now, caller, endpoint),
+                    Err(_) => io.event(Event::ForgedIntroduction),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn lookup_answer(&mut self, now: UnixTime, from: SocketAddr, tag: wire::Tag, answer: Answer) {
+        let (done, ring_changed) = self.lookups.on_answer(now, &mut self.io, from, tag, answer);
+        if let Some(version) = ring_changed {
+            let needed = self.needed();
+            self.members
+                .ring_changed(now, &mut self.io, from, version, needed);
+        }
+        if let Some(done) = done {
+            self.lookup_finished(now, done);
+        }
+    }
+
+    /// A new view: registrations and lookups follow it, and the cookies of
+    /// nodes no longer used are forgotten.
+    fn after_view(&mut self, now: UnixTime) {
+        self.registrations
+            .reconcile(now, &mut self.io, &self.members);
+        self.lookups.reconcile(now, &mut self.io, &self.members);
+        let mut used = HashSet::new();
+        self.members.nodes_in_use(&mut used);
+        self.registrations.nodes_in_use(&mut used);
+        self.lookups.nodes_in_use(&mut used);
+        self.io.nodes.retain(|node, _| used.contains(node));
+    }
+
+    /// The sky introduced `caller` at `endpoint`: a friend by name when the
+    /// address is one of theirs; punch towards it either way.
+    fn introduced(&mut self, now: UnixTime, caller: VirtualAddr, endpoint: SocketAddr) {
+        let overlap = self.config.overlap_window;
+        let friend = self.state.friends.0.iter_mut().find_map(|(name, f)| {
+            f.schedule
+                .lookup_epochs(now, overlap)
+                .into_iter()
+                .any(|e| f.chain.address_at(e) == Some(caller))
+                .then(|| name.clone())
+        });
+        self.peers.punch_towards(now, &mut self.io, endpoint);
+        self.io.event(Event::Introduced {
+            friend,
+            caller,
+            endpoint,
+        });
+    }
+}

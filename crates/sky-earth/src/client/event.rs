@@ -1,0 +1,162 @@
+//! What the core hands the driver: datagrams to send ([`Transmit`]) and
+//! what the application should know ([`Event`]), with why a lookup,
+//! connection or delivery did not succeed ([`Failure`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sky_proto::wire::{Flags, VirtualAddr};
+
+use crate::handshake;
+
+/// One address the client keeps registered ([`super::Earth::registrations`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationInfo {
+    /// The virtual address.
+    pub address: VirtualAddr,
+    /// A cover address (random, not the user's).
+    pub cover: bool,
+    /// The sky nodes that hold it now.
+    pub holders: Vec<SocketAddr>,
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub dst: SocketAddr,
+    /// The UDP payload.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a connection, delivery or lookup did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The sky says the friend is not online: every owner that answered
+    /// said offline.
+    Offline,
+    /// No sky node answered within the time limit.
+    SkySilent,
+    /// The friend was online, but no handshake or acknowledgement came
+    /// back within the time limit (a NAT pair that cannot be punched).
+    Unreachable,
+    /// No friend by that name.
+    NoSuchFriend,
+    /// The payload is larger than [`super::MAX_PAYLOAD`].
+    TooLarge,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failure::Offline => "offline",
+            Failure::SkySilent => "the sky did not answer",
+            Failure::Unreachable => "no answer on the punched path",
+            Failure::NoSuchFriend => "no such friend",
+            Failure::TooLarge => "the payload is too large",
+        })
+    }
+}
+
+/// What the application should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The client holds a new view of the sky.
+    Sky {
+        /// The ring version (0: a standalone node, which owns every address).
+        version: u32,
+        /// Members of the sky.
+        nodes: usize,
+    },
+    /// Registered (again). Reported when the first owner holds the address,
+    /// and again when an owner sees us at another endpoint, not once per
+    /// owner.
+    Registered {
+        /// The address registered.
+        address: VirtualAddr,
+        /// Where the sky sees us: our NAT's public endpoint.
+        observed: SocketAddr,
+    },
+    /// No sky node held one of our addresses within the time limit (the
+    /// members could not be fetched, or no owner answered a registration);
+    /// the core keeps trying.
+    SkySilent,
+    /// The sky introduced a caller. The core punches towards friends.
+    Introduced {
+        /// The friend, when the caller's address is one of theirs.
+        friend: Option<String>,
+        /// The caller's virtual address, as the caller gave it.
+        caller: VirtualAddr,
+        /// Where the caller is.
+        endpoint: SocketAddr,
+    },
+    /// An introduction that did not come from a sky node we registered
+    /// with, or whose MAC did not verify under a key that node gave us:
+    /// dropped.
+    ForgedIntroduction,
+    /// The answer to [`super::Earth::lookup`].
+    Lookup {
+        /// The friend looked up.
+        friend: String,
+        /// Their endpoint and flags, or why not.
+        result: Result<(SocketAddr, Flags), Failure>,
+    },
+    /// A session with a friend is up (either side started it).
+    Connected {
+        /// The friend.
+        friend: String,
+        /// Their endpoint on the punched path.
+        peer: SocketAddr,
+    },
+    /// A handshake from `from` was refused (a stranger or a forgery).
+    HandshakeRefused {
+        /// Who sent it.
+        from: SocketAddr,
+        /// Why it was refused.
+        error: handshake::HandshakeError,
+    },
+    /// A payload given to [`super::Earth::send`] was acknowledged.
+    Delivered {
+        /// The friend.
+        friend: String,
+        /// The id `send` returned.
+        id: u64,
+        /// Their endpoint on the punched path.
+        peer: SocketAddr,
+        /// From the call to the acknowledgement.
+        elapsed: Duration,
+        /// Datagrams sent to the peer for it (handshake included).
+        sent: u32,
+    },
+    /// A payload given to [`super::Earth::send`] could not be delivered.
+    Failed {
+        /// The friend.
+        friend: String,
+        /// The id `send` returned.
+        id: u64,
+        /// Why not.
+        why: Failure,
+    },
+    /// Application data from a friend.
+    Message {
+        /// The friend.
+        friend: String,
+        /// What they sent.
+        payload: Vec<u8>,
+    },
+    /// A friend's address reset was adopted: their new chain is in the
+    /// state (saved before it is acknowledged).
+    ResetAdopted {
+        /// The friend.
+        friend: String,
+    },
+    /// A friend acknowledged our address reset; they are no longer pending.
+    ResetAcknowledged {
+        /// The friend.
+        friend: String,
+    },
+    /// [`super::Earth::state`] changed in a way that must survive a
+    /// restart: save it, then call [`super::Earth::saved`] (or
+    /// [`super::Earth::save_failed`]).
+    SaveState,
+}

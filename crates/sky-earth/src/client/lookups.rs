@@ -1,0 +1,343 @@
+//! Lookups: asking the sky whether a friend is online, under each address
+//! they may have now (the neighbouring epoch's too near a boundary), one
+//! owner after another — the next at once on `offline` or `not owner`,
+//! after `3 × retry` of silence — until one says online or every owner has
+//! answered.
+//!
+//! Owns: the lookups in flight. Timers: [`Timer::GiveUp`],
+//! [`Timer::NextOwner`]. Reads owners from [`Members`]; hands each finished
+//! lookup back to the caller ([`Done`]), which gives it to the application
+//! or to the connection that asked.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sky_proto::time::UnixTime;
+use sky_proto::wire::{Flags, Message, Tag, VirtualAddr};
+
+use super::event::Failure;
+use super::io::Io;
+use super::members::Members;
+use super::timers::{QueryId, Timer};
+
+/// A lookup in flight: one target per candidate epoch's address.
+struct Query {
+    id: QueryId,
+    friend: String,
+    caller: VirtualAddr,
+    targets: Vec<Target>,
+    /// Started by a connection: its answer goes to the peer, not to the app.
+    for_connect: bool,
+}
+
+/// One address a lookup asks the owners about, one owner at a time.
+struct Target {
+    address: VirtualAddr,
+    tag: Tag,
+    /// The owners to ask, in ring order; hints and a newer view add more.
+    asks: Vec<Ask>,
+    /// The ask in flight (index into `asks`).
+    current: Option<usize>,
+}
+
+struct Ask {
+    node: SocketAddr,
+    said: Option<Said>,
+}
+
+/// A final answer from one owner about one target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Offline,
+    NotOwner,
+}
+
+/// What an owner answered to a lookup.
+pub(crate) enum Answer {
+    Online(SocketAddr, Flags),
+    Offline,
+    NotOwner { version: u32, hint: SocketAddr },
+}
+
+/// A lookup to start: `friend` under each of `addresses`, as `caller`.
+pub(crate) struct NewLookup {
+    pub(crate) friend: String,
+    pub(crate) caller: VirtualAddr,
+    pub(crate) addresses: Vec<VirtualAddr>,
+    /// Started by a connection (its answer goes to the peer).
+    pub(crate) for_connect: bool,
+}
+
+/// A finished lookup.
+pub(crate) struct Done {
+    pub(crate) friend: String,
+    pub(crate) for_connect: bool,
+    pub(crate) result: Result<(SocketAddr, Flags), Failure>,
+}
+
+impl Target {
+    /// Asks the next owner that has not answered (after the current one,
+    /// round the list: with one owner left, that owner again). Returns the
+    /// node to send the lookup to.
+    fn advance(&mut self) -> Option<SocketAddr> {
+        let n = self.asks.len();
+        let from = self.current.map_or(0, |c| c + 1);
+        let pick = (0..n)
+            .map(|i| (from + i) % n)
+            .find(|&i| self.asks[i].said.is_none());
+        self.current = pick;
+        pick.map(|i| self.asks[i].node)
+    }
+
+    /// Every owner listed has given a final answer.
+    fn exhausted(&self) -> bool {
+        self.asks.iter().all(|a| a.said.is_some())
+    }
+
+    fn said_offline(&self) -> bool {
+        self.asks.iter().any(|a| a.said == Some(Said::Offline))
+    }
+
+    /// Whether the ask in flight still waits for its answer.
+    fn waiting(&self) -> bool {
+        self.current.is_some_and(|c| self.asks[c].said.is_none())
+    }
+}
+
+/// Every lookup in flight (see the module documentation).
+pub(crate) struct Lookups {
+    queries: Vec<Query>,
+    next_id: QueryId,
+    /// An owner is given up for the next after this long.
+    period: Duration,
+    give_up: Duration,
+}
+
+impl Lookups {
+    pub(crate) fn new(retry: Duration, give_up: Duration) -> Lookups {
+        Lookups {
+            queries: Vec::new(),
+            next_id: 0,
+            period: retry * 3,
+            give_up,
+        }
+    }
+
+    /// Whether any lookup is in flight (the member list is needed).
+    pub(crate) fn any(&self) -> bool {
+        !self.queries.is_empty()
+    }
+
+    /// Whether a lookup of `friend` is in flight.
+    pub(crate) fn looking_up(&self, friend: &str) -> bool {
+        self.queries.iter().any(|q| q.friend == friend)
+    }
+
+    /// The nodes this machine still needs the cookies of.
+    pub(crate) fn nodes_in_use(&self, used: &mut HashSet<SocketAddr>) {
+        for q in &self.queries {
+            for t in &q.targets {
+                used.extend(t.asks.iter().map(|a| a.node));
+            }
+        }
+    }
+
+    /// Starts a lookup.
+    pub(crate) fn start(&mut self, now: UnixTime, io: &mut Io, members: &Members, new: NewLookup) {
+        let NewLookup {
+            friend,
+            caller,
+            addresses,
+            for_connect,
+        } = new;
+        self.next_id += 1;
+        let id = self.next_id;
+        let targets = addresses
+            .into_iter()
+            .map(|address| Target {
+                address,
+                tag: io.rng.tag(),
+                asks: members
+                    .owners_of(&address)
+                    .into_iter()
+                    .map(|node| Ask { node, said: None })
+                    .collect(),
+                current: None,
+            })
+            .collect::<Vec<_>>();
+        let n = targets.len();
+        self.queries.push(Query {
+            id,
+            friend,
+            caller,
+            targets,
+            for_connect,
+        });
+        io.timers.set(Timer::GiveUp(id), now + self.give_up);
+        let q = self.queries.len() - 1;
+        for t in 0..n {
+            self.ask_next(now, io, q, t);
+        }
+    }
+
+    /// Asks target `t` of query `q` of its next owner.
+    fn ask_next(&mut self, now: UnixTime, io: &mut Io, q: usize, t: usize) {
+        let query = &mut self.queries[q];
+        let (id, caller) = (query.id, query.caller);
+        let target = &mut query.targets[t];
+        match target.advance() {
+            Some(node) => {
+                io.timers.set(Timer::NextOwner(id, t), now + self.period);
+                let (tag, address) = (target.tag, target.address);
+                send_lookup(io, node, tag, address, caller);
+            }
+            None => io.timers.cancel(Timer::NextOwner(id, t)),
+        }
+    }
+
+    /// After a new view: owners a lookup in flight has not asked yet are
+    /// added, and asked when nothing else is in flight.
+    pub(crate) fn reconcile(&mut self, now: UnixTime, io: &mut Io, members: &Members) {
+        for q in 0..self.queries.len() {
+            for t in 0..self.queries[q].targets.len() {
+                let owners = members.owners_of(&self.queries[q].targets[t].address);
+                let target = &mut self.queries[q].targets[t];
+                for node in owners {
+                    if !target.asks.iter().any(|a| a.node == node) {
+                        target.asks.push(Ask { node, said: None });
+                    }
+                }
+                if !target.waiting() {
+                    self.ask_next(now, io, q, t);
+                }
+            }
+        }
+    }
+
+    /// [`Timer::NextOwner`] is due: the owner asked did not answer in time.
+    pub(crate) fn on_next_owner(&mut self, now: UnixTime, io: &mut Io, id: QueryId, t: usize) {
+        if let Some(q) = self.queries.iter().position(|q| q.id == id) {
+            self.ask_next(now, io, q, t);
+        }
+    }
+
+    /// [`Timer::GiveUp`] is due: owners that said offline count; owners
+    /// that did not answer in time count for nothing.
+    pub(crate) fn on_give_up(&mut self, io: &mut Io, id: QueryId) -> Option<Done> {
+        let q = self.queries.iter().position(|q| q.id == id)?;
+        let why = if self.queries[q].targets.iter().any(Target::said_offline) {
+            Failure::Offline
+        } else {
+            Failure::SkySilent
+        };
+        Some(self.finish(io, q, Err(why)))
+    }
+
+    /// Removes query `q` and its timers.
+    fn finish(
+        &mut self,
+        io: &mut Io,
+        q: usize,
+        result: Result<(SocketAddr, Flags), Failure>,
+    ) -> Done {
+        let query = self.queries.swap_remove(q);
+        let id = query.id;
+        io.timers
+            .cancel_where(|t| matches!(t, Timer::GiveUp(i) | Timer::NextOwner(i, _) if *i == id));
+        Done {
+            friend: query.friend,
+            for_connect: query.for_connect,
+            result,
+        }
+    }
+
+    /// Drops the lookups a connection to `friend` started (its session is
+    /// up: they are moot).
+    pub(crate) fn cancel_connect(&mut self, io: &mut Io, friend: &str) {
+        while let Some(q) = self
+            .queries
+            .iter()
+            .position(|q| q.for_connect && q.friend == friend)
+        {
+            self.finish(io, q, Err(Failure::Unreachable));
+        }
+    }
+
+    /// A lookup answer from owner `from`. Returns the finished lookup, if
+    /// this answer finished one, and the version a `not owner` named (the
+    /// caller fetches the members again).
+    pub(crate) fn on_answer(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        from: SocketAddr,
+        tag: Tag,
+        answer: Answer,
+    ) -> (Option<Done>, Option<u32>) {
+        let Some((q, t)) = self.queries.iter().enumerate().find_map(|(q, query)| {
+            let t = query
+                .targets
+                .iter()
+                .position(|t| t.tag == tag && t.asks.iter().any(|a| a.node == from))?;
+            Some((q, t))
+        }) else {
+            return (None, None);
+        };
+        let target = &mut self.queries[q].targets[t];
+        let Some(a) = target.asks.iter().position(|a| a.node == from) else {
+            return (None, None);
+        };
+        let mut ring_changed = None;
+        match answer {
+            Answer::Online(endpoint, flags) => {
+                return (Some(self.finish(io, q, Ok((endpoint, flags)))), None);
+            }
+            Answer::Offline => target.asks[a].said = Some(Said::Offline),
+            Answer::NotOwner { version, hint } => {
+                target.asks[a].said = Some(Said::NotOwner);
+                if !target.asks.iter().any(|a| a.node == hint) {
+                    target.asks.push(Ask {
+                        node: hint,
+                        said: None,
+                    });
+                }
+                ring_changed = Some(version);
+            }
+        }
+        if !self.queries[q].targets[t].waiting() {
+            self.ask_next(now, io, q, t);
+        }
+        let query = &self.queries[q];
+        if query.targets.iter().all(Target::exhausted)
+            && query.targets.iter().any(Target::said_offline)
+        {
+            return (
+                Some(self.finish(io, q, Err(Failure::Offline))),
+                ring_changed,
+            );
+        }
+        (None, ring_changed)
+    }
+
+    /// A cookie reply from `node` to request `tag`: the lookup in flight
+    /// with that tag goes again with it.
+    pub(crate) fn on_cookie(&self, io: &mut Io, node: SocketAddr, tag: Tag) {
+        for q in &self.queries {
+            for t in &q.targets {
+                if t.tag == tag && t.current.is_some_and(|c| t.asks[c].node == node) {
+                    send_lookup(io, node, tag, t.address, q.caller);
+                }
+            }
+        }
+    }
+}
+
+fn send_lookup(io: &mut Io, node: SocketAddr, tag: Tag, target: VirtualAddr, caller: VirtualAddr) {
+    io.request(node, |cookie| Message::Lookup {
+        tag,
+        cookie,
+        target,
+        caller,
+    });
+}

@@ -1,0 +1,604 @@
+//! Registrations: every address the client keeps registered — the user's
+//! own (the current epoch's; in dual mode the previous one's too during the
+//! first `H`), and random cover addresses — each with every one of its
+//! owners, kept alive with keepalives, and registered again when an owner
+//! forgets it, sees a new NAT mapping, or says it no longer owns it.
+//!
+//! Owns: the registrations and, per owner, whether it is pending or
+//! registered. Timers: [`Timer::Owner`] (retry / keepalive per owner),
+//! [`Timer::Silent`], [`Timer::CoverEnd`], [`Timer::Cover`],
+//! [`Timer::Boundary`]. Reads the view from [`Members`]; tells the caller
+//! when an answer means the ring changed.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sky_proto::time::UnixTime;
+use sky_proto::wire::{Flags, Message, Tag, Token, VirtualAddr};
+
+use super::config::{Config, Overlap};
+use super::event::{Event, RegistrationInfo};
+use super::io::Io;
+use super::members::Members;
+use super::timers::{RegId, Timer};
+use crate::ratchet::{Epoch, Schedule};
+
+/// One address the client keeps registered: the user's own of an epoch,
+/// or a random cover address; registered with each of its owners.
+struct Registration {
+    id: RegId,
+    token: Token,
+    address: VirtualAddr,
+    kind: RegKind,
+    owners: Vec<OwnerReg>,
+    /// The endpoint the last [`Event::Registered`] reported; `None` while
+    /// no owner holds the address.
+    reported: Option<SocketAddr>,
+    /// Whether [`Event::SkySilent`] was reported since no owner held it.
+    silent_reported: bool,
+}
+
+/// The registration of one address with one owner.
+struct OwnerReg {
+    node: SocketAddr,
+    state: RegState,
+    /// Registered on a `not owner` hint rather than from the view: a
+    /// second `not owner` is not followed further.
+    via_hint: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RegKind {
+    Own(Epoch),
+    Cover,
+}
+
+enum RegState {
+    /// Sent, not answered yet; sent first at `first`.
+    Pending { tag: Tag, first: UnixTime },
+    Active {
+        observed: SocketAddr,
+        interval: Duration,
+        keepalive_tag: Tag,
+    },
+}
+
+impl OwnerReg {
+    fn keepalive_tag(&self) -> Option<Tag> {
+        match self.state {
+            RegState::Active { keepalive_tag, .. } => Some(keepalive_tag),
+            RegState::Pending { .. } => None,
+        }
+    }
+
+    fn pending_tag(&self) -> Option<Tag> {
+        match self.state {
+            RegState::Pending { tag, .. } => Some(tag),
+            RegState::Active { .. } => None,
+        }
+    }
+}
+
+impl Registration {
+    fn held(&self) -> bool {
+        self.owners
+            .iter()
+            .any(|o| matches!(o.state, RegState::Active { .. }))
+    }
+}
+
+/// Every registration (see the module documentation).
+pub(crate) struct Registrations {
+    regs: Vec<Registration>,
+    next_id: RegId,
+    metered: bool,
+    keepalive: Duration,
+    retry: Duration,
+    give_up: Duration,
+    overlap: Overlap,
+    overlap_window: Duration,
+    cover: Option<Duration>,
+}
+
+impl Registrations {
+    pub(crate) fn new(config: &Config) -> Registrations {
+        Registrations {
+            regs: Vec::new(),
+            next_id: 0,
+            metered: config.metered,
+            keepalive: config.keepalive,
+            retry: config.retry,
+            give_up: config.give_up,
+            overlap: config.overlap,
+            overlap_window: config.overlap_window,
+            cover: config.cover,
+        }
+    }
+
+    /// Schedules the first cover registration (when cover traffic is on).
+    pub(crate) fn schedule_cover(&self, now: UnixTime, io: &mut Io) {
+        if let Some(mean) = self.cover {
+            let at = now + io.rng.exponential(mean);
+            io.timers.set(Timer::Cover, at);
+        }
+    }
+
+    /// The sky nodes that hold `address` for us now.
+    pub(crate) fn holders(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
+        self.regs
+            .iter()
+            .filter(|r| r.address == *address)
+            .flat_map(|r| &r.owners)
+            .filter(|o| matches!(o.state, RegState::Active { .. }))
+            .map(|o| o.node)
+            .collect()
+    }
+
+    /// Where the sky sees us, once an own address is registered.
+    pub(crate) fn observed(&self) -> Option<SocketAddr> {
+        self.regs
+            .iter()
+            .filter(|r| matches!(r.kind, RegKind::Own(_)))
+            .flat_map(|r| &r.owners)
+            .find_map(|o| match o.state {
+                RegState::Active { observed, .. } => Some(observed),
+                RegState::Pending { .. } => None,
+            })
+    }
+
+    pub(crate) fn info(&self) -> Vec<RegistrationInfo> {
+        self.regs
+            .iter()
+            .map(|r| RegistrationInfo {
+                address: r.address,
+                cover: r.kind == RegKind::Cover,
+                holders: self.holders(&r.address),
+            })
+            .collect()
+    }
+
+    /// The nodes this machine still needs the cookies of.
+    pub(crate) fn nodes_in_use(&self, used: &mut HashSet<SocketAddr>) {
+        for reg in &self.regs {
+            used.extend(reg.owners.iter().map(|o| o.node));
+        }
+    }
+
+    fn flags(&self) -> Flags {
+        Flags(if self.metered { Flags::METERED } else { 0 })
+    }
+
+    /// The own addresses that should be registered at `now`: the current
+    /// epoch's, and in dual mode the previous one's during the first `H`.
+    pub(crate) fn wanted_epochs(&self, now: UnixTime, schedule: Schedule) -> Vec<Epoch> {
+        let epoch = schedule.epoch_at(now);
+        let mut epochs = vec![epoch];
+        if self.overlap == Overlap::Dual
+            && epoch.0 > 0
+            && now < schedule.start_of(epoch) + self.overlap_window
+        {
+            epochs.push(Epoch(epoch.0 - 1));
+        }
+        epochs
+    }
+
+    /// Registers exactly the own addresses `wanted` (with their epochs),
+    /// unregistering the others, and arms the next boundary.
+    pub(crate) fn update(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        members: &Members,
+        wanted: &[(Epoch, Token)],
+        schedule: Schedule,
+    ) {
+        let mut dropped = Vec::new();
+        self.regs.retain(|r| {
+            let keep = match r.kind {
+                RegKind::Own(_) => wanted.iter().any(|(_, t)| *t == r.token),
+                RegKind::Cover => true,
+            };
+            if !keep {
+                dropped.push((
+                    r.id,
+                    r.token,
+                    r.owners.iter().map(|o| o.node).collect::<Vec<_>>(),
+                ));
+            }
+            keep
+        });
+        for &(epoch, token) in wanted {
+            if !self.regs.iter().any(|r| r.token == token) {
+                self.start(now, io, members, token, RegKind::Own(epoch));
+            }
+        }
+        for (id, token, owners) in dropped {
+            cancel_timers(io, id);
+            for node in owners {
+                unregister(io, node, token);
+            }
+        }
+        match self.next_boundary(schedule) {
+            Some(at) => io.timers.set(Timer::Boundary, at),
+            None => io.timers.cancel(Timer::Boundary),
+        }
+    }
+
+    /// The next time the set of own addresses changes: the next epoch
+    /// start, or the end of the current dual-registration window.
+    fn next_boundary(&self, schedule: Schedule) -> Option<UnixTime> {
+        let epoch = self
+            .regs
+            .iter()
+            .filter_map(|r| match r.kind {
+                RegKind::Own(e) => Some(e),
+                RegKind::Cover => None,
+            })
+            .max()?;
+        let start = schedule.start_of(epoch);
+        let next = schedule.start_of(Epoch(epoch.0 + 1));
+        if self.overlap == Overlap::Dual {
+            let end = start + self.overlap_window;
+            let has_previous = self
+                .regs
+                .iter()
+                .any(|r| r.kind == RegKind::Own(Epoch(epoch.0.wrapping_sub(1))));
+            if has_previous {
+                return Some(end.min(next));
+            }
+        }
+        Some(next)
+    }
+
+    /// [`Timer::Cover`] is due: a cover registration, held like a real one
+    /// (a few keepalive intervals, at random), and the next one scheduled.
+    pub(crate) fn on_cover(&mut self, now: UnixTime, io: &mut Io, members: &Members, online: bool) {
+        let Some(mean) = self.cover else {
+            return;
+        };
+        let next = now + io.rng.exponential(mean);
+        io.timers.set(Timer::Cover, next);
+        if !online {
+            return;
+        }
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&io.rng.bytes()[..16]);
+        let hold = self.keepalive.mul_f64(1.0 + 4.0 * io.rng.unit());
+        let id = self.start(now, io, members, Token(token), RegKind::Cover);
+        io.timers.set(Timer::CoverEnd(id), now + hold);
+    }
+
+    /// [`Timer::CoverEnd`] is due: the cover registration goes.
+    pub(crate) fn on_cover_end(&mut self, io: &mut Io, id: RegId) {
+        if let Some(i) = self.regs.iter().position(|r| r.id == id) {
+            let reg = self.regs.remove(i);
+            cancel_timers(io, id);
+            for o in &reg.owners {
+                unregister(io, o.node, reg.token);
+            }
+        }
+    }
+
+    /// Unregisters everything at every owner and forgets it.
+    pub(crate) fn clear(&mut self, io: &mut Io) {
+        for reg in std::mem::take(&mut self.regs) {
+            for o in &reg.owners {
+                unregister(io, o.node, reg.token);
+            }
+            cancel_timers(io, reg.id);
+        }
+        io.timers.cancel(Timer::Boundary);
+    }
+
+    fn start(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        members: &Members,
+        token: Token,
+        kind: RegKind,
+    ) -> RegId {
+        self.next_id += 1;
+        let id = self.next_id;
+        let address = VirtualAddr::from_token(&token);
+        self.regs.push(Registration {
+            id,
+            token,
+            address,
+            kind,
+            owners: Vec::new(),
+            reported: None,
+            silent_reported: false,
+        });
+        let i = self.regs.len() - 1;
+        for node in members.owners_of(&address) {
+            self.register_with(now, io, i, node, false);
+        }
+        self.settle(now, io, i);
+        id
+    }
+
+    /// Registers registration `i` with `node` (one more owner).
+    fn register_with(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        i: usize,
+        node: SocketAddr,
+        via_hint: bool,
+    ) {
+        let tag = io.tag();
+        let flags = self.flags();
+        let reg = &mut self.regs[i];
+        reg.owners.push(OwnerReg {
+            node,
+            state: RegState::Pending { tag, first: now },
+            via_hint,
+        });
+        io.timers.set(Timer::Owner(reg.id, node), now + self.retry);
+        send_register(io, node, tag, reg.token, flags);
+    }
+
+    /// Brings `reported` and the silence timer up to date after the owners'
+    /// states of registration `i` changed.
+    fn settle(&mut self, now: UnixTime, io: &mut Io, i: usize) {
+        let give_up = self.give_up;
+        let reg = &mut self.regs[i];
+        if reg.held() {
+            reg.silent_reported = false;
+            io.timers.cancel(Timer::Silent(reg.id));
+        } else {
+            reg.reported = None;
+            let own = matches!(reg.kind, RegKind::Own(_));
+            if own && !reg.silent_reported && io.timers.get(Timer::Silent(reg.id)).is_none() {
+                io.timers.set(Timer::Silent(reg.id), now + give_up);
+            }
+        }
+    }
+
+    /// After a new view: every registration with exactly its owners.
+    pub(crate) fn reconcile(&mut self, now: UnixTime, io: &mut Io, members: &Members) {
+        for i in 0..self.regs.len() {
+            let owners = members.owners_of(&self.regs[i].address);
+            let reg = &mut self.regs[i];
+            let (id, token) = (reg.id, reg.token);
+            let mut gone = Vec::new();
+            reg.owners.retain(|o| {
+                let keep = owners.contains(&o.node);
+                if !keep {
+                    gone.push(o.node);
+                }
+                keep
+            });
+            let new: Vec<SocketAddr> = owners
+                .into_iter()
+                .filter(|n| !reg.owners.iter().any(|o| o.node == *n))
+                .collect();
+            for node in gone {
+                io.timers.cancel(Timer::Owner(id, node));
+                unregister(io, node, token);
+            }
+            for node in new {
+                self.register_with(now, io, i, node, false);
+            }
+            self.settle(now, io, i);
+        }
+    }
+
+    /// [`Timer::Owner`] is due: register again with that owner (backing off
+    /// from `retry` up to the keepalive interval), or send its keepalive.
+    pub(crate) fn on_owner(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        id: RegId,
+        node: SocketAddr,
+        ring: u32,
+    ) {
+        let (retry, cap, flags) = (self.retry, self.keepalive, self.flags());
+        let Some(reg) = self.regs.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        let (token, address) = (reg.token, reg.address);
+        let Some(o) = reg.owners.iter_mut().find(|o| o.node == node) else {
+            return;
+        };
+        match &mut o.state {
+            RegState::Pending { tag, first } => {
+                let waited = now.saturating_duration_since(*first);
+                io.timers
+                    .set(Timer::Owner(id, node), now + waited.clamp(retry, cap));
+                let tag = *tag;
+                send_register(io, node, tag, token, flags);
+            }
+            RegState::Active {
+                interval,
+                keepalive_tag,
+                ..
+            } => {
+                io.timers.set(Timer::Owner(id, node), now + *interval);
+                *keepalive_tag = io.rng.tag();
+                let tag = *keepalive_tag;
+                send_keepalive(io, node, tag, address, ring);
+            }
+        }
+    }
+
+    /// [`Timer::Silent`] is due: no owner has held the address for the
+    /// give-up time.
+    pub(crate) fn on_silent(&mut self, io: &mut Io, id: RegId) {
+        if let Some(reg) = self.regs.iter_mut().find(|r| r.id == id)
+            && !reg.held()
+            && !reg.silent_reported
+        {
+            reg.silent_reported = true;
+            io.event(Event::SkySilent);
+        }
+    }
+
+    /// A cookie reply from `node` to request `tag`: a registration or
+    /// keepalive with that tag goes again with it.
+    pub(crate) fn on_cookie(&self, io: &mut Io, node: SocketAddr, tag: Tag, ring: u32) {
+        let flags = self.flags();
+        for reg in &self.regs {
+            for o in reg.owners.iter().filter(|o| o.node == node) {
+                if o.pending_tag() == Some(tag) {
+                    send_register(io, node, tag, reg.token, flags);
+                } else if o.keepalive_tag() == Some(tag) {
+                    send_keepalive(io, node, tag, reg.address, ring);
+                }
+            }
+        }
+    }
+
+    /// A `registered` reply from `from`.
+    pub(crate) fn on_registered(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        from: SocketAddr,
+        reply: Message,
+    ) {
+        let Message::Registered {
+            tag,
+            keepalive_secs,
+            intro_key,
+            observed,
+        } = reply
+        else {
+            return;
+        };
+        let Some((i, o)) = self.find_pending(from, tag) else {
+            return; // a late answer to a retransmission
+        };
+        let interval = match keepalive_secs {
+            0 => self.keepalive,
+            s => self.keepalive.min(Duration::from_secs(s.into())),
+        };
+        let reg = &mut self.regs[i];
+        reg.owners[o].state = RegState::Active {
+            observed,
+            interval,
+            keepalive_tag: tag,
+        };
+        io.timers.set(Timer::Owner(reg.id, from), now + interval);
+        if let RegKind::Own(_) = reg.kind
+            && reg.reported != Some(observed)
+        {
+            reg.reported = Some(observed);
+            io.event(Event::Registered {
+                address: reg.address,
+                observed,
+            });
+        }
+        self.settle(now, io, i);
+        io.keep_intro_key(from, intro_key);
+    }
+
+    fn find_pending(&self, from: SocketAddr, tag: Tag) -> Option<(usize, usize)> {
+        self.regs.iter().enumerate().find_map(|(i, r)| {
+            let o = r
+                .owners
+                .iter()
+                .position(|o| o.node == from && o.pending_tag() == Some(tag))?;
+            Some((i, o))
+        })
+    }
+
+    /// Whether `tag` is a keepalive we sent `from` (a `ring changed` is
+    /// only believed in answer to one).
+    pub(crate) fn is_keepalive(&self, from: SocketAddr, tag: Tag) -> bool {
+        self.regs.iter().any(|r| {
+            r.owners
+                .iter()
+                .any(|o| o.node == from && o.keepalive_tag() == Some(tag))
+        })
+    }
+
+    /// `node` does not hold the address a keepalive named: it expired
+    /// there, or the NAT mapping changed (the node saw the keepalive from a
+    /// new endpoint). Register again with that node.
+    pub(crate) fn on_not_registered(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        node: SocketAddr,
+        tag: Tag,
+    ) {
+        let any = self.is_keepalive(node, tag);
+        let (retry, flags) = (self.retry, self.flags());
+        for i in 0..self.regs.len() {
+            let reg = &mut self.regs[i];
+            let (id, token) = (reg.id, reg.token);
+            for o in reg.owners.iter_mut().filter(|o| o.node == node) {
+                if (!any || o.keepalive_tag() == Some(tag))
+                    && matches!(o.state, RegState::Active { .. })
+                {
+                    let tag = io.rng.tag();
+                    o.state = RegState::Pending { tag, first: now };
+                    io.timers.set(Timer::Owner(id, node), now + retry);
+                    send_register(io, node, tag, token, flags);
+                }
+            }
+            self.settle(now, io, i);
+        }
+    }
+
+    /// A `not owner` answer to a registration: register with the hint at
+    /// once (unless this owner came from a hint itself). `false` when `tag`
+    /// names no registration (the caller then tries the lookups); `true`
+    /// means the caller should fetch the members again.
+    pub(crate) fn on_not_owner(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        from: SocketAddr,
+        tag: Tag,
+        hint: SocketAddr,
+    ) -> bool {
+        let Some((i, o)) = self.find_pending(from, tag) else {
+            return false;
+        };
+        let reg = &mut self.regs[i];
+        let gone = reg.owners.remove(o);
+        io.timers.cancel(Timer::Owner(reg.id, from));
+        let follow = !gone.via_hint && hint != from && !reg.owners.iter().any(|o| o.node == hint);
+        if follow {
+            self.register_with(now, io, i, hint, true);
+        }
+        self.settle(now, io, i);
+        true
+    }
+}
+
+fn cancel_timers(io: &mut Io, id: RegId) {
+    io.timers.cancel_where(
+        |t| matches!(t, Timer::Owner(r, _) | Timer::Silent(r) | Timer::CoverEnd(r) if *r == id),
+    );
+}
+
+fn send_register(io: &mut Io, node: SocketAddr, tag: Tag, token: Token, flags: Flags) {
+    io.request(node, |cookie| Message::Register {
+        tag,
+        cookie,
+        flags,
+        token,
+    });
+}
+
+fn send_keepalive(io: &mut Io, node: SocketAddr, tag: Tag, address: VirtualAddr, ring: u32) {
+    io.request(node, |cookie| Message::Keepalive {
+        tag,
+        cookie,
+        address,
+        ring,
+    });
+}
+
+/// Unregistering costs the node nothing to answer: there is no reply, and
+/// none is waited for.
+pub(crate) fn unregister(io: &mut Io, node: SocketAddr, token: Token) {
+    let tag = io.tag();
+    io.request(node, |cookie| Message::Unregister { tag, cookie, token });
+}
