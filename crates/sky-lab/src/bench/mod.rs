@@ -17,7 +17,6 @@
 
 #![allow(clippy::disallowed_methods)] // a tool: it reads the clock
 
-use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -25,6 +24,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::rng::Rng;
+
+mod report;
+mod stun;
+
+pub use report::{BenchError, Latency, Report};
+use stun::{stun_request, stun_response};
 
 use sky_node::engine::batch::{self, RecvBatch, SendBatch};
 use sky_proto::wire::{self, Cookie, Flags, Kind, Message, Tag, Token, VirtualAddr};
@@ -105,102 +110,8 @@ impl Default for BenchConfig {
     }
 }
 
-/// Round-trip percentiles, microseconds.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Latency {
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-}
-
-/// What a run measured. `--json` prints it as one object.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub mode: Mode,
-    pub target: String,
-    pub clients: usize,
-    pub population: usize,
-    pub rate_asked: Option<u64>,
-    pub setup_s: f64,
-    pub duration_s: f64,
-    pub sent: u64,
-    pub answered: u64,
-    pub lost: u64,
-    pub malformed: u64,
-    pub loss_ratio: f64,
-    pub ops_per_sec: f64,
-    pub rtt: Latency,
-    pub request_bytes_per_op: f64,
-    pub reply_bytes_per_op: f64,
-    pub introductions: u64,
-    pub introduction_bytes_per_op: f64,
-    /// CPU the server process used while measuring, in cores (with
-    /// `server_pid`): below 1.0 per shard, the generator was the limit.
-    pub server_cpu: Option<f64>,
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "mode {:?} against {}: {} clients, population {}",
-            self.mode, self.target, self.clients, self.population
-        )?;
-        writeln!(
-            f,
-            "answered {:.0} ops/s over {:.1} s ({} sent, {} answered, {} lost = {:.3}%, {} malformed)",
-            self.ops_per_sec,
-            self.duration_s,
-            self.sent,
-            self.answered,
-            self.lost,
-            self.loss_ratio * 100.0,
-            self.malformed
-        )?;
-        writeln!(
-            f,
-            "round trip p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
-            self.rtt.p50_us, self.rtt.p99_us, self.rtt.p999_us, self.rtt.max_us
-        )?;
-        write!(
-            f,
-            "bytes per op: request {:.1}, reply {:.1}, introduction {:.1} ({} introductions)",
-            self.request_bytes_per_op,
-            self.reply_bytes_per_op,
-            self.introduction_bytes_per_op,
-            self.introductions
-        )
-    }
-}
-
-#[derive(Debug)]
-pub enum BenchError {
-    Io(io::Error),
-    /// The node did not answer the setup (cookies, registrations).
-    Setup(String),
-}
-
-impl fmt::Display for BenchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BenchError::Io(e) => write!(f, "{e}"),
-            BenchError::Setup(s) => f.write_str(s),
-        }
-    }
-}
-
-impl std::error::Error for BenchError {}
-
-impl From<io::Error> for BenchError {
-    fn from(e: io::Error) -> Self {
-        BenchError::Io(e)
-    }
-}
-
 const BATCH: usize = 64;
 const BUF: usize = 2048;
-const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 /// RTT histogram: 1 µs buckets up to 100 ms; slower answers land in the last.
 const HISTOGRAM_US: usize = 100_000;
 /// Longest idle wait between loop turns.
@@ -845,42 +756,6 @@ fn expect_of(m: &Message) -> Option<Expect> {
     }
 }
 
-/// An RFC 8489 Binding request (20 bytes) whose transaction id carries `seq`.
-fn stun_request(seq: u32, out: &mut [u8]) -> usize {
-    out[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
-    out[2..4].copy_from_slice(&0u16.to_be_bytes());
-    out[4..8].copy_from_slice(&STUN_MAGIC);
-    out[8..12].copy_from_slice(&seq.to_be_bytes());
-    out[12..20].copy_from_slice(b"sky-bnch");
-    20
-}
-
-/// The `seq` of a Binding success response to one of our requests.
-fn stun_response(b: &[u8]) -> Option<u32> {
-    if b.len() < 20 || b[0..2] != [0x01, 0x01] || b[4..8] != STUN_MAGIC || &b[12..20] != b"sky-bnch"
-    {
-        return None;
-    }
-    let len = u16::from_be_bytes([b[2], b[3]]) as usize;
-    if 20 + len != b.len() {
-        return None;
-    }
-    Some(u32::from_be_bytes([b[8], b[9], b[10], b[11]]))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stun_request_is_a_binding_request() {
-        let mut b = [0u8; 64];
-        let n = stun_request(7, &mut b);
-        assert_eq!(n, 20);
-        assert_eq!(&b[..8], &[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42]);
-        let mut resp = b;
-        resp[0..2].copy_from_slice(&[1, 1]);
-        assert_eq!(stun_response(&resp[..20]), Some(7));
-        assert_eq!(stun_response(&b[..20]), None);
-    }
-}
+#[path = "../tests/bench.rs"]
+mod tests;
