@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sky_node::keys::NodeSecret;
-use sky_node::presence::Presence;
+use sky_node::presence::{Found, Presence};
 use sky_node::shard::{Shard, ShardConfig};
 use sky_node::snapshot::{self, SharedRing};
 use sky_proto::ring::Ring;
@@ -49,6 +49,17 @@ impl SkyNode {
             presence,
             down: false,
         }
+    }
+
+    /// Whether it holds `address` online at `now`.
+    ///
+    /// The presence table has no read-only lookup: this takes one
+    /// introduction from the entry's allowance the first time it is asked
+    /// in a second (an allowance of 0 takes none after that), so asking
+    /// leaves at least 4 of the 5 a shard allows.
+    pub fn holds(&self, address: &VirtualAddr, now: MonoTime) -> bool {
+        let now = now.as_secs().min(u32::MAX.into()) as u32;
+        matches!(self.presence.lookup(address, now, 0), Found::Online { .. })
     }
 }
 
@@ -101,15 +112,14 @@ impl Net {
         self.skies.iter().any(|s| s.addr == addr)
     }
 
-    /// The sky nodes that have `address` online now.
+    /// The sky nodes that have `address` online now; a node that is down
+    /// answers nothing and holds nothing.
     pub fn holders(&self, address: &VirtualAddr) -> Vec<SocketAddr> {
-        let now = self.sky_now().as_secs() as u32;
-        let found = self.skies.iter().filter(|s| {
-            matches!(
-                s.presence.lookup(address, now, u8::MAX),
-                sky_node::presence::Found::Online { .. }
-            )
-        });
+        let now = self.sky_now();
+        let found = self
+            .skies
+            .iter()
+            .filter(|s| !s.down && s.holds(address, now));
         sorted(found.map(|s| s.addr).collect())
     }
 
