@@ -27,7 +27,7 @@ use sky_proto::ring::{Ring, RingConfig};
 use sky_proto::time::UnixTime;
 use sky_proto::wire::VirtualAddr;
 
-pub use net::Net;
+pub use net::{Net, RandomLoss};
 pub use sky::SkyNode;
 
 pub const SKY: &str = "198.51.100.1:7700";

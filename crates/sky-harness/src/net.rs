@@ -10,6 +10,34 @@ use sky_proto::wire::{self, Flags, Kind, Message};
 
 use crate::{Host, SkyNode, T0, hosts, sky};
 
+/// Seeded random loss: each datagram, on any link, is lost with
+/// probability `percent` / 100, drawn from a SplitMix64 stream. The same
+/// seed loses the same datagrams of the same run.
+#[derive(Clone, Debug)]
+pub struct RandomLoss {
+    pub percent: u64,
+    state: u64,
+}
+
+impl RandomLoss {
+    pub fn new(percent: u64, seed: u64) -> RandomLoss {
+        RandomLoss {
+            percent,
+            state: seed,
+        }
+    }
+
+    fn lose(&mut self) -> bool {
+        // SplitMix64 (Steele, Lea, Flood 2014).
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        z % 100 < self.percent
+    }
+}
+
 pub struct Net {
     pub now: UnixTime,
     pub skies: Vec<SkyNode>,
@@ -21,6 +49,10 @@ pub struct Net {
     /// Every `loss`-th datagram is dropped (0: none).
     pub loss: u32,
     pub counter: u32,
+    /// Seeded random loss on every link, besides `loss`.
+    pub random_loss: Option<RandomLoss>,
+    /// Datagrams lost by `loss` or `random_loss`.
+    pub lost: u64,
     /// Drops everything between earth hosts (an unpunchable pair).
     pub block_peers: bool,
     /// Datagrams each host sent to the sky.
@@ -47,6 +79,8 @@ impl Net {
             flight: Vec::new(),
             loss: 0,
             counter: 0,
+            random_loss: None,
+            lost: 0,
             block_peers: false,
             to_sky: vec![0; names.len()],
             replies: Vec::new(),
@@ -57,7 +91,9 @@ impl Net {
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         self.counter += 1;
         let coin = (u64::from(self.counter).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32;
-        if self.loss != 0 && coin.is_multiple_of(self.loss) {
+        let random = self.random_loss.as_mut().is_some_and(RandomLoss::lose);
+        if (self.loss != 0 && coin.is_multiple_of(self.loss)) || random {
+            self.lost += 1;
             return;
         }
         let sky_side = self.is_sky(to) || self.is_sky(from);
