@@ -1,16 +1,61 @@
-//! `sky-harness` (dev-only): earth cores and real shard cores on one
-//! simulated network in virtual time.
+//! `sky-harness` (dev-only): earth cores, real shard cores and real gossip
+//! cores on one simulated network in virtual time.
 //!
-//! The sky is one standalone node, or several ring-aware nodes sharing one
-//! ring; earth hosts sit behind NATs that filter like home routers; the
-//! network delays, loses (seeded), rebinds and partitions; epochs pass in
-//! milliseconds of real time. Everything that runs is the real code — the
-//! `sky-earth` core and the `sky-node` shard — and only the sockets and the
-//! clock are the harness's. The tests in `tests/` use it.
+//! Everything that runs is the real code — the `sky-earth` core, the
+//! `sky-node` shard and presence table, and `sky-node`'s SWIM [`Gossip`]
+//! core (foca) — and only the sockets, the threads and the clock are the
+//! harness's. The tests in `tests/` use it.
+//!
+//! # The skies
+//!
+//! - **One standalone node** ([`Net::new`]): a shard without a ring, owner
+//!   of every address.
+//! - **A hand-set ring** ([`Net::with_ring`]): `n` ring-aware shards that
+//!   all read one shared ring, which the test replaces ([`Net::set_ring`]).
+//!   Nothing gossips and nothing is handed off.
+//! - **A gossiping sky** ([`Net::gossiping`]): `n` nodes, each with its
+//!   own gossip core on its own gossip endpoint ([`node_gossip`]) and its
+//!   own ring, which its shard reads. After every gossip call the harness
+//!   sends what the core queued and stores [`Gossip::take_ring_change`]
+//!   into that node's ring, as the engine's gossip thread does; once a new
+//!   ring has stood for the handoff grace (2 × keepalive, the engine's
+//!   default) the node drops the entries it no longer owns
+//!   (`Presence::retain_owned`), as the engine's control thread does.
+//!   Nodes can be killed ([`Net::kill`]) and restarted
+//!   ([`Net::restart_node`]).
+//!
+//! # What the network models
+//!
+//! - Latency: 10 ms one way for anything to or from a sky node (gossip
+//!   included), 20 ms between earth hosts; datagrams due at the same
+//!   instant arrive in the order they were sent.
+//! - Loss, deterministic: every `loss`-th datagram by a counter-based coin
+//!   ([`Net::loss`]), or each datagram with a probability drawn from a
+//!   seeded generator ([`RandomLoss`]); either on every link.
+//! - Earth hosts behind NATs that filter like home routers (a datagram from
+//!   an endpoint the host never sent to is dropped), NAT rebinding (change
+//!   [`Host::public`]), and an unpunchable pair ([`Net::block_peers`]).
+//! - A silent node ([`SkyNode::down`]: drops what it receives) and a
+//!   killed one (silent, its timers stopped, what it had in flight gone).
+//! - Time: virtual. Earth hosts run on [`UnixTime`] from [`T0`]; sky nodes
+//!   on [`MonoTime`] since the simulation began ([`Net::sky_now`]). A
+//!   restarted node keeps that clock (a real one starts at zero again).
+//!
+//! # What it does not model
+//!
+//! No jitter, reordering within a latency class, duplication, bandwidth,
+//! queues or MTU; no clock skew between machines. A node runs one shard
+//! (the engine runs several over one presence table), its `handle_timeout`
+//! is never called (cookies rotate on datagrams), presence is never swept
+//! (expired entries are invisible to lookups anyway), and nothing is
+//! measured as metrics. A kill is `kill -9`: no graceful leave. A
+//! restarted node's identity bump is the last one plus one, where the
+//! engine takes it from the wall clock. NAT mappings never expire.
 
 #![allow(missing_docs)] // a test harness: its users are this workspace's tests
 #![allow(clippy::disallowed_methods)] // no clock is read here; tests may
 
+mod gossip;
 mod net;
 mod sky;
 
@@ -27,8 +72,14 @@ use sky_proto::ring::{Ring, RingConfig};
 use sky_proto::time::UnixTime;
 use sky_proto::wire::VirtualAddr;
 
+pub use gossip::Member;
 pub use net::{Net, RandomLoss};
 pub use sky::SkyNode;
+
+#[doc(no_inline)]
+pub use sky_node::gossip::Gossip;
+#[doc(no_inline)]
+pub use sky_proto::time::MonoTime;
 
 pub const SKY: &str = "198.51.100.1:7700";
 /// The virtual time every simulation starts at (2027).
@@ -51,6 +102,11 @@ pub fn sky() -> SocketAddr {
 /// Sky node `n` of a ring: 198.51.100.n:7700 (node 1 is `SKY`).
 pub fn node(n: u8) -> SocketAddr {
     SocketAddr::new([198, 51, 100, n].into(), 7700)
+}
+
+/// The gossip endpoint of sky node `n`: 198.51.100.n:7701.
+pub fn node_gossip(n: u8) -> SocketAddr {
+    SocketAddr::new([198, 51, 100, n].into(), 7701)
 }
 
 /// Every address its own operator, so five nodes give five prefixes.

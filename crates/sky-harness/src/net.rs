@@ -41,7 +41,8 @@ impl RandomLoss {
 pub struct Net {
     pub now: UnixTime,
     pub skies: Vec<SkyNode>,
-    /// The ring every node reads (`None`: one standalone node).
+    /// The ring every node reads in a hand-set sky (`None`: one
+    /// standalone node, or a gossiping sky where each node has its own).
     pub ring: Option<sky_node::snapshot::SharedRing>,
     pub hosts: Vec<Host>,
     /// (arrival, from, to, bytes)
@@ -61,12 +62,21 @@ pub struct Net {
     pub replies: Vec<(SocketAddr, SocketAddr, Kind)>,
     /// The ring version of every keepalive the sky received.
     pub keepalive_rings: Vec<u32>,
+    /// Gossip datagrams delivered to a live node.
+    pub gossip_delivered: u64,
+    /// Seeds the gossip cores' random choices (a gossiping sky).
+    pub seed: u64,
 }
 
 impl Net {
     /// The sky nodes' monotonic clock: time since the simulation began.
     pub fn sky_now(&self) -> MonoTime {
         MonoTime::from_duration(self.now.saturating_duration_since(T0))
+    }
+
+    /// The virtual time of the sky nodes' `at`.
+    pub fn at(&self, at: MonoTime) -> UnixTime {
+        T0 + at.as_duration()
     }
 
     /// The users and one standalone sky node (no ring) at `sky()`.
@@ -85,6 +95,8 @@ impl Net {
             to_sky: vec![0; names.len()],
             replies: Vec::new(),
             keepalive_rings: Vec::new(),
+            gossip_delivered: 0,
+            seed: 0,
         }
     }
 
@@ -143,6 +155,9 @@ impl Net {
             }
             return;
         }
+        if self.deliver_gossip(from, to, &bytes) {
+            return;
+        }
         let Some(i) = self.hosts.iter().position(|h| h.public == to) else {
             return; // nobody there (a NAT mapping that is gone)
         };
@@ -154,7 +169,8 @@ impl Net {
         self.flush(i);
     }
 
-    /// Runs the network until `until` (virtual time).
+    /// Runs the network until `until` (virtual time): datagrams arrive,
+    /// and earth and sky timers fire, in time order.
     pub fn run_until(&mut self, until: UnixTime) {
         for i in 0..self.hosts.len() {
             self.flush(i);
@@ -166,7 +182,11 @@ impl Net {
                 .iter()
                 .filter_map(|h| h.earth.poll_timeout())
                 .min();
-            let next = [next_flight, next_timer].into_iter().flatten().min();
+            let next_sky = self.next_sky_timer();
+            let next = [next_flight, next_timer, next_sky]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(next) = next.filter(|n| *n <= until) else {
                 self.now = until;
                 return;
@@ -189,12 +209,28 @@ impl Net {
                     self.flush(i);
                 }
             }
+            self.sky_timers();
         }
         panic!("the cores never went idle: a timer that does not move");
     }
 
     pub fn run_for(&mut self, d: Duration) {
         self.run_until(self.now + d);
+    }
+
+    /// Runs in steps of 10 ms until `done` holds or `limit` has passed;
+    /// the virtual time it took, if it held.
+    pub fn wait_for(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) -> Option<Duration> {
+        let start = self.now;
+        loop {
+            if done(self) {
+                return Some(self.now.saturating_duration_since(start));
+            }
+            if self.now >= start + limit {
+                return None;
+            }
+            self.run_for(Duration::from_millis(10));
+        }
     }
 
     pub fn online(&mut self, i: usize) {

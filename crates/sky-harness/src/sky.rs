@@ -1,5 +1,5 @@
-//! Sky nodes: a real shard and presence table each; and the sky as a
-//! whole, hand-set (one shared ring the test replaces).
+//! Sky nodes: a real shard and presence table each, reading a ring; and
+//! the sky as a whole, hand-set (one shared ring the test replaces).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,19 +12,30 @@ use sky_proto::ring::Ring;
 use sky_proto::time::MonoTime;
 use sky_proto::wire::VirtualAddr;
 
-use crate::{Net, node, slash32, sorted};
+use crate::gossip::Member;
+use crate::{Net, node, owners, slash32, sorted};
 
-/// One sky node: a real shard with its own secret and presence table.
+/// One sky node: a real shard with its own secret and presence table,
+/// and, in a gossiping sky, its gossip core.
 pub struct SkyNode {
+    /// Its service endpoint: where earth clients send, what rings name.
     pub addr: SocketAddr,
     pub secret: [u8; 32],
     pub shard: Shard,
     pub presence: Arc<Presence>,
-    /// Drops every datagram sent to it (a node that stopped answering).
+    /// Drops every datagram sent to it (a node that stopped answering);
+    /// a killed node is down and its timers stop too.
     pub down: bool,
+    /// The ring its shard reads: the sky's shared ring (hand-set), its own
+    /// (gossiping), or none (standalone).
+    pub ring: Option<SharedRing>,
+    /// Its gossip core, in a gossiping sky.
+    pub member: Option<Member>,
 }
 
 impl SkyNode {
+    /// A node reading `ring` (shared with others, or its own), or a
+    /// standalone one.
     pub fn new(
         addr: SocketAddr,
         secret: [u8; 32],
@@ -48,7 +59,14 @@ impl SkyNode {
             shard,
             presence,
             down: false,
+            ring: ring.cloned(),
+            member: None,
         }
+    }
+
+    /// The ring its shard reads now.
+    pub fn ring_now(&self) -> Option<Arc<Ring>> {
+        self.ring.as_ref().map(|r| r.load_full())
     }
 
     /// Whether it holds `address` online at `now`.
@@ -80,12 +98,30 @@ impl Net {
         net
     }
 
-    /// The ring the sky holds now.
+    /// The ring the sky holds now: the shared one, or in a gossiping sky
+    /// that of the first live node.
     pub fn sky_ring(&self) -> Arc<Ring> {
-        self.ring.as_ref().expect("a ring").load_full()
+        match &self.ring {
+            Some(shared) => shared.load_full(),
+            None => self
+                .skies
+                .iter()
+                .find(|s| !s.down)
+                .and_then(SkyNode::ring_now)
+                .expect("a ring"),
+        }
     }
 
-    /// Every node now reads a ring of `members`.
+    /// The ring node `addr`'s shard reads now.
+    pub fn node_ring(&self, addr: SocketAddr) -> Arc<Ring> {
+        self.skies
+            .iter()
+            .find(|s| s.addr == addr)
+            .and_then(SkyNode::ring_now)
+            .expect("a node with a ring")
+    }
+
+    /// Every node now reads a ring of `members` (hand-set sky).
     pub fn set_ring(&mut self, members: impl IntoIterator<Item = SocketAddr>) -> Ring {
         let ring = Ring::new(slash32(), members);
         self.ring
@@ -108,8 +144,11 @@ impl Net {
             .expect("a sky node")
     }
 
+    /// Whether `addr` is a sky node's service or gossip endpoint.
     pub fn is_sky(&self, addr: SocketAddr) -> bool {
-        self.skies.iter().any(|s| s.addr == addr)
+        self.skies
+            .iter()
+            .any(|s| s.addr == addr || s.member.as_ref().is_some_and(|m| m.endpoint == addr))
     }
 
     /// The sky nodes that have `address` online now; a node that is down
@@ -128,16 +167,76 @@ impl Net {
         !self.holders(address).is_empty()
     }
 
+    /// Host `i`'s own address now (its current epoch's), once it keeps one.
+    pub fn address_of(&self, i: usize) -> Option<VirtualAddr> {
+        let regs = self.hosts[i].earth.registrations();
+        regs.iter().find(|r| !r.cover).map(|r| r.address)
+    }
+
+    /// The (host, owner) pairs where an online host's own address has an
+    /// owner in `ring` that does not hold it; empty when every online user
+    /// is registered with all its owners.
+    pub fn unheld(&self, ring: &Ring) -> Vec<(usize, SocketAddr)> {
+        let mut missing = Vec::new();
+        for i in 0..self.hosts.len() {
+            let Some(address) = self.address_of(i) else {
+                continue;
+            };
+            let holders = self.holders(&address);
+            for o in owners(ring, &address) {
+                if !holders.contains(&o) {
+                    missing.push((i, o));
+                }
+            }
+        }
+        missing
+    }
+
+    /// The (host, node) pairs where a live node that is not an owner in
+    /// `ring` holds an online host's own address.
+    pub fn strays(&self, ring: &Ring) -> Vec<(usize, SocketAddr)> {
+        let mut strays = Vec::new();
+        for i in 0..self.hosts.len() {
+            let Some(address) = self.address_of(i) else {
+                continue;
+            };
+            let owners = owners(ring, &address);
+            for h in self.holders(&address) {
+                if !owners.contains(&h) {
+                    strays.push((i, h));
+                }
+            }
+        }
+        strays
+    }
+
     /// The first sky node forgets everything (it restarted).
     pub fn restart_sky(&mut self) {
         let addr = self.skies[0].addr;
         self.restart_node(addr);
     }
 
-    /// Sky node `addr` forgets everything and draws a new secret.
+    /// Sky node `addr` forgets everything, draws a new secret and is up.
+    /// A gossiping node rejoins through its seeds under a newer identity,
+    /// knowing only itself until then (node 1, the seed, has no other:
+    /// the others find it by announcing to members they hold down, every
+    /// 5 s).
     pub fn restart_node(&mut self, addr: SocketAddr) {
         let (ring, now) = (self.ring.clone(), self.sky_now());
-        let node = self.sky_node(addr);
-        *node = SkyNode::new(addr, [node.secret[0] ^ 0xff; 32], ring.as_ref(), now);
+        let s = self
+            .skies
+            .iter()
+            .position(|s| s.addr == addr)
+            .expect("a sky node");
+        let old = &mut self.skies[s];
+        let secret = [old.secret[0] ^ 0xff; 32];
+        match old.member.take() {
+            None => self.skies[s] = SkyNode::new(addr, secret, ring.as_ref(), now),
+            Some(member) => {
+                let (gossip, seeds) = member.restarted(self.seed);
+                self.skies[s] = SkyNode::gossiping(addr, secret, gossip, &seeds, now);
+                self.after_gossip(s);
+            }
+        }
     }
 }
