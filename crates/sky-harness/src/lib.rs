@@ -56,6 +56,7 @@
 #![allow(clippy::disallowed_methods)] // no clock is read here; tests may
 
 mod gossip;
+mod lookups;
 mod net;
 mod sky;
 
@@ -73,6 +74,7 @@ use sky_proto::time::UnixTime;
 use sky_proto::wire::VirtualAddr;
 
 pub use gossip::Member;
+pub use lookups::{LookupResult, Lookups};
 pub use net::{Net, RandomLoss};
 pub use sky::SkyNode;
 

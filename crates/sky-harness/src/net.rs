@@ -45,6 +45,8 @@ pub struct Net {
     /// standalone node, or a gossiping sky where each node has its own).
     pub ring: Option<sky_node::snapshot::SharedRing>,
     pub hosts: Vec<Host>,
+    /// The users' names, in the order of `hosts`.
+    pub names: Vec<String>,
     /// (arrival, from, to, bytes)
     pub flight: Vec<(UnixTime, SocketAddr, SocketAddr, Vec<u8>)>,
     /// Every `loss`-th datagram is dropped (0: none).
@@ -86,6 +88,7 @@ impl Net {
             skies: vec![SkyNode::new(sky(), [7; 32], None, MonoTime::ZERO)],
             ring: None,
             hosts: hosts(names, config),
+            names: names.iter().map(|n| n.to_string()).collect(),
             flight: Vec::new(),
             loss: 0,
             counter: 0,
