@@ -5,10 +5,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const SKY: &str = env!("CARGO_BIN_EXE_sky");
+pub(crate) const SKY: &str = env!("CARGO_BIN_EXE_sky");
 /// The gossip address of every node here but the defaults test's: an
 /// ephemeral port, so that nodes started at once do not all want 7701.
-const EPHEMERAL: &str = "127.0.0.1:0";
+pub(crate) const EPHEMERAL: &str = "127.0.0.1:0";
 
 /// A `sky node` child process, killed if the test fails.
 pub(crate) struct NodeProcess {
@@ -96,14 +96,14 @@ fn sky(args: &[&str]) -> Output {
 }
 
 /// `sky earth --state DIR ARGS`.
-fn earth(dir: &std::path::Path, args: &[&str]) -> Output {
+pub(crate) fn earth(dir: &std::path::Path, args: &[&str]) -> Output {
     let mut a = vec!["earth", "--state", dir.to_str().unwrap()];
     a.extend_from_slice(args);
     sky(&a)
 }
 
 /// Initializes each user under `root` and applies `adds`: (who, friend).
-fn earth_users(root: &std::path::Path, users: &[&str], adds: &[(&str, &str)]) {
+pub(crate) fn earth_users(root: &std::path::Path, users: &[&str], adds: &[(&str, &str)]) {
     let _ = std::fs::remove_dir_all(root);
     for u in users {
         assert!(earth(&root.join(u), &["init"]).status.success());
@@ -117,7 +117,7 @@ fn earth_users(root: &std::path::Path, users: &[&str], adds: &[(&str, &str)]) {
     }
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod common;
 mod dht;
+mod earth_live;
 mod egress;
 mod end_to_end;
 mod gossip;

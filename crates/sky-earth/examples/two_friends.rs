@@ -78,11 +78,7 @@ fn run(sky: SocketAddr) -> Result<(), String> {
     bob_friends
         .add("alice", alice.invite(unix_now()).into())
         .map_err(|e| e.to_string())?;
-    let state = |identity, friends| State {
-        identity,
-        friends,
-        pending_resets: Default::default(),
-    };
+    let state = State::new;
 
     // Alice stays online until she has a message.
     let mut alice = Driver::bind(Config::new(vec![sky]), state(alice, alice_friends))

@@ -97,13 +97,36 @@ impl Driver {
         &mut self,
         until: Option<Instant>,
         stop: &AtomicBool,
-        mut on_event: impl FnMut(&mut Earth, Event) -> ControlFlow<()>,
+        on_event: impl FnMut(&mut Earth, Event) -> ControlFlow<()>,
+    ) -> io::Result<()> {
+        struct Events<F>(F);
+        impl<F: FnMut(&mut Earth, Event) -> ControlFlow<()>> App for Events<F> {
+            fn event(&mut self, earth: &mut Earth, event: Event) -> ControlFlow<()> {
+                (self.0)(earth, event)
+            }
+        }
+        self.run_app(until, stop, &mut Events(on_event))
+    }
+
+    /// Runs the core with `app` until it breaks, `stop` is set or `until`
+    /// passes: `app` gets every event, and a [`App::tick`] on every turn of
+    /// the loop (at least every 200 ms) to hand the core work that came
+    /// from elsewhere.
+    pub fn run_app(
+        &mut self,
+        until: Option<Instant>,
+        stop: &AtomicBool,
+        app: &mut impl App,
     ) -> io::Result<()> {
         let mut buf = [0u8; 2048];
         loop {
+            if app.tick(&mut self.earth).is_break() {
+                self.flush();
+                return Ok(());
+            }
             self.flush();
             while let Some(event) = self.earth.poll_event() {
-                let flow = on_event(&mut self.earth, event);
+                let flow = app.event(&mut self.earth, event);
                 self.flush();
                 if flow.is_break() {
                     return Ok(());
@@ -144,6 +167,18 @@ impl Driver {
                 self.earth.handle_timeout(unix_now());
             }
         }
+    }
+}
+
+/// The application's side of [`Driver::run_app`].
+pub trait App {
+    /// An event from the core; `Break` stops the loop.
+    fn event(&mut self, earth: &mut Earth, event: Event) -> ControlFlow<()>;
+
+    /// Called on every turn of the loop, at least every 200 ms; `Break`
+    /// stops it.
+    fn tick(&mut self, _earth: &mut Earth) -> ControlFlow<()> {
+        ControlFlow::Continue(())
     }
 }
 

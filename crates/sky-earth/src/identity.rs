@@ -137,6 +137,13 @@ pub enum FriendError {
     AlreadyFriend(String),
     /// No friend by that name.
     NoSuchFriend(String),
+    /// The invite is this user's own.
+    OwnInvite,
+    /// The invite's key is already the friend of that name's: a second
+    /// name for one friend would keep them on the old chain after a reset.
+    SameKey(String),
+    /// The invite's chain is already the friend of that name's.
+    SameChain(String),
 }
 
 impl fmt::Display for FriendError {
@@ -148,6 +155,13 @@ impl fmt::Display for FriendError {
             ),
             FriendError::AlreadyFriend(n) => write!(f, "`{n}` is already a friend"),
             FriendError::NoSuchFriend(n) => write!(f, "no friend named `{n}`"),
+            FriendError::OwnInvite => f.write_str("that is your own invite"),
+            FriendError::SameKey(n) => {
+                write!(f, "that invite's key is already your friend `{n}`'s")
+            }
+            FriendError::SameChain(n) => {
+                write!(f, "that invite's addresses are already your friend `{n}`'s")
+            }
         }
     }
 }
@@ -159,20 +173,34 @@ impl std::error::Error for FriendError {}
 pub struct Friends(pub BTreeMap<String, Friend>);
 
 impl Friends {
-    /// Adds `friend` under `name`.
+    /// Adds `friend` under `name`. Refuses a name in use, and a key or a
+    /// chain that is already another friend's (one person under two names
+    /// would keep the old chain after an address reset).
     pub fn add(&mut self, name: &str, friend: Friend) -> Result<(), FriendError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
-            return Err(FriendError::BadName(name.to_string()));
-        }
+        check_name(name)?;
         if self.0.contains_key(name) {
             return Err(FriendError::AlreadyFriend(name.to_string()));
         }
+        for (other, f) in &self.0 {
+            if f.public_key == friend.public_key {
+                return Err(FriendError::SameKey(other.clone()));
+            }
+            if same_chain(&f.chain, &friend.chain) {
+                return Err(FriendError::SameChain(other.clone()));
+            }
+        }
         self.0.insert(name.to_string(), friend);
+        Ok(())
+    }
+
+    /// Renames the friend `from` to `to`.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), FriendError> {
+        check_name(to)?;
+        if self.0.contains_key(to) {
+            return Err(FriendError::AlreadyFriend(to.to_string()));
+        }
+        let f = self.remove(from)?;
+        self.0.insert(to.to_string(), f);
         Ok(())
     }
 
@@ -187,3 +215,23 @@ impl Friends {
 #[cfg(test)]
 #[path = "tests/identity.rs"]
 mod tests;
+
+fn check_name(name: &str) -> Result<(), FriendError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(FriendError::BadName(name.to_string()))
+    }
+}
+
+/// Whether two chains are one: the same key at an epoch both know.
+pub(crate) fn same_chain(a: &Chain, b: &Chain) -> bool {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    let e = a.origin().max(b.origin());
+    a.key_at(e) == b.key_at(e)
+}

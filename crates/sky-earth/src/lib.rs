@@ -26,6 +26,7 @@
 //! - [`invite`]: the copy-pasteable string a friend needs;
 //! - [`identity`]: the user's chain and X25519 key pair, the friend list;
 //! - [`state`]: all of it on disk, owner-only, replaced atomically;
+//! - [`store`]: the state directory's one owner (an exclusive lock);
 //! - [`handshake`]: the friends' handshake and sealed datagrams (X25519,
 //!   ChaCha20-Poly1305).
 //!
@@ -79,3 +80,4 @@ pub mod identity;
 pub mod invite;
 pub mod ratchet;
 pub mod state;
+pub mod store;

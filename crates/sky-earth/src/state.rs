@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Friend, Friends, Identity};
+use crate::identity::{Friend, FriendError, Friends, Identity};
 use crate::ratchet::{Chain, ChainKey, Epoch, Schedule};
 use sky_proto::wire;
 
@@ -29,6 +29,9 @@ pub struct State {
     /// Friends who have not yet acknowledged the last address reset: they
     /// are sent the new chain key until they do, across restarts.
     pub pending_resets: BTreeSet<String>,
+    /// The bootstrap list last given (`HOST:PORT`, tried in order), so that
+    /// later commands need not repeat it.
+    pub sky: Vec<String>,
 }
 
 /// Why state could not be read or written.
@@ -92,6 +95,8 @@ struct StateFile {
     friends: BTreeMap<String, FriendFile>,
     #[serde(default)]
     pending_resets: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sky: Vec<String>,
 }
 
 fn chain_file(chain: &Chain, schedule: &Schedule) -> ChainFile {
@@ -120,6 +125,17 @@ fn chain_of(c: &ChainFile) -> Result<(Chain, Schedule), String> {
 }
 
 impl State {
+    /// A user's state: their identity and friends, no reset pending, no
+    /// bootstrap list yet.
+    pub fn new(identity: Identity, friends: Friends) -> State {
+        State {
+            identity,
+            friends,
+            pending_resets: BTreeSet::new(),
+            sky: Vec::new(),
+        }
+    }
+
     /// Address reset (SPEC §2): removes `friend`, moves the user to a fresh
     /// chain from `key` starting at the epoch of `now`, and marks every
     /// remaining friend pending until they acknowledge the new chain.
@@ -128,10 +144,35 @@ impl State {
         friend: &str,
         key: crate::ratchet::ChainKey,
         now: sky_proto::time::UnixTime,
-    ) -> Result<(), crate::identity::FriendError> {
+    ) -> Result<(), FriendError> {
         self.friends.remove(friend)?;
         self.identity.reset(key, now);
         self.pending_resets = self.friends.0.keys().cloned().collect();
+        Ok(())
+    }
+
+    /// Adds the friend whose invite this is, as `name`: refused when it is
+    /// the user's own invite, or a key, chain or name already a friend's.
+    pub fn add_friend(
+        &mut self,
+        name: &str,
+        invite: crate::invite::Invite,
+    ) -> Result<(), FriendError> {
+        let friend = Friend::from(invite);
+        if friend.public_key == self.identity.public_key()
+            || crate::identity::same_chain(&friend.chain, &self.identity.chain)
+        {
+            return Err(FriendError::OwnInvite);
+        }
+        self.friends.add(name, friend)
+    }
+
+    /// Renames a friend (a pending reset follows the name).
+    pub fn rename_friend(&mut self, from: &str, to: &str) -> Result<(), FriendError> {
+        self.friends.rename(from, to)?;
+        if self.pending_resets.remove(from) {
+            self.pending_resets.insert(to.to_string());
+        }
         Ok(())
     }
 
@@ -159,21 +200,22 @@ impl State {
             let (chain, schedule) =
                 chain_of(&f.chain).map_err(|e| corrupt(format!("friend {name}: {e}")))?;
             let public_key = hex32(&f.public_key, "public_key").map_err(corrupt)?;
-            friends
-                .add(
-                    name,
-                    Friend {
-                        chain,
-                        schedule,
-                        public_key,
-                    },
-                )
-                .map_err(|e| corrupt(e.to_string()))?;
+            // As saved: a state that already holds one friend under two
+            // names still loads (`add` refuses new ones).
+            friends.0.insert(
+                name.clone(),
+                Friend {
+                    chain,
+                    schedule,
+                    public_key,
+                },
+            );
         }
         Ok(State {
             identity,
             friends,
             pending_resets: file.pending_resets,
+            sky: file.sky,
         })
     }
 
@@ -204,6 +246,7 @@ impl State {
                 })
                 .collect(),
             pending_resets: self.pending_resets.clone(),
+            sky: self.sky.clone(),
         };
         let text = toml::to_string(&file).expect("state serializes");
         let temp = dir.join(TEMP);
@@ -217,6 +260,11 @@ impl State {
         owner_only::sync_dir(dir).map_err(io_err(dir))?;
         Ok(())
     }
+}
+
+/// Creates `dir` (and its parents) owner-only, or makes it so.
+pub(crate) fn create_owner_only_dir(dir: &Path) -> io::Result<()> {
+    owner_only::create_dir(dir)
 }
 
 /// Owner-only files and directories: Unix modes where there are any; on

@@ -147,11 +147,7 @@ pub fn hosts(names: &[&str], config: impl Fn(&mut Config)) -> Vec<Host> {
                     friends.add(name, invites[j].clone().into()).unwrap();
                 }
             }
-            let state = State {
-                identity: ids[i].clone(),
-                friends,
-                pending_resets: Default::default(),
-            };
+            let state = State::new(ids[i].clone(), friends);
             let mut c = Config::new(vec![sky()]);
             config(&mut c);
             Host {

@@ -1,14 +1,18 @@
 //! The simulated network: datagrams in flight, loss, and the event loop
 //! that drives every core in virtual time.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sky_earth::client::{Config, Event, Failure};
+use sky_earth::client::{Config, Earth, Event, Failure};
+use sky_earth::identity::Friends;
+use sky_earth::invite::Invite;
+use sky_earth::state::State;
 use sky_proto::time::{MonoTime, UnixTime};
 use sky_proto::wire::{self, Flags, Kind, Message};
 
-use crate::{Host, SkyNode, T0, hosts, sky};
+use crate::{Host, SkyNode, T0, hosts, identity, sky};
 
 /// Seeded random loss: each datagram, on any link, is lost with
 /// probability `percent` / 100, drawn from a SplitMix64 stream. The same
@@ -101,6 +105,42 @@ impl Net {
             gossip_delivered: 0,
             seed: 0,
         }
+    }
+
+    /// The invite host `i` would give a friend now.
+    pub fn invite_of(&self, i: usize) -> Invite {
+        self.hosts[i]
+            .earth
+            .state()
+            .identity
+            .clone()
+            .invite(self.now)
+    }
+
+    /// A new user `name` (its own identity, behind its own NAT) who holds
+    /// the invites of hosts `knows` — they do not know it yet. Returns its
+    /// index.
+    pub fn add_host(&mut self, name: &str, knows: &[usize], config: impl Fn(&mut Config)) -> usize {
+        let i = self.hosts.len();
+        let mut friends = Friends::default();
+        for &j in knows {
+            friends
+                .add(&self.names[j], self.invite_of(j).into())
+                .unwrap();
+        }
+        let state = State::new(identity(100 + i as u8), friends);
+        let mut c = Config::new(vec![sky()]);
+        config(&mut c);
+        self.hosts.push(Host {
+            earth: Earth::new(c, state, [i as u8 + 150; 32], self.now),
+            public: format!("203.0.113.{}:4{i}000", i + 1).parse().unwrap(),
+            filtering: true,
+            sent_to: HashSet::new(),
+            events: Vec::new(),
+        });
+        self.names.push(name.to_string());
+        self.to_sky.push(0);
+        i
     }
 
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {

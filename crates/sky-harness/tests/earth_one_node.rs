@@ -323,6 +323,11 @@ fn address_reset_reaches_friends_and_is_acknowledged_after_the_save() {
         ["bob".to_string()].into()
     );
     net.online(0);
+    // Nothing leaves before the new chain is on disk.
+    net.run_for(secs(2));
+    assert_eq!(net.to_sky[0], 0, "sent before the save");
+    net.hosts[0].earth.saved();
+    net.flush(0);
     net.run_for(secs(6));
     let bob = net.take_events(1);
     assert!(

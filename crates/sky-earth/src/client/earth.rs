@@ -23,6 +23,7 @@ use super::registrations::Registrations;
 use super::reset::Reset;
 use super::timers::Timer;
 use crate::identity::FriendError;
+use crate::invite::Invite;
 use crate::ratchet::ChainKey;
 use crate::state::State;
 
@@ -116,20 +117,33 @@ impl Earth {
         self.registrations.clear(&mut self.io);
     }
 
-    /// The state was saved: release the acknowledgements that waited on it.
+    /// The state was saved: release what waited on it (acknowledgements of
+    /// adopted resets; everything, after a reset of our own).
     pub fn saved(&mut self) {
+        self.io.unsaved = false;
+        self.io.hold_until_saved = false;
         self.peers.saved(&mut self.io);
     }
 
-    /// The state could not be saved: the acknowledgements that waited on it
+    /// The state could not be saved. The acknowledgements that waited on it
     /// are dropped, so each friend sends its notice again later and the
-    /// change is saved then.
+    /// change is saved then; after a reset of our own nothing is sent until
+    /// a save succeeds ([`Earth::unsaved`] stays true: save again).
     pub fn save_failed(&mut self) {
         self.peers.save_failed();
     }
 
-    /// The next datagram to send, until `None`.
+    /// Whether a [`Event::SaveState`] still waits for a successful save.
+    pub fn unsaved(&self) -> bool {
+        self.io.unsaved
+    }
+
+    /// The next datagram to send, until `None`. While a change that must be
+    /// on disk first is unsaved, nothing comes out.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.io.hold_until_saved {
+            return None;
+        }
         self.io.transmits.pop_front()
     }
 
@@ -187,9 +201,32 @@ impl Earth {
         self.enqueue(now, friend, payload)
     }
 
-    /// Address reset (SPEC §2): removes `friend`, moves the user to a fresh
-    /// chain from `key`, and marks every remaining friend pending; the core
-    /// sends them the new chain while online until each acknowledges it.
+    /// Adds a friend from their invite, at once: their handshakes are
+    /// accepted from now on. Refuses one's own invite, and a name, key or
+    /// chain already a friend's. Asks for a save ([`Event::SaveState`]).
+    pub fn add_friend(&mut self, name: &str, invite: Invite) -> Result<(), FriendError> {
+        self.state.add_friend(name, invite)?;
+        self.io.event(Event::SaveState);
+        Ok(())
+    }
+
+    /// Renames a friend (their connection, lookups and pending reset
+    /// follow). Asks for a save.
+    pub fn rename_friend(&mut self, from: &str, to: &str) -> Result<(), FriendError> {
+        self.state.rename_friend(from, to)?;
+        self.peers.rename(from, to);
+        self.lookups.rename(from, to);
+        self.io.event(Event::SaveState);
+        Ok(())
+    }
+
+    /// Address reset (SPEC §2), at once: removes `friend` (their session
+    /// goes; their handshakes are refused), moves the user to a fresh chain
+    /// from `key`, and marks every remaining friend pending. Once the state
+    /// holding the new chain is saved (nothing is sent before: see
+    /// [`Earth::saved`]), the old address is unregistered at every owner,
+    /// the new one registered, and the remaining friends are sent the new
+    /// chain until each acknowledges it.
     pub fn remove_friend(
         &mut self,
         now: UnixTime,
@@ -198,7 +235,11 @@ impl Earth {
     ) -> Result<(), FriendError> {
         self.state.reset_address(friend, key, now)?;
         self.peers.remove(&mut self.io, friend);
+        for done in self.lookups.forget(&mut self.io, friend) {
+            self.lookup_finished(now, done);
+        }
         self.reset.arm(now, &mut self.io);
+        self.io.hold_until_saved = true;
         self.io.event(Event::SaveState);
         if self.online {
             self.update_registrations(now);

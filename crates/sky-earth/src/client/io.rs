@@ -76,6 +76,11 @@ pub(crate) struct Io {
     pub(crate) timers: Timers,
     pub(crate) transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
+    /// Nothing leaves until the state is saved: set when a change must be
+    /// on disk before the sky or a friend hears of it (a reset's new chain).
+    pub(crate) hold_until_saved: bool,
+    /// A [`Event::SaveState`] has not been answered by `saved` yet.
+    pub(crate) unsaved: bool,
 }
 
 impl Io {
@@ -86,6 +91,8 @@ impl Io {
             timers: Timers::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            hold_until_saved: false,
+            unsaved: false,
         }
     }
 
@@ -94,6 +101,9 @@ impl Io {
     }
 
     pub(crate) fn event(&mut self, event: Event) {
+        if event == Event::SaveState {
+            self.unsaved = true;
+        }
         self.events.push_back(event);
     }
 

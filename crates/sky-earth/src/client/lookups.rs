@@ -252,6 +252,22 @@ impl Lookups {
         }
     }
 
+    /// Ends every lookup of `friend` (no longer a friend).
+    pub(crate) fn forget(&mut self, io: &mut Io, friend: &str) -> Vec<Done> {
+        let mut done = Vec::new();
+        while let Some(q) = self.queries.iter().position(|q| q.friend == friend) {
+            done.push(self.finish(io, q, Err(Failure::NoSuchFriend)));
+        }
+        done
+    }
+
+    /// `from` is called `to` now.
+    pub(crate) fn rename(&mut self, from: &str, to: &str) {
+        for q in self.queries.iter_mut().filter(|q| q.friend == from) {
+            q.friend = to.to_string();
+        }
+    }
+
     /// Drops the lookups a connection to `friend` started (its session is
     /// up: they are moot).
     pub(crate) fn cancel_connect(&mut self, io: &mut Io, friend: &str) {

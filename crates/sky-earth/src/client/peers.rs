@@ -135,10 +135,16 @@ impl Peers {
         })
     }
 
-    /// Forgets the connection to `friend` (removed from the friends).
+    /// Forgets the connection to `friend` (removed from the friends): what
+    /// waited for them fails.
     pub(crate) fn remove(&mut self, io: &mut Io, friend: &str) {
-        if let Some(p) = self.peers.remove(friend) {
-            cancel_timers(io, p.id);
+        self.fail(io, friend, Failure::NoSuchFriend);
+    }
+
+    /// `from` is called `to` now.
+    pub(crate) fn rename(&mut self, from: &str, to: &str) {
+        if let Some(peer) = self.peers.remove(from) {
+            self.peers.insert(to.to_string(), peer);
         }
     }
 

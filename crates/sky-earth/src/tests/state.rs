@@ -20,6 +20,7 @@ fn state() -> State {
         identity,
         friends,
         pending_resets: ["bob".to_string()].into(),
+        sky: vec!["sky.example:7700".into()],
     }
 }
 
@@ -40,6 +41,7 @@ fn state_round_trips_through_an_owner_only_directory() {
     assert_eq!(back.identity.public_key(), s.identity.public_key());
     assert_eq!(back.identity.schedule, s.identity.schedule);
     assert_eq!(back.pending_resets, s.pending_resets);
+    assert_eq!(back.sky, s.sky);
     let e = Epoch(s.identity.chain.origin().0 + 5);
     assert_eq!(
         back.identity.chain.address_at(e),

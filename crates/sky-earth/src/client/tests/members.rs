@@ -52,11 +52,7 @@ fn lone(bootstrap: Vec<SocketAddr>) -> Earth {
     let mut bob = identity(2);
     let mut friends = Friends::default();
     friends.add("bob", bob.invite(T0).into()).unwrap();
-    let state = State {
-        identity: identity(1),
-        friends,
-        pending_resets: Default::default(),
-    };
+    let state = State::new(identity(1), friends);
     Earth::new(Config::new(bootstrap), state, [50; 32], T0)
 }
 

@@ -1,0 +1,259 @@
+//! `sky earth`: the earth client from the shell — identity, invites,
+//! friends, staying online, lookups, sending, address reset.
+//!
+//! One process owns a user's state at a time. While `sky earth online`
+//! runs it is that process: the other commands hand it their request
+//! through its control socket (`control.rs`) and it applies them to the
+//! live client (`online.rs`). When none runs, edits take the state's lock
+//! and change the file themselves, and lookups and sends run a client of
+//! their own on the state as saved (`commands.rs`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use sky_earth::driver::{random_seed, unix_now};
+use sky_earth::identity::{Friends, Identity};
+use sky_earth::state::{State, StateError};
+use sky_earth::store::{StateDir, StoreError};
+
+mod commands;
+mod control;
+mod online;
+
+use control::{CallError, Out, Request, Terminal};
+
+#[derive(Args)]
+pub(crate) struct EarthArgs {
+    /// State directory (default: $XDG_DATA_HOME/sky or ~/.local/share/sky),
+    /// created owner-only.
+    #[arg(long, global = true, value_name = "DIR", env = "SKY_EARTH_STATE")]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: EarthCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EarthCommand {
+    /// Create a new identity (refuses to overwrite one).
+    Init {
+        /// Epoch length R, in hours.
+        #[arg(long, default_value_t = 24)]
+        epoch_hours: u64,
+    },
+    /// Print an invite for a friend (it carries this epoch's chain key).
+    Invite,
+    /// Add a friend from the invite they gave you (at once, when `online`
+    /// runs).
+    AddFriend { name: String, invite: String },
+    /// Give a friend another name.
+    RenameFriend { name: String, new_name: String },
+    /// Show the identity, the current address and epoch, when it changes
+    /// next, and the friends.
+    Status,
+    /// Stay registered under the current address (moving to the next at
+    /// each epoch), print the observed endpoint and every introduction.
+    /// While it runs, it owns the state: the other commands go through it.
+    Online {
+        /// A sky node to bootstrap from, HOST:PORT; repeat it to give
+        /// more, tried in order until one answers. Remembered in the
+        /// state: later commands need not repeat it.
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: Vec<String>,
+        /// Flag the registration as metered.
+        #[arg(long)]
+        metered: bool,
+        /// Stop after this many seconds (default: on SIGINT/SIGTERM).
+        #[arg(long)]
+        hold: Option<u64>,
+        /// Seconds between attempts to send a pending address reset.
+        #[arg(long, default_value_t = 60)]
+        reset_retry: u64,
+        /// Also keep the previous epoch's address registered during the
+        /// first hour of an epoch (linkable by the sky: docs/PRIVACY.md).
+        #[arg(long)]
+        dual: bool,
+        /// Cover traffic: random registrations, on average every this many
+        /// minutes.
+        #[arg(long, value_name = "MINUTES")]
+        cover: Option<u64>,
+    },
+    /// Remove a friend and reset the address: a fresh chain key, sent to
+    /// every remaining friend until each acknowledges it (at once when
+    /// `online` runs; by the next `online` otherwise).
+    RemoveFriend { name: String },
+    /// Connect to a friend (lookup, hole punching, handshake) and deliver
+    /// one message; prints the round trip. The friend must be `online`.
+    Send {
+        name: String,
+        text: String,
+        /// A sky node to bootstrap from, HOST:PORT (default: the list
+        /// `online` was last given); repeat it to give more.
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: Vec<String>,
+    },
+    /// Look a friend up: `online <ip:port>` (exit 0) or `offline` (exit 1).
+    Lookup {
+        name: String,
+        /// A sky node to bootstrap from, HOST:PORT (default: the list
+        /// `online` was last given); repeat it to give more.
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: Vec<String>,
+    },
+}
+
+/// How long a command waits for the state's owner (a client starting or
+/// stopping, or another edit) before it gives up.
+const OWNER_WAIT: Duration = Duration::from_secs(5);
+
+/// Prints a line on stdout; a closed stdout (`| head`) is not an error.
+pub(super) fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+pub(crate) fn main(args: EarthArgs) -> ExitCode {
+    let dir = match args.state.or_else(|| {
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .map(|d| d.join("sky"))
+    }) {
+        Some(d) => d,
+        None => return fail("no --state DIR and no HOME to put the state in"),
+    };
+    let request = match args.command {
+        EarthCommand::Init { epoch_hours } => return init(&dir, epoch_hours),
+        EarthCommand::Online {
+            sky,
+            metered,
+            hold,
+            reset_retry,
+            dual,
+            cover,
+        } => {
+            let options = online::Options {
+                sky,
+                metered,
+                hold: hold.map(Duration::from_secs),
+                reset_retry: Duration::from_secs(reset_retry.max(1)),
+                dual,
+                cover: cover.map(|m| Duration::from_secs(m.max(1) * 60)),
+            };
+            return commands::exit(online::run(&dir, options));
+        }
+        EarthCommand::Invite => Request::Invite,
+        EarthCommand::Status => Request::Status,
+        EarthCommand::AddFriend { name, invite } => Request::AddFriend { name, invite },
+        EarthCommand::RenameFriend { name, new_name } => Request::RenameFriend {
+            from: name,
+            to: new_name,
+        },
+        EarthCommand::RemoveFriend { name } => Request::RemoveFriend { name },
+        EarthCommand::Lookup { name, sky } => Request::Lookup { name, sky },
+        EarthCommand::Send { name, text, sky } => Request::Send { name, text, sky },
+    };
+    commands::exit(route(&dir, &request, &mut Terminal))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sky earth: {msg}");
+    ExitCode::from(2)
+}
+
+/// Runs `request` where the state is: in the running client if there is
+/// one, else here (edits under the state's lock).
+fn route(dir: &Path, request: &Request, out: &mut impl Out) -> u8 {
+    let deadline = Instant::now() + OWNER_WAIT;
+    loop {
+        match control::call(dir, request, out) {
+            Ok(code) => return code,
+            Err(CallError::NoServer) => {}
+            Err(CallError::Io(e)) => {
+                return commands::fail(out, format!("the running client: {e}"));
+            }
+        }
+        if !request.edits() {
+            return read_only(dir, request, out);
+        }
+        match StateDir::open(dir) {
+            Ok(store) => return commands::edit(&store, request, out),
+            // Another edit, or a client starting or stopping: wait for it.
+            Err(StoreError::Busy { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return commands::fail(out, e.to_string()),
+        }
+    }
+}
+
+/// Requests that only read the state, with no client running.
+fn read_only(dir: &Path, request: &Request, out: &mut impl Out) -> u8 {
+    let state = match State::load(dir) {
+        Ok(s) => s,
+        Err(e) => return commands::fail(out, e.to_string()),
+    };
+    let now = unix_now();
+    match request {
+        Request::Invite => {
+            out.out(state.identity.clone().invite(now).encode());
+            0
+        }
+        Request::Status => {
+            commands::status(&state, now, &[], out);
+            0
+        }
+        Request::Lookup { sky, .. } | Request::Send { sky, .. } => {
+            let sky = if sky.is_empty() {
+                state.sky.clone()
+            } else {
+                sky.clone()
+            };
+            if sky.is_empty() {
+                return commands::fail(
+                    out,
+                    "no sky node to bootstrap from: give --sky HOST:PORT (once `online` has been given one, it is remembered)",
+                );
+            }
+            commands::one_shot(state, request, &sky, out)
+        }
+        _ => unreachable!("edits are routed elsewhere"),
+    }
+}
+
+/// `init`: a new identity, under the state's lock; never over another.
+fn init(dir: &Path, epoch_hours: u64) -> ExitCode {
+    if !(1..=24 * 365).contains(&epoch_hours) {
+        return fail("--epoch-hours must be between 1 and 8760");
+    }
+    let store = match StateDir::open(dir) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match store.load() {
+        Err(StateError::Missing(_)) => {}
+        Ok(_) => return fail(format!("{} already holds an identity", dir.display())),
+        Err(e) => return fail(e),
+    }
+    let mut random = [0u8; 64];
+    for half in random.chunks_mut(32) {
+        match random_seed() {
+            Ok(r) => half.copy_from_slice(&r),
+            Err(e) => return fail(format!("no randomness: {e}")),
+        }
+    }
+    let length = Duration::from_secs(epoch_hours * 3600);
+    let state = State::new(
+        Identity::generate(random, length, unix_now()),
+        Friends::default(),
+    );
+    if let Err(e) = store.save(&state) {
+        return fail(e);
+    }
+    print_line(&format!("initialized {}", dir.display()));
+    ExitCode::SUCCESS
+}
