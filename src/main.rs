@@ -40,6 +40,13 @@ enum Command {
     Sim(sky_lab::sim::SimCommand),
 }
 
+/// Colour codes only for a person at a terminal: never into a file, a
+/// pipe or journald, and never with `NO_COLOR` set (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .init();
     match cli.command {
         Command::Node(args) => cmd::node::main(args),

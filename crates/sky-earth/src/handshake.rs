@@ -28,7 +28,7 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use sky_proto::frame::{DATA, DATA_OVERHEAD, MSG1, MSG1_LEN, MSG2, MSG2_LEN};
+use sky_proto::frame::{DATA, DATA_OVERHEAD, MSG1, MSG1_LEN, MSG2, MSG2_LEN, REFUSE, REFUSE_LEN};
 
 /// Why a handshake or data message was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +140,27 @@ impl Initiator {
         }
     }
 
+    /// Whether `datagram` is the responder's authenticated refusal of our
+    /// msg1: they hold the static key we called, and we are no friend of
+    /// theirs.
+    pub fn refused(&self, datagram: &[u8]) -> bool {
+        if datagram.len() != REFUSE_LEN || datagram[0] != REFUSE {
+            return false;
+        }
+        let mut e_r = [0u8; 32];
+        e_r.copy_from_slice(&datagram[1..33]);
+        let kr = kdf(
+            "sky v1 hs refuse",
+            &[
+                &self.k2,
+                &e_r,
+                &dh(&self.ephemeral, &e_r),
+                &dh(&self.our_static, &e_r),
+            ],
+        );
+        open(&kr, 0, &e_r, &mut [], &datagram[33..49]).is_ok()
+    }
+
     /// Checks msg2 and returns the session.
     pub fn finish(&self, msg2: &[u8]) -> Result<Session, HandshakeError> {
         if msg2.len() != MSG2_LEN || msg2[0] != MSG2 {
@@ -170,6 +191,62 @@ pub fn respond(
     ephemeral: [u8; 32],
     out: &mut [u8; MSG2_LEN],
 ) -> Result<(Session, usize), HandshakeError> {
+    match answer(our_static, friends, msg1, ephemeral, out) {
+        Answer::Accepted(session, friend) => Ok((session, friend)),
+        Answer::Refused(_) => Err(HandshakeError::Stranger),
+        Answer::Invalid(e) => Err(e),
+    }
+}
+
+/// What the responder does with a msg1.
+pub enum Answer {
+    /// From a friend: msg2 is in the caller's buffer; the session and the
+    /// friend's index.
+    Accepted(Session, usize),
+    /// A valid msg1 from a key that is no friend: the refusal to send back
+    /// (it tells the caller, authenticated, that we do not know them;
+    /// smaller than the msg1 that asked).
+    Refused([u8; REFUSE_LEN]),
+    /// Not a valid msg1 (malformed or forged): nothing to answer.
+    Invalid(HandshakeError),
+}
+
+/// [`respond`], and the refusal for a valid msg1 from a stranger:
+///
+/// ```text
+/// refuse (49) = 0x24 | e_r | AEAD(kr, 0, aad=e_r, "")
+///   kr = KDF("sky v1 hs refuse", k2 | e_r | DH(e_r, e_i) | DH(e_r, S_i))
+/// ```
+///
+/// Only the holder of `s_r` can make it (it needs `k2`), and only the
+/// initiator can check it; it reveals to the caller only what the sky
+/// already told them — that we are online at this endpoint.
+pub fn answer(
+    our_static: [u8; 32],
+    friends: &[[u8; 32]],
+    msg1: &[u8],
+    ephemeral: [u8; 32],
+    out: &mut [u8; MSG2_LEN],
+) -> Answer {
+    match respond_inner(our_static, friends, msg1, ephemeral, out) {
+        Ok(Inner::Friend(session, friend)) => Answer::Accepted(session, friend),
+        Ok(Inner::Stranger(refusal)) => Answer::Refused(refusal),
+        Err(e) => Answer::Invalid(e),
+    }
+}
+
+enum Inner {
+    Friend(Session, usize),
+    Stranger([u8; REFUSE_LEN]),
+}
+
+fn respond_inner(
+    our_static: [u8; 32],
+    friends: &[[u8; 32]],
+    msg1: &[u8],
+    ephemeral: [u8; 32],
+    out: &mut [u8; MSG2_LEN],
+) -> Result<Inner, HandshakeError> {
     if msg1.len() != MSG1_LEN || msg1[0] != MSG1 {
         return Err(HandshakeError::Malformed);
     }
@@ -183,12 +260,20 @@ pub fn respond(
     open(&k1, 0, &e_i, &mut s_i, &msg1[65..81])?;
     let k2 = kdf("sky v1 hs k2", &[&k1, &dh(&our_static, &s_i)]);
     open(&k2, 0, &msg1[1..81], &mut [], &msg1[81..97])?;
-    let friend = friends
-        .iter()
-        .position(|f| *f == s_i)
-        .ok_or(HandshakeError::Stranger)?;
     let ephemeral = StaticSecret::from(ephemeral);
     let e_r = PublicKey::from(&ephemeral).to_bytes();
+    let Some(friend) = friends.iter().position(|f| *f == s_i) else {
+        let kr = kdf(
+            "sky v1 hs refuse",
+            &[&k2, &e_r, &dh(&ephemeral, &e_i), &dh(&ephemeral, &s_i)],
+        );
+        let mut refusal = [0u8; REFUSE_LEN];
+        refusal[0] = REFUSE;
+        refusal[1..33].copy_from_slice(&e_r);
+        let tag = seal(&kr, 0, &e_r, &mut []);
+        refusal[33..49].copy_from_slice(&tag);
+        return Ok(Inner::Stranger(refusal));
+    };
     let k3 = kdf(
         "sky v1 hs k3",
         &[&k2, &e_r, &dh(&ephemeral, &e_i), &dh(&ephemeral, &s_i)],
@@ -197,7 +282,7 @@ pub fn respond(
     out[1..33].copy_from_slice(&e_r);
     let tag = seal(&k3, 0, &e_r, &mut []);
     out[33..49].copy_from_slice(&tag);
-    Ok((Session::new(&k3, false), friend))
+    Ok(Inner::Friend(Session::new(&k3, false), friend))
 }
 
 /// An established session: seals and opens data datagrams.

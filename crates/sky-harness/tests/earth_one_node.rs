@@ -277,10 +277,21 @@ fn strangers_and_forged_introductions_are_refused() {
     net.hosts[0]
         .earth
         .handle_datagram(now, sky(), &mut buf[..n]);
-    // A stranger's handshake: a valid msg1 from a key alice does not know.
+    // A forged msg1 (a broken tag) is answered with nothing.
     let mut msg1 = [0u8; MSG1_LEN];
     let alice_pub = net.hosts[0].earth.state().identity.public_key();
-    let _ = Initiator::start([99; 32], alice_pub, [98; 32], &mut msg1);
+    let initiator = Initiator::start([99; 32], alice_pub, [98; 32], &mut msg1);
+    let mut forged = msg1;
+    forged[90] ^= 1;
+    net.hosts[0]
+        .earth
+        .handle_datagram(now, stranger, &mut forged);
+    net.flush(0);
+    assert!(
+        net.flight.iter().all(|f| f.2 != stranger),
+        "answered a forgery"
+    );
+    // A stranger's handshake: a valid msg1 from a key alice does not know.
     net.hosts[0].earth.handle_datagram(now, stranger, &mut msg1);
     net.flush(0);
     let events = net.take_events(0);
@@ -299,10 +310,17 @@ fn strangers_and_forged_introductions_are_refused() {
             ..
         }
     )));
-    assert!(
-        net.flight.iter().all(|f| f.2 != stranger),
-        "nothing sent to the stranger"
-    );
+    // The stranger is told, once, smaller than what it sent, in a way
+    // only it can check.
+    let to_stranger: Vec<&Vec<u8>> = net
+        .flight
+        .iter()
+        .filter(|f| f.2 == stranger)
+        .map(|f| &f.3)
+        .collect();
+    assert_eq!(to_stranger.len(), 1, "{to_stranger:?}");
+    assert!(to_stranger[0].len() < MSG1_LEN);
+    assert!(initiator.refused(to_stranger[0]));
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! | `0x21` | handshake msg1 (initiator → responder) | 97 | `21 e_i[32] enc(S_i)[32] tag[16] tag[16]` |
 //! | `0x22` | handshake msg2 (responder → initiator) | 49 | `22 e_r[32] tag[16]` |
 //! | `0x23` | sealed data | payload + 25 | `23 counter[8] enc(payload) tag[16]` |
+//! | `0x24` | handshake refusal (responder → a caller it does not know) | 49 | `24 e_r[32] tag[16]` |
 //! | other | unassigned: dropped | | |
 //!
 //! The first byte of a sealed payload (after opening) is a [`Payload`]
@@ -55,15 +56,18 @@ pub enum FrameKind {
     Msg2 = 0x22,
     /// A sealed datagram of an established session.
     Data = 0x23,
+    /// The responder's authenticated "I do not know you".
+    Refuse = 0x24,
 }
 
 impl FrameKind {
     /// Every frame kind, in byte order.
-    pub const ALL: [FrameKind; 4] = [
+    pub const ALL: [FrameKind; 5] = [
         FrameKind::Punch,
         FrameKind::Msg1,
         FrameKind::Msg2,
         FrameKind::Data,
+        FrameKind::Refuse,
     ];
 
     /// The kind whose first byte is `byte`.
@@ -80,6 +84,8 @@ pub const MSG1: u8 = FrameKind::Msg1 as u8;
 pub const MSG2: u8 = FrameKind::Msg2 as u8;
 /// The first byte of a sealed datagram.
 pub const DATA: u8 = FrameKind::Data as u8;
+/// The first byte of a handshake refusal.
+pub const REFUSE: u8 = FrameKind::Refuse as u8;
 
 /// An X25519 public key.
 pub const KEY_LEN: usize = 32;
@@ -89,6 +95,8 @@ pub const AEAD_TAG_LEN: usize = 16;
 pub const MSG1_LEN: usize = 1 + KEY_LEN + KEY_LEN + AEAD_TAG_LEN + AEAD_TAG_LEN;
 /// Length of msg2.
 pub const MSG2_LEN: usize = 1 + KEY_LEN + AEAD_TAG_LEN;
+/// Length of a refusal.
+pub const REFUSE_LEN: usize = 1 + KEY_LEN + AEAD_TAG_LEN;
 /// Length of a sealed datagram's header: the kind and the counter.
 pub const DATA_HEADER_LEN: usize = 9;
 /// Bytes a sealed datagram adds to its payload.
@@ -145,6 +153,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
             FrameKind::Punch => true,
             FrameKind::Msg1 => bytes.len() == MSG1_LEN,
             FrameKind::Msg2 => bytes.len() == MSG2_LEN,
+            FrameKind::Refuse => bytes.len() == REFUSE_LEN,
             FrameKind::Data => {
                 bytes.len() >= DATA_OVERHEAD && bytes.len() <= crate::wire::MAX_DATAGRAM_LEN
             }

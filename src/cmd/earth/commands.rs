@@ -201,6 +201,13 @@ pub(super) fn send_outcome(name: &str, event: &EarthEvent, out: &mut impl Out) -
             out.out("offline");
             Some(1)
         }
+        EarthEvent::Failed {
+            why: Failure::Refused,
+            ..
+        } => Some(fail(
+            out,
+            format!("{name} does not know you: they have not added your invite (or removed you)"),
+        )),
         EarthEvent::Failed { why, .. } => Some(fail(out, format!("cannot reach {name}: {why}"))),
         _ => None,
     }

@@ -282,6 +282,10 @@ impl Earth {
             Registry::Frame(FrameKind::Msg2) => {
                 self.peers.on_msg2(now, &mut self.io, from, datagram)
             }
+            Registry::Frame(FrameKind::Refuse) => {
+                self.peers.on_refuse(&mut self.io, from, datagram);
+                None
+            }
             Registry::Frame(FrameKind::Data) => {
                 let received = self.peers.on_data(now, &mut self.io, from, datagram);
                 self.received(now, received);

@@ -40,6 +40,9 @@ pub enum Failure {
     /// The friend was online, but no handshake or acknowledgement came
     /// back within the time limit (a NAT pair that cannot be punched).
     Unreachable,
+    /// The friend answered our handshake with an authenticated refusal:
+    /// they do not know us (they have not added our invite, or removed us).
+    Refused,
     /// No friend by that name.
     NoSuchFriend,
     /// The payload is larger than [`super::MAX_PAYLOAD`].
@@ -52,6 +55,7 @@ impl std::fmt::Display for Failure {
             Failure::Offline => "offline",
             Failure::SkySilent => "the sky did not answer",
             Failure::Unreachable => "no answer on the punched path",
+            Failure::Refused => "they do not know you (they have not added your invite)",
             Failure::NoSuchFriend => "no such friend",
             Failure::TooLarge => "the payload is too large",
         })

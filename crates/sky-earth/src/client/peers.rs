@@ -488,9 +488,19 @@ impl Peers {
         let keys: Vec<[u8; 32]> = friends.iter().map(|(_, k)| *k).collect();
         let mut msg2 = [0u8; MSG2_LEN];
         let ephemeral = io.rng.bytes();
-        let (session, i) = match handshake::respond(ours.0, &keys, datagram, ephemeral, &mut msg2) {
-            Ok(r) => r,
-            Err(error) => {
+        let (session, i) = match handshake::answer(ours.0, &keys, datagram, ephemeral, &mut msg2) {
+            handshake::Answer::Accepted(session, i) => (session, i),
+            handshake::Answer::Refused(refusal) => {
+                // A valid msg1 from a key we do not know: say so, to them
+                // only (smaller than what they sent).
+                io.send(from, refusal.to_vec());
+                io.event(Event::HandshakeRefused {
+                    from,
+                    error: handshake::HandshakeError::Stranger,
+                });
+                return None;
+            }
+            handshake::Answer::Invalid(error) => {
                 io.event(Event::HandshakeRefused { from, error });
                 return None;
             }
@@ -531,6 +541,23 @@ impl Peers {
         });
         self.pump(now, io, &name);
         Some(name)
+    }
+
+    /// A refusal from `from`: if it is the friend we are handshaking with,
+    /// and it proves their key, they do not know us — everything queued for
+    /// them fails at once with [`Failure::Refused`].
+    pub(crate) fn on_refuse(&mut self, io: &mut Io, from: SocketAddr, datagram: &[u8]) {
+        let refused = self.peers.iter().find_map(|(name, p)| match &p.phase {
+            Phase::Handshaking { initiator, .. }
+                if p.endpoint == Some(from) && initiator.refused(datagram) =>
+            {
+                Some(name.clone())
+            }
+            _ => None,
+        });
+        if let Some(name) = refused {
+            self.fail(io, &name, Failure::Refused);
+        }
     }
 
     /// A msg2 from `from`: our handshake with that friend completes.

@@ -97,3 +97,30 @@ fn replayed_and_tampered_data_is_refused() {
     assert!(b.open(&mut second[..n2]).is_ok());
     assert!(b.open(&mut first[..n1]).is_ok());
 }
+
+#[test]
+fn a_stranger_is_refused_and_only_its_own_initiator_can_check_the_refusal() {
+    let responder = [7u8; 32];
+    let responder_pub = x25519_dalek::PublicKey::from(&StaticSecret::from(responder)).to_bytes();
+    let mut msg1 = [0u8; MSG1_LEN];
+    let initiator = Initiator::start([1; 32], responder_pub, [2; 32], &mut msg1);
+    let mut msg2 = [0u8; MSG2_LEN];
+    let Answer::Refused(refusal) = answer(responder, &[[9; 32]], &msg1, [3; 32], &mut msg2) else {
+        panic!("a valid msg1 from a stranger is refused");
+    };
+    assert!(initiator.refused(&refusal));
+    // Another initiator (another msg1) cannot take it for its own.
+    let mut other = [0u8; MSG1_LEN];
+    let other = Initiator::start([4; 32], responder_pub, [5; 32], &mut other);
+    assert!(!other.refused(&refusal));
+    // Damaged, it proves nothing.
+    let mut damaged = refusal;
+    damaged[40] ^= 1;
+    assert!(!initiator.refused(&damaged));
+    // A forged msg1 gets no refusal at all.
+    msg1[90] ^= 1;
+    assert!(matches!(
+        answer(responder, &[[9; 32]], &msg1, [3; 32], &mut msg2),
+        Answer::Invalid(HandshakeError::Forged)
+    ));
+}
