@@ -385,3 +385,57 @@ fn online_exits_non_zero_when_it_never_registered() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn two_devices_of_one_user_are_both_reachable_and_neither_knocks_the_other_off() {
+    let root = root("devices");
+    earth_users(
+        &root,
+        &["alice", "bob"],
+        &[("alice", "bob"), ("bob", "alice")],
+    );
+    let (alice, alice2, bob) = (root.join("alice"), root.join("alice2"), root.join("bob"));
+    let (node, sky) = fast_node();
+    let mut a0 = Online::start(&alice, &sky, &[]);
+    a0.wait_for(|l| l.starts_with("registered "));
+    let mut b = Online::start(&bob, &sky, &[]);
+    b.wait_for(|l| l.starts_with("registered "));
+
+    // Through the running client: a second device, announced to bob.
+    let file = root.join("alice-device-1.toml");
+    let added = earth(&alice, &["add-device", file.to_str().unwrap()]);
+    assert!(added.status.success(), "{added:?}");
+    let imported = earth(&alice2, &["import-device", file.to_str().unwrap()]);
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(
+        stdout(&imported).starts_with("imported device 1 of 2"),
+        "{imported:?}"
+    );
+    std::fs::remove_file(&file).unwrap();
+    b.wait_for(|l| l == "reset alice");
+    let mut a1 = Online::start(&alice2, &sky, &[]);
+    let r1 = a1.wait_for(|l| l.starts_with("registered "));
+
+    // Bob reaches each device; both stay registered.
+    let at = |device: &str| {
+        let o = earth(&bob, &["lookup", "alice", "--device", device]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        stdout(&o).trim().to_string()
+    };
+    let (d0, d1) = (at("0"), at("1"));
+    assert_ne!(d0, d1, "two devices, two endpoints");
+    assert_eq!(
+        d1,
+        format!("online {}", r1.trim_start_matches("registered "))
+    );
+    for (device, online) in [("0", &mut a0), ("1", &mut a1)] {
+        let text = format!("hello device {device}");
+        let o = earth(&bob, &["send", "alice", &text, "--device", device]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        online.wait_for(|l| l == format!("message bob {text}"));
+    }
+    assert_eq!(at("0"), d0);
+    assert_eq!(at("1"), d1);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -12,8 +12,9 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use crate::invite::Invite;
 use crate::ratchet::{Chain, ChainKey, Epoch, Schedule};
 
-/// The user's own secrets: the chain it registers under and its long-term
-/// X25519 key pair. Its `Debug` shows no secret.
+/// The user's own secrets on this device: the chain the user registers
+/// under (shared by all their devices), this device's long-term X25519 key
+/// pair, and which device it is. Its `Debug` shows no secret.
 #[derive(Clone)]
 pub struct Identity {
     /// The user's own chain, from its origin epoch.
@@ -21,6 +22,11 @@ pub struct Identity {
     /// The user's epochs (length and phase).
     pub schedule: Schedule,
     secret: StaticSecret,
+    /// Which of the user's devices this is (its index in `devices`).
+    device: u8,
+    /// The public keys of all the user's devices, device 0 first (what
+    /// invites carry).
+    devices: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for Identity {
@@ -56,25 +62,73 @@ impl Identity {
             phase: key.phase(length),
         };
         let origin = schedule.epoch_at(now);
+        Identity::restore(origin, key, schedule, secret, 0, Vec::new())
+    }
+
+    /// Restores an identity saved with `secret_bytes`, its chain origin,
+    /// which device it is and the keys of all the user's devices (empty:
+    /// a single-device user, this device's key alone).
+    pub fn restore(
+        origin: Epoch,
+        key: ChainKey,
+        schedule: Schedule,
+        secret: [u8; 32],
+        device: u8,
+        mut devices: Vec<[u8; 32]>,
+    ) -> Identity {
+        let secret = StaticSecret::from(secret);
+        let own = PublicKey::from(&secret).to_bytes();
+        if devices.get(usize::from(device)) != Some(&own) {
+            devices = vec![own];
+        }
+        let device = devices.iter().position(|k| *k == own).unwrap_or(0) as u8;
         Identity {
             chain: Chain::new(origin, key),
             schedule,
-            secret: StaticSecret::from(secret),
+            secret,
+            device,
+            devices,
         }
     }
 
-    /// Restores an identity saved with `secret_bytes` and its chain origin.
-    pub fn restore(origin: Epoch, key: ChainKey, schedule: Schedule, secret: [u8; 32]) -> Identity {
-        Identity {
-            chain: Chain::new(origin, key),
-            schedule,
-            secret: StaticSecret::from(secret),
-        }
-    }
-
-    /// The long-term X25519 public key friends know from the invite.
+    /// This device's long-term X25519 public key (friends know it from the
+    /// invite).
     pub fn public_key(&self) -> [u8; 32] {
         PublicKey::from(&self.secret).to_bytes()
+    }
+
+    /// Which of the user's devices this is (0 for the first).
+    pub fn device(&self) -> u8 {
+        self.device
+    }
+
+    /// The public keys of all the user's devices, device 0 first.
+    pub fn devices(&self) -> &[[u8; 32]] {
+        &self.devices
+    }
+
+    /// Adds a device whose long-term secret is `secret`; returns its index.
+    /// `None` when the user has [`crate::invite::MAX_DEVICES`] already.
+    pub fn add_device(&mut self, secret: [u8; 32]) -> Option<u8> {
+        if self.devices.len() >= crate::invite::MAX_DEVICES {
+            return None;
+        }
+        let key = PublicKey::from(&StaticSecret::from(secret)).to_bytes();
+        self.devices.push(key);
+        Some((self.devices.len() - 1) as u8)
+    }
+
+    /// The same user on another of their devices: that device's secret and
+    /// index (the chain, schedule and device keys are shared).
+    pub fn for_device(&self, secret: [u8; 32], device: u8) -> Identity {
+        Identity::restore(
+            self.chain.origin(),
+            self.chain.origin_key().clone(),
+            self.schedule,
+            secret,
+            device,
+            self.devices.clone(),
+        )
     }
 
     /// Address reset: a fresh chain from `key`, starting at the epoch of
@@ -101,7 +155,7 @@ impl Identity {
                 .key_at(epoch)
                 .expect("epoch at or after the origin"),
             schedule: self.schedule,
-            public_key: self.public_key(),
+            keys: self.devices.clone(),
         }
     }
 }
@@ -114,8 +168,9 @@ pub struct Friend {
     pub chain: Chain,
     /// Their epochs.
     pub schedule: Schedule,
-    /// Their long-term X25519 public key (the handshake proves it).
-    pub public_key: [u8; 32],
+    /// The long-term X25519 public keys of their devices, device 0 first
+    /// (the handshake proves one of them).
+    pub keys: Vec<[u8; 32]>,
 }
 
 impl From<Invite> for Friend {
@@ -123,7 +178,7 @@ impl From<Invite> for Friend {
         Friend {
             chain: Chain::new(i.epoch, i.chain_key),
             schedule: i.schedule,
-            public_key: i.public_key,
+            keys: i.keys,
         }
     }
 }
@@ -144,6 +199,8 @@ pub enum FriendError {
     SameKey(String),
     /// The invite's chain is already the friend of that name's.
     SameChain(String),
+    /// The user has as many devices as an invite can carry.
+    TooManyDevices,
 }
 
 impl fmt::Display for FriendError {
@@ -162,6 +219,11 @@ impl fmt::Display for FriendError {
             FriendError::SameChain(n) => {
                 write!(f, "that invite's addresses are already your friend `{n}`'s")
             }
+            FriendError::TooManyDevices => write!(
+                f,
+                "you have {} devices already, as many as an invite carries",
+                crate::invite::MAX_DEVICES
+            ),
         }
     }
 }
@@ -182,7 +244,7 @@ impl Friends {
             return Err(FriendError::AlreadyFriend(name.to_string()));
         }
         for (other, f) in &self.0 {
-            if f.public_key == friend.public_key {
+            if f.keys.iter().any(|k| friend.keys.contains(k)) {
                 return Err(FriendError::SameKey(other.clone()));
             }
             if same_chain(&f.chain, &friend.chain) {

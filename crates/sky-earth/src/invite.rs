@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! "sky1-" hex( epoch u64 | R seconds u32 | phase seconds u32 | chain key [32]
-//!              | long-term X25519 public key [32] | check [4] )      (all big-endian)
+//!              | device keys [32] × n | check [4] )                 (all big-endian)
 //! check = BLAKE3.derive_key("sky v1 invite check", everything before it)[0..4]
 //! ```
+//!
+//! The device keys are the long-term X25519 public keys of the user's
+//! devices, device 0 first (`n` = 1 to [`MAX_DEVICES`]; the length says how
+//! many): 84 bytes for the common single-device user, 32 more per device.
 //!
 //! An invite holds the chain key of its epoch: whoever has it can find the
 //! user from that epoch on, so it is shared with friends only, over a
@@ -18,8 +22,13 @@ use crate::ratchet::{ChainKey, Epoch, Schedule};
 use sky_proto::wire;
 
 const PREFIX: &str = "sky1-";
-const BODY: usize = 8 + 4 + 4 + 32 + 32;
-const LEN: usize = BODY + 4;
+/// Bytes before the device keys.
+const HEAD: usize = 8 + 4 + 4 + 32;
+/// The check's length.
+const CHECK: usize = 4;
+
+/// The most devices one user may have (each its own key and address).
+pub const MAX_DEVICES: usize = 8;
 
 /// What a friend needs: where the user's chain is, when its epochs turn,
 /// and the user's long-term public key for the handshake.
@@ -31,8 +40,9 @@ pub struct Invite {
     pub chain_key: ChainKey,
     /// The user's epochs.
     pub schedule: Schedule,
-    /// The user's long-term X25519 public key.
-    pub public_key: [u8; 32],
+    /// The long-term X25519 public keys of the user's devices, device 0
+    /// first: a friend's handshake proves one of them.
+    pub keys: Vec<[u8; 32]>,
 }
 
 /// Why a string is not an invite.
@@ -49,7 +59,9 @@ pub enum InviteError {
 impl fmt::Display for InviteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            InviteError::Format => "not a sky invite (expected sky1- and 176 hex digits)",
+            InviteError::Format => {
+                "not a sky invite (expected sky1- and 176 hex digits, 64 more per extra device)"
+            }
             InviteError::Check => "the invite is damaged (its check does not match)",
             InviteError::Schedule => "the invite's epoch schedule is invalid",
         })
@@ -67,38 +79,30 @@ impl Invite {
     /// The invite's bytes (what `encode` writes as hex), as a reset notice
     /// carries them.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let text = self.encode();
-        wire::from_hex::<LEN>(&text[PREFIX.len()..])
-            .expect("own encoding")
-            .to_vec()
-    }
-
-    /// Reads `to_bytes` output.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Invite, InviteError> {
-        Invite::decode(&format!("{PREFIX}{}", wire::to_hex(bytes)))
-    }
-
-    /// The `sky1-…` text.
-    pub fn encode(&self) -> String {
-        let mut b = Vec::with_capacity(LEN);
+        let mut b = Vec::with_capacity(HEAD + 32 * self.keys.len() + CHECK);
         b.extend_from_slice(&self.epoch.0.to_be_bytes());
         b.extend_from_slice(&(self.schedule.length.as_secs() as u32).to_be_bytes());
         b.extend_from_slice(&(self.schedule.phase.as_secs() as u32).to_be_bytes());
         b.extend_from_slice(self.chain_key.as_bytes());
-        b.extend_from_slice(&self.public_key);
+        for key in &self.keys {
+            b.extend_from_slice(key);
+        }
         let c = check(&b);
         b.extend_from_slice(&c);
-        format!("{PREFIX}{}", wire::to_hex(&b))
+        b
     }
 
-    /// Parses the `sky1-…` text (surrounding whitespace ignored).
-    pub fn decode(text: &str) -> Result<Invite, InviteError> {
-        let hex = text
-            .trim()
-            .strip_prefix(PREFIX)
+    /// Reads `to_bytes` output.
+    pub fn from_bytes(b: &[u8]) -> Result<Invite, InviteError> {
+        let n = b
+            .len()
+            .checked_sub(HEAD + CHECK)
             .ok_or(InviteError::Format)?;
-        let b: [u8; LEN] = wire::from_hex(hex).ok_or(InviteError::Format)?;
-        if check(&b[..BODY]) != b[BODY..] {
+        if n == 0 || n % 32 != 0 || n / 32 > MAX_DEVICES {
+            return Err(InviteError::Format);
+        }
+        let body = b.len() - CHECK;
+        if check(&b[..body]) != b[body..] {
             return Err(InviteError::Check);
         }
         let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
@@ -110,8 +114,10 @@ impl Invite {
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(&b[16..48]);
-        let mut public_key = [0u8; 32];
-        public_key.copy_from_slice(&b[48..80]);
+        let keys = b[HEAD..body]
+            .chunks_exact(32)
+            .map(|k| k.try_into().expect("32 bytes"))
+            .collect();
         Ok(Invite {
             epoch: Epoch(u64::from_be_bytes(epoch)),
             chain_key: ChainKey::from_bytes(key),
@@ -119,8 +125,30 @@ impl Invite {
                 length: Duration::from_secs(length.into()),
                 phase: Duration::from_secs(phase.into()),
             },
-            public_key,
+            keys,
         })
+    }
+
+    /// The `sky1-…` text.
+    pub fn encode(&self) -> String {
+        format!("{PREFIX}{}", wire::to_hex(&self.to_bytes()))
+    }
+
+    /// Parses the `sky1-…` text (surrounding whitespace ignored).
+    pub fn decode(text: &str) -> Result<Invite, InviteError> {
+        let hex = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(InviteError::Format)?;
+        if hex.len() % 2 != 0 || hex.len() > 2 * (HEAD + 32 * MAX_DEVICES + CHECK) {
+            return Err(InviteError::Format);
+        }
+        let mut b = Vec::with_capacity(hex.len() / 2);
+        for pair in hex.as_bytes().chunks_exact(2) {
+            let pair = std::str::from_utf8(pair).map_err(|_| InviteError::Format)?;
+            b.push(u8::from_str_radix(pair, 16).map_err(|_| InviteError::Format)?);
+        }
+        Invite::from_bytes(&b)
     }
 }
 

@@ -4,6 +4,7 @@
 //! ```text
 //! ck[e+1]  = BLAKE3.derive_key("sky v1 chain ratchet", ck[e])
 //! token[e] = BLAKE3.derive_key("sky v1 registration token", ck[e])[0..16]
+//! token[e,d] = BLAKE3.derive_key("sky v1 device token", ck[e] || d)[0..16]   (device d ≥ 1)
 //! addr[e]  = BLAKE3.derive_key("sky v1 virtual address", token[e])[0..16]
 //! phase    = u64_le(BLAKE3.derive_key("sky v1 epoch phase", ck[origin])[0..8]) mod R
 //! epoch(t) = floor((t - phase) / R)          (t: seconds since the Unix epoch)
@@ -15,8 +16,8 @@
 //!
 //! ```compile_fail
 //! // A chain key never becomes a wire type: the sky cannot be handed one.
-//! let ck = sky::earth::ratchet::ChainKey::from_bytes([0; 32]);
-//! let token: sky::wire::Token = ck.into();
+//! let ck = sky_earth::ratchet::ChainKey::from_bytes([0; 32]);
+//! let token: sky_proto::wire::Token = ck.into();
 //! ```
 
 use std::fmt;
@@ -63,6 +64,23 @@ impl ChainKey {
     /// the sky checks it).
     pub fn address(&self) -> VirtualAddr {
         VirtualAddr::from_token(&self.token())
+    }
+
+    /// The registration token of device `device` of the user in this key's
+    /// epoch: device 0's is [`ChainKey::token`]; every other device has its
+    /// own, so no device's registration takes another's address, and the
+    /// sky cannot tell two devices' addresses from two users'.
+    pub fn device_token(&self, device: u8) -> Token {
+        if device == 0 {
+            return self.token();
+        }
+        let mut input = [0u8; 33];
+        input[..32].copy_from_slice(&self.0);
+        input[32] = device;
+        let hash = blake3::derive_key("sky v1 device token", &input);
+        let mut t = [0u8; 16];
+        t.copy_from_slice(&hash[..16]);
+        Token(t)
     }
 
     /// The user's phase offset in `[0, length)`, derived from the key the
@@ -182,6 +200,17 @@ impl Chain {
     /// The virtual address of `epoch` (`None` before the origin).
     pub fn address_at(&mut self, epoch: Epoch) -> Option<VirtualAddr> {
         self.key_at(epoch).map(|k| k.address())
+    }
+
+    /// Device `device`'s registration token in `epoch`.
+    pub fn device_token_at(&mut self, epoch: Epoch, device: u8) -> Option<Token> {
+        self.key_at(epoch).map(|k| k.device_token(device))
+    }
+
+    /// Device `device`'s virtual address in `epoch`.
+    pub fn device_address_at(&mut self, epoch: Epoch, device: u8) -> Option<VirtualAddr> {
+        self.device_token_at(epoch, device)
+            .map(|t| VirtualAddr::from_token(&t))
     }
 }
 

@@ -10,6 +10,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sky_proto::time::UnixTime;
+
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Friend, FriendError, Friends, Identity};
@@ -17,7 +19,6 @@ use crate::ratchet::{Chain, ChainKey, Epoch, Schedule};
 use sky_proto::wire;
 
 const FILE: &str = "state.toml";
-const TEMP: &str = "state.toml.tmp";
 
 /// Everything the client keeps.
 #[derive(Clone, Debug)]
@@ -76,6 +77,12 @@ struct IdentityFile {
     #[serde(flatten)]
     chain: ChainFile,
     secret_key: String,
+    /// Which of the user's devices this is (absent: the only one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    device: u8,
+    /// The public keys of all the user's devices (absent: this one only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    devices: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,7 +90,15 @@ struct IdentityFile {
 struct FriendFile {
     #[serde(flatten)]
     chain: ChainFile,
+    /// Their device 0's key.
     public_key: String,
+    /// Their other devices' keys, device 1 first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_keys: Vec<String>,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,12 +158,50 @@ impl State {
         &mut self,
         friend: &str,
         key: crate::ratchet::ChainKey,
-        now: sky_proto::time::UnixTime,
+        now: UnixTime,
     ) -> Result<(), FriendError> {
         self.friends.remove(friend)?;
         self.identity.reset(key, now);
-        self.pending_resets = self.friends.0.keys().cloned().collect();
+        self.mark_all_pending();
         Ok(())
+    }
+
+    /// Every device of every friend is to be sent the user's current invite
+    /// (after a reset, or a new device of the user's).
+    pub fn mark_all_pending(&mut self) {
+        self.pending_resets = self
+            .friends
+            .0
+            .iter()
+            .flat_map(|(name, f)| (0..f.keys.len()).map(move |d| pending_entry(name, d as u8)))
+            .collect();
+    }
+
+    /// Adds a device to this user (its long-term secret is `secret`): every
+    /// friend is sent the new list of device keys until they acknowledge
+    /// it. Returns the state the new device starts from — the same chain
+    /// (from the current epoch: nothing earlier), its own key, the friends
+    /// and the bootstrap list — to carry to it (it holds the chain key:
+    /// keep it as secret as the state itself).
+    pub fn add_device(&mut self, secret: [u8; 32], now: UnixTime) -> Result<State, FriendError> {
+        let device = self
+            .identity
+            .add_device(secret)
+            .ok_or(FriendError::TooManyDevices)?;
+        self.mark_all_pending();
+        let mut identity = self.identity.for_device(secret, device);
+        let epoch = identity.schedule.epoch_at(now).max(identity.chain.origin());
+        let key = identity
+            .chain
+            .key_at(epoch)
+            .expect("at or after the origin");
+        identity.chain = Chain::new(epoch, key);
+        Ok(State {
+            identity,
+            friends: self.friends.clone(),
+            pending_resets: BTreeSet::new(),
+            sky: self.sky.clone(),
+        })
     }
 
     /// Adds the friend whose invite this is, as `name`: refused when it is
@@ -159,7 +212,10 @@ impl State {
         invite: crate::invite::Invite,
     ) -> Result<(), FriendError> {
         let friend = Friend::from(invite);
-        if friend.public_key == self.identity.public_key()
+        if friend
+            .keys
+            .iter()
+            .any(|k| self.identity.devices().contains(k))
             || crate::identity::same_chain(&friend.chain, &self.identity.chain)
         {
             return Err(FriendError::OwnInvite);
@@ -170,19 +226,36 @@ impl State {
     /// Renames a friend (a pending reset follows the name).
     pub fn rename_friend(&mut self, from: &str, to: &str) -> Result<(), FriendError> {
         self.friends.rename(from, to)?;
-        if self.pending_resets.remove(from) {
-            self.pending_resets.insert(to.to_string());
+        let renamed: Vec<String> = self
+            .pending_resets
+            .iter()
+            .filter(|e| parse_pending_entry(e).0 == from)
+            .cloned()
+            .collect();
+        for entry in renamed {
+            self.pending_resets.remove(&entry);
+            let (_, device) = parse_pending_entry(&entry);
+            self.pending_resets.insert(pending_entry(to, device));
         }
         Ok(())
     }
 
     /// Reads the state in `dir`.
     pub fn load(dir: &Path) -> Result<State, StateError> {
-        let path = dir.join(FILE);
+        match State::read_file(&dir.join(FILE)) {
+            Err(StateError::Missing(_)) => Err(StateError::Missing(dir.into())),
+            other => other,
+        }
+    }
+
+    /// Reads a state file (a state directory's, or one `add-device` wrote
+    /// for a new device).
+    pub fn read_file(path: &Path) -> Result<State, StateError> {
+        let path = path.to_path_buf();
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StateError::Missing(dir.into()));
+                return Err(StateError::Missing(path));
             }
             Err(e) => return Err(StateError::Io(path, e)),
         };
@@ -193,13 +266,30 @@ impl State {
         }
         let (chain, schedule) = chain_of(&file.identity.chain).map_err(corrupt)?;
         let secret = hex32(&file.identity.secret_key, "secret_key").map_err(corrupt)?;
-        let identity =
-            Identity::restore(chain.origin(), chain.origin_key().clone(), schedule, secret);
+        let devices = file
+            .identity
+            .devices
+            .iter()
+            .map(|k| hex32(k, "devices"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let identity = Identity::restore(
+            chain.origin(),
+            chain.origin_key().clone(),
+            schedule,
+            secret,
+            file.identity.device,
+            devices,
+        );
         let mut friends = Friends::default();
         for (name, f) in &file.friends {
             let (chain, schedule) =
                 chain_of(&f.chain).map_err(|e| corrupt(format!("friend {name}: {e}")))?;
-            let public_key = hex32(&f.public_key, "public_key").map_err(corrupt)?;
+            let keys = std::iter::once(&f.public_key)
+                .chain(&f.more_keys)
+                .map(|k| hex32(k, "public_key"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
             // As saved: a state that already holds one friend under two
             // names still loads (`add` refuses new ones).
             friends.0.insert(
@@ -207,7 +297,7 @@ impl State {
                 Friend {
                     chain,
                     schedule,
-                    public_key,
+                    keys,
                 },
             );
         }
@@ -222,16 +312,31 @@ impl State {
     /// Replaces the state in `dir` atomically, creating `dir` owner-only
     /// (0700) and the file owner-only (0600).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        owner_only::create_dir(dir).map_err(|e| StateError::Io(dir.into(), e))?;
+        self.write_file(&dir.join(FILE))
+    }
+
+    /// Writes the state to `path` atomically, owner-only (the directory it
+    /// is in must exist).
+    pub fn write_file(&self, path: &Path) -> Result<(), StateError> {
         let io_err = |p: &Path| {
             let p = p.to_path_buf();
             move |e| StateError::Io(p, e)
         };
-        owner_only::create_dir(dir).map_err(io_err(dir))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let file = StateFile {
             version: 1,
             identity: IdentityFile {
                 chain: chain_file(&self.identity.chain, &self.identity.schedule),
                 secret_key: wire::to_hex(&self.identity.secret_bytes()),
+                device: self.identity.device(),
+                devices: match self.identity.devices() {
+                    [_] => Vec::new(),
+                    keys => keys.iter().map(|k| wire::to_hex(k)).collect(),
+                },
             },
             friends: self
                 .friends
@@ -240,7 +345,8 @@ impl State {
                 .map(|(name, f)| {
                     let entry = FriendFile {
                         chain: chain_file(&f.chain, &f.schedule),
-                        public_key: wire::to_hex(&f.public_key),
+                        public_key: wire::to_hex(&f.keys[0]),
+                        more_keys: f.keys[1..].iter().map(|k| wire::to_hex(k)).collect(),
                     };
                     (name.clone(), entry)
                 })
@@ -249,14 +355,15 @@ impl State {
             sky: self.sky.clone(),
         };
         let text = toml::to_string(&file).expect("state serializes");
-        let temp = dir.join(TEMP);
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".tmp");
+        let temp = PathBuf::from(temp);
         let _ = fs::remove_file(&temp); // a crash may have left one
         let mut out = owner_only::create_file(&temp).map_err(io_err(&temp))?;
         out.write_all(text.as_bytes()).map_err(io_err(&temp))?;
         out.sync_all().map_err(io_err(&temp))?;
         drop(out);
-        let path = dir.join(FILE);
-        fs::rename(&temp, &path).map_err(io_err(&path))?;
+        fs::rename(&temp, path).map_err(io_err(path))?;
         owner_only::sync_dir(dir).map_err(io_err(dir))?;
         Ok(())
     }
@@ -265,6 +372,23 @@ impl State {
 /// Creates `dir` (and its parents) owner-only, or makes it so.
 pub(crate) fn create_owner_only_dir(dir: &Path) -> io::Result<()> {
     owner_only::create_dir(dir)
+}
+
+/// A friend's device in the pending-reset set: the friend's name for
+/// device 0 (as single-device users always had it), `name#d` for device `d`.
+pub fn pending_entry(friend: &str, device: u8) -> String {
+    match device {
+        0 => friend.to_string(),
+        d => format!("{friend}#{d}"),
+    }
+}
+
+/// The friend and device of a pending-reset entry.
+pub fn parse_pending_entry(entry: &str) -> (&str, u8) {
+    match entry.rsplit_once('#') {
+        Some((name, d)) => (name, d.parse().unwrap_or(0)),
+        None => (entry, 0),
+    }
 }
 
 /// Owner-only files and directories: Unix modes where there are any; on

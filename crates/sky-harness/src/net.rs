@@ -66,6 +66,9 @@ pub struct Net {
     pub to_sky: Vec<u32>,
     /// Every reply a sky node sent: (node, to, kind).
     pub replies: Vec<(SocketAddr, SocketAddr, Kind)>,
+    /// UDP payload bytes the sky nodes sent to earth hosts (their egress):
+    /// replies and introductions.
+    pub sky_egress: u64,
     /// The ring version of every keepalive the sky received.
     pub keepalive_rings: Vec<u32>,
     /// Gossip datagrams delivered to a live node.
@@ -101,6 +104,7 @@ impl Net {
             block_peers: false,
             to_sky: vec![0; names.len()],
             replies: Vec::new(),
+            sky_egress: 0,
             keepalive_rings: Vec::new(),
             gossip_delivered: 0,
             seed: 0,
@@ -129,6 +133,18 @@ impl Net {
                 .unwrap();
         }
         let state = State::new(identity(100 + i as u8), friends);
+        self.add_host_with(name, state, config)
+    }
+
+    /// A new host running `state` (another device of a user, say), behind
+    /// its own NAT. Returns its index.
+    pub fn add_host_with(
+        &mut self,
+        name: &str,
+        state: State,
+        config: impl Fn(&mut Config),
+    ) -> usize {
+        let i = self.hosts.len();
         let mut c = Config::new(vec![sky()]);
         config(&mut c);
         self.hosts.push(Host {
@@ -191,9 +207,11 @@ impl Net {
             if let Some(n) = out.reply {
                 let kind = Message::decode(&reply[..n]).unwrap().kind();
                 self.replies.push((to, from, kind));
+                self.sky_egress += n as u64;
                 self.send(to, from, reply[..n].to_vec());
             }
             if let Some(t) = out.in_place {
+                self.sky_egress += t.len as u64;
                 self.send(to, t.dst, bytes[..t.len].to_vec());
             }
             return;

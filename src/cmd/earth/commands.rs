@@ -38,6 +38,12 @@ pub(super) fn edit(store: &StateDir, request: &Request, out: &mut impl Out) -> u
                 .map(|()| removed(name, state.pending_resets.len(), false))
                 .map_err(|e| e.to_string())
         }),
+        Request::AddDevice { file } => fresh_secret().and_then(|secret| {
+            let device = state
+                .add_device(secret, unix_now())
+                .map_err(|e| e.to_string())?;
+            write_device(&device, file)
+        }),
         _ => unreachable!("only edits run here"),
     };
     match done {
@@ -59,6 +65,25 @@ pub(super) fn add_friend(state: &mut State, name: &str, invite: &str) -> Result<
         .add_friend(name, invite)
         .map(|()| format!("added {name}"))
         .map_err(|e| e.to_string())
+}
+
+/// 32 fresh random bytes (a new device's long-term secret).
+pub(super) fn fresh_secret() -> Result<[u8; 32], String> {
+    random_seed().map_err(|e| format!("no randomness: {e}"))
+}
+
+/// Writes a new device's state to `file` (which must not exist); says
+/// what to do with it.
+pub(super) fn write_device(device: &State, file: &str) -> Result<String, String> {
+    let path = std::path::Path::new(file);
+    if path.exists() {
+        return Err(format!("{file} exists: give a new file for the device"));
+    }
+    device.write_file(path).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "added device {}: move {file} to it, run `sky earth import-device FILE` there, then delete it",
+        device.identity.device()
+    ))
 }
 
 /// A fresh chain key for an address reset.
@@ -234,9 +259,11 @@ pub(super) fn driver(
 /// `lookup` / `send` with no client running: a core of their own, on the
 /// state as saved (read only).
 pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mut impl Out) -> u8 {
-    let (name, text) = match request {
-        Request::Lookup { name, .. } => (name, None),
-        Request::Send { name, text, .. } => (name, Some(text)),
+    let (name, text, device) = match request {
+        Request::Lookup { name, device, .. } => (name, None, *device),
+        Request::Send {
+            name, text, device, ..
+        } => (name, Some(text), *device),
         _ => unreachable!("only lookups and sends run here"),
     };
     if !state.friends.0.contains_key(name) {
@@ -247,10 +274,16 @@ pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mu
         Err(e) => return fail(out, e),
     };
     let sky_list = sky.join(", ");
-    let id = match text {
-        Some(text) => Some(driver.earth.send(unix_now(), name, text.as_bytes())),
-        None => {
-            driver.earth.lookup(unix_now(), name);
+    let now = unix_now();
+    let id = match (text, device) {
+        (Some(text), None) => Some(driver.earth.send(now, name, text.as_bytes())),
+        (Some(text), Some(d)) => Some(driver.earth.send_to_device(now, name, d, text.as_bytes())),
+        (None, None) => {
+            driver.earth.lookup(now, name);
+            None
+        }
+        (None, Some(d)) => {
+            driver.earth.lookup_device(now, name, d);
             None
         }
     };

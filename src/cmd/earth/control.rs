@@ -34,13 +34,19 @@ pub(super) enum Request {
     RemoveFriend {
         name: String,
     },
+    /// Adds a device; the new device's state goes to `file` (absolute).
+    AddDevice {
+        file: String,
+    },
     Lookup {
         name: String,
+        device: Option<u8>,
         sky: Vec<String>,
     },
     Send {
         name: String,
         text: String,
+        device: Option<u8>,
         sky: Vec<String>,
     },
 }
@@ -51,7 +57,10 @@ impl Request {
     pub(super) fn edits(&self) -> bool {
         matches!(
             self,
-            Request::AddFriend { .. } | Request::RenameFriend { .. } | Request::RemoveFriend { .. }
+            Request::AddFriend { .. }
+                | Request::RenameFriend { .. }
+                | Request::RemoveFriend { .. }
+                | Request::AddDevice { .. }
         )
     }
 
@@ -63,9 +72,18 @@ impl Request {
             Request::AddFriend { name, invite } => a(&["add-friend", name, invite]),
             Request::RenameFriend { from, to } => a(&["rename-friend", from, to]),
             Request::RemoveFriend { name } => a(&["remove-friend", name]),
+            Request::AddDevice { file } => a(&["add-device", file]),
             // The running client has its own view of the sky: no list.
-            Request::Lookup { name, .. } => a(&["lookup", name]),
-            Request::Send { name, text, .. } => a(&["send", name, text]),
+            Request::Lookup { name, device, .. } => {
+                let d = device.map_or(String::new(), |d| d.to_string());
+                a(&["lookup", name, &d])
+            }
+            Request::Send {
+                name, text, device, ..
+            } => {
+                let d = device.map_or(String::new(), |d| d.to_string());
+                a(&["send", name, text, &d])
+            }
         }
     }
 
@@ -83,17 +101,28 @@ impl Request {
                 to: s(2)?,
             },
             ("remove-friend", 2) => Request::RemoveFriend { name: s(1)? },
-            ("lookup", 2) => Request::Lookup {
+            ("add-device", 2) => Request::AddDevice { file: s(1)? },
+            ("lookup", 3) => Request::Lookup {
                 name: s(1)?,
+                device: device(&s(2)?)?,
                 sky: Vec::new(),
             },
-            ("send", 3) => Request::Send {
+            ("send", 4) => Request::Send {
                 name: s(1)?,
                 text: s(2)?,
+                device: device(&s(3)?)?,
                 sky: Vec::new(),
             },
             _ => return None,
         })
+    }
+}
+
+/// A device number as the wire carries it: empty for "any".
+fn device(text: &str) -> Option<Option<u8>> {
+    match text {
+        "" => Some(None),
+        d => d.parse().ok().map(Some),
     }
 }
 

@@ -85,11 +85,20 @@ pub(crate) enum EarthCommand {
     /// every remaining friend until each acknowledges it (at once when
     /// `online` runs; by the next `online` otherwise).
     RemoveFriend { name: String },
+    /// Add a device: the new device's state goes to FILE (owner-only; it
+    /// holds the chain key — move it to the device, then delete it), and
+    /// every friend is sent the new list of devices.
+    AddDevice { file: PathBuf },
+    /// Start this device from the FILE another device's `add-device` wrote.
+    ImportDevice { file: PathBuf },
     /// Connect to a friend (lookup, hole punching, handshake) and deliver
     /// one message; prints the round trip. The friend must be `online`.
     Send {
         name: String,
         text: String,
+        /// Their device to reach (0 is their first; default: any).
+        #[arg(long)]
+        device: Option<u8>,
         /// A sky node to bootstrap from, HOST:PORT (default: the list
         /// `online` was last given); repeat it to give more.
         #[arg(long, value_name = "HOST:PORT")]
@@ -98,6 +107,9 @@ pub(crate) enum EarthCommand {
     /// Look a friend up: `online <ip:port>` (exit 0) or `offline` (exit 1).
     Lookup {
         name: String,
+        /// Their device to look up (0 is their first; default: any).
+        #[arg(long)]
+        device: Option<u8>,
         /// A sky node to bootstrap from, HOST:PORT (default: the list
         /// `online` was last given); repeat it to give more.
         #[arg(long, value_name = "HOST:PORT")]
@@ -154,8 +166,25 @@ pub(crate) fn main(args: EarthArgs) -> ExitCode {
             to: new_name,
         },
         EarthCommand::RemoveFriend { name } => Request::RemoveFriend { name },
-        EarthCommand::Lookup { name, sky } => Request::Lookup { name, sky },
-        EarthCommand::Send { name, text, sky } => Request::Send { name, text, sky },
+        EarthCommand::ImportDevice { file } => return import_device(&dir, &file),
+        EarthCommand::AddDevice { file } => match std::path::absolute(&file) {
+            Ok(file) => Request::AddDevice {
+                file: file.to_string_lossy().into_owned(),
+            },
+            Err(e) => return fail(format!("{}: {e}", file.display())),
+        },
+        EarthCommand::Lookup { name, device, sky } => Request::Lookup { name, device, sky },
+        EarthCommand::Send {
+            name,
+            text,
+            device,
+            sky,
+        } => Request::Send {
+            name,
+            text,
+            device,
+            sky,
+        },
     };
     commands::exit(route(&dir, &request, &mut Terminal))
 }
@@ -223,6 +252,34 @@ fn read_only(dir: &Path, request: &Request, out: &mut impl Out) -> u8 {
         }
         _ => unreachable!("edits are routed elsewhere"),
     }
+}
+
+/// `import-device`: this device starts from the state another device's
+/// `add-device` wrote; never over an identity.
+fn import_device(dir: &Path, file: &Path) -> ExitCode {
+    let state = match State::read_file(file) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let store = match StateDir::open(dir) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match store.load() {
+        Err(StateError::Missing(_)) => {}
+        Ok(_) => return fail(format!("{} already holds an identity", dir.display())),
+        Err(e) => return fail(e),
+    }
+    if let Err(e) = store.save(&state) {
+        return fail(e);
+    }
+    print_line(&format!(
+        "imported device {} of {} into {}",
+        state.identity.device(),
+        state.identity.devices().len(),
+        dir.display()
+    ));
+    ExitCode::SUCCESS
 }
 
 /// `init`: a new identity, under the state's lock; never over another.

@@ -212,22 +212,50 @@ impl Online {
                     Err(e) => fail(&mut reply, e.to_string()),
                 }
             }
-            Request::Lookup { name, .. } => {
+            Request::AddDevice { file } if std::path::Path::new(&file).exists() => fail(
+                &mut reply,
+                format!("{file} exists: give a new file for the device"),
+            ),
+            Request::AddDevice { file } => {
+                let secret = match commands::fresh_secret() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let code = fail(&mut reply, e);
+                        return finish(&mut reply, code);
+                    }
+                };
+                match earth.add_device(now, secret) {
+                    Ok(device) => match commands::write_device(&device, &file) {
+                        Ok(line) => self.saved_then(earth, &mut reply, line),
+                        Err(e) => fail(&mut reply, e),
+                    },
+                    Err(e) => fail(&mut reply, e.to_string()),
+                }
+            }
+            Request::Lookup { name, device, .. } => {
                 if !earth.state().friends.0.contains_key(&name) {
                     fail(&mut reply, format!("no friend named `{name}`"))
                 } else {
-                    earth.lookup(now, &name);
+                    match device {
+                        Some(d) => earth.lookup_device(now, &name, d),
+                        None => earth.lookup(now, &name),
+                    }
                     self.lookups.entry(name).or_default().push(reply);
                     return;
                 }
             }
-            Request::Send { name, text, .. } => {
+            Request::Send {
+                name, text, device, ..
+            } => {
                 if text.len() > MAX_TEXT {
                     fail(&mut reply, format!("a message is at most {MAX_TEXT} bytes"))
                 } else if !earth.state().friends.0.contains_key(&name) {
                     fail(&mut reply, format!("no friend named `{name}`"))
                 } else {
-                    let id = earth.send(now, &name, text.as_bytes());
+                    let id = match device {
+                        Some(d) => earth.send_to_device(now, &name, d, text.as_bytes()),
+                        None => earth.send(now, &name, text.as_bytes()),
+                    };
                     self.sends.insert(id, (name, reply));
                     return;
                 }

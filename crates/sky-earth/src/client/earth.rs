@@ -16,9 +16,9 @@ use sky_proto::wire::{self, Message, Packet, VirtualAddr};
 use super::config::Config;
 use super::event::{Event, Failure, RegistrationInfo, Transmit};
 use super::io::Io;
-use super::lookups::{Answer, Done, Lookups, NewLookup};
+use super::lookups::{Answer, Done, Lookups, NewLookup, Purpose};
 use super::members::Members;
-use super::peers::{Peers, Received};
+use super::peers::{PeerKey, Peers, Received};
 use super::registrations::Registrations;
 use super::reset::Reset;
 use super::timers::Timer;
@@ -162,7 +162,16 @@ impl Earth {
     /// owners one after the other; answers with [`Event::Lookup`]. The
     /// owner that finds them introduces us to them.
     pub fn lookup(&mut self, now: UnixTime, friend: &str) {
-        if !self.start_lookup(now, friend, false) {
+        self.lookup_of(now, friend, None);
+    }
+
+    /// [`Earth::lookup`] of one of the friend's devices (0 is their first).
+    pub fn lookup_device(&mut self, now: UnixTime, friend: &str, device: u8) {
+        self.lookup_of(now, friend, Some(device));
+    }
+
+    fn lookup_of(&mut self, now: UnixTime, friend: &str, device: Option<u8>) {
+        if !self.start_lookup(now, friend, Purpose::App, device) {
             self.io.event(Event::Lookup {
                 friend: friend.to_string(),
                 result: Err(Failure::NoSuchFriend),
@@ -174,11 +183,28 @@ impl Earth {
     /// is no session (lookup, punching, handshake), then sends until it is
     /// acknowledged. Answers with [`Event::Delivered`] or [`Event::Failed`]
     /// carrying the returned id.
+    /// A friend with several devices gets it on one: the one a session is
+    /// up with, else the first that answers.
     pub fn send(&mut self, now: UnixTime, friend: &str, payload: &[u8]) -> u64 {
+        self.send_to(now, friend, None, payload)
+    }
+
+    /// [`Earth::send`] to one of the friend's devices (0 is their first).
+    pub fn send_to_device(
+        &mut self,
+        now: UnixTime,
+        friend: &str,
+        device: u8,
+        payload: &[u8],
+    ) -> u64 {
+        self.send_to(now, friend, Some(device), payload)
+    }
+
+    fn send_to(&mut self, now: UnixTime, friend: &str, device: Option<u8>, payload: &[u8]) -> u64 {
         let mut bytes = Vec::with_capacity(payload.len() + 1);
         bytes.push(Payload::Text as u8);
         bytes.extend_from_slice(payload);
-        self.enqueue(now, friend, bytes)
+        self.enqueue(now, friend, device, bytes)
     }
 
     /// Sends `payload` to `friend` once, best effort, over an established
@@ -198,7 +224,7 @@ impl Earth {
         friend: &str,
         payload: Vec<u8>,
     ) -> u64 {
-        self.enqueue(now, friend, payload)
+        self.enqueue(now, friend, None, payload)
     }
 
     /// Adds a friend from their invite, at once: their handshakes are
@@ -218,6 +244,20 @@ impl Earth {
         self.lookups.rename(from, to);
         self.io.event(Event::SaveState);
         Ok(())
+    }
+
+    /// Adds a device to this user (its long-term X25519 secret is
+    /// `secret`, 32 random bytes): every friend is sent the new list of
+    /// device keys until they acknowledge it; nothing is sent before the
+    /// state holding it is saved. Returns the state the new device starts
+    /// from (carry it there; it holds the chain key).
+    pub fn add_device(&mut self, now: UnixTime, secret: [u8; 32]) -> Result<State, FriendError> {
+        let for_device = self.state.add_device(secret, now)?;
+        self.reset.arm(now, &mut self.io);
+        self.io.hold_until_saved = true;
+        self.io.event(Event::SaveState);
+        self.handle_timeout(now);
+        Ok(for_device)
     }
 
     /// Address reset (SPEC §2), at once: removes `friend` (their session
@@ -269,40 +309,47 @@ impl Earth {
                     self.state.identity.secret_bytes(),
                     self.state.identity.public_key(),
                 );
-                let friends: Vec<(String, [u8; 32])> = self
+                let devices: Vec<(PeerKey, [u8; 32])> = self
                     .state
                     .friends
                     .0
                     .iter()
-                    .map(|(n, f)| (n.clone(), f.public_key))
+                    .flat_map(|(n, f)| {
+                        f.keys
+                            .iter()
+                            .enumerate()
+                            .map(move |(d, k)| (PeerKey::new(n, Some(d as u8)), *k))
+                    })
                     .collect();
                 self.peers
-                    .on_msg1(now, &mut self.io, from, datagram, ours, &friends)
+                    .on_msg1(now, &mut self.io, from, datagram, ours, &devices)
             }
-            Registry::Frame(FrameKind::Msg2) => {
-                self.peers.on_msg2(now, &mut self.io, from, datagram)
-            }
+            Registry::Frame(FrameKind::Msg2) => self
+                .peers
+                .on_msg2(now, &mut self.io, from, datagram)
+                .into_iter()
+                .collect(),
             Registry::Frame(FrameKind::Refuse) => {
                 self.peers.on_refuse(&mut self.io, from, datagram);
-                None
+                Vec::new()
             }
             Registry::Frame(FrameKind::Data) => {
                 let received = self.peers.on_data(now, &mut self.io, from, datagram);
                 self.received(now, received);
-                None
+                Vec::new()
             }
-            Registry::Frame(FrameKind::Punch) | Registry::Unknown => None,
+            Registry::Frame(FrameKind::Punch) | Registry::Unknown => Vec::new(),
             Registry::Sky => {
                 // Introductions come only from sky nodes we registered with.
                 if let Ok(Message::Introduction { .. }) = Message::decode(datagram) {
                     self.io.event(Event::ForgedIntroduction);
                 }
-                None
+                Vec::new()
             }
         };
-        // The lookup a connection may have started is moot now.
-        if let Some(friend) = connected {
-            self.lookups.cancel_connect(&mut self.io, &friend);
+        // The lookups those connections may have started are moot now.
+        for key in connected {
+            self.lookups.cancel_connect(&mut self.io, &key);
         }
     }
 
@@ -342,16 +389,16 @@ impl Earth {
             }
             Timer::NextOwner(q, t) => self.lookups.on_next_owner(now, io, q, t),
             Timer::PeerGiveUp(p) => {
-                for friend in self.peers.on_give_up(now, io, p) {
-                    self.start_lookup(now, &friend, true);
+                for key in self.peers.on_give_up(now, io, p) {
+                    self.connect_lookup(now, key);
                 }
             }
             Timer::Resend(p) => self.peers.on_resend(now, io, p),
             Timer::Relookup(p) => {
-                if let Some(friend) = self.peers.on_relookup(now, io, p)
-                    && !self.lookups.looking_up(&friend)
+                if let Some(key) = self.peers.on_relookup(now, io, p)
+                    && !self.lookups.looking_up(&key)
                 {
-                    self.start_lookup(now, &friend, true);
+                    self.connect_lookup(now, key);
                 }
             }
             Timer::Punch(endpoint) => self.peers.on_punch(now, io, endpoint),
@@ -359,11 +406,11 @@ impl Earth {
                 let peers = &self.peers;
                 let notices = self
                     .reset
-                    .on_timer(now, io, &mut self.state, self.online, |f| {
-                        peers.has_queued(f, Payload::Reset)
+                    .on_timer(now, io, &mut self.state, self.online, |k| {
+                        peers.has_queued(k, Payload::Reset)
                     });
-                for (friend, payload) in notices {
-                    self.enqueue(now, &friend, payload);
+                for (key, payload) in notices {
+                    self.enqueue(now, &key.friend, key.device, payload);
                 }
             }
         }
@@ -373,12 +420,13 @@ impl Earth {
     /// members if the client holds no view).
     fn update_registrations(&mut self, now: UnixTime) {
         let schedule = self.state.identity.schedule;
+        let device = self.state.identity.device();
         let chain = &mut self.state.identity.chain;
         let wanted: Vec<_> = self
             .registrations
             .wanted_epochs(now, schedule)
             .into_iter()
-            .filter_map(|e| chain.token_at(e).map(|t| (e, t)))
+            .filter_map(|e| chain.device_token_at(e, device).map(|t| (e, t)))
             .collect();
         self.registrations
             .update(now, &mut self.io, &self.members, &wanted, schedule);
@@ -386,65 +434,96 @@ impl Earth {
         self.members.ensure(now, &mut self.io, needed);
     }
 
-    /// Starts a lookup of `friend`; `false` when there is no such friend.
-    fn start_lookup(&mut self, now: UnixTime, friend: &str, for_connect: bool) -> bool {
+    /// Starts a lookup of `friend` (one device of theirs, or all); `false`
+    /// when there is no such friend.
+    fn start_lookup(
+        &mut self,
+        now: UnixTime,
+        friend: &str,
+        purpose: Purpose,
+        device: Option<u8>,
+    ) -> bool {
         let own_epoch = self.state.identity.schedule.epoch_at(now);
+        let own_device = self.state.identity.device();
         let caller = self
             .state
             .identity
             .chain
-            .address_at(own_epoch)
+            .device_address_at(own_epoch, own_device)
             .unwrap_or_default();
         let overlap = self.config.overlap_window;
         let Some(f) = self.state.friends.0.get_mut(friend) else {
             return false;
         };
-        let addresses: Vec<VirtualAddr> = f
-            .schedule
-            .lookup_epochs(now, overlap)
-            .into_iter()
-            .filter_map(|e| f.chain.address_at(e))
-            .collect();
+        let devices: Vec<u8> = match device {
+            Some(d) => vec![d],
+            None => (0..f.keys.len() as u8).collect(),
+        };
+        let mut addresses = Vec::new();
+        for e in f.schedule.lookup_epochs(now, overlap) {
+            for &d in &devices {
+                if let Some(a) = f.chain.device_address_at(e, d) {
+                    addresses.push((a, d));
+                }
+            }
+        }
         let query = NewLookup {
             friend: friend.to_string(),
             caller,
             addresses,
-            for_connect,
+            purpose,
         };
         self.lookups.start(now, &mut self.io, &self.members, query);
         self.members.ensure(now, &mut self.io, true);
         true
     }
 
+    /// The lookup the connection `key` needs.
+    fn connect_lookup(&mut self, now: UnixTime, key: PeerKey) {
+        let (friend, device) = (key.friend.clone(), key.device);
+        self.start_lookup(now, &friend, Purpose::Connect(key), device);
+    }
+
     /// A lookup is over: its answer goes to the application, or to the
     /// connection that asked.
     fn lookup_finished(&mut self, now: UnixTime, done: Done) {
-        if !done.for_connect {
-            self.io.event(Event::Lookup {
-                friend: done.friend,
-                result: done.result,
-            });
-            return;
-        }
+        let key = match done.purpose {
+            Purpose::App => {
+                self.io.event(Event::Lookup {
+                    friend: done.friend,
+                    result: done.result.map(|(endpoint, flags, _)| (endpoint, flags)),
+                });
+                return;
+            }
+            Purpose::Connect(key) => key,
+        };
+        let secret = self.state.identity.secret_bytes();
         let keys = self
             .state
             .friends
             .0
-            .get(&done.friend)
-            .map(|f| (self.state.identity.secret_bytes(), f.public_key));
-        let result = done.result.map(|(endpoint, _)| endpoint);
+            .get(&key.friend)
+            .map(|f| (secret, f.keys.as_slice()));
+        let result = done.result.map(|(endpoint, _, device)| (endpoint, device));
         self.peers
-            .lookup_done(now, &mut self.io, &done.friend, result, keys);
+            .lookup_done(now, &mut self.io, &key, result, keys);
     }
 
-    /// Queues a sealed payload for `friend`, connecting first if needed.
-    fn enqueue(&mut self, now: UnixTime, friend: &str, payload: Vec<u8>) -> u64 {
+    /// Queues a sealed payload for `friend` (one device, or any),
+    /// connecting first if needed.
+    fn enqueue(
+        &mut self,
+        now: UnixTime,
+        friend: &str,
+        device: Option<u8>,
+        payload: Vec<u8>,
+    ) -> u64 {
         let known = self.state.friends.0.contains_key(friend);
         let (id, lookup) = self
             .peers
-            .enqueue(now, &mut self.io, friend, payload, known);
-        if lookup {
-            self.start_lookup(now, friend, true);
+            .enqueue(now, &mut self.io, friend, device, payload, known);
+        if let Some(key) = lookup {
+            self.connect_lookup(now, key);
         }
         id
     }
@@ -454,17 +533,16 @@ impl Earth {
         match received {
             Received::Nothing => {}
             Received::Acked {
-                friend,
+                key,
                 peer,
                 outgoing,
             } => {
                 if outgoing.payload.first() == Some(&(Payload::Reset as u8)) {
-                    self.reset
-                        .acknowledged(&mut self.io, &mut self.state, &friend);
+                    self.reset.acknowledged(&mut self.io, &mut self.state, &key);
                     return;
                 }
                 self.io.event(Event::Delivered {
-                    friend,
+                    friend: key.friend,
                     id: outgoing.id,
                     peer,
                     elapsed: now.saturating_duration_since(outgoing.queued),
@@ -472,14 +550,14 @@ impl Earth {
                 });
             }
             Received::ResetNotice {
-                friend,
+                key,
                 notice,
                 counter,
                 ack,
             } => {
                 if self
                     .reset
-                    .adopt(&mut self.io, &mut self.state, &friend, &notice)
+                    .adopt(&mut self.io, &mut self.state, &key, &notice)
                 {
                     self.peers.hold(counter, ack);
                 }
@@ -570,10 +648,11 @@ impl Earth {
     fn introduced(&mut self, now: UnixTime, caller: VirtualAddr, endpoint: SocketAddr) {
         let overlap = self.config.overlap_window;
         let friend = self.state.friends.0.iter_mut().find_map(|(name, f)| {
+            let devices = f.keys.len() as u8;
             f.schedule
                 .lookup_epochs(now, overlap)
                 .into_iter()
-                .any(|e| f.chain.address_at(e) == Some(caller))
+                .any(|e| (0..devices).any(|d| f.chain.device_address_at(e, d) == Some(caller)))
                 .then(|| name.clone())
         });
         self.peers.punch_towards(now, &mut self.io, endpoint);

@@ -19,21 +19,33 @@ use sky_proto::wire::{Flags, Message, Tag, VirtualAddr};
 use super::event::Failure;
 use super::io::Io;
 use super::members::Members;
+use super::peers::PeerKey;
 use super::timers::{QueryId, Timer};
 
-/// A lookup in flight: one target per candidate epoch's address.
+/// Who a lookup answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The application ([`super::Event::Lookup`]).
+    App,
+    /// A connection that needs the friend's endpoint.
+    Connect(PeerKey),
+}
+
+/// A lookup in flight: one target per candidate address (the friend's
+/// devices, in each epoch they may be in).
 struct Query {
     id: QueryId,
     friend: String,
     caller: VirtualAddr,
     targets: Vec<Target>,
-    /// Started by a connection: its answer goes to the peer, not to the app.
-    for_connect: bool,
+    purpose: Purpose,
 }
 
 /// One address a lookup asks the owners about, one owner at a time.
 struct Target {
     address: VirtualAddr,
+    /// The friend's device this address is of.
+    device: u8,
     tag: Tag,
     /// The owners to ask, in ring order; hints and a newer view add more.
     asks: Vec<Ask>,
@@ -60,20 +72,20 @@ pub(crate) enum Answer {
     NotOwner { version: u32, hint: SocketAddr },
 }
 
-/// A lookup to start: `friend` under each of `addresses`, as `caller`.
+/// A lookup to start: `friend` under each of `addresses` (each of one of
+/// their devices), as `caller`.
 pub(crate) struct NewLookup {
     pub(crate) friend: String,
     pub(crate) caller: VirtualAddr,
-    pub(crate) addresses: Vec<VirtualAddr>,
-    /// Started by a connection (its answer goes to the peer).
-    pub(crate) for_connect: bool,
+    pub(crate) addresses: Vec<(VirtualAddr, u8)>,
+    pub(crate) purpose: Purpose,
 }
 
-/// A finished lookup.
+/// A finished lookup: where the friend's device that answered is.
 pub(crate) struct Done {
     pub(crate) friend: String,
-    pub(crate) for_connect: bool,
-    pub(crate) result: Result<(SocketAddr, Flags), Failure>,
+    pub(crate) purpose: Purpose,
+    pub(crate) result: Result<(SocketAddr, Flags, u8), Failure>,
 }
 
 impl Target {
@@ -129,9 +141,11 @@ impl Lookups {
         !self.queries.is_empty()
     }
 
-    /// Whether a lookup of `friend` is in flight.
-    pub(crate) fn looking_up(&self, friend: &str) -> bool {
-        self.queries.iter().any(|q| q.friend == friend)
+    /// Whether the connection `key` has a lookup in flight.
+    pub(crate) fn looking_up(&self, key: &PeerKey) -> bool {
+        self.queries
+            .iter()
+            .any(|q| q.purpose == Purpose::Connect(key.clone()))
     }
 
     /// The nodes this machine still needs the cookies of.
@@ -149,14 +163,15 @@ impl Lookups {
             friend,
             caller,
             addresses,
-            for_connect,
+            purpose,
         } = new;
         self.next_id += 1;
         let id = self.next_id;
         let targets = addresses
             .into_iter()
-            .map(|address| Target {
+            .map(|(address, device)| Target {
                 address,
+                device,
                 tag: io.rng.tag(),
                 asks: members
                     .owners_of(&address)
@@ -172,7 +187,7 @@ impl Lookups {
             friend,
             caller,
             targets,
-            for_connect,
+            purpose,
         });
         io.timers.set(Timer::GiveUp(id), now + self.give_up);
         let q = self.queries.len() - 1;
@@ -239,7 +254,7 @@ impl Lookups {
         &mut self,
         io: &mut Io,
         q: usize,
-        result: Result<(SocketAddr, Flags), Failure>,
+        result: Result<(SocketAddr, Flags, u8), Failure>,
     ) -> Done {
         let query = self.queries.swap_remove(q);
         let id = query.id;
@@ -247,7 +262,7 @@ impl Lookups {
             .cancel_where(|t| matches!(t, Timer::GiveUp(i) | Timer::NextOwner(i, _) if *i == id));
         Done {
             friend: query.friend,
-            for_connect: query.for_connect,
+            purpose: query.purpose,
             result,
         }
     }
@@ -265,17 +280,17 @@ impl Lookups {
     pub(crate) fn rename(&mut self, from: &str, to: &str) {
         for q in self.queries.iter_mut().filter(|q| q.friend == from) {
             q.friend = to.to_string();
+            if let Purpose::Connect(key) = &mut q.purpose {
+                key.friend = to.to_string();
+            }
         }
     }
 
-    /// Drops the lookups a connection to `friend` started (its session is
-    /// up: they are moot).
-    pub(crate) fn cancel_connect(&mut self, io: &mut Io, friend: &str) {
-        while let Some(q) = self
-            .queries
-            .iter()
-            .position(|q| q.for_connect && q.friend == friend)
-        {
+    /// Drops the lookups the connection `key` started (its session is up:
+    /// they are moot).
+    pub(crate) fn cancel_connect(&mut self, io: &mut Io, key: &PeerKey) {
+        let purpose = Purpose::Connect(key.clone());
+        while let Some(q) = self.queries.iter().position(|q| q.purpose == purpose) {
             self.finish(io, q, Err(Failure::Unreachable));
         }
     }
@@ -307,7 +322,11 @@ impl Lookups {
         let mut ring_changed = None;
         match answer {
             Answer::Online(endpoint, flags) => {
-                return (Some(self.finish(io, q, Ok((endpoint, flags)))), None);
+                let device = target.device;
+                return (
+                    Some(self.finish(io, q, Ok((endpoint, flags, device)))),
+                    None,
+                );
             }
             Answer::Offline => target.asks[a].said = Some(Said::Offline),
             Answer::NotOwner { version, hint } => {

@@ -56,7 +56,24 @@ pub(crate) struct Outgoing {
     deadline: UnixTime,
 }
 
-/// A connection to a friend.
+/// Who a connection is with: one of a friend's devices, or — until the
+/// lookup it made answers — whichever of them answers first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PeerKey {
+    pub(crate) friend: String,
+    pub(crate) device: Option<u8>,
+}
+
+impl PeerKey {
+    pub(crate) fn new(friend: &str, device: Option<u8>) -> PeerKey {
+        PeerKey {
+            friend: friend.to_string(),
+            device,
+        }
+    }
+}
+
+/// A connection to a friend's device.
 struct Peer {
     id: PeerId,
     endpoint: Option<SocketAddr>,
@@ -72,14 +89,14 @@ pub(crate) enum Received {
     Nothing,
     /// Our payload was acknowledged.
     Acked {
-        friend: String,
+        key: PeerKey,
         peer: SocketAddr,
         outgoing: Outgoing,
     },
-    /// The friend sent an address reset notice (invite bytes). `ack`
-    /// acknowledges it: hold it until the state is saved, if adopted.
+    /// The friend's device sent an address reset notice (invite bytes).
+    /// `ack` acknowledges it: hold it until the state is saved, if adopted.
     ResetNotice {
-        friend: String,
+        key: PeerKey,
         notice: Vec<u8>,
         counter: u64,
         ack: Transmit,
@@ -88,7 +105,7 @@ pub(crate) enum Received {
 
 /// Every connection (see the module documentation).
 pub(crate) struct Peers {
-    peers: HashMap<String, Peer>,
+    peers: HashMap<PeerKey, Peer>,
     /// Introduced callers we punch towards, until when.
     punches: HashMap<SocketAddr, UnixTime>,
     next_payload: u64,
@@ -113,38 +130,49 @@ impl Peers {
         }
     }
 
-    /// Whether a connection to `friend` has a session.
-    pub(crate) fn established(&self, friend: &str) -> bool {
-        self.peers
-            .get(friend)
-            .is_some_and(|p| matches!(p.phase, Phase::Established { .. }))
+    fn phase_is(&self, key: &PeerKey, phase: fn(&Phase) -> bool) -> bool {
+        self.peers.get(key).is_some_and(|p| phase(&p.phase))
     }
 
-    fn handshaking(&self, friend: &str) -> bool {
-        self.peers
-            .get(friend)
-            .is_some_and(|p| matches!(p.phase, Phase::Handshaking { .. }))
+    fn established(&self, key: &PeerKey) -> bool {
+        self.phase_is(key, |p| matches!(p, Phase::Established { .. }))
     }
 
-    /// Whether a payload whose first byte is `kind` waits for `friend`.
-    pub(crate) fn has_queued(&self, friend: &str, kind: Payload) -> bool {
-        self.peers.get(friend).is_some_and(|p| {
+    fn handshaking(&self, key: &PeerKey) -> bool {
+        self.phase_is(key, |p| matches!(p, Phase::Handshaking { .. }))
+    }
+
+    /// Whether a payload whose first byte is `kind` waits for `key`.
+    pub(crate) fn has_queued(&self, key: &PeerKey, kind: Payload) -> bool {
+        self.peers.get(key).is_some_and(|p| {
             p.outbox
                 .iter()
                 .any(|o| o.payload.first() == Some(&(kind as u8)))
         })
     }
 
-    /// Forgets the connection to `friend` (removed from the friends): what
-    /// waited for them fails.
+    fn keys_of(&self, friend: &str) -> Vec<PeerKey> {
+        self.peers
+            .keys()
+            .filter(|k| k.friend == friend)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets every connection to `friend` (removed from the friends):
+    /// what waited for them fails.
     pub(crate) fn remove(&mut self, io: &mut Io, friend: &str) {
-        self.fail(io, friend, Failure::NoSuchFriend);
+        for key in self.keys_of(friend) {
+            self.fail(io, &key, Failure::NoSuchFriend);
+        }
     }
 
     /// `from` is called `to` now.
     pub(crate) fn rename(&mut self, from: &str, to: &str) {
-        if let Some(peer) = self.peers.remove(from) {
-            self.peers.insert(to.to_string(), peer);
+        for key in self.keys_of(from) {
+            if let Some(peer) = self.peers.remove(&key) {
+                self.peers.insert(PeerKey::new(to, key.device), peer);
+            }
         }
     }
 
@@ -165,17 +193,19 @@ impl Peers {
         self.held.push((counter, ack));
     }
 
-    /// Queues `payload` (its first byte says what it is) for `friend`.
-    /// Returns its id, and whether the caller must look the friend up to
-    /// connect.
+    /// Queues `payload` (its first byte says what it is) for `friend`'s
+    /// device `device`, or for any of their devices (an established session
+    /// first). Returns its id, and the connection that must look the friend
+    /// up, if a new one does.
     pub(crate) fn enqueue(
         &mut self,
         now: UnixTime,
         io: &mut Io,
         friend: &str,
+        device: Option<u8>,
         payload: Vec<u8>,
         known: bool,
-    ) -> (u64, bool) {
+    ) -> (u64, Option<PeerKey>) {
         self.next_payload += 1;
         let id = self.next_payload;
         let why = if !known {
@@ -191,7 +221,7 @@ impl Peers {
                 id,
                 why,
             });
-            return (id, false);
+            return (id, None);
         }
         let outgoing = Outgoing {
             id,
@@ -201,23 +231,37 @@ impl Peers {
             sent: 0,
             deadline: now + self.give_up,
         };
-        (id, self.push(now, io, friend, outgoing))
+        let key = match device {
+            Some(_) => PeerKey::new(friend, device),
+            // Any device: the one with a session, else one being reached.
+            None => {
+                let keys = self.keys_of(friend);
+                keys.iter()
+                    .find(|k| self.established(k))
+                    .or_else(|| keys.first())
+                    .cloned()
+                    .unwrap_or_else(|| PeerKey::new(friend, None))
+            }
+        };
+        let lookup = self.push(now, io, &key, outgoing).then_some(key);
+        (id, lookup)
     }
 
-    /// Queues `outgoing`; `true` when a new connection must look up.
-    fn push(&mut self, now: UnixTime, io: &mut Io, friend: &str, outgoing: Outgoing) -> bool {
-        match self.peers.get_mut(friend) {
+    /// Queues `outgoing` for `key`; `true` when a new connection must look
+    /// up.
+    fn push(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey, outgoing: Outgoing) -> bool {
+        match self.peers.get_mut(key) {
             Some(peer) => {
                 peer.outbox.push_back(outgoing);
                 if peer.outbox.len() == 1 {
-                    self.pump(now, io, friend);
+                    self.pump(now, io, key);
                 }
                 false
             }
             None => {
                 self.next_peer += 1;
                 self.peers.insert(
-                    friend.to_string(),
+                    key.clone(),
                     Peer {
                         id: self.next_peer,
                         endpoint: None,
@@ -231,12 +275,15 @@ impl Peers {
         }
     }
 
-    /// Sends `payload` once, best effort, over an established session.
+    /// Sends `payload` once, best effort, over an established session
+    /// with any of `friend`'s devices.
     pub(crate) fn send_datagram(&mut self, io: &mut Io, friend: &str, payload: &[u8]) -> bool {
         if payload.len() > MAX_PAYLOAD {
             return false;
         }
-        let Some(peer) = self.peers.get_mut(friend) else {
+        let Some(peer) = self.peers.iter_mut().find_map(|(k, p)| {
+            (k.friend == friend && matches!(p.phase, Phase::Established { .. })).then_some(p)
+        }) else {
             return false;
         };
         let (Phase::Established { session, .. }, Some(dst)) = (&mut peer.phase, peer.endpoint)
@@ -250,31 +297,72 @@ impl Peers {
         true
     }
 
-    /// A lookup a connection to `friend` made has answered. `keys` are our
-    /// static secret and the friend's public key.
+    /// The lookup the connection `key` made has answered: the endpoint of
+    /// the friend's device that is online. `keys`: our static secret, and
+    /// the friend's device keys.
     pub(crate) fn lookup_done(
         &mut self,
         now: UnixTime,
         io: &mut Io,
-        friend: &str,
-        result: Result<SocketAddr, Failure>,
-        keys: Option<([u8; 32], [u8; 32])>,
+        key: &PeerKey,
+        result: Result<(SocketAddr, u8), Failure>,
+        keys: Option<([u8; 32], &[[u8; 32]])>,
     ) {
         // A late answer to a lookup that a session made moot changes
         // nothing: restarting the handshake would strand what is in flight.
-        if self.established(friend) {
+        if self.established(key) {
             return;
         }
         match result {
-            Ok(endpoint) => {
-                let same = self.handshaking(friend)
-                    && self.peers.get(friend).and_then(|p| p.endpoint) == Some(endpoint);
-                if !same && let Some((ours, theirs)) = keys {
-                    self.start_handshake(now, io, friend, endpoint, ours, theirs);
+            Ok((endpoint, device)) => {
+                // "Any device": the connection is with the device found.
+                let key = match key.device {
+                    Some(_) => key.clone(),
+                    None => match self.settle_device(now, io, key, device) {
+                        Some(k) => k,
+                        None => return,
+                    },
+                };
+                let same = self.handshaking(&key)
+                    && self.peers.get(&key).and_then(|p| p.endpoint) == Some(endpoint);
+                if let (false, Some((ours, theirs))) = (same, keys)
+                    && let Some(&theirs) = theirs.get(usize::from(device))
+                {
+                    self.start_handshake(now, io, &key, endpoint, ours, theirs);
                 }
             }
-            Err(_) if self.handshaking(friend) => {}
-            Err(why) => self.fail(io, friend, why),
+            Err(_) if self.handshaking(key) => {}
+            Err(why) => self.fail(io, key, why),
+        }
+    }
+
+    /// The any-device connection `key` is now with device `device`: moved
+    /// to that key, or merged into the connection already there (which
+    /// then takes it on). `None` when there is nothing left to connect.
+    fn settle_device(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        key: &PeerKey,
+        device: u8,
+    ) -> Option<PeerKey> {
+        let found = PeerKey::new(&key.friend, Some(device));
+        let peer = self.peers.remove(key)?;
+        match self.peers.get_mut(&found) {
+            None => {
+                self.peers.insert(found.clone(), peer);
+                Some(found)
+            }
+            Some(there) => {
+                cancel_timers(io, peer.id);
+                let was_empty = there.outbox.is_empty();
+                there.outbox.extend(peer.outbox);
+                let looking = matches!(there.phase, Phase::Looking);
+                if was_empty {
+                    self.pump(now, io, &found);
+                }
+                looking.then_some(found)
+            }
         }
     }
 
@@ -282,13 +370,13 @@ impl Peers {
         &mut self,
         now: UnixTime,
         io: &mut Io,
-        friend: &str,
+        key: &PeerKey,
         endpoint: SocketAddr,
         ours: [u8; 32],
         theirs: [u8; 32],
     ) {
         let ephemeral = io.rng.bytes();
-        let Some(peer) = self.peers.get_mut(friend) else {
+        let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
         let mut msg1 = [0u8; MSG1_LEN];
@@ -301,13 +389,13 @@ impl Peers {
         self.resend(now, io, id);
     }
 
-    /// Every outgoing payload of `friend` fails with `why`; the peer goes.
-    fn fail(&mut self, io: &mut Io, friend: &str, why: Failure) {
-        if let Some(peer) = self.peers.remove(friend) {
+    /// Every outgoing payload of `key` fails with `why`; the peer goes.
+    fn fail(&mut self, io: &mut Io, key: &PeerKey, why: Failure) {
+        if let Some(peer) = self.peers.remove(key) {
             cancel_timers(io, peer.id);
             for o in peer.outbox {
                 io.event(Event::Failed {
-                    friend: friend.to_string(),
+                    friend: key.friend.clone(),
                     id: o.id,
                     why: why.clone(),
                 });
@@ -315,11 +403,11 @@ impl Peers {
         }
     }
 
-    fn name_of(&self, id: PeerId) -> Option<String> {
+    fn key_of(&self, id: PeerId) -> Option<PeerKey> {
         self.peers
             .iter()
             .find(|(_, p)| p.id == id)
-            .map(|(n, _)| n.clone())
+            .map(|(k, _)| k.clone())
     }
 
     /// [`Timer::Resend`] is due: msg1, or the sealed datagram in flight,
@@ -361,8 +449,8 @@ impl Peers {
     /// The front payload of an established connection: it fails when its
     /// time is up (the rest connect afresh), else it goes now. Returns the
     /// friends that must be looked up again.
-    fn pump(&mut self, now: UnixTime, io: &mut Io, friend: &str) -> Vec<String> {
-        let Some(peer) = self.peers.get(friend) else {
+    fn pump(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey) -> Vec<PeerKey> {
+        let Some(peer) = self.peers.get(key) else {
             return Vec::new();
         };
         if !matches!(peer.phase, Phase::Established { .. }) {
@@ -375,7 +463,7 @@ impl Peers {
             return Vec::new();
         };
         if now >= front.deadline {
-            return self.fail_front(now, io, friend);
+            return self.fail_front(now, io, key);
         }
         io.timers.set(Timer::PeerGiveUp(id), front.deadline);
         self.resend(now, io, id);
@@ -384,14 +472,14 @@ impl Peers {
 
     /// The payload in flight on an established path timed out: it fails,
     /// the path is dropped and the rest of the outbox connects afresh.
-    fn fail_front(&mut self, now: UnixTime, io: &mut Io, friend: &str) -> Vec<String> {
-        let Some(mut peer) = self.peers.remove(friend) else {
+    fn fail_front(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey) -> Vec<PeerKey> {
+        let Some(mut peer) = self.peers.remove(key) else {
             return Vec::new();
         };
         cancel_timers(io, peer.id);
         if let Some(o) = peer.outbox.pop_front() {
             io.event(Event::Failed {
-                friend: friend.to_string(),
+                friend: key.friend.clone(),
                 id: o.id,
                 why: Failure::Unreachable,
             });
@@ -405,8 +493,8 @@ impl Peers {
                 deadline: now + self.give_up,
                 ..o
             };
-            if self.push(now, io, friend, again) {
-                lookups.push(friend.to_string());
+            if self.push(now, io, key, again) {
+                lookups.push(key.clone());
             }
         }
         lookups
@@ -414,27 +502,32 @@ impl Peers {
 
     /// [`Timer::PeerGiveUp`] is due. Returns the friends that must be
     /// looked up again.
-    pub(crate) fn on_give_up(&mut self, now: UnixTime, io: &mut Io, id: PeerId) -> Vec<String> {
-        let Some(name) = self.name_of(id) else {
+    pub(crate) fn on_give_up(&mut self, now: UnixTime, io: &mut Io, id: PeerId) -> Vec<PeerKey> {
+        let Some(key) = self.key_of(id) else {
             return Vec::new();
         };
-        if self.handshaking(&name) {
+        if self.handshaking(&key) {
             // Handshake timed out: everything queued fails.
-            self.fail(io, &name, Failure::Unreachable);
+            self.fail(io, &key, Failure::Unreachable);
             return Vec::new();
         }
-        self.pump(now, io, &name)
+        self.pump(now, io, &key)
     }
 
     /// [`Timer::Relookup`] is due: the friend to look up again (so the sky
     /// introduces us again, in case that introduction was lost).
-    pub(crate) fn on_relookup(&mut self, now: UnixTime, io: &mut Io, id: PeerId) -> Option<String> {
-        let name = self.name_of(id)?;
-        if !self.handshaking(&name) {
+    pub(crate) fn on_relookup(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        id: PeerId,
+    ) -> Option<PeerKey> {
+        let key = self.key_of(id)?;
+        if !self.handshaking(&key) {
             return None;
         }
         io.timers.set(Timer::Relookup(id), now + RELOOKUP);
-        Some(name)
+        Some(key)
     }
 
     /// The sky introduced a caller at `endpoint`: open our NAT towards it
@@ -460,9 +553,11 @@ impl Peers {
         }
     }
 
-    /// Someone's msg1: answer it if it comes from a friend (`friends`:
-    /// names and static public keys; `ours`: our static secret and public
-    /// key). Returns the friend a session is now up with.
+    /// Someone's msg1: answer it if it comes from a friend's device
+    /// (`devices`: each friend device's key; `ours`: our static secret and
+    /// public key). Returns the connections a session is now up with (the
+    /// device's, and an any-device connection to that friend it took over):
+    /// their lookups are moot.
     pub(crate) fn on_msg1(
         &mut self,
         now: UnixTime,
@@ -470,8 +565,8 @@ impl Peers {
         from: SocketAddr,
         datagram: &[u8],
         ours: ([u8; 32], [u8; 32]),
-        friends: &[(String, [u8; 32])],
-    ) -> Option<String> {
+        devices: &[(PeerKey, [u8; 32])],
+    ) -> Vec<PeerKey> {
         // The same msg1 again: our msg2 was lost; send it again.
         for peer in self.peers.values() {
             if let Phase::Established {
@@ -482,10 +577,10 @@ impl Peers {
                 && m1[..] == *datagram
             {
                 io.send(from, m2.to_vec());
-                return None;
+                return Vec::new();
             }
         }
-        let keys: Vec<[u8; 32]> = friends.iter().map(|(_, k)| *k).collect();
+        let keys: Vec<[u8; 32]> = devices.iter().map(|(_, k)| *k).collect();
         let mut msg2 = [0u8; MSG2_LEN];
         let ephemeral = io.rng.bytes();
         let (session, i) = match handshake::answer(ours.0, &keys, datagram, ephemeral, &mut msg2) {
@@ -498,18 +593,18 @@ impl Peers {
                     from,
                     error: handshake::HandshakeError::Stranger,
                 });
-                return None;
+                return Vec::new();
             }
             handshake::Answer::Invalid(error) => {
                 io.event(Event::HandshakeRefused { from, error });
-                return None;
+                return Vec::new();
             }
         };
-        let name = friends[i].0.clone();
+        let key = devices[i].0.clone();
         // Both sides started at once: the side with the lower public key
         // stays the initiator; the other answers.
-        if self.handshaking(&name) && ours.1 < keys[i] {
-            return None;
+        if self.handshaking(&key) && ours.1 < keys[i] {
+            return Vec::new();
         }
         self.punches.remove(&from);
         io.timers.cancel(Timer::Punch(from));
@@ -517,7 +612,13 @@ impl Peers {
         m1.copy_from_slice(datagram);
         self.next_peer += 1;
         let fresh = self.next_peer;
-        let peer = self.peers.entry(name.clone()).or_insert_with(|| Peer {
+        // What waited for "any of their devices" goes to this one.
+        let any = PeerKey::new(&key.friend, None);
+        let waiting = match self.peers.get(&any) {
+            Some(p) if !matches!(p.phase, Phase::Established { .. }) => self.peers.remove(&any),
+            _ => None,
+        };
+        let peer = self.peers.entry(key.clone()).or_insert_with(|| Peer {
             id: fresh,
             endpoint: None,
             phase: Phase::Looking,
@@ -534,42 +635,48 @@ impl Peers {
         for o in &mut peer.outbox {
             o.sealed = None;
         }
+        let mut moot = vec![key.clone()];
+        if let Some(waiting) = waiting {
+            cancel_timers(io, waiting.id);
+            peer.outbox.extend(waiting.outbox);
+            moot.push(any);
+        }
         io.send(from, msg2.to_vec());
         io.event(Event::Connected {
-            friend: name.clone(),
+            friend: key.friend.clone(),
             peer: from,
         });
-        self.pump(now, io, &name);
-        Some(name)
+        self.pump(now, io, &key);
+        moot
     }
 
     /// A refusal from `from`: if it is the friend we are handshaking with,
     /// and it proves their key, they do not know us — everything queued for
     /// them fails at once with [`Failure::Refused`].
     pub(crate) fn on_refuse(&mut self, io: &mut Io, from: SocketAddr, datagram: &[u8]) {
-        let refused = self.peers.iter().find_map(|(name, p)| match &p.phase {
+        let refused = self.peers.iter().find_map(|(key, p)| match &p.phase {
             Phase::Handshaking { initiator, .. }
                 if p.endpoint == Some(from) && initiator.refused(datagram) =>
             {
-                Some(name.clone())
+                Some(key.clone())
             }
             _ => None,
         });
-        if let Some(name) = refused {
-            self.fail(io, &name, Failure::Refused);
+        if let Some(key) = refused {
+            self.fail(io, &key, Failure::Refused);
         }
     }
 
     /// A msg2 from `from`: our handshake with that friend completes.
-    /// Returns the friend a session is now up with.
+    /// Returns the connection a session is now up with.
     pub(crate) fn on_msg2(
         &mut self,
         now: UnixTime,
         io: &mut Io,
         from: SocketAddr,
         datagram: &[u8],
-    ) -> Option<String> {
-        let (name, peer) = self.peers.iter_mut().find(|(_, p)| {
+    ) -> Option<PeerKey> {
+        let (key, peer) = self.peers.iter_mut().find(|(_, p)| {
             p.endpoint == Some(from) && matches!(p.phase, Phase::Handshaking { .. })
         })?;
         let Phase::Handshaking { initiator, .. } = &peer.phase else {
@@ -582,13 +689,13 @@ impl Peers {
                     answered: None,
                 };
                 io.timers.cancel(Timer::Relookup(peer.id));
-                let name = name.clone();
+                let key = key.clone();
                 io.event(Event::Connected {
-                    friend: name.clone(),
+                    friend: key.friend.clone(),
                     peer: from,
                 });
-                self.pump(now, io, &name);
-                Some(name)
+                self.pump(now, io, &key);
+                Some(key)
             }
             Err(error) => {
                 // Not our friend's answer: keep waiting for the real one.
@@ -606,12 +713,12 @@ impl Peers {
         from: SocketAddr,
         datagram: &mut [u8],
     ) -> Received {
-        let Some((name, peer)) = self.peers.iter_mut().find(|(_, p)| {
+        let Some((key, peer)) = self.peers.iter_mut().find(|(_, p)| {
             p.endpoint == Some(from) && matches!(p.phase, Phase::Established { .. })
         }) else {
             return Received::Nothing;
         };
-        let name = name.clone();
+        let key = key.clone();
         let Phase::Established { session, .. } = &mut peer.phase else {
             unreachable!("matched above");
         };
@@ -651,9 +758,9 @@ impl Peers {
                     return Received::Nothing;
                 }
                 let outgoing = peer.outbox.pop_front().expect("front");
-                self.pump(now, io, &name);
+                self.pump(now, io, &key);
                 Received::Acked {
-                    friend: name,
+                    key,
                     peer: from,
                     outgoing,
                 }
@@ -663,7 +770,7 @@ impl Peers {
                     io.send(from, seal(session, &frame::ack_payload(counter)));
                 }
                 io.event(Event::Message {
-                    friend: name,
+                    friend: key.friend,
                     payload: body.to_vec(),
                 });
                 Received::Nothing
@@ -673,7 +780,7 @@ impl Peers {
                     dst: from,
                     bytes: seal(session, &frame::ack_payload(counter)),
                 },
-                friend: name,
+                key,
                 notice: body.to_vec(),
                 counter,
             },

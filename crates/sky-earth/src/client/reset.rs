@@ -17,9 +17,10 @@ use sky_proto::time::UnixTime;
 
 use super::event::Event;
 use super::io::Io;
+use super::peers::PeerKey;
 use super::timers::Timer;
 use crate::invite::Invite;
-use crate::state::State;
+use crate::state::{State, parse_pending_entry, pending_entry};
 
 /// The reset machine (see the module documentation).
 pub(crate) struct Reset {
@@ -36,17 +37,18 @@ impl Reset {
         io.timers.set(Timer::Reset, now);
     }
 
-    /// [`Timer::Reset`] is due: the notices to send, as (friend, payload);
-    /// `in_flight` says whether a notice already waits for that friend.
-    /// Friends removed since are no longer pending.
+    /// [`Timer::Reset`] is due: the notices to send, as (the friend's
+    /// device, payload); `in_flight` says whether a notice already waits
+    /// for that device. Entries of friends (or devices) gone since are no
+    /// longer pending.
     pub(crate) fn on_timer(
         &self,
         now: UnixTime,
         io: &mut Io,
         state: &mut State,
         online: bool,
-        in_flight: impl Fn(&str) -> bool,
-    ) -> Vec<(String, Vec<u8>)> {
+        in_flight: impl Fn(&PeerKey) -> bool,
+    ) -> Vec<(PeerKey, Vec<u8>)> {
         if !online || state.pending_resets.is_empty() {
             return Vec::new();
         }
@@ -59,38 +61,55 @@ impl Reset {
             epoch,
             chain_key,
             schedule: state.identity.schedule,
-            public_key: state.identity.public_key(),
+            keys: state.identity.devices().to_vec(),
         };
         let mut bytes = vec![Payload::Reset as u8];
         bytes.extend_from_slice(&notice.to_bytes());
         let friends = &state.friends.0;
-        state
-            .pending_resets
-            .retain(|name| friends.contains_key(name));
+        state.pending_resets.retain(|entry| {
+            let (name, device) = parse_pending_entry(entry);
+            friends
+                .get(name)
+                .is_some_and(|f| usize::from(device) < f.keys.len())
+        });
         state
             .pending_resets
             .iter()
-            .filter(|name| !in_flight(name))
-            .map(|name| (name.clone(), bytes.clone()))
+            .map(|entry| {
+                let (name, device) = parse_pending_entry(entry);
+                PeerKey::new(name, Some(device))
+            })
+            .filter(|key| !in_flight(key))
+            .map(|key| (key, bytes.clone()))
             .collect()
     }
 
-    /// A reset notice from `friend`, whose static key the session proved:
-    /// adopted (into `state`) only if it carries that same key. The caller
-    /// saves the state before it acknowledges.
+    /// A notice from the friend's device `key`, whose key the session
+    /// proved: adopted (into `state`) only if that key is one the friend
+    /// had and one the notice carries — so a friend can add a device, but
+    /// nobody can take a friend's place. The caller saves the state before
+    /// it acknowledges.
     pub(crate) fn adopt(
         &self,
         io: &mut Io,
         state: &mut State,
-        friend: &str,
+        key: &PeerKey,
         notice: &[u8],
     ) -> bool {
-        let public = state.friends.0.get(friend).map(|f| f.public_key);
-        match Invite::from_bytes(notice) {
-            Ok(invite) if Some(invite.public_key) == public => {
-                state.friends.0.insert(friend.to_string(), invite.into());
+        let proven = key.device.and_then(|d| {
+            state
+                .friends
+                .0
+                .get(&key.friend)?
+                .keys
+                .get(usize::from(d))
+                .copied()
+        });
+        match (Invite::from_bytes(notice), proven) {
+            (Ok(invite), Some(proven)) if invite.keys.contains(&proven) => {
+                state.friends.0.insert(key.friend.clone(), invite.into());
                 io.event(Event::ResetAdopted {
-                    friend: friend.to_string(),
+                    friend: key.friend.clone(),
                 });
                 io.event(Event::SaveState);
                 true
@@ -99,12 +118,12 @@ impl Reset {
         }
     }
 
-    /// `friend` acknowledged our notice: no longer pending.
-    pub(crate) fn acknowledged(&self, io: &mut Io, state: &mut State, friend: &str) {
-        if state.pending_resets.remove(friend) {
-            io.event(Event::ResetAcknowledged {
-                friend: friend.to_string(),
-            });
+    /// The friend's device `key` acknowledged our notice: no longer
+    /// pending.
+    pub(crate) fn acknowledged(&self, io: &mut Io, state: &mut State, key: &PeerKey) {
+        let entry = pending_entry(&key.friend, key.device.unwrap_or(0));
+        if state.pending_resets.remove(&entry) {
+            io.event(Event::ResetAcknowledged { friend: entry });
             io.event(Event::SaveState);
         }
     }

@@ -15,7 +15,7 @@ fn a_friend_added_from_an_invite_computes_the_users_current_address() {
     let friend = friends.0.get_mut("alice").unwrap();
     let e = alice.schedule.epoch_at(later + DEFAULT_EPOCH * 3);
     assert_eq!(friend.chain.address_at(e), alice.chain.address_at(e));
-    assert_eq!(friend.public_key, alice.public_key());
+    assert_eq!(friend.keys[0], alice.public_key());
     // The invite gave nothing before its own epoch.
     assert_eq!(friend.chain.address_at(alice.schedule.epoch_at(now)), None);
 }

@@ -12,7 +12,7 @@ fn invite() -> Invite {
             phase: ck.phase(DEFAULT_EPOCH),
         },
         chain_key: ck,
-        public_key: [7; 32],
+        keys: vec![[7; 32]],
     }
 }
 
@@ -20,7 +20,7 @@ fn invite() -> Invite {
 fn an_invite_round_trips_through_its_string() {
     let text = invite().encode();
     assert!(text.starts_with("sky1-"));
-    assert_eq!(text.len(), 5 + 2 * LEN);
+    assert_eq!(text.len(), 5 + 2 * 84, "84 bytes for one device, as in v1");
     assert_eq!(Invite::decode(&format!("  {text}\n")), Ok(invite()));
 }
 
@@ -36,7 +36,7 @@ fn a_friend_finds_the_user_from_the_invite() {
         epoch: Epoch(20_411),
         chain_key: owner.key_at(Epoch(20_411)).unwrap(),
         schedule,
-        public_key: [7; 32],
+        keys: vec![[7; 32]],
     };
     let got = Invite::decode(&made.encode()).unwrap();
     assert_eq!(got.schedule, schedule);
@@ -62,4 +62,19 @@ fn damaged_invites_are_refused() {
     for n in 0..text.len() {
         let _ = Invite::decode(&text[..n]); // never panics
     }
+}
+
+#[test]
+fn every_device_key_travels_and_the_length_says_how_many() {
+    let mut three = invite();
+    three.keys = vec![[7; 32], [8; 32], [9; 32]];
+    let text = three.encode();
+    assert_eq!(text.len(), 5 + 2 * (84 + 64));
+    assert_eq!(Invite::decode(&text), Ok(three));
+    let mut nine = invite();
+    nine.keys = vec![[1; 32]; MAX_DEVICES + 1];
+    assert_eq!(Invite::decode(&nine.encode()), Err(InviteError::Format));
+    let mut none = invite();
+    none.keys.clear();
+    assert_eq!(Invite::decode(&none.encode()), Err(InviteError::Format));
 }
