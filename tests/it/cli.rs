@@ -794,3 +794,19 @@ fn logs_into_a_pipe_carry_no_escape_codes() {
     assert!(!ready.contains('\u{1b}'), "{ready:?}");
     assert!(ready.contains(" INFO "), "{ready:?}");
 }
+
+/// docs/PRIVACY.md's table is the simulator's output as the code now runs
+/// (its modes are what the client does: see the doc).
+#[test]
+fn the_privacy_table_is_what_the_simulator_prints() {
+    let out = sky(&["sim", "privacy"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = stdout(&out);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PRIVACY.md"))
+        .expect("docs/PRIVACY.md");
+    let rows: Vec<&str> = printed.lines().filter(|l| l.starts_with("| ")).collect();
+    assert!(rows.len() >= 10, "{printed}");
+    for row in rows {
+        assert!(doc.contains(row), "docs/PRIVACY.md lacks the row {row}");
+    }
+}

@@ -1,25 +1,36 @@
-//! The std driver of the earth core: one UDP socket, the wall clock, and a
+//! The std driver of the earth core: its UDP sockets, the wall clock, and a
 //! loop that feeds [`Earth`] and hands its events to the application.
 //!
-//! This is the earth's engine, the only earth module with a socket or a
-//! clock. An application that has its own event loop (tokio, mio, a game
-//! loop) drives [`Earth`] itself the same way: `handle_datagram`,
-//! `handle_timeout`, then `poll_transmit` and `poll_event` until empty.
+//! This is the earth's engine, the only earth module with a socket, a
+//! thread or a clock. The core names the socket each datagram goes out of
+//! ([`crate::client::SocketId`]): the main one, and fresh ones for cover
+//! registrations and after an epoch boundary; the driver binds a socket
+//! the first time it is named, reads every socket on a thread of its own,
+//! and closes one when the core releases it. An application that has its
+//! own event loop (tokio, mio, a game loop) drives [`Earth`] itself the
+//! same way: `handle_datagram_on`, `handle_timeout`, then `poll_transmit`,
+//! `poll_released` and `poll_event` until empty.
 
-#![allow(clippy::disallowed_methods)] // the earth's engine: it owns the clock
+#![allow(clippy::disallowed_methods)] // the earth's engine: it owns the clock and threads
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::{Config, Earth, Event};
+use crate::client::{Config, Earth, Event, SocketId};
 use crate::state::State;
 use sky_proto::time::UnixTime;
 
 /// How long the loop sleeps at most, so that a stop flag is seen.
 const TICK: Duration = Duration::from_millis(200);
+
+/// The largest datagram read.
+const BUF: usize = 2048;
 
 /// The wall clock (what the ratchet's epochs count).
 pub fn unix_now() -> UnixTime {
@@ -30,21 +41,38 @@ pub fn unix_now() -> UnixTime {
     )
 }
 
-/// An [`Earth`] core on a UDP socket of its own.
+/// A datagram one of the reader threads received.
+type Received = (SocketId, SocketAddr, Vec<u8>);
+
+/// One bound socket and the flag that stops its reader.
+struct Bound {
+    socket: Arc<UdpSocket>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An [`Earth`] core on UDP sockets of its own.
 pub struct Driver {
-    socket: UdpSocket,
-    /// The socket is IPv6 (dual-stack when bound to the wildcard).
-    v6: bool,
+    sockets: HashMap<SocketId, Bound>,
+    /// The address every socket binds (port 0: a fresh port each).
+    local: IpAddr,
+    incoming: mpsc::Receiver<Received>,
+    incoming_tx: mpsc::Sender<Received>,
     /// The core; call its API between runs (or from `run`'s callback).
     pub earth: Earth,
 }
 
 impl Driver {
-    /// Binds a fresh ephemeral port and seeds the core from the kernel's
-    /// random source. The socket is on loopback when every bootstrap node
-    /// is, else on the wildcard; of the family the bootstrap nodes share,
-    /// or dual-stack IPv6 when they mix families (so that ring members of
-    /// either family can be reached).
+    /// Binds the main socket on a fresh ephemeral port and seeds the core
+    /// from the operating system's random source. The sockets are on
+    /// loopback when every bootstrap node is, else on the wildcard; of the
+    /// family the bootstrap nodes share, or dual-stack IPv6 when they mix
+    /// families (so that ring members of either family can be reached).
     pub fn bind(config: Config, state: State) -> io::Result<Driver> {
         if config.sky.is_empty() {
             return Err(io::Error::new(
@@ -54,30 +82,51 @@ impl Driver {
         }
         let all = |f: fn(&SocketAddr) -> bool| config.sky.iter().all(f);
         let loopback = all(|a| a.ip().is_loopback());
-        let ip: IpAddr = match (all(SocketAddr::is_ipv4), all(SocketAddr::is_ipv6), loopback) {
+        let local: IpAddr = match (all(SocketAddr::is_ipv4), all(SocketAddr::is_ipv6), loopback) {
             (true, _, true) => Ipv4Addr::LOCALHOST.into(),
             (true, _, false) => Ipv4Addr::UNSPECIFIED.into(),
             (_, true, true) => Ipv6Addr::LOCALHOST.into(),
             _ => Ipv6Addr::UNSPECIFIED.into(),
         };
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let (incoming_tx, incoming) = mpsc::channel();
         let earth = Earth::new(config, state, random_seed()?, unix_now());
-        Ok(Driver {
-            socket,
-            v6: ip.is_ipv6(),
+        let mut driver = Driver {
+            sockets: HashMap::new(),
+            local,
+            incoming,
+            incoming_tx,
             earth,
-        })
+        };
+        driver.open(SocketId::MAIN)?;
+        Ok(driver)
     }
 
-    /// The socket's local address.
+    /// Binds socket `id` on a fresh port and starts its reader.
+    fn open(&mut self, id: SocketId) -> io::Result<&Bound> {
+        let socket = Arc::new(UdpSocket::bind(SocketAddr::new(self.local, 0))?);
+        socket.set_read_timeout(Some(TICK))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let (reader, stop, tx) = (socket.clone(), closed.clone(), self.incoming_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("sky-earth-socket-{}", id.0))
+            .spawn(move || read(id, &reader, &stop, &tx))?;
+        Ok(self.sockets.entry(id).or_insert(Bound { socket, closed }))
+    }
+
+    /// The main socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        match self.sockets.get(&SocketId::MAIN) {
+            Some(b) => b.socket.local_addr(),
+            None => Err(io::Error::other("the main socket is closed")),
+        }
     }
 
-    /// Sends everything the core has queued. A datagram the kernel refuses
-    /// is dropped, as the network might have: the core retries.
+    /// Sends everything the core has queued, from the socket each names
+    /// (binding a fresh one the first time), then closes the sockets the
+    /// core released. A datagram the kernel refuses is dropped, as the
+    /// network might have: the core retries.
     pub fn flush(&mut self) {
-        let v6 = self.v6;
+        let v6 = self.local.is_ipv6();
         while let Some(t) = self.earth.poll_transmit() {
             let dst = match t.dst {
                 // A dual-stack socket reaches IPv4 through mapped addresses.
@@ -86,7 +135,16 @@ impl Driver {
                 }
                 dst => dst,
             };
-            let _ = self.socket.send_to(&t.bytes, dst);
+            let bound = match self.sockets.contains_key(&t.socket) {
+                true => self.sockets.get(&t.socket),
+                false => self.open(t.socket).ok(),
+            };
+            if let Some(b) = bound {
+                let _ = b.socket.send_to(&t.bytes, dst);
+            }
+        }
+        while let Some(id) = self.earth.poll_released() {
+            self.sockets.remove(&id);
         }
     }
 
@@ -118,7 +176,6 @@ impl Driver {
         stop: &AtomicBool,
         app: &mut impl App,
     ) -> io::Result<()> {
-        let mut buf = [0u8; 2048];
         loop {
             if app.tick(&mut self.earth).is_break() {
                 self.flush();
@@ -145,22 +202,16 @@ impl Driver {
                 wait = wait.min(u.saturating_duration_since(Instant::now()));
             }
             if !wait.is_zero() {
-                self.socket.set_read_timeout(Some(wait))?;
-                match self.socket.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        self.earth.handle_datagram(unix_now(), from, &mut buf[..n]);
+                match self.incoming.recv_timeout(wait) {
+                    Ok((socket, from, mut bytes)) => {
+                        self.earth
+                            .handle_datagram_on(unix_now(), socket, from, &mut bytes);
                         continue;
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::Interrupted
-                                // An ICMP error from a punch that found no one.
-                                | io::ErrorKind::ConnectionRefused
-                        ) => {}
-                    Err(e) => return Err(e),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(io::Error::other("every socket reader stopped"));
+                    }
                 }
             }
             if self.earth.poll_timeout().is_some_and(|t| t <= unix_now()) {
@@ -179,6 +230,32 @@ pub trait App {
     /// stops it.
     fn tick(&mut self, _earth: &mut Earth) -> ControlFlow<()> {
         ControlFlow::Continue(())
+    }
+}
+
+/// Reads `socket` until `closed`, handing every datagram to the driver's
+/// loop.
+fn read(id: SocketId, socket: &UdpSocket, closed: &AtomicBool, tx: &mpsc::Sender<Received>) {
+    let mut buf = [0u8; BUF];
+    while !closed.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if tx.send((id, from, buf[..n].to_vec())).is_err() {
+                    return; // the driver is gone
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        // An ICMP error from a punch that found no one.
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -64,7 +64,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sky_earth::client::{Config, Earth, Event};
+use sky_earth::client::{Config, Earth, Event, SocketId};
 use sky_earth::identity::{Friends, Identity};
 use sky_earth::invite::Invite;
 use sky_earth::ratchet::DEFAULT_EPOCH;
@@ -91,10 +91,25 @@ pub const T0: UnixTime = UnixTime::from_secs(1_800_000_000);
 /// `filtering` it drops what comes from an endpoint it never sent to.
 pub struct Host {
     pub earth: Earth,
+    /// The NAT mapping of its main socket; socket `n` maps to the same IP
+    /// and `public.port() + n` (a NAT gives each socket its own port).
     pub public: SocketAddr,
     pub filtering: bool,
-    pub sent_to: HashSet<SocketAddr>,
+    /// (socket, destination) pairs it sent to: what its NAT lets back in.
+    pub sent_to: HashSet<(SocketId, SocketAddr)>,
     pub events: Vec<Event>,
+    /// The sockets it has used and not released.
+    pub sockets: HashSet<SocketId>,
+}
+
+impl Host {
+    /// The public endpoint of socket `socket`.
+    pub fn public_of(&self, socket: SocketId) -> SocketAddr {
+        if socket == SocketId::MAIN {
+            return self.public;
+        }
+        SocketAddr::new(self.public.ip(), self.public.port() + socket.0 as u16)
+    }
 }
 
 pub fn sky() -> SocketAddr {
@@ -156,6 +171,7 @@ pub fn hosts(names: &[&str], config: impl Fn(&mut Config)) -> Vec<Host> {
                 filtering: true,
                 sent_to: HashSet::new(),
                 events: Vec::new(),
+                sockets: HashSet::from([SocketId::MAIN]),
             }
         })
         .collect()

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sky_earth::client::{Config, Earth, Event, Failure};
+use sky_earth::client::{Config, Earth, Event, Failure, SocketId};
 use sky_earth::identity::Friends;
 use sky_earth::invite::Invite;
 use sky_earth::state::State;
@@ -69,6 +69,9 @@ pub struct Net {
     /// UDP payload bytes the sky nodes sent to earth hosts (their egress):
     /// replies and introductions.
     pub sky_egress: u64,
+    /// When `Some`, every request a sky node received: (source, message) —
+    /// the wire as the sky sees it.
+    pub sky_log: Option<Vec<(SocketAddr, Message)>>,
     /// The ring version of every keepalive the sky received.
     pub keepalive_rings: Vec<u32>,
     /// Gossip datagrams delivered to a live node.
@@ -105,6 +108,7 @@ impl Net {
             to_sky: vec![0; names.len()],
             replies: Vec::new(),
             sky_egress: 0,
+            sky_log: None,
             keepalive_rings: Vec::new(),
             gossip_delivered: 0,
             seed: 0,
@@ -153,6 +157,7 @@ impl Net {
             filtering: true,
             sent_to: HashSet::new(),
             events: Vec::new(),
+            sockets: HashSet::from([SocketId::MAIN]),
         });
         self.names.push(name.to_string());
         self.to_sky.push(0);
@@ -176,13 +181,20 @@ impl Net {
     }
 
     pub fn flush(&mut self, i: usize) {
-        let from = self.hosts[i].public;
         while let Some(t) = self.hosts[i].earth.poll_transmit() {
-            self.hosts[i].sent_to.insert(t.dst);
+            let h = &mut self.hosts[i];
+            h.sockets.insert(t.socket);
+            h.sent_to.insert((t.socket, t.dst));
+            let from = h.public_of(t.socket);
             if self.is_sky(t.dst) {
                 self.to_sky[i] += 1;
             }
             self.send(from, t.dst, t.bytes);
+        }
+        while let Some(s) = self.hosts[i].earth.poll_released() {
+            let h = &mut self.hosts[i];
+            h.sockets.remove(&s);
+            h.sent_to.retain(|(socket, _)| *socket != s);
         }
         while let Some(e) = self.hosts[i].earth.poll_event() {
             self.hosts[i].events.push(e);
@@ -196,6 +208,9 @@ impl Net {
             }
             if let Ok(Message::Keepalive { ring, .. }) = Message::decode(&bytes) {
                 self.keepalive_rings.push(ring);
+            }
+            if let (Some(log), Ok(m)) = (self.sky_log.as_mut(), Message::decode(&bytes)) {
+                log.push((from, m));
             }
             let len = bytes.len();
             bytes.resize(2048, 0);
@@ -219,14 +234,21 @@ impl Net {
         if self.deliver_gossip(from, to, &bytes) {
             return;
         }
-        let Some(i) = self.hosts.iter().position(|h| h.public == to) else {
+        let found = self.hosts.iter().enumerate().find_map(|(i, h)| {
+            h.sockets
+                .iter()
+                .find(|s| h.public_of(**s) == to)
+                .map(|s| (i, *s))
+        });
+        let Some((i, socket)) = found else {
             return; // nobody there (a NAT mapping that is gone)
         };
         let h = &mut self.hosts[i];
-        if h.filtering && !h.sent_to.contains(&from) {
+        if h.filtering && !h.sent_to.contains(&(socket, from)) {
             return;
         }
-        h.earth.handle_datagram(self.now, from, &mut bytes);
+        h.earth
+            .handle_datagram_on(self.now, socket, from, &mut bytes);
         self.flush(i);
     }
 

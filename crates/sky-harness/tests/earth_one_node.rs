@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sky_earth::client::{Event, Failure, Overlap};
+use sky_earth::client::{Event, Failure, Overlap, ROTATION_DELAY};
 use sky_earth::handshake::{self, Initiator};
 use sky_earth::ratchet::{ChainKey, DEFAULT_OVERLAP, Epoch};
 use sky_harness::*;
@@ -85,15 +85,24 @@ fn moves_to_the_next_address_at_the_boundary() {
     let mut net = Net::new(&["alice", "bob"], |_| {});
     net.online(0);
     net.run_for(secs(1));
-    let first = registered(&net.take_events(0))[0].0;
+    let (first, first_seen) = registered(&net.take_events(0))[0];
     let schedule = net.hosts[0].earth.state().identity.schedule;
     let next = schedule.start_of(Epoch(schedule.epoch_at(net.now).0 + 1));
+    // The old address is gone at once at the boundary.
     net.run_until(next + secs(1));
+    assert!(!net.present(&first));
+    // The new one comes within a minute (docs/PRIVACY.md's random delay),
+    // from a fresh socket: the sky sees a new endpoint, nothing ties the
+    // two addresses together on the wire.
+    net.run_until(next + ROTATION_DELAY + secs(1));
     let regs = registered(&net.take_events(0));
     assert_eq!(regs.len(), 1);
     assert_ne!(regs[0].0, first);
-    // The old address is gone at once; bob finds her under the new one.
-    assert!(!net.present(&first));
+    assert_ne!(
+        regs[0].1, first_seen,
+        "the new address came from the old socket"
+    );
+    assert_eq!(regs[0].1.ip(), first_seen.ip());
     assert!(net.present(&regs[0].0));
     assert!(net.lookup(1, "alice").is_ok());
 }
@@ -420,11 +429,35 @@ fn a_forged_reset_notice_is_ignored() {
 #[test]
 fn cover_traffic_registers_random_addresses_and_drops_them() {
     let mut net = Net::new(&["alice"], |c| c.cover = Some(secs(120)));
+    net.sky_log = Some(Vec::new());
     net.online(0);
     net.run_for(secs(3600));
     let now = net.now;
     let mut id = net.hosts[0].earth.state().identity.clone();
     let own = id.chain.address_at(id.schedule.epoch_at(now)).unwrap();
+    // On the wire, as the sky saw it: her own registrations come from her
+    // main socket; every cover registration from a socket of its own.
+    let mut own_sources = std::collections::HashSet::new();
+    let mut cover_sources: std::collections::HashMap<_, std::collections::HashSet<_>> =
+        Default::default();
+    for (from, m) in net.sky_log.as_ref().unwrap() {
+        if let Message::Register { token, .. } = m {
+            let address = VirtualAddr::from_token(token);
+            if address == own {
+                own_sources.insert(*from);
+            } else {
+                cover_sources.entry(address).or_default().insert(*from);
+            }
+        }
+    }
+    assert_eq!(own_sources.len(), 1, "{own_sources:?}");
+    assert!(cover_sources.len() >= 10, "{} decoys", cover_sources.len());
+    let mut seen = own_sources.clone();
+    for sources in cover_sources.values() {
+        assert_eq!(sources.len(), 1, "a decoy moved sockets: {sources:?}");
+        let source = *sources.iter().next().unwrap();
+        assert!(seen.insert(source), "a decoy shared a socket: {source}");
+    }
     // Registrations seen by the sky: hers plus cover ones, and no cover
     // one outlives its hold (at most 5 keepalive intervals).
     let covers = net.hosts[0]
@@ -437,6 +470,10 @@ fn cover_traffic_registers_random_addresses_and_drops_them() {
     assert!(
         net.skies[0].presence.len() <= 1 + covers,
         "cover entries are unregistered when done"
+    );
+    assert!(
+        net.hosts[0].sockets.len() <= 1 + covers,
+        "a decoy's socket is released when it is done"
     );
     assert!(
         net.to_sky[0] > 160 + 10,

@@ -49,6 +49,13 @@ pub struct Config {
     pub retry: Duration,
     /// When a lookup, connection or delivery gives up. Default 5 s.
     pub give_up: Duration,
+    /// Cover registrations each go out of a socket of their own, and at an
+    /// epoch boundary the client moves to a new socket (lookup-side only),
+    /// so that nothing on the wire ties addresses together
+    /// (`docs/PRIVACY.md`). The driver must then send from the socket each
+    /// [`super::Transmit`] names. Default on; off, everything uses
+    /// [`super::SocketId::MAIN`].
+    pub fresh_sockets: bool,
 }
 
 impl Config {
@@ -64,6 +71,7 @@ impl Config {
             cover: None,
             retry: Duration::from_millis(100),
             give_up: Duration::from_secs(5),
+            fresh_sockets: true,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use sky_proto::frame::{FrameKind, Payload, Registry};
 use sky_proto::intro;
@@ -14,18 +15,23 @@ use sky_proto::time::UnixTime;
 use sky_proto::wire::{self, Message, Packet, VirtualAddr};
 
 use super::config::Config;
-use super::event::{Event, Failure, RegistrationInfo, Transmit};
+use super::config::Overlap;
+use super::event::{Event, Failure, RegistrationInfo, SocketId, Transmit};
 use super::io::Io;
 use super::lookups::{Answer, Done, Lookups, NewLookup, Purpose};
 use super::members::Members;
 use super::peers::{PeerKey, Peers, Received};
-use super::registrations::Registrations;
+use super::registrations::{Registrations, Start};
 use super::reset::Reset;
 use super::timers::Timer;
 use crate::identity::FriendError;
 use crate::invite::Invite;
 use crate::ratchet::ChainKey;
 use crate::state::State;
+
+/// At an epoch boundary, the new address is registered after a random
+/// delay of up to this (`docs/PRIVACY.md`, `lookup-side-fresh-port`).
+pub const ROTATION_DELAY: Duration = Duration::from_secs(60);
 
 /// The earth client's core. See the module documentation of
 /// [`crate::client`] for the calls and their order.
@@ -145,6 +151,14 @@ impl Earth {
             return None;
         }
         self.io.transmits.pop_front()
+    }
+
+    /// The next socket the driver may close (a cover registration's, or
+    /// the one left at an epoch boundary), until `None`. Call it after
+    /// draining [`Earth::poll_transmit`]: what still had to go out of it
+    /// has gone.
+    pub fn poll_released(&mut self) -> Option<SocketId> {
+        self.io.released.pop_front()
     }
 
     /// The next event for the application, until `None`.
@@ -295,12 +309,24 @@ impl Earth {
         }
     }
 
-    /// A datagram from `from`. Datagrams from a sky node we talk to are
-    /// protocol replies and introductions; anything else is a peer's.
+    /// A datagram from `from`, received on [`SocketId::MAIN`]. Datagrams
+    /// from a sky node we talk to are protocol replies and introductions;
+    /// anything else is a peer's.
     pub fn handle_datagram(&mut self, now: UnixTime, from: SocketAddr, datagram: &mut [u8]) {
+        self.handle_datagram_on(now, SocketId::MAIN, from, datagram);
+    }
+
+    /// A datagram from `from`, received on `socket`.
+    pub fn handle_datagram_on(
+        &mut self,
+        now: UnixTime,
+        socket: SocketId,
+        from: SocketAddr,
+        datagram: &mut [u8],
+    ) {
         let from = wire::canonical(from);
         if self.io.nodes.contains_key(&from) {
-            self.sky_datagram(now, from, datagram);
+            self.sky_datagram(now, socket, from, datagram);
             return;
         }
         let connected = match Registry::of(datagram) {
@@ -322,7 +348,7 @@ impl Earth {
                     })
                     .collect();
                 self.peers
-                    .on_msg1(now, &mut self.io, from, datagram, ours, &devices)
+                    .on_msg1(now, &mut self.io, (socket, from), datagram, ours, &devices)
             }
             Registry::Frame(FrameKind::Msg2) => self
                 .peers
@@ -401,7 +427,13 @@ impl Earth {
                     self.connect_lookup(now, key);
                 }
             }
-            Timer::Punch(endpoint) => self.peers.on_punch(now, io, endpoint),
+            Timer::Punch(via, endpoint) => self.peers.on_punch(now, io, via, endpoint),
+            Timer::Release(socket) => {
+                self.peers.drop_socket(io, socket);
+                if !self.registrations.uses(socket) {
+                    io.release(socket);
+                }
+            }
             Timer::Reset => {
                 let peers = &self.peers;
                 let notices = self
@@ -417,19 +449,40 @@ impl Earth {
     }
 
     /// Registers exactly the own addresses of `now` (and fetches the
-    /// members if the client holds no view).
+    /// members if the client holds no view). Crossing an epoch boundary
+    /// (lookup-side, with fresh sockets), the new address goes out of a new
+    /// socket after a random delay of up to [`ROTATION_DELAY`], as
+    /// `docs/PRIVACY.md` models it: nothing on the wire ties it to the old.
     fn update_registrations(&mut self, now: UnixTime) {
         let schedule = self.state.identity.schedule;
         let device = self.state.identity.device();
+        let epochs = self.registrations.wanted_epochs(now, schedule);
         let chain = &mut self.state.identity.chain;
-        let wanted: Vec<_> = self
-            .registrations
-            .wanted_epochs(now, schedule)
-            .into_iter()
-            .filter_map(|e| chain.device_token_at(e, device).map(|t| (e, t)))
+        let wanted: Vec<_> = epochs
+            .iter()
+            .filter_map(|&e| chain.device_token_at(e, device).map(|t| (e, t)))
             .collect();
+        let mut start = Start {
+            via: self.io.main,
+            after: Duration::ZERO,
+        };
+        let rotate = self.config.fresh_sockets
+            && self.config.overlap == Overlap::LookupSide
+            && self.registrations.own_other_than(&epochs);
+        if rotate {
+            let old = self.io.main;
+            self.io.main = self.io.new_socket();
+            start = Start {
+                via: self.io.main,
+                after: ROTATION_DELAY.mul_f64(self.io.rng.unit()),
+            };
+            // Sessions on the old socket may finish; then it closes.
+            self.io
+                .timers
+                .set(Timer::Release(old), now + self.config.give_up * 2);
+        }
         self.registrations
-            .update(now, &mut self.io, &self.members, &wanted, schedule);
+            .update(now, &mut self.io, &self.members, &wanted, schedule, start);
         let needed = self.needed();
         self.members.ensure(now, &mut self.io, needed);
     }
@@ -565,8 +618,8 @@ impl Earth {
         }
     }
 
-    /// A reply or an introduction from the sky node `from`.
-    fn sky_datagram(&mut self, now: UnixTime, from: SocketAddr, datagram: &[u8]) {
+    /// A reply or an introduction from the sky node `from`, on `socket`.
+    fn sky_datagram(&mut self, now: UnixTime, socket: SocketId, from: SocketAddr, datagram: &[u8]) {
         let Ok(packet) = Packet::new_checked(datagram) else {
             return;
         };
@@ -574,11 +627,17 @@ impl Earth {
         let io = &mut self.io;
         match Message::parse(&packet) {
             Message::CookieReply { tag, cookie } => {
-                io.nodes.entry(from).or_default().cookie = cookie;
-                self.members.on_cookie(io, from, tag);
+                io.nodes
+                    .entry(from)
+                    .or_default()
+                    .cookies
+                    .insert(socket, cookie);
                 let ring = self.members.version();
-                self.registrations.on_cookie(io, from, tag, ring);
-                self.lookups.on_cookie(io, from, tag);
+                self.registrations.on_cookie(io, socket, from, tag, ring);
+                if socket == io.main {
+                    self.members.on_cookie(io, from, tag);
+                    self.lookups.on_cookie(io, from, tag);
+                }
             }
             reply @ Message::Registered { .. } => {
                 self.registrations.on_registered(now, io, from, reply)
@@ -610,7 +669,7 @@ impl Earth {
             Message::Introduction { .. } => {
                 let keys = io.nodes.get(&from).map_or(&[][..], |n| &n.intro_keys);
                 match intro::verify_introduction(keys, datagram) {
-                    Ok((caller, endpoint)) => self.introduced(now, caller, endpoint),
+                    Ok((caller, endpoint)) => self.introduced(now, socket, caller, endpoint),
                     Err(_) => io.event(Event::ForgedIntroduction),
                 }
             }
@@ -645,7 +704,13 @@ impl Earth {
 
     /// The sky introduced `caller` at `endpoint`: a friend by name when the
     /// address is one of theirs; punch towards it either way.
-    fn introduced(&mut self, now: UnixTime, caller: VirtualAddr, endpoint: SocketAddr) {
+    fn introduced(
+        &mut self,
+        now: UnixTime,
+        socket: SocketId,
+        caller: VirtualAddr,
+        endpoint: SocketAddr,
+    ) {
         let overlap = self.config.overlap_window;
         let friend = self.state.friends.0.iter_mut().find_map(|(name, f)| {
             let devices = f.keys.len() as u8;
@@ -655,7 +720,8 @@ impl Earth {
                 .any(|e| (0..devices).any(|d| f.chain.device_address_at(e, d) == Some(caller)))
                 .then(|| name.clone())
         });
-        self.peers.punch_towards(now, &mut self.io, endpoint);
+        self.peers
+            .punch_towards(now, &mut self.io, socket, endpoint);
         self.io.event(Event::Introduced {
             friend,
             caller,

@@ -20,9 +20,26 @@ pub struct RegistrationInfo {
     pub holders: Vec<SocketAddr>,
 }
 
+/// One of the client's UDP sockets. [`SocketId::MAIN`] is the one the
+/// driver opens first; the core asks for fresh ones (a new local port, so a
+/// new NAT mapping) by sending from an id it has not used yet: cover
+/// registrations each get their own, and at an epoch boundary the client
+/// moves to a new one, so that nothing on the wire ties the new address to
+/// the old (`docs/PRIVACY.md`). [`super::Earth::poll_released`] says when
+/// one is no longer needed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub u32);
+
+impl SocketId {
+    /// The socket the driver opens with the core.
+    pub const MAIN: SocketId = SocketId(0);
+}
+
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// Which of the client's sockets to send it from.
+    pub socket: SocketId,
     /// Where to send it.
     pub dst: SocketAddr,
     /// The UDP payload.

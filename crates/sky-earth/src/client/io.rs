@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sky_proto::wire::{Cookie, IntroKey, Message, Tag};
 
-use super::event::{Event, Transmit};
+use super::event::{Event, SocketId, Transmit};
 use super::timers::Timers;
 
 /// Introduction keys kept per sky node (keys of addresses long gone are of
@@ -60,8 +60,9 @@ impl Rng {
 /// What the client keeps per sky node it talks to.
 #[derive(Default)]
 pub(crate) struct SkyNode {
-    /// The cookie this node gave our endpoint (zeros until it gives one).
-    pub(crate) cookie: Cookie,
+    /// The cookie this node gave each of our sockets (a cookie binds an IP
+    /// and a port: every socket needs its own).
+    pub(crate) cookies: HashMap<SocketId, Cookie>,
     /// The introduction keys this node gave us in `registered` replies: an
     /// introduction from this node must verify under one of them.
     pub(crate) intro_keys: Vec<IntroKey>,
@@ -81,6 +82,11 @@ pub(crate) struct Io {
     pub(crate) hold_until_saved: bool,
     /// A [`Event::SaveState`] has not been answered by `saved` yet.
     pub(crate) unsaved: bool,
+    /// The socket the client's own traffic goes out of now.
+    pub(crate) main: SocketId,
+    next_socket: u32,
+    /// Sockets the driver may close.
+    pub(crate) released: VecDeque<SocketId>,
 }
 
 impl Io {
@@ -93,6 +99,9 @@ impl Io {
             events: VecDeque::new(),
             hold_until_saved: false,
             unsaved: false,
+            main: SocketId::MAIN,
+            next_socket: 1,
+            released: VecDeque::new(),
         }
     }
 
@@ -107,18 +116,41 @@ impl Io {
         self.events.push_back(event);
     }
 
-    pub(crate) fn send(&mut self, dst: SocketAddr, bytes: Vec<u8>) {
-        self.transmits.push_back(Transmit { dst, bytes });
+    /// Sends `bytes` to `dst` from `socket`.
+    pub(crate) fn send(&mut self, socket: SocketId, dst: SocketAddr, bytes: Vec<u8>) {
+        self.transmits.push_back(Transmit { socket, dst, bytes });
     }
 
-    /// Sends a request to `node` with the cookie it gave us (zeros before).
-    pub(crate) fn request(&mut self, node: SocketAddr, build: impl FnOnce(Cookie) -> Message) {
-        let cookie = self.nodes.entry(node).or_default().cookie;
+    /// Sends a request to `node` from `socket`, with the cookie the node
+    /// gave that socket (zeros before).
+    pub(crate) fn request(
+        &mut self,
+        socket: SocketId,
+        node: SocketAddr,
+        build: impl FnOnce(Cookie) -> Message,
+    ) {
+        let entry = self.nodes.entry(node).or_default();
+        let cookie = entry.cookies.get(&socket).copied().unwrap_or_default();
         let msg = build(cookie);
         let mut bytes = vec![0u8; msg.buffer_len()];
         let n = msg.emit(&mut bytes);
         bytes.truncate(n);
-        self.send(node, bytes);
+        self.send(socket, node, bytes);
+    }
+
+    /// A socket nobody has used yet (a new local port).
+    pub(crate) fn new_socket(&mut self) -> SocketId {
+        let id = SocketId(self.next_socket);
+        self.next_socket += 1;
+        id
+    }
+
+    /// The driver may close `socket`; its cookies are forgotten.
+    pub(crate) fn release(&mut self, socket: SocketId) {
+        for node in self.nodes.values_mut() {
+            node.cookies.remove(&socket);
+        }
+        self.released.push_back(socket);
     }
 
     /// Keeps an introduction key `node` gave us (the newest few).

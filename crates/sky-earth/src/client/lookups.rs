@@ -369,7 +369,8 @@ impl Lookups {
 }
 
 fn send_lookup(io: &mut Io, node: SocketAddr, tag: Tag, target: VirtualAddr, caller: VirtualAddr) {
-    io.request(node, |cookie| Message::Lookup {
+    let main = io.main;
+    io.request(main, node, |cookie| Message::Lookup {
         tag,
         cookie,
         target,

@@ -410,7 +410,8 @@ impl Members {
 }
 
 fn send_members(io: &mut Io, node: SocketAddr, tag: Tag, start: u16) {
-    io.request(node, |cookie| Message::Members {
+    let main = io.main;
+    io.request(main, node, |cookie| Message::Members {
         tag,
         cookie,
         start,

@@ -56,8 +56,8 @@ mod reset;
 mod timers;
 
 pub use config::{Config, Overlap};
-pub use earth::Earth;
-pub use event::{Event, Failure, RegistrationInfo, Transmit};
+pub use earth::{Earth, ROTATION_DELAY};
+pub use event::{Event, Failure, RegistrationInfo, SocketId, Transmit};
 pub use members::MEMBERS_REQUEST_LEN;
 
 /// The largest application payload [`Earth::send`] and

@@ -18,7 +18,7 @@ use sky_proto::frame::{self, DATA_OVERHEAD, MSG1_LEN, MSG2_LEN, Payload};
 use sky_proto::time::UnixTime;
 
 use super::MAX_PAYLOAD;
-use super::event::{Event, Failure, Transmit};
+use super::event::{Event, Failure, SocketId, Transmit};
 use super::io::Io;
 use super::timers::{PeerId, Timer};
 use crate::handshake::{self, Initiator, Session};
@@ -76,6 +76,8 @@ impl PeerKey {
 /// A connection to a friend's device.
 struct Peer {
     id: PeerId,
+    /// The socket the session runs on.
+    via: SocketId,
     endpoint: Option<SocketAddr>,
     phase: Phase,
     outbox: VecDeque<Outgoing>,
@@ -106,8 +108,9 @@ pub(crate) enum Received {
 /// Every connection (see the module documentation).
 pub(crate) struct Peers {
     peers: HashMap<PeerKey, Peer>,
-    /// Introduced callers we punch towards, until when.
-    punches: HashMap<SocketAddr, UnixTime>,
+    /// Introduced callers we punch towards (from the socket the
+    /// introduction came to), until when.
+    punches: HashMap<(SocketId, SocketAddr), UnixTime>,
     next_payload: u64,
     next_peer: PeerId,
     /// Acknowledgements that wait for the state to be saved:
@@ -264,6 +267,7 @@ impl Peers {
                     key.clone(),
                     Peer {
                         id: self.next_peer,
+                        via: io.main,
                         endpoint: None,
                         phase: Phase::Looking,
                         outbox: VecDeque::from([outgoing]),
@@ -293,7 +297,7 @@ impl Peers {
         let mut plain = Vec::with_capacity(payload.len() + 1);
         plain.push(Payload::Datagram as u8);
         plain.extend_from_slice(payload);
-        io.send(dst, seal(session, &plain));
+        io.send(peer.via, dst, seal(session, &plain));
         true
     }
 
@@ -381,6 +385,7 @@ impl Peers {
         };
         let mut msg1 = [0u8; MSG1_LEN];
         let initiator = Initiator::start(ours, theirs, ephemeral, &mut msg1);
+        peer.via = io.main;
         peer.endpoint = Some(endpoint);
         peer.phase = Phase::Handshaking { initiator, msg1 };
         io.timers.set(Timer::Relookup(peer.id), now + RELOOKUP);
@@ -422,10 +427,11 @@ impl Peers {
             return;
         };
         let Some(dst) = peer.endpoint else { return };
+        let via = peer.via;
         match &mut peer.phase {
             Phase::Looking => return,
             Phase::Handshaking { msg1, .. } => {
-                io.send(dst, msg1.to_vec());
+                io.send(via, dst, msg1.to_vec());
                 if let Some(o) = peer.outbox.front_mut() {
                     o.sent += 1;
                 }
@@ -439,7 +445,7 @@ impl Peers {
                     let counter = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
                     (bytes, counter)
                 });
-                io.send(dst, sealed.0.clone());
+                io.send(via, dst, sealed.0.clone());
                 o.sent += 1;
             }
         }
@@ -530,27 +536,57 @@ impl Peers {
         Some(key)
     }
 
-    /// The sky introduced a caller at `endpoint`: open our NAT towards it
+    /// The sky introduced a caller at `endpoint` (on `via`, the socket
+    /// registered where the introduction came): open our NAT towards it
     /// until their handshake comes. The sky vouched for the caller and
     /// already told them where we are; a caller we cannot name may be a
     /// friend whose address reset is on its way to us.
-    pub(crate) fn punch_towards(&mut self, now: UnixTime, io: &mut Io, endpoint: SocketAddr) {
-        self.punches.insert(endpoint, now + self.give_up);
-        self.on_punch(now, io, endpoint);
+    pub(crate) fn punch_towards(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        via: SocketId,
+        endpoint: SocketAddr,
+    ) {
+        self.punches.insert((via, endpoint), now + self.give_up);
+        self.on_punch(now, io, via, endpoint);
     }
 
     /// [`Timer::Punch`] is due.
-    pub(crate) fn on_punch(&mut self, now: UnixTime, io: &mut Io, endpoint: SocketAddr) {
-        match self.punches.get(&endpoint) {
+    pub(crate) fn on_punch(
+        &mut self,
+        now: UnixTime,
+        io: &mut Io,
+        via: SocketId,
+        endpoint: SocketAddr,
+    ) {
+        match self.punches.get(&(via, endpoint)) {
             Some(&until) if now < until => {
-                io.send(endpoint, vec![frame::PUNCH]);
-                io.timers.set(Timer::Punch(endpoint), now + self.retry);
+                io.send(via, endpoint, vec![frame::PUNCH]);
+                io.timers.set(Timer::Punch(via, endpoint), now + self.retry);
             }
             _ => {
-                self.punches.remove(&endpoint);
-                io.timers.cancel(Timer::Punch(endpoint));
+                self.punches.remove(&(via, endpoint));
+                io.timers.cancel(Timer::Punch(via, endpoint));
             }
         }
+    }
+
+    /// The driver is about to close `socket`: connections on it end (what
+    /// waited on them fails; the next payload connects afresh).
+    pub(crate) fn drop_socket(&mut self, io: &mut Io, socket: SocketId) {
+        let on_it: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.via == socket && p.endpoint.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in on_it {
+            self.fail(io, &key, Failure::Unreachable);
+        }
+        self.punches.retain(|(via, _), _| *via != socket);
+        io.timers
+            .cancel_where(|t| matches!(t, Timer::Punch(via, _) if *via == socket));
     }
 
     /// Someone's msg1: answer it if it comes from a friend's device
@@ -562,7 +598,7 @@ impl Peers {
         &mut self,
         now: UnixTime,
         io: &mut Io,
-        from: SocketAddr,
+        (via, from): (SocketId, SocketAddr),
         datagram: &[u8],
         ours: ([u8; 32], [u8; 32]),
         devices: &[(PeerKey, [u8; 32])],
@@ -576,7 +612,7 @@ impl Peers {
                 && peer.endpoint == Some(from)
                 && m1[..] == *datagram
             {
-                io.send(from, m2.to_vec());
+                io.send(peer.via, from, m2.to_vec());
                 return Vec::new();
             }
         }
@@ -588,7 +624,7 @@ impl Peers {
             handshake::Answer::Refused(refusal) => {
                 // A valid msg1 from a key we do not know: say so, to them
                 // only (smaller than what they sent).
-                io.send(from, refusal.to_vec());
+                io.send(via, from, refusal.to_vec());
                 io.event(Event::HandshakeRefused {
                     from,
                     error: handshake::HandshakeError::Stranger,
@@ -606,8 +642,8 @@ impl Peers {
         if self.handshaking(&key) && ours.1 < keys[i] {
             return Vec::new();
         }
-        self.punches.remove(&from);
-        io.timers.cancel(Timer::Punch(from));
+        self.punches.remove(&(via, from));
+        io.timers.cancel(Timer::Punch(via, from));
         let mut m1 = [0u8; MSG1_LEN];
         m1.copy_from_slice(datagram);
         self.next_peer += 1;
@@ -620,12 +656,14 @@ impl Peers {
         };
         let peer = self.peers.entry(key.clone()).or_insert_with(|| Peer {
             id: fresh,
+            via,
             endpoint: None,
             phase: Phase::Looking,
             outbox: VecDeque::new(),
             deadline: now,
         });
         io.timers.cancel(Timer::Relookup(peer.id));
+        peer.via = via;
         peer.endpoint = Some(from);
         peer.phase = Phase::Established {
             session,
@@ -641,7 +679,7 @@ impl Peers {
             peer.outbox.extend(waiting.outbox);
             moot.push(any);
         }
-        io.send(from, msg2.to_vec());
+        io.send(via, from, msg2.to_vec());
         io.event(Event::Connected {
             friend: key.friend.clone(),
             peer: from,
@@ -719,6 +757,7 @@ impl Peers {
             return Received::Nothing;
         };
         let key = key.clone();
+        let via = peer.via;
         let Phase::Established { session, .. } = &mut peer.phase else {
             unreachable!("matched above");
         };
@@ -739,7 +778,7 @@ impl Peers {
                 {
                     return Received::Nothing;
                 }
-                io.send(from, seal(session, &frame::ack_payload(counter)));
+                io.send(via, from, seal(session, &frame::ack_payload(counter)));
                 return Received::Nothing;
             }
             Err(_) => return Received::Nothing,
@@ -767,7 +806,7 @@ impl Peers {
             }
             Some(kind @ (Payload::Text | Payload::Datagram)) => {
                 if kind == Payload::Text {
-                    io.send(from, seal(session, &frame::ack_payload(counter)));
+                    io.send(via, from, seal(session, &frame::ack_payload(counter)));
                 }
                 io.event(Event::Message {
                     friend: key.friend,
@@ -777,6 +816,7 @@ impl Peers {
             }
             Some(Payload::Reset) => Received::ResetNotice {
                 ack: Transmit {
+                    socket: via,
                     dst: from,
                     bytes: seal(session, &frame::ack_payload(counter)),
                 },

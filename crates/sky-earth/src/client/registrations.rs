@@ -18,7 +18,7 @@ use sky_proto::time::UnixTime;
 use sky_proto::wire::{Flags, Message, Tag, Token, VirtualAddr};
 
 use super::config::{Config, Overlap};
-use super::event::{Event, RegistrationInfo};
+use super::event::{Event, RegistrationInfo, SocketId};
 use super::io::Io;
 use super::members::Members;
 use super::timers::{RegId, Timer};
@@ -28,6 +28,8 @@ use crate::ratchet::{Epoch, Schedule};
 /// or a random cover address; registered with each of its owners.
 struct Registration {
     id: RegId,
+    /// The socket it is registered from (a cover registration has its own).
+    via: SocketId,
     token: Token,
     address: VirtualAddr,
     kind: RegKind,
@@ -88,6 +90,9 @@ impl Registration {
     }
 }
 
+/// How long a cover registration is held: as `docs/PRIVACY.md` models it.
+const COVER_HOLD: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(300));
+
 /// Every registration (see the module documentation).
 pub(crate) struct Registrations {
     regs: Vec<Registration>,
@@ -99,6 +104,7 @@ pub(crate) struct Registrations {
     overlap: Overlap,
     overlap_window: Duration,
     cover: Option<Duration>,
+    fresh_sockets: bool,
 }
 
 impl Registrations {
@@ -113,6 +119,7 @@ impl Registrations {
             overlap: config.overlap,
             overlap_window: config.overlap_window,
             cover: config.cover,
+            fresh_sockets: config.fresh_sockets,
         }
     }
 
@@ -192,6 +199,7 @@ impl Registrations {
         members: &Members,
         wanted: &[(Epoch, Token)],
         schedule: Schedule,
+        start: Start,
     ) {
         let mut dropped = Vec::new();
         self.regs.retain(|r| {
@@ -200,23 +208,20 @@ impl Registrations {
                 RegKind::Cover => true,
             };
             if !keep {
-                dropped.push((
-                    r.id,
-                    r.token,
-                    r.owners.iter().map(|o| o.node).collect::<Vec<_>>(),
-                ));
+                let owners = r.owners.iter().map(|o| o.node).collect::<Vec<_>>();
+                dropped.push((r.id, r.via, r.token, owners));
             }
             keep
         });
-        for &(epoch, token) in wanted {
-            if !self.regs.iter().any(|r| r.token == token) {
-                self.start(now, io, members, token, RegKind::Own(epoch));
-            }
-        }
-        for (id, token, owners) in dropped {
+        for (id, via, token, owners) in dropped {
             cancel_timers(io, id);
             for node in owners {
-                unregister(io, node, token);
+                unregister(io, via, node, token);
+            }
+        }
+        for &(epoch, token) in wanted {
+            if !self.regs.iter().any(|r| r.token == token) {
+                self.start(now, io, members, token, RegKind::Own(epoch), start);
             }
         }
         match self.next_boundary(schedule) {
@@ -264,9 +269,33 @@ impl Registrations {
         }
         let mut token = [0u8; 16];
         token.copy_from_slice(&io.rng.bytes()[..16]);
-        let hold = self.keepalive.mul_f64(1.0 + 4.0 * io.rng.unit());
-        let id = self.start(now, io, members, Token(token), RegKind::Cover);
+        let (shortest, longest) = COVER_HOLD;
+        let hold = shortest + (longest - shortest).mul_f64(io.rng.unit());
+        // Its own socket: nothing ties it to the user's own registration.
+        let via = if self.fresh_sockets {
+            io.new_socket()
+        } else {
+            io.main
+        };
+        let start = Start {
+            via,
+            after: Duration::ZERO,
+        };
+        let id = self.start(now, io, members, Token(token), RegKind::Cover, start);
         io.timers.set(Timer::CoverEnd(id), now + hold);
+    }
+
+    /// Whether an own address of an epoch not in `epochs` is registered
+    /// (the client is crossing a boundary).
+    pub(crate) fn own_other_than(&self, epochs: &[Epoch]) -> bool {
+        self.regs
+            .iter()
+            .any(|r| matches!(r.kind, RegKind::Own(e) if !epochs.contains(&e)))
+    }
+
+    /// Whether any registration still uses `socket`.
+    pub(crate) fn uses(&self, socket: SocketId) -> bool {
+        self.regs.iter().any(|r| r.via == socket)
     }
 
     /// [`Timer::CoverEnd`] is due: the cover registration goes.
@@ -275,7 +304,10 @@ impl Registrations {
             let reg = self.regs.remove(i);
             cancel_timers(io, id);
             for o in &reg.owners {
-                unregister(io, o.node, reg.token);
+                unregister(io, reg.via, o.node, reg.token);
+            }
+            if reg.via != io.main {
+                io.release(reg.via);
             }
         }
     }
@@ -284,9 +316,12 @@ impl Registrations {
     pub(crate) fn clear(&mut self, io: &mut Io) {
         for reg in std::mem::take(&mut self.regs) {
             for o in &reg.owners {
-                unregister(io, o.node, reg.token);
+                unregister(io, reg.via, o.node, reg.token);
             }
             cancel_timers(io, reg.id);
+            if reg.kind == RegKind::Cover {
+                io.release(reg.via);
+            }
         }
         io.timers.cancel(Timer::Boundary);
     }
@@ -298,12 +333,14 @@ impl Registrations {
         members: &Members,
         token: Token,
         kind: RegKind,
+        start: Start,
     ) -> RegId {
         self.next_id += 1;
         let id = self.next_id;
         let address = VirtualAddr::from_token(&token);
         self.regs.push(Registration {
             id,
+            via: start.via,
             token,
             address,
             kind,
@@ -312,14 +349,18 @@ impl Registrations {
             silent_reported: false,
         });
         let i = self.regs.len() - 1;
+        // Later (a rotation's random delay): the owners' timers send the
+        // first registration then.
+        let at = now + start.after;
         for node in members.owners_of(&address) {
-            self.register_with(now, io, i, node, false);
+            self.register_with(at, io, i, node, false, !start.after.is_zero());
         }
-        self.settle(now, io, i);
+        self.settle(at, io, i);
         id
     }
 
-    /// Registers registration `i` with `node` (one more owner).
+    /// Registers registration `i` with `node` (one more owner), at `now`
+    /// or, `later`, when `Timer::Owner` fires at `now`.
     fn register_with(
         &mut self,
         now: UnixTime,
@@ -327,6 +368,7 @@ impl Registrations {
         i: usize,
         node: SocketAddr,
         via_hint: bool,
+        later: bool,
     ) {
         let tag = io.tag();
         let flags = self.flags();
@@ -336,8 +378,12 @@ impl Registrations {
             state: RegState::Pending { tag, first: now },
             via_hint,
         });
+        if later {
+            io.timers.set(Timer::Owner(reg.id, node), now);
+            return;
+        }
         io.timers.set(Timer::Owner(reg.id, node), now + self.retry);
-        send_register(io, node, tag, reg.token, flags);
+        send_register(io, reg.via, node, tag, reg.token, flags);
     }
 
     /// Brings `reported` and the silence timer up to date after the owners'
@@ -362,7 +408,7 @@ impl Registrations {
         for i in 0..self.regs.len() {
             let owners = members.owners_of(&self.regs[i].address);
             let reg = &mut self.regs[i];
-            let (id, token) = (reg.id, reg.token);
+            let (id, via, token) = (reg.id, reg.via, reg.token);
             let mut gone = Vec::new();
             reg.owners.retain(|o| {
                 let keep = owners.contains(&o.node);
@@ -377,10 +423,10 @@ impl Registrations {
                 .collect();
             for node in gone {
                 io.timers.cancel(Timer::Owner(id, node));
-                unregister(io, node, token);
+                unregister(io, via, node, token);
             }
             for node in new {
-                self.register_with(now, io, i, node, false);
+                self.register_with(now, io, i, node, false, false);
             }
             self.settle(now, io, i);
         }
@@ -400,7 +446,7 @@ impl Registrations {
         let Some(reg) = self.regs.iter_mut().find(|r| r.id == id) else {
             return;
         };
-        let (token, address) = (reg.token, reg.address);
+        let (via, token, address) = (reg.via, reg.token, reg.address);
         let Some(o) = reg.owners.iter_mut().find(|o| o.node == node) else {
             return;
         };
@@ -410,7 +456,7 @@ impl Registrations {
                 io.timers
                     .set(Timer::Owner(id, node), now + waited.clamp(retry, cap));
                 let tag = *tag;
-                send_register(io, node, tag, token, flags);
+                send_register(io, via, node, tag, token, flags);
             }
             RegState::Active {
                 interval,
@@ -420,7 +466,7 @@ impl Registrations {
                 io.timers.set(Timer::Owner(id, node), now + *interval);
                 *keepalive_tag = io.rng.tag();
                 let tag = *keepalive_tag;
-                send_keepalive(io, node, tag, address, ring);
+                send_keepalive(io, via, node, tag, address, ring);
             }
         }
     }
@@ -437,16 +483,24 @@ impl Registrations {
         }
     }
 
-    /// A cookie reply from `node` to request `tag`: a registration or
-    /// keepalive with that tag goes again with it.
-    pub(crate) fn on_cookie(&self, io: &mut Io, node: SocketAddr, tag: Tag, ring: u32) {
+    /// A cookie reply from `node` on `socket` to request `tag`: a
+    /// registration or keepalive from that socket with that tag goes again
+    /// with it.
+    pub(crate) fn on_cookie(
+        &self,
+        io: &mut Io,
+        socket: SocketId,
+        node: SocketAddr,
+        tag: Tag,
+        ring: u32,
+    ) {
         let flags = self.flags();
-        for reg in &self.regs {
+        for reg in self.regs.iter().filter(|r| r.via == socket) {
             for o in reg.owners.iter().filter(|o| o.node == node) {
                 if o.pending_tag() == Some(tag) {
-                    send_register(io, node, tag, reg.token, flags);
+                    send_register(io, socket, node, tag, reg.token, flags);
                 } else if o.keepalive_tag() == Some(tag) {
-                    send_keepalive(io, node, tag, reg.address, ring);
+                    send_keepalive(io, socket, node, tag, reg.address, ring);
                 }
             }
         }
@@ -530,7 +584,7 @@ impl Registrations {
         let (retry, flags) = (self.retry, self.flags());
         for i in 0..self.regs.len() {
             let reg = &mut self.regs[i];
-            let (id, token) = (reg.id, reg.token);
+            let (id, via, token) = (reg.id, reg.via, reg.token);
             for o in reg.owners.iter_mut().filter(|o| o.node == node) {
                 if (!any || o.keepalive_tag() == Some(tag))
                     && matches!(o.state, RegState::Active { .. })
@@ -538,7 +592,7 @@ impl Registrations {
                     let tag = io.rng.tag();
                     o.state = RegState::Pending { tag, first: now };
                     io.timers.set(Timer::Owner(id, node), now + retry);
-                    send_register(io, node, tag, token, flags);
+                    send_register(io, via, node, tag, token, flags);
                 }
             }
             self.settle(now, io, i);
@@ -565,7 +619,7 @@ impl Registrations {
         io.timers.cancel(Timer::Owner(reg.id, from));
         let follow = !gone.via_hint && hint != from && !reg.owners.iter().any(|o| o.node == hint);
         if follow {
-            self.register_with(now, io, i, hint, true);
+            self.register_with(now, io, i, hint, true, false);
         }
         self.settle(now, io, i);
         true
@@ -578,8 +632,24 @@ fn cancel_timers(io: &mut Io, id: RegId) {
     );
 }
 
-fn send_register(io: &mut Io, node: SocketAddr, tag: Tag, token: Token, flags: Flags) {
-    io.request(node, |cookie| Message::Register {
+/// Where and when a new registration starts.
+#[derive(Clone, Copy)]
+pub(crate) struct Start {
+    /// The socket it goes out of.
+    pub(crate) via: SocketId,
+    /// How long after now its first `register` goes.
+    pub(crate) after: Duration,
+}
+
+fn send_register(
+    io: &mut Io,
+    via: SocketId,
+    node: SocketAddr,
+    tag: Tag,
+    token: Token,
+    flags: Flags,
+) {
+    io.request(via, node, |cookie| Message::Register {
         tag,
         cookie,
         flags,
@@ -587,8 +657,15 @@ fn send_register(io: &mut Io, node: SocketAddr, tag: Tag, token: Token, flags: F
     });
 }
 
-fn send_keepalive(io: &mut Io, node: SocketAddr, tag: Tag, address: VirtualAddr, ring: u32) {
-    io.request(node, |cookie| Message::Keepalive {
+fn send_keepalive(
+    io: &mut Io,
+    via: SocketId,
+    node: SocketAddr,
+    tag: Tag,
+    address: VirtualAddr,
+    ring: u32,
+) {
+    io.request(via, node, |cookie| Message::Keepalive {
         tag,
         cookie,
         address,
@@ -598,7 +675,11 @@ fn send_keepalive(io: &mut Io, node: SocketAddr, tag: Tag, address: VirtualAddr,
 
 /// Unregistering costs the node nothing to answer: there is no reply, and
 /// none is waited for.
-pub(crate) fn unregister(io: &mut Io, node: SocketAddr, token: Token) {
+pub(crate) fn unregister(io: &mut Io, via: SocketId, node: SocketAddr, token: Token) {
     let tag = io.tag();
-    io.request(node, |cookie| Message::Unregister { tag, cookie, token });
+    io.request(via, node, |cookie| Message::Unregister {
+        tag,
+        cookie,
+        token,
+    });
 }

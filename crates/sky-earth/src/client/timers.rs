@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 
 use sky_proto::time::UnixTime;
 
+use super::event::SocketId;
+
 /// A registration's identity inside the core (stable while it lives).
 pub(crate) type RegId = u64;
 /// A lookup's identity inside the core.
@@ -50,8 +52,10 @@ pub(crate) enum Timer {
     Resend(PeerId),
     /// Peers: look the friend up again while the handshake waits.
     Relookup(PeerId),
-    /// Peers: punch towards an introduced caller again.
-    Punch(SocketAddr),
+    /// Peers: punch towards an introduced caller again (from that socket).
+    Punch(SocketId, SocketAddr),
+    /// The socket the client left at an epoch boundary may close now.
+    Release(SocketId),
     /// Reset: send the pending address reset to friends again.
     Reset,
 }

@@ -35,10 +35,12 @@
 //! ports (every random choice comes from its own named stream), so the
 //! modes differ only by what the client does:
 //!
-//! - `lookup-side` (the default client): at its boundary an online client
+//! - `lookup-side` (the earth client before it used fresh sockets): at its
+//!   boundary an online client
 //!   unregisters the old address and registers the new one from the same
 //!   socket (same port); friends near the boundary try both addresses.
-//! - `lookup-side-fresh-port`: the same, but at the boundary the client
+//! - `lookup-side-fresh-port` (what the earth client does by default): the
+//!   same, but at the boundary the client
 //!   opens a new socket (new port) and registers the new address after a
 //!   random delay in `[0, 60 s)`.
 //! - `dual`: `lookup-side`, and during the first `H` of an epoch
