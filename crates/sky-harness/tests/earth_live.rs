@@ -24,6 +24,7 @@ fn a_friend_removed_while_registered_is_cut_off_within_one_keepalive_interval() 
     net.run_for(secs(1));
     assert!(net.lookup(2, "alice").is_ok(), "carol finds alice first");
     let old = net.hosts[0].earth.registrations()[0].address;
+    let old_seen = net.hosts[0].earth.observed().unwrap();
     let now = net.now;
     net.hosts[0]
         .earth
@@ -41,6 +42,8 @@ fn a_friend_removed_while_registered_is_cut_off_within_one_keepalive_interval() 
     let new = net.hosts[0].earth.registrations()[0].address;
     assert_ne!(new, old);
     assert!(net.present(&new));
+    // From a new socket: the sky sees nothing that ties the two chains.
+    assert_ne!(net.hosts[0].earth.observed().unwrap(), old_seen);
     // Carol's lookups say offline, her sends fail; bob (online) is sent
     // the new chain, acknowledges it and finds alice.
     assert_eq!(net.lookup(2, "alice"), Err(Failure::Offline));

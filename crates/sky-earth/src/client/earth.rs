@@ -449,10 +449,12 @@ impl Earth {
     }
 
     /// Registers exactly the own addresses of `now` (and fetches the
-    /// members if the client holds no view). Crossing an epoch boundary
-    /// (lookup-side, with fresh sockets), the new address goes out of a new
-    /// socket after a random delay of up to [`ROTATION_DELAY`], as
-    /// `docs/PRIVACY.md` models it: nothing on the wire ties it to the old.
+    /// members if the client holds no view). Moving to a new address (an
+    /// epoch boundary, lookup-side; or an address reset) with fresh
+    /// sockets, the new address goes out of a new socket — at a boundary
+    /// after a random delay of up to [`ROTATION_DELAY`], as
+    /// `docs/PRIVACY.md` models it — so nothing on the wire ties it to the
+    /// old one.
     fn update_registrations(&mut self, now: UnixTime) {
         let schedule = self.state.identity.schedule;
         let device = self.state.identity.device();
@@ -468,13 +470,19 @@ impl Earth {
         };
         let rotate = self.config.fresh_sockets
             && self.config.overlap == Overlap::LookupSide
-            && self.registrations.own_other_than(&epochs);
+            && self.registrations.own_other_than(&wanted);
         if rotate {
+            // At a boundary the new address waits a random while (the
+            // model's); after a reset it goes at once.
+            let after = match self.registrations.own_of_another_epoch(&wanted) {
+                true => ROTATION_DELAY.mul_f64(self.io.rng.unit()),
+                false => Duration::ZERO,
+            };
             let old = self.io.main;
             self.io.main = self.io.new_socket();
             start = Start {
                 via: self.io.main,
-                after: ROTATION_DELAY.mul_f64(self.io.rng.unit()),
+                after,
             };
             // Sessions on the old socket may finish; then it closes.
             self.io

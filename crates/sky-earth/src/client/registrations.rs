@@ -285,12 +285,20 @@ impl Registrations {
         io.timers.set(Timer::CoverEnd(id), now + hold);
     }
 
-    /// Whether an own address of an epoch not in `epochs` is registered
-    /// (the client is crossing a boundary).
-    pub(crate) fn own_other_than(&self, epochs: &[Epoch]) -> bool {
+    /// Whether an own address other than `wanted`'s is registered (the
+    /// client crosses an epoch boundary, or reset its chain).
+    pub(crate) fn own_other_than(&self, wanted: &[(Epoch, Token)]) -> bool {
+        self.regs.iter().any(|r| {
+            matches!(r.kind, RegKind::Own(_)) && !wanted.iter().any(|(_, t)| *t == r.token)
+        })
+    }
+
+    /// Whether an own address of an epoch not in `wanted` is registered
+    /// (the client crosses an epoch boundary).
+    pub(crate) fn own_of_another_epoch(&self, wanted: &[(Epoch, Token)]) -> bool {
         self.regs
             .iter()
-            .any(|r| matches!(r.kind, RegKind::Own(e) if !epochs.contains(&e)))
+            .any(|r| matches!(r.kind, RegKind::Own(e) if !wanted.iter().any(|(w, _)| *w == e)))
     }
 
     /// Whether any registration still uses `socket`.
