@@ -46,8 +46,8 @@ pub fn public(secret: [u8; 32]) -> [u8; 32] {
 /// Alice's handshake in flight, and the genuine msg1 and msg2.
 pub struct Fixed {
     pub initiator: Initiator,
-    pub msg1: [u8; handshake::MSG1_LEN],
-    pub msg2: [u8; handshake::MSG2_LEN],
+    pub msg1: [u8; frame::MSG1_LEN],
+    pub msg2: [u8; frame::MSG2_LEN],
     pub alice: [u8; 32],
     pub bob: [u8; 32],
 }
@@ -57,9 +57,9 @@ pub fn fixed() -> &'static Fixed {
     FIXED.get_or_init(|| {
         let alice = public(ALICE);
         let bob = public(BOB);
-        let mut msg1 = [0u8; handshake::MSG1_LEN];
+        let mut msg1 = [0u8; frame::MSG1_LEN];
         let initiator = Initiator::start(ALICE, bob, ALICE_EPHEMERAL, &mut msg1);
-        let mut msg2 = [0u8; handshake::MSG2_LEN];
+        let mut msg2 = [0u8; frame::MSG2_LEN];
         handshake::respond(BOB, &[alice], &msg1, BOB_EPHEMERAL, &mut msg2)
             .expect("Bob answers Alice");
         Fixed {
@@ -75,7 +75,7 @@ pub fn fixed() -> &'static Fixed {
 /// A fresh session pair on the fixed handshake: (Alice's, Bob's).
 pub fn sessions() -> (Session, Session) {
     let f = fixed();
-    let mut msg2 = [0u8; handshake::MSG2_LEN];
+    let mut msg2 = [0u8; frame::MSG2_LEN];
     let (bob, _) = handshake::respond(BOB, &[f.alice], &f.msg1, BOB_EPHEMERAL, &mut msg2)
         .expect("Bob answers Alice");
     let alice = f.initiator.finish(&msg2).expect("Alice accepts Bob");
@@ -116,11 +116,12 @@ fn one_datagram(data: &[u8]) {
                 let _ = fr.counter();
             }
             FrameKind::Punch => assert_eq!((fr.counter(), fr.payload_len()), (0, 0)),
+            FrameKind::Refuse => assert_eq!(data.len(), frame::REFUSE_LEN),
         }
     }
     let is = |kind| checked.as_ref().is_ok_and(|fr| fr.kind() == kind);
 
-    let mut msg2 = [0u8; handshake::MSG2_LEN];
+    let mut msg2 = [0u8; frame::MSG2_LEN];
     match handshake::respond(BOB, &[f.alice], data, BOB_EPHEMERAL, &mut msg2) {
         Ok((_, friend)) => {
             assert_eq!(data, f.msg1, "respond accepted a msg1 Alice did not make");

@@ -70,11 +70,7 @@ pub fn alice_state() -> &'static State {
         friends
             .add("bob", bob.invite(T0).into())
             .expect("a new friend");
-        State {
-            identity: alice,
-            friends,
-            pending_resets: Default::default(),
-        }
+        State::new(alice, friends)
     })
 }
 

@@ -278,7 +278,7 @@ fn invite_decode() -> Vec<(String, Vec<u8>)> {
             epoch,
             chain_key: chain.key_at(epoch).expect("origin key"),
             schedule: friend.schedule,
-            public_key: friend.public_key,
+            keys: friend.keys.clone(),
         }
     };
     let text = bob.encode();
@@ -468,7 +468,7 @@ fn earth_stranger() -> Vec<(String, Vec<u8>)> {
 
     // A genuine handshake to alice from a key that is no friend's.
     let alice = crate::earth_stranger::alice_state().identity.public_key();
-    let mut msg1 = [0u8; sky_earth::handshake::MSG1_LEN];
+    let mut msg1 = [0u8; sky_proto::frame::MSG1_LEN];
     let _ = sky_earth::handshake::Initiator::start([7; 32], alice, [8; 32], &mut msg1);
     let mut stranger_msg1 = vec![1u8]; // online
     stranger_msg1.extend_from_slice(&[0, 1]);
