@@ -48,6 +48,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 cookie,
                 target: VirtualAddr([4; 16]),
                 caller: VirtualAddr([5; 16]),
+                hint: [0x5e; 16],
             },
         ),
         (
@@ -72,6 +73,7 @@ fn messages() -> Vec<(&'static str, Message)> {
             Message::Introduction {
                 caller: VirtualAddr([5; 16]),
                 mac: Mac([7; 8]),
+                hint: [0x5e; 16],
                 endpoint: ep,
             },
         ),
@@ -158,6 +160,7 @@ fn shard(c: &mut Criterion) {
                 cookie,
                 target: online,
                 caller: VirtualAddr([9; 16]),
+                hint: [0x5e; 16],
             },
         ),
         (
@@ -167,6 +170,7 @@ fn shard(c: &mut Criterion) {
                 cookie,
                 target: VirtualAddr([9; 16]),
                 caller: online,
+                hint: [0x5e; 16],
             },
         ),
         (
@@ -185,6 +189,7 @@ fn shard(c: &mut Criterion) {
                 cookie: Cookie::default(),
                 target: online,
                 caller: online,
+                hint: [0x5e; 16],
             },
         ),
     ];

@@ -117,6 +117,10 @@ fn one_datagram(data: &[u8]) {
             }
             FrameKind::Punch => assert_eq!((fr.counter(), fr.payload_len()), (0, 0)),
             FrameKind::Refuse => assert_eq!(data.len(), frame::REFUSE_LEN),
+            FrameKind::Probe => {
+                assert_eq!(data.len(), sky_proto::hint::PROBE_LEN);
+                let _ = sky_proto::hint::verify_probe(&[7; 32], data, true);
+            }
         }
     }
     let is = |kind| checked.as_ref().is_ok_and(|fr| fr.kind() == kind);

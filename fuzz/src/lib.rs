@@ -148,10 +148,21 @@ pub fn canonical_message(msg: Message) -> Message {
         Message::Introduction {
             caller,
             mac,
+            hint,
             endpoint,
         } => Message::Introduction {
             caller,
             mac,
+            hint,
+            endpoint: wire::canonical(endpoint),
+        },
+        Message::Checked {
+            tag,
+            check_port,
+            endpoint,
+        } => Message::Checked {
+            tag,
+            check_port,
             endpoint: wire::canonical(endpoint),
         },
         Message::NotOwner { tag, version, hint } => Message::NotOwner {

@@ -76,6 +76,7 @@ pub fn every_message() -> Vec<(String, Message)> {
                 cookie,
                 target: a,
                 caller: VirtualAddr([0x33; 16]),
+                hint: [0x44; 16],
             },
         ),
         (
@@ -133,6 +134,7 @@ pub fn every_message() -> Vec<(String, Message)> {
             Message::Introduction {
                 caller: VirtualAddr([0x33; 16]),
                 mac: Mac([0x55; 8]),
+                hint: [0x44; 16],
                 endpoint: e,
             },
         ));
@@ -311,6 +313,7 @@ fn shard_datagram() -> Vec<(String, Vec<u8>)> {
         cookie: zero,
         target: VirtualAddr::from_token(&Token(token)),
         caller: VirtualAddr([0x33; 16]),
+        hint: [0x44; 16],
     };
     let keepalive = |token, ring| Message::Keepalive {
         tag: TAG,
@@ -408,6 +411,7 @@ fn earth_stranger() -> Vec<(String, Vec<u8>)> {
     let intro = emit(&Message::Introduction {
         caller: VirtualAddr([0x33; 16]),
         mac: Mac([0x55; 8]),
+        hint: [0x44; 16],
         endpoint: ep(V4),
     });
 

@@ -68,6 +68,11 @@ pub(crate) struct NodeArgs {
     /// change [default: 2 × keepalive].
     #[arg(long = "handoff-grace", env = "SKY_HANDOFF_GRACE", value_name = "SECS")]
     handoff_grace: Option<u64>,
+    /// First of the two UDP ports of the NAT check service (clients ask
+    /// where they are seen from here, for `sky earth netcheck`), or `off`
+    /// [default: 7702, and 7703; ephemeral when the listen port is 0].
+    #[arg(long, env = "SKY_CHECK", value_name = "PORT|off")]
+    check: Option<String>,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -145,6 +150,7 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         keepalive_secs: args.keepalive_secs,
         intros_per_second: args.intros_per_second,
         gossip: args.gossip.clone(),
+        check: args.check.clone(),
         seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
         replicas: args.replicas,
         prefix_v4: args.prefix_v4,

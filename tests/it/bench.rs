@@ -60,7 +60,7 @@ fn sky_bench_smoke_runs_in_every_node_mode_lose_nothing() {
                     "every lookup introduced: {r}"
                 );
                 assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(13.0));
-                assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(32.0));
+                assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(48.0));
             }
         }
         node.shutdown().unwrap();
@@ -81,7 +81,7 @@ fn the_baseline_answers_like_a_node() {
                 // Same sizes, same destinations as the node.
                 assert_eq!(r["introductions"], r["answered"], "{r}");
                 assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(13.0));
-                assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(32.0));
+                assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(48.0));
             }
             if mode == "register" {
                 assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(46.0));

@@ -148,6 +148,8 @@ fn probe_register_lookup_and_introduction_through_the_cli() {
             "off",
             "--gossip",
             EPHEMERAL,
+            "--check",
+            "0",
         ],
         &[],
     );
@@ -309,6 +311,8 @@ fn a_port_already_served_is_a_clear_error_not_a_silent_share() {
             "off",
             "--gossip",
             EPHEMERAL,
+            "--check",
+            "0",
         ],
         &[],
     );
@@ -341,6 +345,8 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
                 "127.0.0.1:0",
                 "--gossip",
                 EPHEMERAL,
+                "--check",
+                "0",
             ])
             .env_remove("SKY_LOG")
             .env("NO_COLOR", "1")
@@ -420,6 +426,8 @@ fn a_stopped_node_frees_its_port_for_an_immediate_restart() {
                     engine,
                     "--gossip",
                     EPHEMERAL,
+                    "--check",
+                    "0",
                 ],
                 &[],
             );
@@ -495,6 +503,8 @@ fn earth_friends_find_each_other_through_a_sky_node() {
             "off",
             "--gossip",
             EPHEMERAL,
+            "--check",
+            "0",
         ],
         &[],
     );
@@ -572,6 +582,8 @@ fn earth_send_delivers_a_message_over_an_authenticated_path() {
             "off",
             "--gossip",
             EPHEMERAL,
+            "--check",
+            "0",
         ],
         &[],
     );
@@ -653,6 +665,8 @@ fn remove_friend_resets_the_address_for_every_remaining_friend_across_a_crash() 
             "off",
             "--gossip",
             EPHEMERAL,
+            "--check",
+            "0",
         ],
         &[],
     );
@@ -777,7 +791,15 @@ fn sim_ring_reproduces_the_documented_rows() {
 #[test]
 fn logs_into_a_pipe_carry_no_escape_codes() {
     let mut child = Command::new(SKY)
-        .args(["node", "--listen", "127.0.0.1:0", "--gossip", EPHEMERAL])
+        .args([
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--gossip",
+            EPHEMERAL,
+            "--check",
+            "0",
+        ])
         .args(["--metrics", "off", "--shards", "1"])
         .env_remove("NO_COLOR")
         .stdout(Stdio::null())

@@ -33,6 +33,7 @@ pub(crate) fn config(engine: EngineChoice, listen: &str) -> Config {
     Config {
         listen,
         gossip: SocketAddr::new(listen.ip(), 0),
+        check: Some(0),
         metrics: Some("127.0.0.1:0".parse().unwrap()),
         shards: Some(2),
         engine,

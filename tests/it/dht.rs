@@ -156,6 +156,8 @@ impl Sky {
             &self.endpoint(i),
             "--gossip",
             &self.gossip(i),
+            "--check",
+            "0",
             "--metrics",
             "off",
             "--shards",

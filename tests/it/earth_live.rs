@@ -21,6 +21,8 @@ fn fast_node() -> (NodeProcess, String) {
             "off",
             "--gossip",
             EPHEMERAL,
+            "--check",
+            "0",
             "--keepalive-secs",
             "2",
         ],

@@ -52,6 +52,17 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
         reply_len(&caller, Message::Ping { tag, cookie: none }),
     );
     got.insert(
+        "checked".into(),
+        reply_len(
+            &caller,
+            Message::Check {
+                tag,
+                cookie: none,
+                flags: 0,
+            },
+        ),
+    );
+    got.insert(
         "cookie".into(),
         reply_len(&caller, Message::Ping { tag, cookie: none }).max(reply_len(
             &caller,
@@ -108,6 +119,7 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
         cookie: cc,
         target,
         caller: VirtualAddr([7; 16]),
+        hint: [0x5e; 16],
     };
     let online = reply_len(&caller, lookup(address));
     let intro = drain(&target);

@@ -163,6 +163,7 @@ fn forged_introduction_is_rejected_by_the_client() {
         let forged = emit(Message::Introduction {
             caller: VirtualAddr([0xee; 16]),
             mac: Mac([0x5a; 8]),
+            hint: [0x5e; 16],
             endpoint: attacker.local_addr().unwrap(),
         });
         attacker

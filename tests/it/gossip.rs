@@ -116,6 +116,8 @@ fn two_processes() -> (NodeProcess, NodeProcess) {
             &listen,
             "--gossip",
             &gossip,
+            "--check",
+            "0",
             "--metrics",
             "off",
             "--prefix-v4",
@@ -239,6 +241,7 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
             cookie,
             target: VirtualAddr::from_token(&token),
             caller: VirtualAddr::default(),
+            hint: [0; 16],
         };
         client.send_to(&emit(msg), me).unwrap();
         // The introduction goes to the registrant: the same socket here.

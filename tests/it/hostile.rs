@@ -30,6 +30,7 @@ fn every_request(cookie: Cookie) -> Vec<Message> {
             cookie,
             target: VirtualAddr([1; 16]),
             caller: VirtualAddr([2; 16]),
+            hint: [0; 16],
         },
         Message::Unregister {
             tag,
@@ -112,6 +113,7 @@ fn nothing_is_sent_to_an_address_read_from_a_payload() {
                 cookie,
                 target: VirtualAddr::from_token(&Token(smuggled)),
                 caller: VirtualAddr(smuggled),
+                hint: smuggled,
             },
             Message::Keepalive {
                 ring: 0,
@@ -206,6 +208,7 @@ fn garbage_truncations_wrong_versions_and_oversized_datagrams_are_dropped_by_rea
             Message::Introduction {
                 caller: VirtualAddr([3; 16]),
                 mac: Default::default(),
+                hint: [0; 16],
                 endpoint: ep,
             },
         ]);
@@ -289,7 +292,8 @@ fn garbage_truncations_wrong_versions_and_oversized_datagrams_are_dropped_by_rea
 
 #[test]
 fn replies_fit_the_largest_message() {
-    // Every reply buffer in the engines is MAX_MESSAGE_LEN bytes.
+    // Every reply buffer in the engines is MAX_MESSAGE_LEN bytes, and an
+    // introduction is written over the lookup it answers.
     let ep6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
     let reg = Message::Registered {
         tag: Tag([0; 4]),
@@ -297,5 +301,20 @@ fn replies_fit_the_largest_message() {
         intro_key: Default::default(),
         observed: ep6,
     };
-    assert_eq!(reg.buffer_len(), MAX_MESSAGE_LEN);
+    assert!(reg.buffer_len() <= MAX_MESSAGE_LEN);
+    let intro = Message::Introduction {
+        caller: VirtualAddr([0; 16]),
+        mac: Default::default(),
+        hint: [0; 16],
+        endpoint: ep6,
+    };
+    let lookup = Message::Lookup {
+        tag: Tag([0; 4]),
+        cookie: Default::default(),
+        target: VirtualAddr([0; 16]),
+        caller: VirtualAddr([0; 16]),
+        hint: [0; 16],
+    };
+    assert!(intro.buffer_len() <= lookup.buffer_len());
+    assert_eq!(lookup.buffer_len(), MAX_MESSAGE_LEN);
 }

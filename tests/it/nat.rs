@@ -336,16 +336,18 @@ fn friends_behind_emulated_nats_exchange_a_message_where_the_matrix_says_they_ca
     earth_cli("bob", &["add-friend", "alice", &ai]);
     earth_cli("alice", &["add-friend", "bob", &bi]);
 
-    // (alice's NAT, bob's NAT, connects?)
+    // (alice's NAT, bob's NAT, connects?): every pair with a consistent
+    // side (symmetric and home through the birthday punch); two
+    // randomising NATs fail, and say why.
     let matrix = [
         (Nat::Home, Nat::Home, true),
         (Nat::Cone, Nat::Home, true),
         (Nat::Home, Nat::Cone, true),
         (Nat::Cone, Nat::Symmetric, true),
-        (Nat::Home, Nat::Symmetric, false),
-        (Nat::Symmetric, Nat::Home, false),
+        (Nat::Home, Nat::Symmetric, true),
+        (Nat::Symmetric, Nat::Home, true),
         (Nat::Cone, Nat::Cone, true),
-        (Nat::Symmetric, Nat::Cone, false),
+        (Nat::Symmetric, Nat::Cone, true),
         (Nat::Symmetric, Nat::Symmetric, false),
     ];
     for (i, (a, b, connects)) in matrix.into_iter().enumerate() {
@@ -362,7 +364,10 @@ fn friends_behind_emulated_nats_exchange_a_message_where_the_matrix_says_they_ca
                 line.starts_with("delivered to alice at 203.0.113."),
                 "{line}"
             ),
-            (false, Err(e)) => assert!(e.contains("cannot reach alice"), "{e}"),
+            (false, Err(e)) => assert!(
+                e.contains("cannot reach alice") && e.contains("no direct path is possible"),
+                "{e}"
+            ),
             _ => panic!(
                 "alice behind {a:?}, bob behind {b:?}: expected connects={connects}, got {got:?}"
             ),

@@ -23,6 +23,8 @@ fn the_two_friends_example_delivers_a_message_through_a_running_node() {
             "127.0.0.1:0",
             "--gossip",
             "127.0.0.1:0",
+            "--check",
+            "0",
             "--metrics",
             "off",
         ],

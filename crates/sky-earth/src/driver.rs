@@ -32,6 +32,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// The largest datagram read.
 const BUF: usize = 2048;
 
+/// A socket reader's stack: a receive buffer and a channel send.
+const READER_STACK: usize = 64 * 1024;
+
 /// The wall clock (what the ratchet's epochs count).
 pub fn unix_now() -> UnixTime {
     UnixTime::from_duration(
@@ -61,6 +64,9 @@ pub struct Driver {
     sockets: HashMap<SocketId, Bound>,
     /// The address every socket binds (port 0: a fresh port each).
     local: IpAddr,
+    /// The address of the interface that routes to the sky: what a LAN
+    /// neighbour reaches our sockets at (the core seals it into hints).
+    lan: Option<IpAddr>,
     incoming: mpsc::Receiver<Received>,
     incoming_tx: mpsc::Sender<Received>,
     /// The core; call its API between runs (or from `run`'s callback).
@@ -89,10 +95,12 @@ impl Driver {
             _ => Ipv6Addr::UNSPECIFIED.into(),
         };
         let (incoming_tx, incoming) = mpsc::channel();
+        let lan = route_source(local, config.sky[0]);
         let earth = Earth::new(config, state, random_seed()?, unix_now());
         let mut driver = Driver {
             sockets: HashMap::new(),
             local,
+            lan,
             incoming,
             incoming_tx,
             earth,
@@ -101,14 +109,20 @@ impl Driver {
         Ok(driver)
     }
 
-    /// Binds socket `id` on a fresh port and starts its reader.
+    /// Binds socket `id` on a fresh port and starts its reader (a small
+    /// thread: the birthday punch opens a few hundred sockets at once).
     fn open(&mut self, id: SocketId) -> io::Result<&Bound> {
         let socket = Arc::new(UdpSocket::bind(SocketAddr::new(self.local, 0))?);
         socket.set_read_timeout(Some(TICK))?;
+        if let (Some(lan), Ok(bound)) = (self.lan, socket.local_addr()) {
+            self.earth
+                .set_local_addr(id, SocketAddr::new(lan, bound.port()));
+        }
         let closed = Arc::new(AtomicBool::new(false));
         let (reader, stop, tx) = (socket.clone(), closed.clone(), self.incoming_tx.clone());
         std::thread::Builder::new()
             .name(format!("sky-earth-socket-{}", id.0))
+            .stack_size(READER_STACK)
             .spawn(move || read(id, &reader, &stop, &tx))?;
         Ok(self.sockets.entry(id).or_insert(Bound { socket, closed }))
     }
@@ -257,6 +271,30 @@ fn read(id: SocketId, socket: &UdpSocket, closed: &AtomicBool, tx: &mpsc::Sender
             Err(_) => return,
         }
     }
+}
+
+/// The local address the system would send to `sky` from, when the
+/// sockets bind `local`: the interface address a LAN neighbour reaches us
+/// at. Connecting a UDP socket sends nothing; it only asks the routing
+/// table.
+fn route_source(local: IpAddr, sky: SocketAddr) -> Option<IpAddr> {
+    if !local.is_unspecified() {
+        return Some(local);
+    }
+    let probe = UdpSocket::bind(SocketAddr::new(local, 0)).ok()?;
+    let dst = match (local, sky) {
+        (IpAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        _ => sky,
+    };
+    probe.connect(dst).ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// 32 bytes from the operating system's random source.

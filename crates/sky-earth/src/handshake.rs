@@ -95,6 +95,14 @@ fn open(
         .map_err(|_| HandshakeError::Forged)
 }
 
+/// The pair key of two friend devices: what their probes and sealed hints
+/// are made under (`sky_proto::hint`). Both derive it from their own static
+/// secret and the other's public key; the sky never sees either.
+pub(crate) fn pair_key(our_static: [u8; 32], their_public: [u8; 32]) -> [u8; 32] {
+    let shared = dh(&StaticSecret::from(our_static), &their_public);
+    blake3::derive_key("sky 2026-11 pair key v1", &shared)
+}
+
 fn dh(secret: &StaticSecret, public: &[u8; 32]) -> [u8; 32] {
     secret.diffie_hellman(&PublicKey::from(*public)).to_bytes()
 }

@@ -34,7 +34,10 @@
 //!   seeded generator ([`RandomLoss`]); either on every link.
 //! - Earth hosts behind NATs that filter like home routers (a datagram from
 //!   an endpoint the host never sent to is dropped), NAT rebinding (change
-//!   [`Host::public`]), and an unpunchable pair ([`Net::block_peers`]).
+//!   [`Host::public`]), an unpunchable pair ([`Net::block_peers`]), and
+//!   port-randomising NATs ([`Net::randomize`]: a random public port per
+//!   socket and destination, filtering by both). Every node serves the NAT
+//!   check on [`CHECK_PORTS`].
 //! - A silent node ([`SkyNode::down`]: drops what it receives) and a
 //!   killed one (silent, its timers stopped, what it had in flight gone).
 //! - Time: virtual. Earth hosts run on [`UnixTime`] from [`T0`]; sky nodes
@@ -57,6 +60,7 @@
 
 mod gossip;
 mod lookups;
+mod nat;
 mod net;
 mod sky;
 
@@ -75,6 +79,7 @@ use sky_proto::wire::VirtualAddr;
 
 pub use gossip::Member;
 pub use lookups::{LookupResult, Lookups};
+pub use nat::{CHECK_PORTS, RandomNat};
 pub use net::{Net, RandomLoss};
 pub use sky::SkyNode;
 
@@ -100,6 +105,8 @@ pub struct Host {
     pub events: Vec<Event>,
     /// The sockets it has used and not released.
     pub sockets: HashSet<SocketId>,
+    /// Behind a port-randomising NAT instead ([`Net::randomize`]).
+    pub random: Option<RandomNat>,
 }
 
 impl Host {
@@ -172,6 +179,7 @@ pub fn hosts(names: &[&str], config: impl Fn(&mut Config)) -> Vec<Host> {
                 sent_to: HashSet::new(),
                 events: Vec::new(),
                 sockets: HashSet::from([SocketId::MAIN]),
+                random: None,
             }
         })
         .collect()

@@ -158,6 +158,7 @@ impl Net {
             sent_to: HashSet::new(),
             events: Vec::new(),
             sockets: HashSet::from([SocketId::MAIN]),
+            random: None,
         });
         self.names.push(name.to_string());
         self.to_sky.push(0);
@@ -185,7 +186,10 @@ impl Net {
             let h = &mut self.hosts[i];
             h.sockets.insert(t.socket);
             h.sent_to.insert((t.socket, t.dst));
-            let from = h.public_of(t.socket);
+            let from = match h.random.as_mut() {
+                Some(nat) => SocketAddr::new(h.public.ip(), nat.port(t.socket, t.dst)),
+                None => h.public_of(t.socket),
+            };
             if self.is_sky(t.dst) {
                 self.to_sky[i] += 1;
             }
@@ -195,6 +199,9 @@ impl Net {
             let h = &mut self.hosts[i];
             h.sockets.remove(&s);
             h.sent_to.retain(|(socket, _)| *socket != s);
+            if let Some(nat) = h.random.as_mut() {
+                nat.forget(s);
+            }
         }
         while let Some(e) = self.hosts[i].earth.poll_event() {
             self.hosts[i].events.push(e);
@@ -231,15 +238,24 @@ impl Net {
             }
             return;
         }
-        if self.deliver_gossip(from, to, &bytes) {
+        if self.deliver_gossip(from, to, &bytes) || self.check_port(from, to, &bytes) {
             return;
         }
-        let found = self.hosts.iter().enumerate().find_map(|(i, h)| {
-            h.sockets
-                .iter()
-                .find(|s| h.public_of(**s) == to)
-                .map(|s| (i, *s))
-        });
+        let found = self
+            .hosts
+            .iter()
+            .enumerate()
+            .find_map(|(i, h)| match &h.random {
+                Some(nat) if h.public.ip() == to.ip() => {
+                    nat.inbound(to.port(), from).map(|s| (i, s))
+                }
+                Some(_) => None,
+                None => h
+                    .sockets
+                    .iter()
+                    .find(|s| h.public_of(**s) == to)
+                    .map(|s| (i, *s)),
+            });
         let Some((i, socket)) = found else {
             return; // nobody there (a NAT mapping that is gone)
         };

@@ -46,7 +46,10 @@ impl SkyNode {
         let shard = Shard::new(
             Arc::new(NodeSecret::new(secret)),
             presence.clone(),
-            ShardConfig::default(),
+            ShardConfig {
+                check_port: crate::CHECK_PORTS[0],
+                ..ShardConfig::default()
+            },
             now,
         );
         let shard = match ring {

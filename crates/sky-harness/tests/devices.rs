@@ -93,7 +93,12 @@ fn egress_per_online_lookup_is_unchanged_for_one_device_and_per_device_for_more(
         net.sky_egress - before
     };
     let one = measure(&mut net, None);
-    assert_eq!(one, 13 + 32, "online reply + introduction, as in v1");
+    assert_eq!(
+        one,
+        13 + 48,
+        "online reply + introduction with its sealed hint"
+    );
+    assert!(one <= 64, "SPEC §6: at most 64 B per online lookup");
     // Alice gets a second device; bob learns of it.
     let now = net.now;
     let second = net.hosts[0].earth.add_device(now, [42; 32]).unwrap();
@@ -116,12 +121,12 @@ fn egress_per_online_lookup_is_unchanged_for_one_device_and_per_device_for_more(
     );
     assert_eq!(
         just_one,
-        13 + 32,
-        "a lookup of one device costs what v1's did"
+        13 + 48,
+        "a lookup of one device costs what a one-device user's does"
     );
     assert_eq!(
         any,
-        2 * (13 + 32),
+        2 * (13 + 48),
         "any device: every device's address is asked"
     );
 }

@@ -170,6 +170,7 @@ fn an_introduction_is_checked_with_the_key_of_the_node_it_came_from() {
     let intro = Message::Introduction {
         caller,
         mac: introduction_mac(&key_b, &caller, &endpoint),
+        hint: [0; 16],
         endpoint,
     };
     let mut bytes = vec![0u8; intro.buffer_len()];

@@ -53,7 +53,7 @@ impl Core for Baseline {
                 }
                 out
             }
-            k if k == Kind::Lookup as u8 && len >= 46 => {
+            k if k == Kind::Lookup as u8 && len >= 62 => {
                 // No endpoint in the caller field: the bench meant an
                 // offline target.
                 let dst = match wire::decode_endpoint(&buf[30..36]) {
@@ -62,9 +62,10 @@ impl Core for Baseline {
                 };
                 let out = answer(buf, reply, Kind::Online, 13);
                 reply[7..13].copy_from_slice(&buf[30..36]);
+                // As long as the node's (caller, MAC, hint, endpoint).
                 buf[1] = Kind::Introduction as u8;
                 Output {
-                    in_place: Some(Transmit { dst, len: 32 }),
+                    in_place: Some(Transmit { dst, len: 48 }),
                     ..out
                 }
             }

@@ -83,6 +83,10 @@ pub struct Config {
     /// How long entries a node no longer owns are kept after a ring
     /// change, for clients to re-register with their new owners.
     pub handoff_grace: Duration,
+    /// The first of the NAT check service's two UDP ports (the second is
+    /// the next one; `Some(0)`: two ephemeral ports); `None`: no check
+    /// service.
+    pub check: Option<u16>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -90,6 +94,18 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9770";
 /// The gossip port when none is configured: the listen IP with this port
 /// (or port 0, ephemeral, when the listen port is 0).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
+/// The NAT check service's first port when none is configured (the second
+/// is 7703; ephemeral ports when the listen port is 0).
+pub const DEFAULT_CHECK_PORT: u16 = 7702;
+
+/// The default check port for a listen address.
+pub fn default_check(listen: SocketAddr) -> Option<u16> {
+    Some(if listen.port() == 0 {
+        0
+    } else {
+        DEFAULT_CHECK_PORT
+    })
+}
 
 /// The default gossip address for a listen address.
 pub fn default_gossip(listen: SocketAddr) -> SocketAddr {
@@ -119,6 +135,7 @@ impl Default for Config {
             seeds: Vec::new(),
             ring,
             handoff_grace: 2 * keepalive,
+            check: default_check(listen),
         }
     }
 }
@@ -143,6 +160,8 @@ pub struct FileConfig {
     pub prefix_v6: Option<u8>,
     pub positions: Option<u8>,
     pub handoff_grace_secs: Option<u64>,
+    /// `PORT` or `off`.
+    pub check: Option<String>,
 }
 
 /// A configuration that cannot run, and why.
@@ -182,6 +201,7 @@ impl FileConfig {
             prefix_v6: other.prefix_v6.or(self.prefix_v6),
             positions: other.positions.or(self.positions),
             handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
+            check: other.check.or(self.check),
         }
     }
 
@@ -259,7 +279,31 @@ impl FileConfig {
                 )));
             }
         };
+        let check = match self.check.as_deref() {
+            None => default_check(listen),
+            Some("off") => None,
+            Some(s) => match s.parse::<u16>() {
+                Ok(65535) => {
+                    return Err(ConfigError(
+                        "check: 65535 leaves no port for the second check socket".into(),
+                    ));
+                }
+                Ok(p) => Some(p),
+                Err(_) => return Err(ConfigError(format!("check: `{s}` is not a PORT or `off`"))),
+            },
+        };
+        if let Some(p) = check.filter(|&p| p != 0)
+            && [listen, gossip]
+                .iter()
+                .any(|a| a.ip() == listen.ip() && (a.port() == p || a.port() == p + 1))
+        {
+            return Err(ConfigError(format!(
+                "check: ports {p} and {} must differ from the listen and gossip ports",
+                p + 1
+            )));
+        }
         Ok(Config {
+            check,
             listen,
             metrics,
             shards,
@@ -288,6 +332,8 @@ impl Config {
         ShardConfig {
             keepalive: self.keepalive,
             intros_per_second: self.intros_per_second,
+            // An ephemeral port is told once bound (`Node::start`).
+            check_port: self.check.unwrap_or(0),
         }
     }
 }

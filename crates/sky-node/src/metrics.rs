@@ -40,6 +40,7 @@ pub const GOSSIP_DATAGRAMS: &str = "sky_gossip_datagrams_total";
 pub const GOSSIP_BYTES: &str = "sky_gossip_bytes_total";
 pub const GOSSIP_ERRORS: &str = "sky_gossip_errors_total";
 pub const HANDOFF_DROPPED: &str = "sky_handoff_dropped_entries_total";
+pub const CHECKS: &str = "sky_checks_total";
 
 /// The `direction` label of gossip traffic.
 const DIRECTIONS: [&str; 2] = ["in", "out"];
@@ -69,6 +70,9 @@ pub struct Metrics {
     gossip_bytes: IntCounterVec,
     gossip_errors: IntCounter,
     pub handoff_dropped: IntCounter,
+    /// NAT checks on the check ports, by outcome (answered, answered from
+    /// the other port, rate limited, invalid).
+    pub checks: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -207,6 +211,13 @@ impl Metrics {
                 &r,
                 GOSSIP_ERRORS,
                 "Gossip datagrams that could not be decoded or were refused, and failed sends.",
+            ),
+            checks: counter_vec(
+                &r,
+                CHECKS,
+                "Datagrams on the NAT check ports, by outcome (answered, answered_other, \
+                 rate_limited, invalid).",
+                "outcome",
             ),
             handoff_dropped: counter(
                 &r,

@@ -239,6 +239,8 @@ impl Client {
                 cookie,
                 target,
                 caller,
+                // An operator's probe is nobody's friend: nothing sealed.
+                hint: [0; sky_proto::hint::HINT_LEN],
             },
             |msg, _, _| match msg {
                 Message::Online {
@@ -438,7 +440,7 @@ impl Client {
                 .filter(|_| matches!(Message::decode(bytes), Ok(Message::Introduction { .. })));
         }
         match intro::verify_introduction(&self.intro_keys, bytes) {
-            Ok((caller, endpoint)) => Some(Incoming::Introduction { caller, endpoint }),
+            Ok((caller, endpoint, _)) => Some(Incoming::Introduction { caller, endpoint }),
             Err(IntroError::Forged) => Some(Incoming::Forged),
             Err(_) => match Message::decode(bytes) {
                 Ok(Message::NotRegistered { .. }) => Some(Incoming::NotRegistered),

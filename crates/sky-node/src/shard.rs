@@ -43,6 +43,8 @@ pub struct ShardConfig {
     pub keepalive: Duration,
     /// Introductions sent to one target per second, at most.
     pub intros_per_second: u8,
+    /// The node's first check port, told in `checked` replies (0: none).
+    pub check_port: u16,
 }
 
 impl Default for ShardConfig {
@@ -50,6 +52,7 @@ impl Default for ShardConfig {
         ShardConfig {
             keepalive: Duration::from_secs(25),
             intros_per_second: 5,
+            check_port: 0,
         }
     }
 }
@@ -82,18 +85,20 @@ pub enum RecvKind {
     Lookup,
     Unregister,
     Members,
+    Check,
     /// Anything that is not a valid v1 request.
     Invalid,
 }
 
 impl RecvKind {
-    pub const ALL: [RecvKind; 7] = [
+    pub const ALL: [RecvKind; 8] = [
         RecvKind::Ping,
         RecvKind::Register,
         RecvKind::Keepalive,
         RecvKind::Lookup,
         RecvKind::Unregister,
         RecvKind::Members,
+        RecvKind::Check,
         RecvKind::Invalid,
     ];
 
@@ -105,6 +110,7 @@ impl RecvKind {
             RecvKind::Lookup => "lookup",
             RecvKind::Unregister => "unregister",
             RecvKind::Members => "members",
+            RecvKind::Check => "check",
             RecvKind::Invalid => "invalid",
         }
     }
@@ -123,10 +129,11 @@ pub enum SentKind {
     MembersPage,
     NotOwner,
     RingChanged,
+    Checked,
 }
 
 impl SentKind {
-    pub const ALL: [SentKind; 10] = [
+    pub const ALL: [SentKind; 11] = [
         SentKind::Pong,
         SentKind::Cookie,
         SentKind::Registered,
@@ -137,6 +144,7 @@ impl SentKind {
         SentKind::MembersPage,
         SentKind::NotOwner,
         SentKind::RingChanged,
+        SentKind::Checked,
     ];
 
     pub fn label(self) -> &'static str {
@@ -151,6 +159,7 @@ impl SentKind {
             SentKind::MembersPage => "members_page",
             SentKind::NotOwner => "not_owner",
             SentKind::RingChanged => "ring_changed",
+            SentKind::Checked => "checked",
         }
     }
 
@@ -165,6 +174,7 @@ impl SentKind {
             Kind::MembersPage => SentKind::MembersPage,
             Kind::NotOwner => SentKind::NotOwner,
             Kind::RingChanged => SentKind::RingChanged,
+            Kind::Checked => SentKind::Checked,
             _ => SentKind::Introduction,
         }
     }
@@ -386,6 +396,7 @@ impl Shard {
             Kind::Keepalive => RecvKind::Keepalive,
             Kind::Lookup => RecvKind::Lookup,
             Kind::Members => RecvKind::Members,
+            Kind::Check => RecvKind::Check,
             _ => RecvKind::Unregister,
         };
         self.stats.received[recv as usize] += 1;
@@ -393,6 +404,16 @@ impl Shard {
 
         let (tag, cookie) = match msg {
             Message::Ping { tag, .. } => return self.reply(Message::Pong { tag }, reply),
+            // Like STUN: where the node sees the source, no cookie needed
+            // (the reply is never larger than the request).
+            Message::Check { tag, .. } => {
+                let checked = Message::Checked {
+                    tag,
+                    check_port: self.config.check_port,
+                    endpoint: from,
+                };
+                return self.reply(checked, reply);
+            }
             Message::Register { tag, cookie, .. }
             | Message::Keepalive { tag, cookie, .. }
             | Message::Lookup { tag, cookie, .. }
@@ -443,9 +464,12 @@ impl Shard {
                     _ => Output::default(),
                 }
             }
-            Message::Lookup { target, caller, .. } => {
-                self.lookup(tag, target, caller, from, now_secs, buf, reply)
-            }
+            Message::Lookup {
+                target,
+                caller,
+                hint,
+                ..
+            } => self.lookup(tag, (target, caller, hint), from, now_secs, buf, reply),
             Message::Unregister { token, .. } => {
                 self.presence.remove(&VirtualAddr::from_token(&token));
                 Output::default()
@@ -455,12 +479,12 @@ impl Shard {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A lookup of `target` by `caller`, whose sealed `hint` goes into the
+    /// introduction unread.
     fn lookup(
         &mut self,
         tag: wire::Tag,
-        target: VirtualAddr,
-        caller: VirtualAddr,
+        (target, caller, hint): (VirtualAddr, VirtualAddr, [u8; sky_proto::hint::HINT_LEN]),
         from: SocketAddr,
         now_secs: u32,
         buf: &mut [u8],
@@ -491,6 +515,7 @@ impl Shard {
                     let intro = Message::Introduction {
                         caller,
                         mac: sky_proto::intro::introduction_mac(&key, &caller, &from),
+                        hint,
                         endpoint: from,
                     };
                     let len = intro.emit(buf);

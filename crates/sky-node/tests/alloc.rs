@@ -86,12 +86,14 @@ fn steady_mix(cookie: Cookie, i: u8) -> [Message; 5] {
             cookie,
             target: VirtualAddr::from_token(&Token([(i + 1) % POPULATION; 16])),
             caller: VirtualAddr([i; 16]),
+            hint: [i; 16],
         },
         Message::Lookup {
             tag,
             cookie,
             target: VirtualAddr([0xff; 16]),
             caller: VirtualAddr([i; 16]),
+            hint: [i; 16],
         },
     ]
 }
@@ -153,6 +155,7 @@ fn engine_steady_state_allocations(engine: EngineChoice) -> u64 {
     let node = Node::start(&Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         gossip: "127.0.0.1:0".parse().unwrap(),
+        check: Some(0),
         metrics: None,
         shards: Some(1),
         engine,

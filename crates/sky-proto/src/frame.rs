@@ -13,6 +13,7 @@
 //! | `0x22` | handshake msg2 (responder → initiator) | 49 | `22 e_r[32] tag[16]` |
 //! | `0x23` | sealed data | payload + 25 | `23 counter[8] enc(payload) tag[16]` |
 //! | `0x24` | handshake refusal (responder → a caller it does not know) | 49 | `24 e_r[32] tag[16]` |
+//! | `0x25` | probe: a punch only the friend can make ([`crate::hint`]) | 13 | `25 nonce[4] tag[8]` |
 //! | other | unassigned: dropped | | |
 //!
 //! The first byte of a sealed payload (after opening) is a [`Payload`]
@@ -58,16 +59,19 @@ pub enum FrameKind {
     Data = 0x23,
     /// The responder's authenticated "I do not know you".
     Refuse = 0x24,
+    /// A punch under the friends' pair key ([`crate::hint::probe`]).
+    Probe = 0x25,
 }
 
 impl FrameKind {
     /// Every frame kind, in byte order.
-    pub const ALL: [FrameKind; 5] = [
+    pub const ALL: [FrameKind; 6] = [
         FrameKind::Punch,
         FrameKind::Msg1,
         FrameKind::Msg2,
         FrameKind::Data,
         FrameKind::Refuse,
+        FrameKind::Probe,
     ];
 
     /// The kind whose first byte is `byte`.
@@ -86,6 +90,8 @@ pub const MSG2: u8 = FrameKind::Msg2 as u8;
 pub const DATA: u8 = FrameKind::Data as u8;
 /// The first byte of a handshake refusal.
 pub const REFUSE: u8 = FrameKind::Refuse as u8;
+/// The first byte of a probe.
+pub const PROBE: u8 = FrameKind::Probe as u8;
 
 /// An X25519 public key.
 pub const KEY_LEN: usize = 32;
@@ -154,6 +160,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
             FrameKind::Msg1 => bytes.len() == MSG1_LEN,
             FrameKind::Msg2 => bytes.len() == MSG2_LEN,
             FrameKind::Refuse => bytes.len() == REFUSE_LEN,
+            FrameKind::Probe => bytes.len() == crate::hint::PROBE_LEN,
             FrameKind::Data => {
                 bytes.len() >= DATA_OVERHEAD && bytes.len() <= crate::wire::MAX_DATAGRAM_LEN
             }

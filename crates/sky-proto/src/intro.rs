@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 
 use crate::addr::encode_endpoint;
+use crate::hint::HINT_LEN;
 use crate::wire::{self, IntroKey, Kind, MAX_MESSAGE_LEN, Mac, VERSION, VirtualAddr, endpoint_len};
 
 /// The bytes an introduction's MAC covers: everything but the MAC itself
@@ -54,22 +55,24 @@ pub enum IntroError {
 }
 
 /// Client side: checks an introduction against the keys the client received
-/// in its `registered` replies. Returns the caller and its endpoint.
+/// in its `registered` replies. Returns the caller, its endpoint and its
+/// sealed hint (which the MAC does not cover: the pair key protects it).
 pub fn verify_introduction(
     keys: &[IntroKey],
     datagram: &[u8],
-) -> Result<(VirtualAddr, SocketAddr), IntroError> {
+) -> Result<(VirtualAddr, SocketAddr, [u8; HINT_LEN]), IntroError> {
     match wire::Message::decode(datagram).map_err(IntroError::Malformed)? {
         wire::Message::Introduction {
             caller,
             mac,
+            hint,
             endpoint,
         } => {
             let ok = keys.iter().fold(false, |ok, key| {
                 ok | ct_eq(&introduction_mac(key, &caller, &endpoint).0, &mac.0)
             });
             if ok {
-                Ok((caller, endpoint))
+                Ok((caller, endpoint, hint))
             } else {
                 Err(IntroError::Forged)
             }

@@ -9,6 +9,8 @@
 //! - [`frame`]: the earth-to-earth frames (punch, handshake messages,
 //!   sealed data) and the **first-byte registry** that tells every datagram
 //!   kind from every other;
+//! - [`hint`]: the sealed candidate hint a lookup carries to the friend
+//!   and the probe frame only a friend can make;
 //! - [`ring`]: the sky's placement — which nodes own an address;
 //! - [`time`]: [`time::MonoTime`] and [`time::UnixTime`], so a monotonic
 //!   reading and a calendar time cannot be passed for each other.
@@ -20,6 +22,7 @@
 
 pub mod addr;
 pub mod frame;
+pub mod hint;
 pub mod intro;
 pub mod ring;
 pub mod time;

@@ -258,6 +258,9 @@ pub(super) fn driver(
 
 /// `lookup` / `send` with no client running: a core of their own, on the
 /// state as saved (read only).
+/// How long a one-shot send waits to be registered before it calls.
+const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mut impl Out) -> u8 {
     let (name, text, device) = match request {
         Request::Lookup { name, device, .. } => (name, None, *device),
@@ -275,6 +278,22 @@ pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mu
     };
     let sky_list = sky.join(", ");
     let now = unix_now();
+    let stop = crate::cmd::stop_on_signals();
+    if text.is_some() {
+        // Registered while it runs, so that the friend can look back at us
+        // with what its NAT needs (docs/NAT.md); unregistered at the end.
+        // The send waits for the registration (at most a second or two).
+        driver.earth.go_findable(now);
+        let until = std::time::Instant::now() + REGISTER_WAIT;
+        let waited = driver.run(Some(until), &stop, |_, event| match event {
+            EarthEvent::Registered { .. } => std::ops::ControlFlow::Break(()),
+            _ => std::ops::ControlFlow::Continue(()),
+        });
+        if let Err(e) = waited {
+            return fail(out, e.to_string());
+        }
+    }
+    let now = unix_now();
     let id = match (text, device) {
         (Some(text), None) => Some(driver.earth.send(now, name, text.as_bytes())),
         (Some(text), Some(d)) => Some(driver.earth.send_to_device(now, name, d, text.as_bytes())),
@@ -287,7 +306,6 @@ pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mu
             None
         }
     };
-    let stop = crate::cmd::stop_on_signals();
     let mut outcome = None;
     let result = driver.run(None, &stop, |_, event| {
         let code = match (&event, id) {
@@ -307,11 +325,33 @@ pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mu
             None => std::ops::ControlFlow::Continue(()),
         }
     });
+    driver.earth.go_offline();
+    driver.flush();
     match (result, outcome) {
         (Err(e), _) => fail(out, e.to_string()),
         (Ok(()), Some(code)) => code,
         (Ok(()), None) => fail(out, "interrupted"),
     }
+}
+
+/// One line on what the client knows of its NAT (never sent anywhere).
+pub(super) fn nat_line(r: &sky_earth::client::NatReport) -> String {
+    use sky_earth::client::{Filtering, Mapping};
+    let mapping = match r.mapping {
+        Mapping::Consistent => "consistent mapping",
+        Mapping::Random => "port-randomising mapping",
+        Mapping::Unknown => "mapping unknown",
+    };
+    let filtering = match r.filtering {
+        Filtering::Open => "open filtering",
+        Filtering::Restricted => "port-restricted filtering",
+        Filtering::Unknown => "filtering unknown",
+    };
+    let mapped = match r.mapped {
+        Some(m) => format!(", port mapping {m}"),
+        None => String::new(),
+    };
+    format!("NAT: {mapping}, {filtering}{mapped}: {}", r.verdict())
 }
 
 /// An exit code of this module as the process's.

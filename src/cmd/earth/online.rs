@@ -347,6 +347,9 @@ impl App for Online {
                     eprintln!("sky earth: cannot reach {friend}: {why}");
                 }
             }
+            EarthEvent::Nat(report) => {
+                eprintln!("sky earth: {}", super::commands::nat_line(&report));
+            }
             EarthEvent::Connected { .. } => {}
         }
         ControlFlow::Continue(())

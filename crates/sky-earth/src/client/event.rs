@@ -64,6 +64,14 @@ pub enum Failure {
     NoSuchFriend,
     /// The payload is larger than [`super::MAX_PAYLOAD`].
     TooLarge,
+    /// Both sides are behind NATs that give every destination its own
+    /// port, and neither holds a port mapping: no direct path exists (the
+    /// sky never relays).
+    BothRandomizing,
+    /// The friend shares our public address (one network, or one carrier
+    /// NAT that does not hairpin) and neither a local path nor a port
+    /// mapping reached them.
+    SharedAddress,
 }
 
 impl std::fmt::Display for Failure {
@@ -75,6 +83,14 @@ impl std::fmt::Display for Failure {
             Failure::Refused => "they do not know you (they have not added your invite)",
             Failure::NoSuchFriend => "no such friend",
             Failure::TooLarge => "the payload is too large",
+            Failure::BothRandomizing => {
+                "both sides are behind NATs that change ports for every destination; no \
+                 direct path is possible"
+            }
+            Failure::SharedAddress => {
+                "you share one public address with them (one network or one carrier NAT that \
+                 does not loop back) and neither a local path nor a port mapping reached them"
+            }
         })
     }
 }
@@ -180,4 +196,7 @@ pub enum Event {
     /// restart: save it, then call [`super::Earth::saved`] (or
     /// [`super::Earth::save_failed`]).
     SaveState,
+    /// A NAT check finished ([`super::Earth::check_nat`], and once when
+    /// the client first needs the sky): what it found.
+    Nat(super::NatReport),
 }

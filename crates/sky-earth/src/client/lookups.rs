@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sky_proto::hint::HINT_LEN;
 use sky_proto::time::UnixTime;
 use sky_proto::wire::{Flags, Message, Tag, VirtualAddr};
 
@@ -29,6 +30,9 @@ pub(crate) enum Purpose {
     App,
     /// A connection that needs the friend's endpoint.
     Connect(PeerKey),
+    /// Answers an introduction by that friend's device: the lookup only
+    /// carries our sealed hint to them (its answer is not needed).
+    Reply(PeerKey),
 }
 
 /// A lookup in flight: one target per candidate address (the friend's
@@ -46,6 +50,8 @@ struct Target {
     address: VirtualAddr,
     /// The friend's device this address is of.
     device: u8,
+    /// Our sealed hint for that device ([`sky_proto::hint`]).
+    hint: [u8; HINT_LEN],
     tag: Tag,
     /// The owners to ask, in ring order; hints and a newer view add more.
     asks: Vec<Ask>,
@@ -73,11 +79,11 @@ pub(crate) enum Answer {
 }
 
 /// A lookup to start: `friend` under each of `addresses` (each of one of
-/// their devices), as `caller`.
+/// their devices, with our sealed hint for it), as `caller`.
 pub(crate) struct NewLookup {
     pub(crate) friend: String,
     pub(crate) caller: VirtualAddr,
-    pub(crate) addresses: Vec<(VirtualAddr, u8)>,
+    pub(crate) addresses: Vec<(VirtualAddr, u8, [u8; HINT_LEN])>,
     pub(crate) purpose: Purpose,
 }
 
@@ -169,9 +175,10 @@ impl Lookups {
         let id = self.next_id;
         let targets = addresses
             .into_iter()
-            .map(|(address, device)| Target {
+            .map(|(address, device, hint)| Target {
                 address,
                 device,
+                hint,
                 tag: io.rng.tag(),
                 asks: members
                     .owners_of(&address)
@@ -205,7 +212,7 @@ impl Lookups {
             Some(node) => {
                 io.timers.set(Timer::NextOwner(id, t), now + self.period);
                 let (tag, address) = (target.tag, target.address);
-                send_lookup(io, node, tag, address, caller);
+                send_lookup(io, node, tag, (address, caller, target.hint));
             }
             None => io.timers.cancel(Timer::NextOwner(id, t)),
         }
@@ -280,7 +287,7 @@ impl Lookups {
     pub(crate) fn rename(&mut self, from: &str, to: &str) {
         for q in self.queries.iter_mut().filter(|q| q.friend == from) {
             q.friend = to.to_string();
-            if let Purpose::Connect(key) = &mut q.purpose {
+            if let Purpose::Connect(key) | Purpose::Reply(key) = &mut q.purpose {
                 key.friend = to.to_string();
             }
         }
@@ -361,19 +368,25 @@ impl Lookups {
         for q in &self.queries {
             for t in &q.targets {
                 if t.tag == tag && t.current.is_some_and(|c| t.asks[c].node == node) {
-                    send_lookup(io, node, tag, t.address, q.caller);
+                    send_lookup(io, node, tag, (t.address, q.caller, t.hint));
                 }
             }
         }
     }
 }
 
-fn send_lookup(io: &mut Io, node: SocketAddr, tag: Tag, target: VirtualAddr, caller: VirtualAddr) {
+fn send_lookup(
+    io: &mut Io,
+    node: SocketAddr,
+    tag: Tag,
+    (target, caller, hint): (VirtualAddr, VirtualAddr, [u8; HINT_LEN]),
+) {
     let main = io.main;
     io.request(main, node, |cookie| Message::Lookup {
         tag,
         cookie,
         target,
         caller,
+        hint,
     });
 }

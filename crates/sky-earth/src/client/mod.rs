@@ -50,7 +50,9 @@ mod event;
 mod io;
 mod lookups;
 mod members;
+mod nat;
 mod peers;
+mod punch;
 mod registrations;
 mod reset;
 mod timers;
@@ -59,6 +61,8 @@ pub use config::{Config, Overlap};
 pub use earth::{Earth, ROTATION_DELAY};
 pub use event::{Event, Failure, RegistrationInfo, SocketId, Transmit};
 pub use members::MEMBERS_REQUEST_LEN;
+pub use nat::{Filtering, Mapping, NatReport};
+pub use punch::{SCAN_BATCH, SCAN_MAX, SCAN_TICK, SPRAY_SOCKETS};
 
 /// The largest application payload [`Earth::send`] and
 /// [`Earth::send_datagram`] take: a sealed datagram stays within

@@ -52,8 +52,12 @@ pub(crate) enum Timer {
     Resend(PeerId),
     /// Peers: look the friend up again while the handshake waits.
     Relookup(PeerId),
-    /// Peers: punch towards an introduced caller again (from that socket).
+    /// Punch: probe towards an endpoint again (from that socket).
     Punch(SocketId, SocketAddr),
+    /// Punch: a birthday campaign's next round, batch, or end.
+    Campaign(u64),
+    /// NAT: send an unanswered check again, or conclude.
+    Check,
     /// The socket the client left at an epoch boundary may close now.
     Release(SocketId),
     /// Reset: send the pending address reset to friends again.

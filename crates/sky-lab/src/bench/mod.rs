@@ -32,6 +32,7 @@ pub use report::{BenchError, Latency, Report};
 use stun::{stun_request, stun_response};
 
 use sky_node::engine::batch::{self, RecvBatch, SendBatch};
+use sky_proto::hint::HINT_LEN;
 use sky_proto::wire::{self, Cookie, Flags, Kind, Message, Tag, Token, VirtualAddr};
 
 /// What each operation is.
@@ -375,6 +376,7 @@ impl Generator {
                     cookie,
                     target: self.addresses[i],
                     caller: VirtualAddr(caller),
+                    hint: [0x5e; HINT_LEN],
                 };
                 (msg, Expect::Online)
             }
@@ -386,6 +388,7 @@ impl Generator {
                     cookie,
                     target: VirtualAddr(target),
                     caller: VirtualAddr::default(),
+                    hint: [0x5e; HINT_LEN],
                 };
                 (msg, Expect::Offline)
             }
@@ -735,12 +738,14 @@ fn with_tag(msg: Message, seq: u32) -> Message {
             cookie,
             target,
             caller,
+            hint,
             ..
         } => Message::Lookup {
             tag,
             cookie,
             target,
             caller,
+            hint,
         },
         other => other,
     }

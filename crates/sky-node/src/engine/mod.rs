@@ -5,7 +5,8 @@
 //! drives a sans-IO [`Shard`] with the chosen packet engine, a control
 //! thread (core 0) that serves `/metrics`, sweeps expired presence and
 //! hands off entries after ring changes, and a gossip thread (core 0) that
-//! runs membership and swaps each new ring into the shards' snapshot.
+//! runs membership and swaps each new ring into the shards' snapshot, and
+//! two NAT check threads on two ports of their own ([`check`]).
 //! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`],
 //! and gossip leaves the sky before it exits.
 
@@ -33,6 +34,7 @@ use sky_proto::ring::Ring;
 use sky_proto::time::MonoTime;
 
 pub mod batch;
+mod check;
 mod control;
 mod gossip;
 mod mmsg;
@@ -86,6 +88,8 @@ pub enum StartError {
     Shard(io::Error),
     /// No randomness for the node secret.
     Random(io::Error),
+    /// The NAT check ports (this one and the next) could not be bound.
+    Check(u16, io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -100,6 +104,11 @@ impl fmt::Display for StartError {
             ),
             StartError::Shard(e) => write!(f, "cannot start a packet shard: {e}"),
             StartError::Random(e) => write!(f, "cannot read /dev/urandom: {e}"),
+            StartError::Check(p, e) => write!(
+                f,
+                "cannot bind the NAT check ports {p} and {}/udp: {e} (set --check PORT or off)",
+                p.wrapping_add(1)
+            ),
         }
     }
 }
@@ -127,12 +136,37 @@ impl Node {
             sys::random_secret().map_err(StartError::Random)?,
         ));
         let presence = Arc::new(Presence::new(config.capacity));
-        let shard_config = config.shard_config();
+        let mut shard_config = config.shard_config();
+        let check = match config.check {
+            Some(port) => {
+                let service = check::CheckService::bind(config.listen.ip(), port)
+                    .map_err(|e| StartError::Check(port, e))?;
+                shard_config.check_port = service.port();
+                Some(service)
+            }
+            None => None,
+        };
         let shared = presence.clone();
-        Node::start_with(config, presence, move |_, now, ring, local_addr| {
+        let mut node = Node::start_with(config, presence, move |_, now, ring, local_addr| {
             Shard::new(secret.clone(), shared.clone(), shard_config, now)
                 .with_ring(ring.clone(), local_addr)
-        })
+        })?;
+        if let Some(service) = check {
+            let port = service.port();
+            match service.spawn(&node.metrics, &node.stop) {
+                Ok(threads) => node.threads.extend(threads),
+                Err(e) => {
+                    let _ = node.shutdown();
+                    return Err(StartError::Check(port, e));
+                }
+            }
+            tracing::info!(
+                port,
+                second = port.wrapping_add(1),
+                "NAT check service ready"
+            );
+        }
+        Ok(node)
     }
 
     /// Starts `shards` threads, each driving the core

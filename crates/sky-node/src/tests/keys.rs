@@ -51,17 +51,19 @@ fn forged_introduction_is_rejected() {
     let good = wire::Message::Introduction {
         caller,
         mac: introduction_mac(&key, &caller, &endpoint),
+        hint: [5; 16],
         endpoint,
     };
     let n = good.emit(&mut buf);
     assert_eq!(
         verify_introduction(&[key], &buf[..n]),
-        Ok((caller, endpoint))
+        Ok((caller, endpoint, [5; 16]))
     );
     // Same caller, attacker's endpoint: the MAC no longer verifies.
     let forged = wire::Message::Introduction {
         caller,
         mac: introduction_mac(&key, &caller, &endpoint),
+        hint: [5; 16],
         endpoint: "203.0.113.66:1".parse().unwrap(),
     };
     let n = forged.emit(&mut buf);

@@ -92,6 +92,7 @@ fn lookup(cookie: Cookie, target: [u8; 16]) -> Message {
         cookie,
         target: VirtualAddr(target),
         caller: VirtualAddr([0xca; 16]),
+        hint: [0x5e; 16],
     }
 }
 
@@ -130,9 +131,33 @@ fn lookup_of_registered_target_says_online_and_introduces_the_caller() {
     assert_eq!(dst, ALICE.parse::<SocketAddr>().unwrap());
     let mut bytes = [0u8; MAX_MESSAGE_LEN];
     let n = intro.emit(&mut bytes);
-    let (caller, endpoint) = sky_proto::intro::verify_introduction(&[key], &bytes[..n]).unwrap();
+    let (caller, endpoint, hint) =
+        sky_proto::intro::verify_introduction(&[key], &bytes[..n]).unwrap();
     assert_eq!(caller, VirtualAddr([0xca; 16]));
     assert_eq!(endpoint, BOB.parse::<SocketAddr>().unwrap());
+    // The caller's sealed hint is passed on as it came, unread.
+    assert_eq!(hint, [0x5e; 16]);
+    // 48 bytes to an IPv4 target: SPEC §3's introduction budget.
+    assert_eq!(n, 48);
+}
+
+#[test]
+fn a_check_is_answered_with_the_observed_endpoint_without_a_cookie() {
+    let mut p = Pair::new();
+    let check = Message::Check {
+        tag: Tag([7; 4]),
+        cookie: Cookie::default(),
+        flags: 0,
+    };
+    let (reply, intro) = p.send(BOB, check);
+    assert!(intro.is_none());
+    match reply {
+        Some(Message::Checked { tag, endpoint, .. }) => {
+            assert_eq!(tag, Tag([7; 4]));
+            assert_eq!(endpoint, BOB.parse::<SocketAddr>().unwrap());
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

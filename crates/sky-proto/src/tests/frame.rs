@@ -6,7 +6,7 @@ use super::*;
 fn the_registry_separates_sky_messages_from_frames() {
     assert_eq!(Registry::of(&[1, 0x81]), Registry::Sky);
     assert_eq!(Registry::of(&[PUNCH]), Registry::Frame(FrameKind::Punch));
-    assert_eq!(Registry::of(&[0x25]), Registry::Unknown);
+    assert_eq!(Registry::of(&[0x26]), Registry::Unknown);
     assert_eq!(Registry::of(&[]), Registry::Unknown);
     for kind in FrameKind::ALL {
         assert_ne!(kind as u8, crate::wire::VERSION);
@@ -39,6 +39,7 @@ fn every_length_of_every_kind_is_checked_without_panicking() {
                     FrameKind::Refuse => assert_eq!(len, REFUSE_LEN),
                     FrameKind::Data => assert!(len >= DATA_OVERHEAD),
                     FrameKind::Punch => assert!(len >= 1),
+                    FrameKind::Probe => assert_eq!(len, crate::hint::PROBE_LEN),
                 }
             }
         }

@@ -69,14 +69,29 @@ mod basics {
                 .prop_map(|(tag, version, hint)| { Message::NotOwner { tag, version, hint } }),
             (tag.clone(), any::<u32>())
                 .prop_map(|(tag, version)| Message::RingChanged { tag, version }),
-            (tag.clone(), cookie.clone(), addr.clone(), addr.clone()).prop_map(
-                |(tag, cookie, target, caller)| Message::Lookup {
+            (
+                tag.clone(),
+                cookie.clone(),
+                addr.clone(),
+                addr.clone(),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(tag, cookie, target, caller, hint)| Message::Lookup {
                     tag,
                     cookie,
                     target,
-                    caller
+                    caller,
+                    hint,
+                }),
+            (tag.clone(), cookie.clone(), any::<u8>())
+                .prop_map(|(tag, cookie, flags)| Message::Check { tag, cookie, flags }),
+            (tag.clone(), any::<u16>(), arb_endpoint()).prop_map(|(tag, check_port, endpoint)| {
+                Message::Checked {
+                    tag,
+                    check_port,
+                    endpoint,
                 }
-            ),
+            }),
             (tag.clone(), cookie.clone(), token)
                 .prop_map(|(tag, cookie, token)| Message::Unregister { tag, cookie, token }),
             tag.clone().prop_map(|tag| Message::Pong { tag }),
@@ -98,13 +113,16 @@ mod basics {
                 }
             }),
             tag.prop_map(|tag| Message::Offline { tag }),
-            (addr, any::<[u8; 8]>(), arb_endpoint()).prop_map(|(caller, m, endpoint)| {
-                Message::Introduction {
-                    caller,
-                    mac: Mac(m),
-                    endpoint,
+            (addr, any::<[u8; 8]>(), any::<[u8; 16]>(), arb_endpoint()).prop_map(
+                |(caller, m, hint, endpoint)| {
+                    Message::Introduction {
+                        caller,
+                        mac: Mac(m),
+                        hint,
+                        endpoint,
+                    }
                 }
-            }),
+            ),
         ]
     }
 
@@ -178,7 +196,7 @@ mod basics {
 
     #[test]
     fn unassigned_kinds_are_unknown() {
-        for k in [0x07u8, 0x8b, 0x00, 0x80, 0xff] {
+        for k in [0x08u8, 0x8c, 0x00, 0x80, 0xff] {
             assert_eq!(Message::decode(&[VERSION, k]), Err(Error::UnknownKind));
         }
     }
@@ -210,6 +228,7 @@ mod basics {
             cookie: Cookie([0xc0; 8]),
             target: VirtualAddr([0x11; 16]),
             caller: VirtualAddr([0x22; 16]),
+            hint: [0x33; 16],
         };
         let mut buf = [0u8; MAX_MESSAGE_LEN];
         let n = msg.emit(&mut buf);
@@ -217,6 +236,7 @@ mod basics {
         expected.extend([0xc0; 8]);
         expected.extend([0x11; 16]);
         expected.extend([0x22; 16]);
+        expected.extend([0x33; 16]);
         assert_eq!(&buf[..n], &expected[..]);
     }
 }

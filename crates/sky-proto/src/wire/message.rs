@@ -8,6 +8,7 @@ use super::{
     Token, VirtualAddr, endpoint_len, field,
 };
 use crate::addr::encode_endpoint;
+use crate::hint::HINT_LEN;
 use crate::ring::RingConfig;
 
 /// The parsed value of one message, requests and replies alike.
@@ -54,6 +55,8 @@ pub enum Message {
         target: VirtualAddr,
         /// The caller's own address, passed on in the introduction.
         caller: VirtualAddr,
+        /// The caller's sealed hint for the target, passed on unread.
+        hint: [u8; HINT_LEN],
     },
     /// Drops the address of `token`; no reply.
     Unregister {
@@ -75,6 +78,18 @@ pub enum Message {
         start: u16,
         /// The request's whole length, padding included.
         len: u16,
+    },
+    /// Asks where the node sees the source (the NAT check, `sky earth
+    /// netcheck`); answered with `Checked` whatever the cookie, never
+    /// larger than the request (32 bytes, zero padded).
+    Check {
+        /// Echoed in the reply.
+        tag: Tag,
+        /// The cookie this node gave the source, or zeros.
+        cookie: Cookie,
+        /// Bit 0 ([`Message::CHECK_FROM_OTHER`]): answer from the other
+        /// check port (a request to a check port only).
+        flags: u8,
     },
     // Replies.
     /// Answers `Ping`.
@@ -125,6 +140,8 @@ pub enum Message {
         caller: VirtualAddr,
         /// MAC under the target's introduction key.
         mac: Mac,
+        /// The caller's sealed hint, as the caller gave it.
+        hint: [u8; HINT_LEN],
         /// The caller's observed endpoint.
         endpoint: SocketAddr,
     },
@@ -159,9 +176,22 @@ pub enum Message {
         /// The node's ring version.
         version: u32,
     },
+    /// Answers `Check`: the source endpoint as this node saw it.
+    Checked {
+        /// The request's tag.
+        tag: Tag,
+        /// The node's first check port (the second is the next one); 0
+        /// when it runs no check service.
+        check_port: u16,
+        /// The request's observed source endpoint.
+        endpoint: SocketAddr,
+    },
 }
 
 impl Message {
+    /// `Check` flag: answer from the other check port.
+    pub const CHECK_FROM_OTHER: u8 = 0x01;
+
     /// Parses untrusted bytes: `Packet::new_checked` then `parse`.
     pub fn decode(bytes: &[u8]) -> Result<Message, Error> {
         Packet::new_checked(bytes).map(|p| Message::parse(&p))
@@ -192,6 +222,7 @@ impl Message {
                 cookie: p.cookie(),
                 target: VirtualAddr::read(&b[field::LOOKUP_TARGET]),
                 caller: VirtualAddr::read(&b[field::LOOKUP_CALLER]),
+                hint: read_hint(&b[field::LOOKUP_HINT]),
             },
             Kind::Unregister => Message::Unregister {
                 tag: p.tag(),
@@ -203,6 +234,16 @@ impl Message {
                 cookie: p.cookie(),
                 start: read_u16(&b[field::MEMBERS_START]),
                 len: b.len() as u16,
+            },
+            Kind::Check => Message::Check {
+                tag: p.tag(),
+                cookie: p.cookie(),
+                flags: b[field::CHECK_FLAGS],
+            },
+            Kind::Checked => Message::Checked {
+                tag: p.tag(),
+                check_port: read_u16(&b[field::CHECKED_PORT]),
+                endpoint: p.read_endpoint(field::CHECKED_ENDPOINT.start),
             },
             Kind::Pong => Message::Pong { tag: p.tag() },
             Kind::Cookie => Message::CookieReply {
@@ -228,6 +269,7 @@ impl Message {
             Kind::Introduction => Message::Introduction {
                 caller: VirtualAddr::read(&b[field::INTRO_CALLER]),
                 mac: Mac::read(&b[field::INTRO_MAC]),
+                hint: read_hint(&b[field::INTRO_HINT]),
                 endpoint: p.read_endpoint(field::INTRO_ENDPOINT.start),
             },
             Kind::MembersPage => Message::MembersPage {
@@ -273,6 +315,8 @@ impl Message {
             Message::MembersPage { .. } => Kind::MembersPage,
             Message::NotOwner { .. } => Kind::NotOwner,
             Message::RingChanged { .. } => Kind::RingChanged,
+            Message::Check { .. } => Kind::Check,
+            Message::Checked { .. } => Kind::Checked,
         }
     }
 
@@ -293,7 +337,9 @@ impl Message {
             | Message::Members { tag, .. }
             | Message::MembersPage { tag, .. }
             | Message::NotOwner { tag, .. }
-            | Message::RingChanged { tag, .. } => Some(tag),
+            | Message::RingChanged { tag, .. }
+            | Message::Check { tag, .. }
+            | Message::Checked { tag, .. } => Some(tag),
             Message::Introduction { .. } => None,
         }
     }
@@ -311,7 +357,8 @@ impl Message {
             Message::Registered { observed: e, .. }
             | Message::Online { endpoint: e, .. }
             | Message::Introduction { endpoint: e, .. }
-            | Message::NotOwner { hint: e, .. } => Some(e),
+            | Message::NotOwner { hint: e, .. }
+            | Message::Checked { endpoint: e, .. } => Some(e),
             _ => None,
         };
         match endpoint {
@@ -358,10 +405,26 @@ impl Message {
                 cookie,
                 target,
                 caller,
+                hint,
             } => {
                 write_request_header(b, tag, cookie);
                 b[field::LOOKUP_TARGET].copy_from_slice(&target.0);
                 b[field::LOOKUP_CALLER].copy_from_slice(&caller.0);
+                b[field::LOOKUP_HINT].copy_from_slice(&hint);
+            }
+            Message::Check { tag, cookie, flags } => {
+                write_request_header(b, tag, cookie);
+                b[field::CHECK_FLAGS] = flags;
+                b[field::CHECK_FLAGS + 1..].fill(0);
+            }
+            Message::Checked {
+                tag,
+                check_port,
+                endpoint,
+            } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::CHECKED_PORT].copy_from_slice(&check_port.to_be_bytes());
+                encode_endpoint(&endpoint, &mut b[field::CHECKED_ENDPOINT]);
             }
             Message::Unregister { tag, cookie, token } => {
                 write_request_header(b, tag, cookie);
@@ -429,16 +492,24 @@ impl Message {
             Message::Introduction {
                 caller,
                 mac,
+                hint,
                 endpoint,
             } => {
                 b[field::INTRO_CALLER].copy_from_slice(&caller.0);
                 b[field::INTRO_MAC].copy_from_slice(&mac.0);
+                b[field::INTRO_HINT].copy_from_slice(&hint);
                 encode_endpoint(&endpoint, &mut b[field::INTRO_ENDPOINT]);
             }
         }
         len
     }
 }
+fn read_hint(b: &[u8]) -> [u8; HINT_LEN] {
+    let mut h = [0u8; HINT_LEN];
+    h.copy_from_slice(b);
+    h
+}
+
 fn read_u16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }

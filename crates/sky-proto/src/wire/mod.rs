@@ -21,10 +21,11 @@
 //!     cookie: Cookie::default(),
 //!     target: VirtualAddr([0x11; 16]),
 //!     caller: VirtualAddr([0x22; 16]),
+//!     hint: [0x33; 16],
 //! };
 //! let mut buf = [0u8; MAX_MESSAGE_LEN];
 //! let len = lookup.emit(&mut buf);
-//! assert_eq!(len, 46);
+//! assert_eq!(len, 62);
 //! assert_eq!(Message::decode(&buf[..len]), Ok(lookup));
 //! assert!(Message::decode(&buf[..len - 1]).is_err());
 //! ```
@@ -55,8 +56,9 @@ pub const REQUEST_HEADER_LEN: usize = 14;
 /// Length of the header every tagged reply carries: version, kind, tag.
 pub const REPLY_HEADER_LEN: usize = 6;
 
-/// The longest message v1 defines (a `registered` reply to an IPv6 client).
-pub const MAX_MESSAGE_LEN: usize = 58;
+/// The longest message v1 defines (a lookup; an introduction of an IPv6
+/// caller, written over it, is 60).
+pub const MAX_MESSAGE_LEN: usize = 62;
 
 /// Byte offsets of every field, by message kind.
 pub(crate) mod field {
@@ -78,9 +80,15 @@ pub(crate) mod field {
     pub(crate) const KEEPALIVE_RING: Range<usize> = 30..34;
     pub(crate) const LOOKUP_TARGET: Range<usize> = 14..30;
     pub(crate) const LOOKUP_CALLER: Range<usize> = 30..46;
+    /// The caller's sealed hint, passed on unread ([`crate::hint`]).
+    pub(crate) const LOOKUP_HINT: Range<usize> = 46..62;
     pub(crate) const UNREGISTER_TOKEN: Range<usize> = 14..30;
     /// Index of the first member wanted; padding follows.
     pub(crate) const MEMBERS_START: Range<usize> = 14..16;
+    /// Bit 0: answer from the other check port. Padding follows up to
+    /// [`CHECK_LEN`].
+    pub(crate) const CHECK_FLAGS: usize = 14;
+    pub(crate) const CHECK_LEN: usize = 32;
 
     // Reply bodies.
     pub(crate) const COOKIE_VALUE: Range<usize> = 6..14;
@@ -100,17 +108,22 @@ pub(crate) mod field {
     pub(crate) const NOT_OWNER_VERSION: Range<usize> = 6..10;
     pub(crate) const NOT_OWNER_HINT: RangeFrom<usize> = 10..;
     pub(crate) const RING_VERSION: Range<usize> = 6..10;
+    /// The node's first check port (0: no check service).
+    pub(crate) const CHECKED_PORT: Range<usize> = 6..8;
+    pub(crate) const CHECKED_ENDPOINT: RangeFrom<usize> = 8..;
 
     // Introduction (sky to target, unsolicited: no tag).
     pub(crate) const INTRO_CALLER: Range<usize> = 2..18;
     pub(crate) const INTRO_MAC: Range<usize> = 18..26;
-    pub(crate) const INTRO_ENDPOINT: RangeFrom<usize> = 26..;
+    pub(crate) const INTRO_HINT: Range<usize> = 26..42;
+    pub(crate) const INTRO_ENDPOINT: RangeFrom<usize> = 42..;
 }
 
 /// Message kinds (byte 1). Requests have the high bit clear, replies set.
 ///
 /// `0x06` (members), `0x88` (members page), `0x89` (not owner) and `0x8a`
-/// (ring changed) are the DHT's (SPEC §4, `docs/PROTOCOL.md`).
+/// (ring changed) are the DHT's (SPEC §4, `docs/PROTOCOL.md`); `0x07`
+/// (check) and `0x8b` (checked) are the NAT check's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
@@ -126,6 +139,8 @@ pub enum Kind {
     Unregister = 0x05,
     /// `0x06`: members request.
     Members = 0x06,
+    /// `0x07`: check (where do you see me?).
+    Check = 0x07,
     /// `0x81`: pong.
     Pong = 0x81,
     /// `0x82`: cookie.
@@ -146,6 +161,8 @@ pub enum Kind {
     NotOwner = 0x89,
     /// `0x8a`: ring changed.
     RingChanged = 0x8a,
+    /// `0x8b`: checked (the observed endpoint).
+    Checked = 0x8b,
 }
 
 /// The lengths a datagram of one kind may have.
@@ -160,13 +177,14 @@ enum Lengths {
 
 impl Kind {
     /// Every kind, in wire order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Ping,
         Kind::Register,
         Kind::Keepalive,
         Kind::Lookup,
         Kind::Unregister,
         Kind::Members,
+        Kind::Check,
         Kind::Pong,
         Kind::Cookie,
         Kind::Registered,
@@ -177,6 +195,7 @@ impl Kind {
         Kind::MembersPage,
         Kind::NotOwner,
         Kind::RingChanged,
+        Kind::Checked,
     ];
 
     /// The kind byte 1 names, if any.
@@ -198,7 +217,7 @@ impl Kind {
             Kind::Ping => Fixed(REQUEST_HEADER_LEN),
             Kind::Register => Fixed(field::REGISTER_TOKEN.end),
             Kind::Keepalive => Fixed(field::KEEPALIVE_RING.end),
-            Kind::Lookup => Fixed(field::LOOKUP_CALLER.end),
+            Kind::Lookup => Fixed(field::LOOKUP_HINT.end),
             Kind::Unregister => Fixed(field::UNREGISTER_TOKEN.end),
             // At least as long as a page header: no page outgrows its request.
             Kind::Members => AtLeast(field::PAGE_ENTRIES.start),
@@ -210,6 +229,8 @@ impl Kind {
             Kind::MembersPage => AtLeast(field::PAGE_ENTRIES.start),
             Kind::NotOwner => with_endpoint(field::NOT_OWNER_HINT.start),
             Kind::RingChanged => Fixed(field::RING_VERSION.end),
+            Kind::Check => Fixed(field::CHECK_LEN),
+            Kind::Checked => with_endpoint(field::CHECKED_ENDPOINT.start),
         }
     }
 

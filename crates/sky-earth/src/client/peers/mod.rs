@@ -1,31 +1,34 @@
-//! Peers: connections to friends on punched paths — punching towards
-//! introduced callers, the handshake (as initiator after a lookup, or as
+//! Peers: connections to friends on punched paths — the handshake (as
+//! initiator after a lookup, on every path a probe or a hint showed; or as
 //! responder to a friend's msg1), and stop-and-wait delivery of sealed
 //! payloads with retransmission and acknowledgements.
 //!
-//! Owns: one connection per friend (its phase and outbox), the punches
-//! towards introduced callers, and the acknowledgements held until the
-//! state is saved. Timers: [`Timer::Resend`], [`Timer::Relookup`],
-//! [`Timer::PeerGiveUp`], [`Timer::Punch`]. It asks the caller for lookups
-//! (a connection needs the friend's endpoint) and hands back what only the
-//! caller can act on: an acknowledged payload and a friend's reset notice.
+//! Owns: one connection per friend device (its phase, paths and outbox),
+//! and the acknowledgements held until the state is saved. Timers:
+//! [`Timer::Resend`], [`Timer::Relookup`], [`Timer::PeerGiveUp`]. It asks
+//! the caller for lookups (a connection needs the friend's endpoint) and
+//! hands back what only the caller can act on: an acknowledged payload and
+//! a friend's reset notice. Punching is [`super::punch`]'s.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sky_proto::frame::{self, DATA_OVERHEAD, MSG1_LEN, MSG2_LEN, Payload};
+use sky_proto::frame::{MSG1_LEN, MSG2_LEN, Payload};
 use sky_proto::time::UnixTime;
 
-use super::MAX_PAYLOAD;
 use super::event::{Event, Failure, SocketId, Transmit};
 use super::io::Io;
 use super::timers::{PeerId, Timer};
 use crate::handshake::{self, Initiator, Session};
 
+mod delivery;
+
 /// How often a connection that has no answer yet looks the friend up
 /// again (and so is introduced again).
-const RELOOKUP: Duration = Duration::from_secs(1);
+pub(crate) const RELOOKUP: Duration = Duration::from_secs(1);
+/// Paths msg1 goes on at once, besides the endpoint the sky reported.
+const MAX_PATHS: usize = 8;
 
 /// Where a friend's connection stands.
 enum Phase {
@@ -35,12 +38,19 @@ enum Phase {
     Handshaking {
         initiator: Initiator,
         msg1: [u8; MSG1_LEN],
+        /// More paths to send msg1 on: where probes from the friend came
+        /// from, and the candidates its hint named.
+        paths: Vec<(SocketId, SocketAddr)>,
     },
     Established {
         session: Session,
         /// The msg1 this side answered and its msg2, sent again if the same
-        /// msg1 comes again (our msg2 was lost).
+        /// msg1 comes again (our msg2 was lost, or it came on another path).
         answered: Option<([u8; MSG1_LEN], [u8; MSG2_LEN])>,
+        /// Other paths the same msg1 came on: the initiator keeps whichever
+        /// its msg2 reached first, so the session moves to the path its
+        /// sealed datagrams come on.
+        alternates: Vec<(SocketId, SocketAddr)>,
     },
 }
 
@@ -83,6 +93,11 @@ struct Peer {
     outbox: VecDeque<Outgoing>,
     /// When the handshake gives up.
     deadline: UnixTime,
+    /// What a failed handshake is told as (what we learned of the NATs).
+    why: Failure,
+    /// `via` is a socket this connection owns (a spray's it took): it
+    /// closes with the connection.
+    owns_via: bool,
 }
 
 /// What a sealed datagram from a friend asks the caller to do.
@@ -108,9 +123,6 @@ pub(crate) enum Received {
 /// Every connection (see the module documentation).
 pub(crate) struct Peers {
     peers: HashMap<PeerKey, Peer>,
-    /// Introduced callers we punch towards (from the socket the
-    /// introduction came to), until when.
-    punches: HashMap<(SocketId, SocketAddr), UnixTime>,
     next_payload: u64,
     next_peer: PeerId,
     /// Acknowledgements that wait for the state to be saved:
@@ -124,7 +136,6 @@ impl Peers {
     pub(crate) fn new(retry: Duration, give_up: Duration) -> Peers {
         Peers {
             peers: HashMap::new(),
-            punches: HashMap::new(),
             next_payload: 0,
             next_peer: 0,
             held: Vec::new(),
@@ -137,12 +148,71 @@ impl Peers {
         self.peers.get(key).is_some_and(|p| phase(&p.phase))
     }
 
-    fn established(&self, key: &PeerKey) -> bool {
+    pub(crate) fn established(&self, key: &PeerKey) -> bool {
         self.phase_is(key, |p| matches!(p, Phase::Established { .. }))
     }
 
-    fn handshaking(&self, key: &PeerKey) -> bool {
+    pub(crate) fn handshaking(&self, key: &PeerKey) -> bool {
         self.phase_is(key, |p| matches!(p, Phase::Handshaking { .. }))
+    }
+
+    /// The connections whose handshake waits for an answer.
+    pub(crate) fn handshaking_keys(&self) -> Vec<PeerKey> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| matches!(p.phase, Phase::Handshaking { .. }))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The endpoint the sky reported for `key` (the handshake's first path).
+    pub(crate) fn endpoint_of(&self, key: &PeerKey) -> Option<SocketAddr> {
+        self.peers.get(key).and_then(|p| p.endpoint)
+    }
+
+    /// The socket `key`'s handshake or session runs on.
+    pub(crate) fn via_of(&self, key: &PeerKey) -> Option<SocketId> {
+        self.peers.get(key).map(|p| p.via)
+    }
+
+    /// A failed handshake with `key` is told as `why` from now on.
+    pub(crate) fn explain(&mut self, key: &PeerKey, why: Failure) {
+        if let Some(p) = self.peers.get_mut(key) {
+            p.why = why;
+        }
+    }
+
+    /// Fails the handshake with `key` now, as `why` (nothing can reach
+    /// the friend).
+    pub(crate) fn give_up_now(&mut self, io: &mut Io, key: &PeerKey, why: Failure) {
+        if self.handshaking(key) {
+            self.fail(io, key, why);
+        }
+    }
+
+    /// The session with `key` owns its socket (a spray's), and closes it
+    /// when it ends.
+    pub(crate) fn own_via(&mut self, key: &PeerKey) {
+        if let Some(p) = self.peers.get_mut(key) {
+            p.owns_via = true;
+        }
+    }
+
+    /// msg1 also goes to `to` from `via` (a probe from the friend came
+    /// from there, or its hint names it): now and on every retry.
+    pub(crate) fn add_path(&mut self, io: &mut Io, key: &PeerKey, via: SocketId, to: SocketAddr) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let first = (peer.via, peer.endpoint);
+        if let Phase::Handshaking { msg1, paths, .. } = &mut peer.phase
+            && first != (via, Some(to))
+            && !paths.contains(&(via, to))
+            && paths.len() < MAX_PATHS
+        {
+            paths.push((via, to));
+            io.send(via, to, msg1.to_vec());
+        }
     }
 
     /// Whether a payload whose first byte is `kind` waits for `key`.
@@ -177,128 +247,6 @@ impl Peers {
                 self.peers.insert(PeerKey::new(to, key.device), peer);
             }
         }
-    }
-
-    /// The state was saved: the acknowledgements that waited on it go.
-    pub(crate) fn saved(&mut self, io: &mut Io) {
-        io.transmits.extend(self.held.drain(..).map(|(_, t)| t));
-    }
-
-    /// The state could not be saved: the held acknowledgements are dropped.
-    pub(crate) fn save_failed(&mut self) {
-        self.held.clear();
-    }
-
-    /// Holds `ack` (of `counter`, to `from`) until the state is saved; one
-    /// per peer, the newest.
-    pub(crate) fn hold(&mut self, counter: u64, ack: Transmit) {
-        self.held.retain(|(_, t)| t.dst != ack.dst);
-        self.held.push((counter, ack));
-    }
-
-    /// Queues `payload` (its first byte says what it is) for `friend`'s
-    /// device `device`, or for any of their devices (an established session
-    /// first). Returns its id, and the connection that must look the friend
-    /// up, if a new one does.
-    pub(crate) fn enqueue(
-        &mut self,
-        now: UnixTime,
-        io: &mut Io,
-        friend: &str,
-        device: Option<u8>,
-        payload: Vec<u8>,
-        known: bool,
-    ) -> (u64, Option<PeerKey>) {
-        self.next_payload += 1;
-        let id = self.next_payload;
-        let why = if !known {
-            Some(Failure::NoSuchFriend)
-        } else if payload.len() > MAX_PAYLOAD + 1 {
-            Some(Failure::TooLarge)
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            io.event(Event::Failed {
-                friend: friend.to_string(),
-                id,
-                why,
-            });
-            return (id, None);
-        }
-        let outgoing = Outgoing {
-            id,
-            payload,
-            queued: now,
-            sealed: None,
-            sent: 0,
-            deadline: now + self.give_up,
-        };
-        let key = match device {
-            Some(_) => PeerKey::new(friend, device),
-            // Any device: the one with a session, else one being reached.
-            None => {
-                let keys = self.keys_of(friend);
-                keys.iter()
-                    .find(|k| self.established(k))
-                    .or_else(|| keys.first())
-                    .cloned()
-                    .unwrap_or_else(|| PeerKey::new(friend, None))
-            }
-        };
-        let lookup = self.push(now, io, &key, outgoing).then_some(key);
-        (id, lookup)
-    }
-
-    /// Queues `outgoing` for `key`; `true` when a new connection must look
-    /// up.
-    fn push(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey, outgoing: Outgoing) -> bool {
-        match self.peers.get_mut(key) {
-            Some(peer) => {
-                peer.outbox.push_back(outgoing);
-                if peer.outbox.len() == 1 {
-                    self.pump(now, io, key);
-                }
-                false
-            }
-            None => {
-                self.next_peer += 1;
-                self.peers.insert(
-                    key.clone(),
-                    Peer {
-                        id: self.next_peer,
-                        via: io.main,
-                        endpoint: None,
-                        phase: Phase::Looking,
-                        outbox: VecDeque::from([outgoing]),
-                        deadline: now + self.give_up,
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// Sends `payload` once, best effort, over an established session
-    /// with any of `friend`'s devices.
-    pub(crate) fn send_datagram(&mut self, io: &mut Io, friend: &str, payload: &[u8]) -> bool {
-        if payload.len() > MAX_PAYLOAD {
-            return false;
-        }
-        let Some(peer) = self.peers.iter_mut().find_map(|(k, p)| {
-            (k.friend == friend && matches!(p.phase, Phase::Established { .. })).then_some(p)
-        }) else {
-            return false;
-        };
-        let (Phase::Established { session, .. }, Some(dst)) = (&mut peer.phase, peer.endpoint)
-        else {
-            return false;
-        };
-        let mut plain = Vec::with_capacity(payload.len() + 1);
-        plain.push(Payload::Datagram as u8);
-        plain.extend_from_slice(payload);
-        io.send(peer.via, dst, seal(session, &plain));
-        true
     }
 
     /// The lookup the connection `key` made has answered: the endpoint of
@@ -385,9 +333,18 @@ impl Peers {
         };
         let mut msg1 = [0u8; MSG1_LEN];
         let initiator = Initiator::start(ours, theirs, ephemeral, &mut msg1);
+        // The handshake has its whole time from the first msg1, however
+        // long the lookup took (a later endpoint does not extend it).
+        if matches!(peer.phase, Phase::Looking) {
+            peer.deadline = peer.deadline.max(now + self.give_up);
+        }
         peer.via = io.main;
         peer.endpoint = Some(endpoint);
-        peer.phase = Phase::Handshaking { initiator, msg1 };
+        peer.phase = Phase::Handshaking {
+            initiator,
+            msg1,
+            paths: Vec::new(),
+        };
         io.timers.set(Timer::Relookup(peer.id), now + RELOOKUP);
         io.timers.set(Timer::PeerGiveUp(peer.id), peer.deadline);
         let id = peer.id;
@@ -398,6 +355,9 @@ impl Peers {
     fn fail(&mut self, io: &mut Io, key: &PeerKey, why: Failure) {
         if let Some(peer) = self.peers.remove(key) {
             cancel_timers(io, peer.id);
+            if peer.owns_via {
+                io.release(peer.via);
+            }
             for o in peer.outbox {
                 io.event(Event::Failed {
                     friend: key.friend.clone(),
@@ -415,97 +375,6 @@ impl Peers {
             .map(|(k, _)| k.clone())
     }
 
-    /// [`Timer::Resend`] is due: msg1, or the sealed datagram in flight,
-    /// goes again.
-    pub(crate) fn on_resend(&mut self, now: UnixTime, io: &mut Io, id: PeerId) {
-        self.resend(now, io, id);
-    }
-
-    fn resend(&mut self, now: UnixTime, io: &mut Io, id: PeerId) {
-        let retry = self.retry;
-        let Some(peer) = self.peers.values_mut().find(|p| p.id == id) else {
-            return;
-        };
-        let Some(dst) = peer.endpoint else { return };
-        let via = peer.via;
-        match &mut peer.phase {
-            Phase::Looking => return,
-            Phase::Handshaking { msg1, .. } => {
-                io.send(via, dst, msg1.to_vec());
-                if let Some(o) = peer.outbox.front_mut() {
-                    o.sent += 1;
-                }
-            }
-            Phase::Established { session, .. } => {
-                let Some(o) = peer.outbox.front_mut() else {
-                    return;
-                };
-                let sealed = o.sealed.get_or_insert_with(|| {
-                    let bytes = seal(session, &o.payload);
-                    let counter = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-                    (bytes, counter)
-                });
-                io.send(via, dst, sealed.0.clone());
-                o.sent += 1;
-            }
-        }
-        io.timers.set(Timer::Resend(id), now + retry);
-    }
-
-    /// The front payload of an established connection: it fails when its
-    /// time is up (the rest connect afresh), else it goes now. Returns the
-    /// friends that must be looked up again.
-    fn pump(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey) -> Vec<PeerKey> {
-        let Some(peer) = self.peers.get(key) else {
-            return Vec::new();
-        };
-        if !matches!(peer.phase, Phase::Established { .. }) {
-            return Vec::new();
-        }
-        let id = peer.id;
-        let Some(front) = peer.outbox.front() else {
-            io.timers.cancel(Timer::Resend(id));
-            io.timers.cancel(Timer::PeerGiveUp(id));
-            return Vec::new();
-        };
-        if now >= front.deadline {
-            return self.fail_front(now, io, key);
-        }
-        io.timers.set(Timer::PeerGiveUp(id), front.deadline);
-        self.resend(now, io, id);
-        Vec::new()
-    }
-
-    /// The payload in flight on an established path timed out: it fails,
-    /// the path is dropped and the rest of the outbox connects afresh.
-    fn fail_front(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey) -> Vec<PeerKey> {
-        let Some(mut peer) = self.peers.remove(key) else {
-            return Vec::new();
-        };
-        cancel_timers(io, peer.id);
-        if let Some(o) = peer.outbox.pop_front() {
-            io.event(Event::Failed {
-                friend: key.friend.clone(),
-                id: o.id,
-                why: Failure::Unreachable,
-            });
-        }
-        let mut lookups = Vec::new();
-        for o in peer.outbox {
-            // Keeps the caller's id and the time it was queued.
-            let again = Outgoing {
-                sealed: None,
-                sent: 0,
-                deadline: now + self.give_up,
-                ..o
-            };
-            if self.push(now, io, key, again) {
-                lookups.push(key.clone());
-            }
-        }
-        lookups
-    }
-
     /// [`Timer::PeerGiveUp`] is due. Returns the friends that must be
     /// looked up again.
     pub(crate) fn on_give_up(&mut self, now: UnixTime, io: &mut Io, id: PeerId) -> Vec<PeerKey> {
@@ -513,8 +382,13 @@ impl Peers {
             return Vec::new();
         };
         if self.handshaking(&key) {
-            // Handshake timed out: everything queued fails.
-            self.fail(io, &key, Failure::Unreachable);
+            // Handshake timed out: everything queued fails, told as what we
+            // learned of the NATs on the way.
+            let why = self
+                .peers
+                .get(&key)
+                .map_or(Failure::Unreachable, |p| p.why.clone());
+            self.fail(io, &key, why);
             return Vec::new();
         }
         self.pump(now, io, &key)
@@ -536,42 +410,6 @@ impl Peers {
         Some(key)
     }
 
-    /// The sky introduced a caller at `endpoint` (on `via`, the socket
-    /// registered where the introduction came): open our NAT towards it
-    /// until their handshake comes. The sky vouched for the caller and
-    /// already told them where we are; a caller we cannot name may be a
-    /// friend whose address reset is on its way to us.
-    pub(crate) fn punch_towards(
-        &mut self,
-        now: UnixTime,
-        io: &mut Io,
-        via: SocketId,
-        endpoint: SocketAddr,
-    ) {
-        self.punches.insert((via, endpoint), now + self.give_up);
-        self.on_punch(now, io, via, endpoint);
-    }
-
-    /// [`Timer::Punch`] is due.
-    pub(crate) fn on_punch(
-        &mut self,
-        now: UnixTime,
-        io: &mut Io,
-        via: SocketId,
-        endpoint: SocketAddr,
-    ) {
-        match self.punches.get(&(via, endpoint)) {
-            Some(&until) if now < until => {
-                io.send(via, endpoint, vec![frame::PUNCH]);
-                io.timers.set(Timer::Punch(via, endpoint), now + self.retry);
-            }
-            _ => {
-                self.punches.remove(&(via, endpoint));
-                io.timers.cancel(Timer::Punch(via, endpoint));
-            }
-        }
-    }
-
     /// The driver is about to close `socket`: connections on it end (what
     /// waited on them fails; the next payload connects afresh).
     pub(crate) fn drop_socket(&mut self, io: &mut Io, socket: SocketId) {
@@ -584,9 +422,6 @@ impl Peers {
         for key in on_it {
             self.fail(io, &key, Failure::Unreachable);
         }
-        self.punches.retain(|(via, _), _| *via != socket);
-        io.timers
-            .cancel_where(|t| matches!(t, Timer::Punch(via, _) if *via == socket));
     }
 
     /// Someone's msg1: answer it if it comes from a friend's device
@@ -603,16 +438,24 @@ impl Peers {
         ours: ([u8; 32], [u8; 32]),
         devices: &[(PeerKey, [u8; 32])],
     ) -> Vec<PeerKey> {
-        // The same msg1 again: our msg2 was lost; send it again.
-        for peer in self.peers.values() {
+        // The same msg1 again: our msg2 was lost, or the friend sent it on
+        // several paths; answer it again where it came from.
+        for peer in self.peers.values_mut() {
+            let first = (peer.via, peer.endpoint);
             if let Phase::Established {
                 answered: Some((m1, m2)),
+                alternates,
                 ..
-            } = &peer.phase
-                && peer.endpoint == Some(from)
+            } = &mut peer.phase
                 && m1[..] == *datagram
             {
-                io.send(peer.via, from, m2.to_vec());
+                if first != (via, Some(from))
+                    && !alternates.contains(&(via, from))
+                    && alternates.len() < MAX_PATHS
+                {
+                    alternates.push((via, from));
+                }
+                io.send(via, from, m2.to_vec());
                 return Vec::new();
             }
         }
@@ -642,8 +485,6 @@ impl Peers {
         if self.handshaking(&key) && ours.1 < keys[i] {
             return Vec::new();
         }
-        self.punches.remove(&(via, from));
-        io.timers.cancel(Timer::Punch(via, from));
         let mut m1 = [0u8; MSG1_LEN];
         m1.copy_from_slice(datagram);
         self.next_peer += 1;
@@ -661,13 +502,20 @@ impl Peers {
             phase: Phase::Looking,
             outbox: VecDeque::new(),
             deadline: now,
+            why: Failure::Unreachable,
+            owns_via: false,
         });
         io.timers.cancel(Timer::Relookup(peer.id));
+        if peer.owns_via && peer.via != via {
+            io.release(peer.via);
+            peer.owns_via = false;
+        }
         peer.via = via;
         peer.endpoint = Some(from);
         peer.phase = Phase::Established {
             session,
             answered: Some((m1, msg2)),
+            alternates: Vec::new(),
         };
         // A payload sealed under an old session is sealed again.
         for o in &mut peer.outbox {
@@ -691,13 +539,16 @@ impl Peers {
     /// A refusal from `from`: if it is the friend we are handshaking with,
     /// and it proves their key, they do not know us — everything queued for
     /// them fails at once with [`Failure::Refused`].
-    pub(crate) fn on_refuse(&mut self, io: &mut Io, from: SocketAddr, datagram: &[u8]) {
+    pub(crate) fn on_refuse(
+        &mut self,
+        io: &mut Io,
+        (via, from): (SocketId, SocketAddr),
+        datagram: &[u8],
+    ) {
         let refused = self.peers.iter().find_map(|(key, p)| match &p.phase {
-            Phase::Handshaking { initiator, .. }
-                if p.endpoint == Some(from) && initiator.refused(datagram) =>
-            {
-                Some(key.clone())
-            }
+            Phase::Handshaking {
+                initiator, paths, ..
+            } if on_path(p, paths, via, from) && initiator.refused(datagram) => Some(key.clone()),
             _ => None,
         });
         if let Some(key) = refused {
@@ -705,26 +556,31 @@ impl Peers {
         }
     }
 
-    /// A msg2 from `from`: our handshake with that friend completes.
-    /// Returns the connection a session is now up with.
+    /// A msg2 from `from` on `via`: our handshake with that friend
+    /// completes, on this path. Returns the connection a session is now up
+    /// with.
     pub(crate) fn on_msg2(
         &mut self,
         now: UnixTime,
         io: &mut Io,
-        from: SocketAddr,
+        (via, from): (SocketId, SocketAddr),
         datagram: &[u8],
     ) -> Option<PeerKey> {
-        let (key, peer) = self.peers.iter_mut().find(|(_, p)| {
-            p.endpoint == Some(from) && matches!(p.phase, Phase::Handshaking { .. })
+        let (key, peer) = self.peers.iter_mut().find(|(_, p)| match &p.phase {
+            Phase::Handshaking { paths, .. } => on_path(p, paths, via, from),
+            _ => false,
         })?;
         let Phase::Handshaking { initiator, .. } = &peer.phase else {
             unreachable!("matched above");
         };
         match initiator.finish(datagram) {
             Ok(session) => {
+                peer.via = via;
+                peer.endpoint = Some(from);
                 peer.phase = Phase::Established {
                     session,
                     answered: None,
+                    alternates: Vec::new(),
                 };
                 io.timers.cancel(Timer::Relookup(peer.id));
                 let key = key.clone();
@@ -742,102 +598,15 @@ impl Peers {
             }
         }
     }
+}
 
-    /// A sealed datagram from `from`.
-    pub(crate) fn on_data(
-        &mut self,
-        now: UnixTime,
-        io: &mut Io,
-        from: SocketAddr,
-        datagram: &mut [u8],
-    ) -> Received {
-        let Some((key, peer)) = self.peers.iter_mut().find(|(_, p)| {
-            p.endpoint == Some(from) && matches!(p.phase, Phase::Established { .. })
-        }) else {
-            return Received::Nothing;
-        };
-        let key = key.clone();
-        let via = peer.via;
-        let Phase::Established { session, .. } = &mut peer.phase else {
-            unreachable!("matched above");
-        };
-        let Ok(frame) = frame::Frame::new_checked(&*datagram) else {
-            return Received::Nothing;
-        };
-        let counter = frame.counter();
-        let range = match session.open(datagram) {
-            Ok(r) => r,
-            Err(handshake::HandshakeError::Replayed) => {
-                // A retransmission whose acknowledgement was lost: only the
-                // peer's sealed bytes get this far; acknowledge again —
-                // unless the acknowledgement waits for a save.
-                if self
-                    .held
-                    .iter()
-                    .any(|(c, t)| *c == counter && t.dst == from)
-                {
-                    return Received::Nothing;
-                }
-                io.send(via, from, seal(session, &frame::ack_payload(counter)));
-                return Received::Nothing;
-            }
-            Err(_) => return Received::Nothing,
-        };
-        let plain = datagram[range].to_vec();
-        let Some((&kind, body)) = plain.split_first() else {
-            return Received::Nothing;
-        };
-        match Payload::from_byte(kind) {
-            Some(Payload::Ack) => {
-                let Some(acked) = frame::parse_ack(body) else {
-                    return Received::Nothing;
-                };
-                let done = matches!(peer.outbox.front(), Some(Outgoing { sealed: Some((_, c)), .. }) if *c == acked);
-                if !done {
-                    return Received::Nothing;
-                }
-                let outgoing = peer.outbox.pop_front().expect("front");
-                self.pump(now, io, &key);
-                Received::Acked {
-                    key,
-                    peer: from,
-                    outgoing,
-                }
-            }
-            Some(kind @ (Payload::Text | Payload::Datagram)) => {
-                if kind == Payload::Text {
-                    io.send(via, from, seal(session, &frame::ack_payload(counter)));
-                }
-                io.event(Event::Message {
-                    friend: key.friend,
-                    payload: body.to_vec(),
-                });
-                Received::Nothing
-            }
-            Some(Payload::Reset) => Received::ResetNotice {
-                ack: Transmit {
-                    socket: via,
-                    dst: from,
-                    bytes: seal(session, &frame::ack_payload(counter)),
-                },
-                key,
-                notice: body.to_vec(),
-                counter,
-            },
-            None => Received::Nothing,
-        }
-    }
+/// Whether `(via, from)` is one of a handshaking peer's paths.
+fn on_path(p: &Peer, paths: &[(SocketId, SocketAddr)], via: SocketId, from: SocketAddr) -> bool {
+    (p.via == via && p.endpoint == Some(from)) || paths.contains(&(via, from))
 }
 
 fn cancel_timers(io: &mut Io, id: PeerId) {
     io.timers.cancel_where(
         |t| matches!(t, Timer::Resend(p) | Timer::Relookup(p) | Timer::PeerGiveUp(p) if *p == id),
     );
-}
-
-fn seal(session: &mut Session, plain: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; plain.len() + DATA_OVERHEAD];
-    let n = session.seal(plain, &mut out);
-    out.truncate(n);
-    out
 }

@@ -2,25 +2,30 @@
 //! together — a new view reconciles registrations and lookups, a lookup a
 //! connection made answers that connection, a delivered reset notice is
 //! the reset machine's, a `not owner` to a registration makes the members
-//! fetch again.
+//! fetch again. [`rendezvous`] wires the NAT, punch and peer machines
+//! around introductions, hints and probes.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+mod datagram;
+mod rendezvous;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use sky_proto::frame::{FrameKind, Payload, Registry};
-use sky_proto::intro;
+use sky_proto::frame::Payload;
 use sky_proto::ring::Ring;
 use sky_proto::time::UnixTime;
-use sky_proto::wire::{self, Message, Packet, VirtualAddr};
+use sky_proto::wire::{self, VirtualAddr};
 
 use super::config::Config;
 use super::config::Overlap;
 use super::event::{Event, Failure, RegistrationInfo, SocketId, Transmit};
 use super::io::Io;
-use super::lookups::{Answer, Done, Lookups, NewLookup, Purpose};
+use super::lookups::{Done, Lookups, NewLookup, Purpose};
 use super::members::Members;
+use super::nat::{Nat, NatReport};
 use super::peers::{PeerKey, Peers, Received};
+use super::punch::Punch;
 use super::registrations::{Registrations, Start};
 use super::reset::Reset;
 use super::timers::Timer;
@@ -45,6 +50,18 @@ pub struct Earth {
     lookups: Lookups,
     peers: Peers,
     reset: Reset,
+    nat: Nat,
+    punch: Punch,
+    /// Pair keys by the friend device's public key (one X25519 each).
+    pair_keys: HashMap<[u8; 32], [u8; 32]>,
+    /// When we last looked back at a friend device that called us.
+    replied: HashMap<PeerKey, UnixTime>,
+    /// What friend devices' hints told us (the latest).
+    learned: HashMap<PeerKey, sky_proto::hint::Hint>,
+    /// Whether the automatic NAT check has run.
+    nat_checked: bool,
+    /// Whether `go_online` sends pending resets (not for a one-shot).
+    resets: bool,
 }
 
 impl Earth {
@@ -67,6 +84,13 @@ impl Earth {
             lookups: Lookups::new(config.retry, config.give_up),
             peers: Peers::new(config.retry, config.give_up),
             reset: Reset::new(config.reset_retry),
+            nat: Nat::new(),
+            punch: Punch::new(config.retry, config.give_up),
+            pair_keys: HashMap::new(),
+            replied: HashMap::new(),
+            learned: HashMap::new(),
+            nat_checked: false,
+            resets: true,
             config,
             state,
             online: false,
@@ -113,8 +137,66 @@ impl Earth {
     pub fn go_online(&mut self, now: UnixTime) {
         self.online = true;
         self.update_registrations(now);
-        self.reset.arm(now, &mut self.io);
+        if self.resets {
+            self.reset.arm(now, &mut self.io);
+        }
+        self.ensure_checked(now);
         self.handle_timeout(now);
+    }
+
+    /// Registers like [`Earth::go_online`] but sends no pending reset: for
+    /// a client that runs only to reach a friend (a one-shot send), so that
+    /// the friend's side can look back at it (`docs/NAT.md`).
+    pub fn go_findable(&mut self, now: UnixTime) {
+        self.resets = false;
+        self.go_online(now);
+    }
+
+    /// What the client knows of its NAT now.
+    pub fn nat(&self) -> NatReport {
+        self.nat.report(self.io.main)
+    }
+
+    /// Measures the NAT against the first bootstrap node's check ports
+    /// (`sky earth netcheck`); [`Event::Nat`] tells the result. The client
+    /// also does this once by itself, when it first needs the sky.
+    pub fn check_nat(&mut self, now: UnixTime) {
+        self.nat_checked = true;
+        if let Some(&node) = self.config.sky.first() {
+            self.nat.start(now, &mut self.io, node);
+        }
+    }
+
+    fn ensure_checked(&mut self, now: UnixTime) {
+        if !self.nat_checked {
+            self.check_nat(now);
+        }
+    }
+
+    /// The driver bound `socket` at `local` — its local address as a LAN
+    /// neighbour reaches it (the address of the interface that routes to
+    /// the sky, not the wildcard). Sealed into hints for friends behind the
+    /// same public address; never sent in clear.
+    pub fn set_local_addr(&mut self, socket: SocketId, local: SocketAddr) {
+        self.nat.set_local(socket, wire::canonical(local));
+    }
+
+    /// The router mapped a public port to [`Earth::main_socket`] (UPnP,
+    /// NAT-PMP or PCP), or no longer does (`None`). Sealed into hints;
+    /// never sent in clear.
+    pub fn set_port_mapping(&mut self, mapped: Option<SocketAddrV4>) {
+        self.nat.set_mapped(mapped);
+    }
+
+    /// The socket the client's own traffic goes out of now (a port
+    /// mapping belongs to it; it changes at a rotation).
+    pub fn main_socket(&self) -> SocketId {
+        self.io.main
+    }
+
+    /// Probes the birthday punch has sent so far (spray and scan).
+    pub fn campaign_probes(&self) -> u64 {
+        self.punch.campaign_probes
     }
 
     /// Unregisters every address at every owner.
@@ -158,6 +240,9 @@ impl Earth {
     /// draining [`Earth::poll_transmit`]: what still had to go out of it
     /// has gone.
     pub fn poll_released(&mut self) -> Option<SocketId> {
+        if let Some(&id) = self.io.released.front() {
+            self.nat.forget_socket(id);
+        }
         self.io.released.pop_front()
     }
 
@@ -324,59 +409,7 @@ impl Earth {
         from: SocketAddr,
         datagram: &mut [u8],
     ) {
-        let from = wire::canonical(from);
-        if self.io.nodes.contains_key(&from) {
-            self.sky_datagram(now, socket, from, datagram);
-            return;
-        }
-        let connected = match Registry::of(datagram) {
-            Registry::Frame(FrameKind::Msg1) => {
-                let ours = (
-                    self.state.identity.secret_bytes(),
-                    self.state.identity.public_key(),
-                );
-                let devices: Vec<(PeerKey, [u8; 32])> = self
-                    .state
-                    .friends
-                    .0
-                    .iter()
-                    .flat_map(|(n, f)| {
-                        f.keys
-                            .iter()
-                            .enumerate()
-                            .map(move |(d, k)| (PeerKey::new(n, Some(d as u8)), *k))
-                    })
-                    .collect();
-                self.peers
-                    .on_msg1(now, &mut self.io, (socket, from), datagram, ours, &devices)
-            }
-            Registry::Frame(FrameKind::Msg2) => self
-                .peers
-                .on_msg2(now, &mut self.io, from, datagram)
-                .into_iter()
-                .collect(),
-            Registry::Frame(FrameKind::Refuse) => {
-                self.peers.on_refuse(&mut self.io, from, datagram);
-                Vec::new()
-            }
-            Registry::Frame(FrameKind::Data) => {
-                let received = self.peers.on_data(now, &mut self.io, from, datagram);
-                self.received(now, received);
-                Vec::new()
-            }
-            Registry::Frame(FrameKind::Punch) | Registry::Unknown => Vec::new(),
-            Registry::Sky => {
-                // Introductions come only from sky nodes we registered with.
-                if let Ok(Message::Introduction { .. }) = Message::decode(datagram) {
-                    self.io.event(Event::ForgedIntroduction);
-                }
-                Vec::new()
-            }
-        };
-        // The lookups those connections may have started are moot now.
-        for key in connected {
-            self.lookups.cancel_connect(&mut self.io, &key);
-        }
+        self.dispatch(now, socket, from, datagram);
     }
 
     // ---- wiring ----
@@ -421,15 +454,19 @@ impl Earth {
             }
             Timer::Resend(p) => self.peers.on_resend(now, io, p),
             Timer::Relookup(p) => {
-                if let Some(key) = self.peers.on_relookup(now, io, p)
-                    && !self.lookups.looking_up(&key)
-                {
-                    self.connect_lookup(now, key);
+                if let Some(key) = self.peers.on_relookup(now, io, p) {
+                    self.still_handshaking(now, &key);
+                    if !self.lookups.looking_up(&key) {
+                        self.connect_lookup(now, key);
+                    }
                 }
             }
-            Timer::Punch(via, endpoint) => self.peers.on_punch(now, io, via, endpoint),
+            Timer::Punch(via, endpoint) => self.punch.on_punch(now, io, via, endpoint),
+            Timer::Campaign(id) => self.punch.on_campaign(now, io, id),
+            Timer::Check => self.nat.on_timer(now, io),
             Timer::Release(socket) => {
                 self.peers.drop_socket(io, socket);
+                self.punch.drop_socket(io, socket);
                 if !self.registrations.uses(socket) {
                     io.release(socket);
                 }
@@ -528,14 +565,24 @@ impl Earth {
                 }
             }
         }
+        let reply = matches!(purpose, Purpose::Reply(_));
+        let friend = friend.to_string();
+        let addresses = addresses
+            .into_iter()
+            .map(|(a, d)| {
+                let key = PeerKey::new(&friend, Some(d));
+                (a, d, self.seal_hint(&key, caller, a, reply))
+            })
+            .collect();
         let query = NewLookup {
-            friend: friend.to_string(),
+            friend,
             caller,
             addresses,
             purpose,
         };
         self.lookups.start(now, &mut self.io, &self.members, query);
         self.members.ensure(now, &mut self.io, true);
+        self.ensure_checked(now);
         true
     }
 
@@ -557,6 +604,8 @@ impl Earth {
                 return;
             }
             Purpose::Connect(key) => key,
+            // A look back: it carried our hint; the answer is not needed.
+            Purpose::Reply(_) => return,
         };
         let secret = self.state.identity.secret_bytes();
         let keys = self
@@ -566,8 +615,15 @@ impl Earth {
             .get(&key.friend)
             .map(|f| (secret, f.keys.as_slice()));
         let result = done.result.map(|(endpoint, _, device)| (endpoint, device));
+        let found = result
+            .as_ref()
+            .ok()
+            .map(|&(e, d)| (PeerKey::new(&key.friend, Some(d)), e));
         self.peers
             .lookup_done(now, &mut self.io, &key, result, keys);
+        if let Some((key, endpoint)) = found {
+            self.answered(now, &key, endpoint);
+        }
     }
 
     /// Queues a sealed payload for `friend` (one device, or any),
@@ -626,77 +682,6 @@ impl Earth {
         }
     }
 
-    /// A reply or an introduction from the sky node `from`, on `socket`.
-    fn sky_datagram(&mut self, now: UnixTime, socket: SocketId, from: SocketAddr, datagram: &[u8]) {
-        let Ok(packet) = Packet::new_checked(datagram) else {
-            return;
-        };
-        let needed = self.needed();
-        let io = &mut self.io;
-        match Message::parse(&packet) {
-            Message::CookieReply { tag, cookie } => {
-                io.nodes
-                    .entry(from)
-                    .or_default()
-                    .cookies
-                    .insert(socket, cookie);
-                let ring = self.members.version();
-                self.registrations.on_cookie(io, socket, from, tag, ring);
-                if socket == io.main {
-                    self.members.on_cookie(io, from, tag);
-                    self.lookups.on_cookie(io, from, tag);
-                }
-            }
-            reply @ Message::Registered { .. } => {
-                self.registrations.on_registered(now, io, from, reply)
-            }
-            Message::NotRegistered { tag } => {
-                self.registrations.on_not_registered(now, io, from, tag)
-            }
-            Message::Online {
-                tag,
-                flags,
-                endpoint,
-            } => self.lookup_answer(now, from, tag, Answer::Online(endpoint, flags)),
-            Message::Offline { tag } => self.lookup_answer(now, from, tag, Answer::Offline),
-            Message::NotOwner { tag, version, hint } => {
-                let hint = wire::canonical(hint);
-                if self.registrations.on_not_owner(now, io, from, tag, hint) {
-                    self.members.ring_changed(now, io, from, version, needed);
-                } else {
-                    self.lookup_answer(now, from, tag, Answer::NotOwner { version, hint });
-                }
-            }
-            // Only in answer to a keepalive we sent that node.
-            Message::RingChanged { tag, version } if self.registrations.is_keepalive(from, tag) => {
-                self.members.ring_changed(now, io, from, version, needed);
-            }
-            Message::MembersPage { .. } if self.members.on_page(now, io, from, &packet, needed) => {
-                self.after_view(now);
-            }
-            Message::Introduction { .. } => {
-                let keys = io.nodes.get(&from).map_or(&[][..], |n| &n.intro_keys);
-                match intro::verify_introduction(keys, datagram) {
-                    Ok((caller, endpoint)) => self.introduced(now, socket, caller, endpoint),
-                    Err(_) => io.event(Event::ForgedIntroduction),
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn lookup_answer(&mut self, now: UnixTime, from: SocketAddr, tag: wire::Tag, answer: Answer) {
-        let (done, ring_changed) = self.lookups.on_answer(now, &mut self.io, from, tag, answer);
-        if let Some(version) = ring_changed {
-            let needed = self.needed();
-            self.members
-                .ring_changed(now, &mut self.io, from, version, needed);
-        }
-        if let Some(done) = done {
-            self.lookup_finished(now, done);
-        }
-    }
-
     /// A new view: registrations and lookups follow it, and the cookies of
     /// nodes no longer used are forgotten.
     fn after_view(&mut self, now: UnixTime) {
@@ -708,32 +693,5 @@ impl Earth {
         self.registrations.nodes_in_use(&mut used);
         self.lookups.nodes_in_use(&mut used);
         self.io.nodes.retain(|node, _| used.contains(node));
-    }
-
-    /// The sky introduced `caller` at `endpoint`: a friend by name when the
-    /// address is one of theirs; punch towards it either way.
-    fn introduced(
-        &mut self,
-        now: UnixTime,
-        socket: SocketId,
-        caller: VirtualAddr,
-        endpoint: SocketAddr,
-    ) {
-        let overlap = self.config.overlap_window;
-        let friend = self.state.friends.0.iter_mut().find_map(|(name, f)| {
-            let devices = f.keys.len() as u8;
-            f.schedule
-                .lookup_epochs(now, overlap)
-                .into_iter()
-                .any(|e| (0..devices).any(|d| f.chain.device_address_at(e, d) == Some(caller)))
-                .then(|| name.clone())
-        });
-        self.peers
-            .punch_towards(now, &mut self.io, socket, endpoint);
-        self.io.event(Event::Introduced {
-            friend,
-            caller,
-            endpoint,
-        });
     }
 }
