@@ -71,6 +71,15 @@ pub struct Driver {
     incoming_tx: mpsc::Sender<Received>,
     /// The core; call its API between runs (or from `run`'s callback).
     pub earth: Earth,
+    /// The router's port mapping for the main socket, once asked for
+    /// ([`Driver::map_port`]): which local port it maps, and what the core
+    /// was last told.
+    #[cfg(feature = "portmap")]
+    mapper: Option<(
+        crate::portmap::PortMapper,
+        u16,
+        Option<std::net::SocketAddrV4>,
+    )>,
 }
 
 impl Driver {
@@ -104,6 +113,8 @@ impl Driver {
             incoming,
             incoming_tx,
             earth,
+            #[cfg(feature = "portmap")]
+            mapper: None,
         };
         driver.open(SocketId::MAIN)?;
         Ok(driver)
@@ -125,6 +136,53 @@ impl Driver {
             .stack_size(READER_STACK)
             .spawn(move || read(id, &reader, &stop, &tx))?;
         Ok(self.sockets.entry(id).or_insert(Bound { socket, closed }))
+    }
+
+    /// Asks the router for a port mapping of the main socket (UPnP-IGD,
+    /// NAT-PMP or PCP; [`crate::portmap`]), kept renewed, moved with the
+    /// main socket, deleted when the driver is dropped. The core learns the
+    /// mapped endpoint as soon as the router gives it, and seals it into
+    /// hints (never in clear). Returns the mapper, to wait on or ask.
+    #[cfg(feature = "portmap")]
+    pub fn map_port(&mut self) -> io::Result<&crate::portmap::PortMapper> {
+        if self.mapper.is_none() {
+            let port = self.local_addr()?.port();
+            let mapper = crate::portmap::PortMapper::start(port)?;
+            self.mapper = Some((mapper, port, None));
+        }
+        self.sync_mapping();
+        Ok(&self.mapper.as_ref().expect("set above").0)
+    }
+
+    /// Tells the core what the router maps now; follows the main socket.
+    fn sync_mapping(&mut self) {
+        #[cfg(feature = "portmap")]
+        {
+            let main = self.earth.main_socket();
+            let port = self
+                .sockets
+                .get(&main)
+                .and_then(|b| b.socket.local_addr().ok())
+                .map(|a| a.port());
+            let Some((mapper, mapped_port, told)) = self.mapper.as_mut() else {
+                return;
+            };
+            if let Some(port) = port
+                && port != *mapped_port
+            {
+                // A rotation: the old mapping goes, the new socket's comes.
+                mapper.set_local_port(port);
+                *mapped_port = port;
+                *told = None;
+                self.earth.set_port_mapping(None);
+                return;
+            }
+            let now = mapper.mapped();
+            if now != *told {
+                *told = now;
+                self.earth.set_port_mapping(now);
+            }
+        }
     }
 
     /// The main socket's local address.
@@ -191,6 +249,7 @@ impl Driver {
         app: &mut impl App,
     ) -> io::Result<()> {
         loop {
+            self.sync_mapping();
             if app.tick(&mut self.earth).is_break() {
                 self.flush();
                 return Ok(());

@@ -78,6 +78,8 @@ pub mod driver;
 pub mod handshake;
 pub mod identity;
 pub mod invite;
+#[cfg(feature = "portmap")]
+pub mod portmap;
 pub mod ratchet;
 pub mod state;
 pub mod store;

@@ -33,7 +33,8 @@
 //!   ([`Net::loss`]), or each datagram with a probability drawn from a
 //!   seeded generator ([`RandomLoss`]); either on every link.
 //! - Earth hosts behind NATs that filter like home routers (a datagram from
-//!   an endpoint the host never sent to is dropped), NAT rebinding (change
+//!   an endpoint the host never sent to is dropped), NATs that forget idle
+//!   mappings ([`Host::idle_timeout`]), NAT rebinding (change
 //!   [`Host::public`]), an unpunchable pair ([`Net::block_peers`]), and
 //!   port-randomising NATs ([`Net::randomize`]: a random public port per
 //!   socket and destination, filtering by both). Every node serves the NAT
@@ -53,7 +54,8 @@
 //! (expired entries are invisible to lookups anyway), and nothing is
 //! measured as metrics. A kill is `kill -9`: no graceful leave. A
 //! restarted node's identity bump is the last one plus one, where the
-//! engine takes it from the wall clock. NAT mappings never expire.
+//! engine takes it from the wall clock. NAT mappings expire only where a
+//! test sets [`Host::idle_timeout`].
 
 #![allow(missing_docs)] // a test harness: its users are this workspace's tests
 #![allow(clippy::disallowed_methods)] // no clock is read here; tests may
@@ -64,7 +66,7 @@ mod nat;
 mod net;
 mod sky;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -107,6 +109,11 @@ pub struct Host {
     pub sockets: HashSet<SocketId>,
     /// Behind a port-randomising NAT instead ([`Net::randomize`]).
     pub random: Option<RandomNat>,
+    /// A NAT that forgets a mapping idle this long (nothing sent or
+    /// received on it): what comes in after that is dropped. `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// When each (socket, destination) mapping was last used.
+    pub last_used: HashMap<(SocketId, SocketAddr), UnixTime>,
 }
 
 impl Host {
@@ -180,6 +187,8 @@ pub fn hosts(names: &[&str], config: impl Fn(&mut Config)) -> Vec<Host> {
                 events: Vec::new(),
                 sockets: HashSet::from([SocketId::MAIN]),
                 random: None,
+                idle_timeout: None,
+                last_used: HashMap::new(),
             }
         })
         .collect()

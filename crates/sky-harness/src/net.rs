@@ -159,6 +159,8 @@ impl Net {
             events: Vec::new(),
             sockets: HashSet::from([SocketId::MAIN]),
             random: None,
+            idle_timeout: None,
+            last_used: Default::default(),
         });
         self.names.push(name.to_string());
         self.to_sky.push(0);
@@ -186,6 +188,7 @@ impl Net {
             let h = &mut self.hosts[i];
             h.sockets.insert(t.socket);
             h.sent_to.insert((t.socket, t.dst));
+            h.last_used.insert((t.socket, t.dst), self.now);
             let from = match h.random.as_mut() {
                 Some(nat) => SocketAddr::new(h.public.ip(), nat.port(t.socket, t.dst)),
                 None => h.public_of(t.socket),
@@ -262,6 +265,15 @@ impl Net {
         let h = &mut self.hosts[i];
         if h.filtering && !h.sent_to.contains(&(socket, from)) {
             return;
+        }
+        if let Some(timeout) = h.idle_timeout {
+            let last = h.last_used.get(&(socket, from)).copied();
+            if last.is_none_or(|t| self.now.saturating_duration_since(t) > timeout) {
+                // The NAT forgot this mapping: it lets nothing in on it.
+                h.sent_to.remove(&(socket, from));
+                return;
+            }
+            h.last_used.insert((socket, from), self.now);
         }
         h.earth
             .handle_datagram_on(self.now, socket, from, &mut bytes);

@@ -256,11 +256,11 @@ pub(super) fn driver(
     Driver::bind(config, state).map_err(|e| format!("cannot open a socket: {e}"))
 }
 
-/// `lookup` / `send` with no client running: a core of their own, on the
-/// state as saved (read only).
 /// How long a one-shot send waits to be registered before it calls.
 const REGISTER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// `lookup` / `send` with no client running: a core of their own, on the
+/// state as saved (read only).
 pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mut impl Out) -> u8 {
     let (name, text, device) = match request {
         Request::Lookup { name, device, .. } => (name, None, *device),
@@ -283,6 +283,11 @@ pub(super) fn one_shot(state: State, request: &Request, sky: &[String], out: &mu
         // Registered while it runs, so that the friend can look back at us
         // with what its NAT needs (docs/NAT.md); unregistered at the end.
         // The send waits for the registration (at most a second or two).
+        // A port mapping, if the router gives one, helps behind a NAT that
+        // randomises ports.
+        if let Err(e) = driver.map_port() {
+            eprintln!("sky earth: no port mapping: {e}");
+        }
         driver.earth.go_findable(now);
         let until = std::time::Instant::now() + REGISTER_WAIT;
         let waited = driver.run(Some(until), &stop, |_, event| match event {

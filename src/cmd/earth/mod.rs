@@ -22,6 +22,7 @@ use sky_earth::store::{StateDir, StoreError};
 
 mod commands;
 mod control;
+mod netcheck;
 mod online;
 
 use control::{CallError, Out, Request, Terminal};
@@ -80,6 +81,10 @@ pub(crate) enum EarthCommand {
         /// minutes.
         #[arg(long, value_name = "MINUTES")]
         cover: Option<u64>,
+        /// Do not ask the router for a port mapping (UPnP-IGD, NAT-PMP,
+        /// PCP); by default one is asked for, renewed, and deleted on exit.
+        #[arg(long)]
+        no_port_mapping: bool,
     },
     /// Remove a friend and reset the address: a fresh chain key, sent to
     /// every remaining friend until each acknowledges it (at once when
@@ -103,6 +108,18 @@ pub(crate) enum EarthCommand {
         /// `online` was last given); repeat it to give more.
         #[arg(long, value_name = "HOST:PORT")]
         sky: Vec<String>,
+    },
+    /// Measure the NAT in front of this machine — how it maps and filters,
+    /// whether the router gives a port mapping — and say which friends can
+    /// reach it directly. Uses no identity and registers nothing.
+    Netcheck {
+        /// A sky node to check against, HOST:PORT (default: the list
+        /// `online` was last given).
+        #[arg(long, value_name = "HOST:PORT")]
+        sky: Vec<String>,
+        /// Do not ask the router for a port mapping.
+        #[arg(long)]
+        no_port_mapping: bool,
     },
     /// Look a friend up: `online <ip:port>` (exit 0) or `offline` (exit 1).
     Lookup {
@@ -147,8 +164,10 @@ pub(crate) fn main(args: EarthArgs) -> ExitCode {
             reset_retry,
             dual,
             cover,
+            no_port_mapping,
         } => {
             let options = online::Options {
+                port_mapping: !no_port_mapping,
                 sky,
                 metered,
                 hold: hold.map(Duration::from_secs),
@@ -157,6 +176,12 @@ pub(crate) fn main(args: EarthArgs) -> ExitCode {
                 cover: cover.map(|m| Duration::from_secs(m.max(1) * 60)),
             };
             return commands::exit(online::run(&dir, options));
+        }
+        EarthCommand::Netcheck {
+            sky,
+            no_port_mapping,
+        } => {
+            return commands::exit(netcheck::run(&dir, &sky, !no_port_mapping, &mut Terminal));
         }
         EarthCommand::Invite => Request::Invite,
         EarthCommand::Status => Request::Status,

@@ -23,6 +23,7 @@ pub(super) struct Options {
     pub(super) reset_retry: Duration,
     pub(super) dual: bool,
     pub(super) cover: Option<Duration>,
+    pub(super) port_mapping: bool,
 }
 
 /// How often a failed save is tried again.
@@ -80,6 +81,11 @@ pub(super) fn run(dir: &Path, options: Options) -> u8 {
         Ok(d) => d,
         Err(e) => return fail(out, e),
     };
+    if options.port_mapping
+        && let Err(e) = driver.map_port()
+    {
+        eprintln!("sky earth: no port mapping: {e}");
+    }
     let server = match Server::bind(dir) {
         Ok(s) => s,
         Err(e) => {
@@ -347,6 +353,11 @@ impl App for Online {
                     eprintln!("sky earth: cannot reach {friend}: {why}");
                 }
             }
+            EarthEvent::KeepaliveShortened { interval } => eprintln!(
+                "sky earth: the NAT forgets idle mappings sooner than the keepalive interval; \
+                 keepalives every {} s from now on",
+                interval.as_secs()
+            ),
             EarthEvent::Nat(report) => {
                 eprintln!("sky earth: {}", super::commands::nat_line(&report));
             }

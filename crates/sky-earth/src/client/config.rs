@@ -56,6 +56,10 @@ pub struct Config {
     /// [`super::Transmit`] names. Default on; off, everything uses
     /// [`super::SocketId::MAIN`].
     pub fresh_sockets: bool,
+    /// Test, while online, whether the NAT keeps an idle mapping for the
+    /// keepalive interval, and shorten the interval when it does not
+    /// (`client/idle.rs`). Default on.
+    pub idle_test: bool,
 }
 
 impl Config {
@@ -72,6 +76,7 @@ impl Config {
             retry: Duration::from_millis(100),
             give_up: Duration::from_secs(5),
             fresh_sockets: true,
+            idle_test: true,
         }
     }
 }

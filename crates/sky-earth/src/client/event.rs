@@ -196,6 +196,12 @@ pub enum Event {
     /// restart: save it, then call [`super::Earth::saved`] (or
     /// [`super::Earth::save_failed`]).
     SaveState,
+    /// Our NAT forgot an idle mapping before the keepalive interval was
+    /// up (tested twice): keepalives go every `interval` from now on.
+    KeepaliveShortened {
+        /// The new keepalive interval.
+        interval: Duration,
+    },
     /// A NAT check finished ([`super::Earth::check_nat`], and once when
     /// the client first needs the sky): what it found.
     Nat(super::NatReport),

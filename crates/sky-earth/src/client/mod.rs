@@ -47,6 +47,7 @@
 mod config;
 mod earth;
 mod event;
+mod idle;
 mod io;
 mod lookups;
 mod members;

@@ -348,7 +348,8 @@ impl Nat {
         if let Some(other) = run.other {
             io.release(other.socket);
         }
-        io.event(Event::Nat(self.report));
+        let report = self.report(io.main);
+        io.event(Event::Nat(report));
     }
 
     /// The hint for a lookup: our NAT and one candidate — the port mapping

@@ -63,6 +63,9 @@ enum RegState {
         observed: SocketAddr,
         interval: Duration,
         keepalive_tag: Tag,
+        /// When we last sent this owner something (its NAT mapping's last
+        /// use from our side).
+        sent: UnixTime,
     },
 }
 
@@ -469,9 +472,11 @@ impl Registrations {
             RegState::Active {
                 interval,
                 keepalive_tag,
+                sent,
                 ..
             } => {
                 io.timers.set(Timer::Owner(id, node), now + *interval);
+                *sent = now;
                 *keepalive_tag = io.rng.tag();
                 let tag = *keepalive_tag;
                 send_keepalive(io, via, node, tag, address, ring);
@@ -514,6 +519,40 @@ impl Registrations {
         }
     }
 
+    /// An own address held by an owner, for the NAT idle test: (our
+    /// socket, the owner, the address, when we last sent that owner
+    /// something, the keepalive interval).
+    pub(crate) fn idle_subject(
+        &self,
+    ) -> Option<(SocketId, SocketAddr, VirtualAddr, UnixTime, Duration)> {
+        self.regs
+            .iter()
+            .filter(|r| matches!(r.kind, RegKind::Own(_)))
+            .find_map(|r| {
+                r.owners.iter().find_map(|o| match o.state {
+                    RegState::Active { sent, interval, .. } => {
+                        Some((r.via, o.node, r.address, sent, interval))
+                    }
+                    RegState::Pending { .. } => None,
+                })
+            })
+    }
+
+    /// Keepalives every `interval` at most from now on (the NAT forgets
+    /// idle mappings sooner than the interval in use); every owner gets
+    /// one at once, which makes a mapping the NAT dropped again.
+    pub(crate) fn shorten_keepalive(&mut self, now: UnixTime, io: &mut Io, interval: Duration) {
+        self.keepalive = self.keepalive.min(interval);
+        for reg in &mut self.regs {
+            for o in &mut reg.owners {
+                if let RegState::Active { interval: i, .. } = &mut o.state {
+                    *i = (*i).min(interval);
+                    io.timers.set(Timer::Owner(reg.id, o.node), now);
+                }
+            }
+        }
+    }
+
     /// A `registered` reply from `from`.
     pub(crate) fn on_registered(
         &mut self,
@@ -543,6 +582,7 @@ impl Registrations {
             observed,
             interval,
             keepalive_tag: tag,
+            sent: now,
         };
         io.timers.set(Timer::Owner(reg.id, from), now + interval);
         if let RegKind::Own(_) = reg.kind

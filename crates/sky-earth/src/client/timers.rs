@@ -58,6 +58,8 @@ pub(crate) enum Timer {
     Campaign(u64),
     /// NAT: send an unanswered check again, or conclude.
     Check,
+    /// Idle: test how long the NAT keeps an idle mapping, or judge it.
+    Idle,
     /// The socket the client left at an epoch boundary may close now.
     Release(SocketId),
     /// Reset: send the pending address reset to friends again.

@@ -115,6 +115,7 @@ impl Earth {
                     self.members.on_cookie(io, from, tag);
                     self.lookups.on_cookie(io, from, tag);
                 }
+                self.idle.on_cookie(io, socket, from, tag);
             }
             reply @ Message::Registered { .. } => {
                 self.registrations.on_registered(now, io, from, reply);
@@ -122,6 +123,9 @@ impl Earth {
                     && socket == io.main
                 {
                     self.nat.observed(observed);
+                    if let Some(subject) = self.idle_subject() {
+                        self.idle.schedule(&mut self.io, &subject);
+                    }
                 }
             }
             reply @ Message::Checked { .. } => {

@@ -20,6 +20,7 @@ use sky_proto::wire::{self, VirtualAddr};
 use super::config::Config;
 use super::config::Overlap;
 use super::event::{Event, Failure, RegistrationInfo, SocketId, Transmit};
+use super::idle::{Idle, Subject, Verdict};
 use super::io::Io;
 use super::lookups::{Done, Lookups, NewLookup, Purpose};
 use super::members::Members;
@@ -52,6 +53,7 @@ pub struct Earth {
     reset: Reset,
     nat: Nat,
     punch: Punch,
+    idle: Idle,
     /// Pair keys by the friend device's public key (one X25519 each).
     pair_keys: HashMap<[u8; 32], [u8; 32]>,
     /// When we last looked back at a friend device that called us.
@@ -86,6 +88,7 @@ impl Earth {
             reset: Reset::new(config.reset_retry),
             nat: Nat::new(),
             punch: Punch::new(config.retry, config.give_up),
+            idle: Idle::new(config.idle_test),
             pair_keys: HashMap::new(),
             replied: HashMap::new(),
             learned: HashMap::new(),
@@ -165,6 +168,20 @@ impl Earth {
         if let Some(&node) = self.config.sky.first() {
             self.nat.start(now, &mut self.io, node);
         }
+    }
+
+    /// The owner mapping the idle test tests, while online.
+    fn idle_subject(&self) -> Option<Subject> {
+        if !self.online {
+            return None;
+        }
+        let (via, node, address, last_sent, interval) = self.registrations.idle_subject()?;
+        (via == self.io.main).then_some(Subject {
+            node,
+            address,
+            last_sent,
+            interval,
+        })
     }
 
     fn ensure_checked(&mut self, now: UnixTime) {
@@ -452,7 +469,11 @@ impl Earth {
                     self.connect_lookup(now, key);
                 }
             }
-            Timer::Resend(p) => self.peers.on_resend(now, io, p),
+            Timer::Resend(p) => {
+                for key in self.peers.on_resend(now, io, p) {
+                    self.connect_lookup(now, key);
+                }
+            }
             Timer::Relookup(p) => {
                 if let Some(key) = self.peers.on_relookup(now, io, p) {
                     self.still_handshaking(now, &key);
@@ -464,6 +485,15 @@ impl Earth {
             Timer::Punch(via, endpoint) => self.punch.on_punch(now, io, via, endpoint),
             Timer::Campaign(id) => self.punch.on_campaign(now, io, id),
             Timer::Check => self.nat.on_timer(now, io),
+            Timer::Idle => {
+                let subject = self.idle_subject();
+                if let Verdict::Shorten(interval) = self.idle.on_timer(now, &mut self.io, subject) {
+                    self.registrations
+                        .shorten_keepalive(now, &mut self.io, interval);
+                    self.idle.after_shorten(now, &mut self.io, interval);
+                    self.io.event(Event::KeepaliveShortened { interval });
+                }
+            }
             Timer::Release(socket) => {
                 self.peers.drop_socket(io, socket);
                 self.punch.drop_socket(io, socket);

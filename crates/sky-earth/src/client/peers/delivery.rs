@@ -17,6 +17,10 @@ use crate::client::io::Io;
 use crate::client::timers::{PeerId, Timer};
 use crate::handshake::{self, Session};
 
+/// Unacknowledged sends on a session before it counts as gone (500 ms at
+/// the default retry).
+const STALE_AFTER: u32 = 5;
+
 impl Peers {
     /// The state was saved: the acknowledgements that waited on it go.
     pub(crate) fn saved(&mut self, io: &mut Io) {
@@ -72,6 +76,8 @@ impl Peers {
             sealed: None,
             sent: 0,
             deadline: now + self.give_up,
+            on_session: 0,
+            rerouted: false,
         };
         let key = match device {
             Some(_) => PeerKey::new(friend, device),
@@ -150,19 +156,33 @@ impl Peers {
 
     /// [`Timer::Resend`] is due: msg1, or the sealed datagram in flight,
     /// goes again.
-    pub(crate) fn on_resend(&mut self, now: UnixTime, io: &mut Io, id: PeerId) {
-        self.resend(now, io, id);
+    /// Returns the connection to look up again, when its session stopped
+    /// answering.
+    pub(crate) fn on_resend(&mut self, now: UnixTime, io: &mut Io, id: PeerId) -> Vec<PeerKey> {
+        if !self.resend(now, io, id) {
+            return Vec::new();
+        }
+        match self.key_of(id) {
+            Some(key) => self.reconnect(now, io, &key),
+            None => Vec::new(),
+        }
     }
 
-    pub(super) fn resend(&mut self, now: UnixTime, io: &mut Io, id: PeerId) {
+    /// Sends msg1, or the sealed datagram in flight, (again). Returns
+    /// `true` when a session stopped answering: the datagram went
+    /// [`STALE_AFTER`] times unacknowledged (a NAT may have forgotten the
+    /// path while it idled), so the connection should start afresh.
+    pub(super) fn resend(&mut self, now: UnixTime, io: &mut Io, id: PeerId) -> bool {
         let retry = self.retry;
         let Some(peer) = self.peers.values_mut().find(|p| p.id == id) else {
-            return;
+            return false;
         };
-        let Some(dst) = peer.endpoint else { return };
+        let Some(dst) = peer.endpoint else {
+            return false;
+        };
         let via = peer.via;
         match &mut peer.phase {
-            Phase::Looking => return,
+            Phase::Looking => return false,
             Phase::Handshaking { msg1, paths, .. } => {
                 io.send(via, dst, msg1.to_vec());
                 for &(via, to) in paths.iter() {
@@ -174,8 +194,12 @@ impl Peers {
             }
             Phase::Established { session, .. } => {
                 let Some(o) = peer.outbox.front_mut() else {
-                    return;
+                    return false;
                 };
+                if o.on_session >= STALE_AFTER && !o.rerouted {
+                    return true;
+                }
+                o.on_session += 1;
                 let sealed = o.sealed.get_or_insert_with(|| {
                     let bytes = seal(session, &o.payload);
                     let counter = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
@@ -186,6 +210,34 @@ impl Peers {
             }
         }
         io.timers.set(Timer::Resend(id), now + retry);
+        false
+    }
+
+    /// A session stopped answering: it is dropped, and what waited on it
+    /// connects afresh (a lookup, so an introduction, so new punches),
+    /// keeping its time. Once per payload. Returns the connection to look
+    /// up.
+    pub(super) fn reconnect(&mut self, now: UnixTime, io: &mut Io, key: &PeerKey) -> Vec<PeerKey> {
+        let Some(peer) = self.peers.remove(key) else {
+            return Vec::new();
+        };
+        cancel_timers(io, peer.id);
+        if peer.owns_via {
+            io.release(peer.via);
+        }
+        let mut lookups = Vec::new();
+        for (i, o) in peer.outbox.into_iter().enumerate() {
+            let again = Outgoing {
+                sealed: None,
+                on_session: 0,
+                rerouted: o.rerouted || i == 0,
+                ..o
+            };
+            if self.push(now, io, key, again) {
+                lookups.push(key.clone());
+            }
+        }
+        lookups
     }
 
     /// The front payload of an established connection: it fails when its
@@ -214,7 +266,9 @@ impl Peers {
             return self.fail_front(now, io, key);
         }
         io.timers.set(Timer::PeerGiveUp(id), front.deadline);
-        self.resend(now, io, id);
+        if self.resend(now, io, id) {
+            return self.reconnect(now, io, key);
+        }
         Vec::new()
     }
 
@@ -242,6 +296,7 @@ impl Peers {
                 sealed: None,
                 sent: 0,
                 deadline: now + self.give_up,
+                on_session: 0,
                 ..o
             };
             if self.push(now, io, key, again) {

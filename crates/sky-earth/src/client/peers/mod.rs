@@ -64,6 +64,10 @@ pub(crate) struct Outgoing {
     pub(crate) sent: u32,
     /// When this payload gives up.
     deadline: UnixTime,
+    /// Sends on the current session without an acknowledgement.
+    on_session: u32,
+    /// It has already made the connection start afresh once.
+    rerouted: bool,
 }
 
 /// Who a connection is with: one of a friend's devices, or — until the
@@ -348,7 +352,7 @@ impl Peers {
         io.timers.set(Timer::Relookup(peer.id), now + RELOOKUP);
         io.timers.set(Timer::PeerGiveUp(peer.id), peer.deadline);
         let id = peer.id;
-        self.resend(now, io, id);
+        let _ = self.resend(now, io, id);
     }
 
     /// Every outgoing payload of `key` fails with `why`; the peer goes.
@@ -368,7 +372,7 @@ impl Peers {
         }
     }
 
-    fn key_of(&self, id: PeerId) -> Option<PeerKey> {
+    pub(super) fn key_of(&self, id: PeerId) -> Option<PeerKey> {
         self.peers
             .iter()
             .find(|(_, p)| p.id == id)
