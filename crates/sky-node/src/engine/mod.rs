@@ -6,7 +6,7 @@
 //! thread (core 0) that serves `/metrics`, sweeps expired presence and
 //! hands off entries after ring changes, and a gossip thread (core 0) that
 //! runs membership and swaps each new ring into the shards' snapshot, and
-//! two NAT check threads on two ports of their own ([`check`]).
+//! two NAT check threads on two ports of their own (`check.rs`).
 //! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`],
 //! and gossip leaves the sky before it exits.
 
