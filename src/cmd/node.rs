@@ -73,6 +73,12 @@ pub(crate) struct NodeArgs {
     /// [default: 7702, and 7703; ephemeral when the listen port is 0].
     #[arg(long, env = "SKY_CHECK", value_name = "PORT|off")]
     check: Option<String>,
+    /// The address other sky nodes and clients reach this node at, IP or
+    /// IP:PORT, when it is not the listen address (a cloud instance
+    /// behind 1:1 NAT listens on its private address) [default: the
+    /// listen address; PORT defaults to the listen port].
+    #[arg(long, env = "SKY_ADVERTISE", value_name = "IP[:PORT]")]
+    advertise: Option<String>,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -151,6 +157,7 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         intros_per_second: args.intros_per_second,
         gossip: args.gossip.clone(),
         check: args.check.clone(),
+        advertise: args.advertise.clone(),
         seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
         replicas: args.replicas,
         prefix_v4: args.prefix_v4,

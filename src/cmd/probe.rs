@@ -46,10 +46,16 @@ pub(crate) enum ProbeCommand {
         caller: Option<String>,
     },
     /// Print the node's view of the sky: ring version and settings, then
-    /// one member (service endpoint) per line, in ring order.
+    /// one member (service endpoint) per line, in ring order. With
+    /// `--also`, compare other nodes' views: a ring version or ring
+    /// settings that differ (a split sky, or nodes that refuse each other)
+    /// are printed and exit 1.
     Members {
         #[command(flatten)]
         target: Target,
+        /// Another node, HOST:PORT, whose view must be the same; repeat it.
+        #[arg(long, value_name = "HOST:PORT")]
+        also: Vec<String>,
     },
 }
 
@@ -63,6 +69,19 @@ pub(crate) struct Target {
     timeout: f64,
 }
 
+/// A members view as one line: version, size, settings.
+fn view_line(view: &probe::Members) -> String {
+    format!(
+        "ring {:08x} members {} replicas {} prefix_v4 /{} prefix_v6 /{} positions {}",
+        view.version,
+        view.members.len(),
+        view.config.replicas,
+        view.config.prefix_v4,
+        view.config.prefix_v6,
+        view.config.positions,
+    )
+}
+
 /// Exit codes: 0 success, 1 negative answer (offline), 2 no answer or a
 /// usage error.
 pub(crate) fn main(cmd: ProbeCommand) -> ExitCode {
@@ -70,7 +89,7 @@ pub(crate) fn main(cmd: ProbeCommand) -> ExitCode {
         ProbeCommand::Ping { target, .. }
         | ProbeCommand::Register { target, .. }
         | ProbeCommand::Lookup { target, .. }
-        | ProbeCommand::Members { target } => target,
+        | ProbeCommand::Members { target, .. } => target,
     };
     let fail = |msg: String| {
         eprintln!("sky probe: {msg}");
@@ -134,19 +153,39 @@ pub(crate) fn main(cmd: ProbeCommand) -> ExitCode {
                 Err(e) => no_answer(e),
             }
         }
-        ProbeCommand::Members { .. } => match client.members() {
+        ProbeCommand::Members { also, .. } => match client.members() {
             Ok(view) => {
-                println!(
-                    "ring {:08x} members {} replicas {} prefix_v4 /{} prefix_v6 /{} positions {}",
-                    view.version,
-                    view.members.len(),
-                    view.config.replicas,
-                    view.config.prefix_v4,
-                    view.config.prefix_v6,
-                    view.config.positions,
-                );
+                println!("{}", view_line(&view));
                 for m in &view.members {
                     println!("member {m}");
+                }
+                let mut split = false;
+                for other in &also {
+                    let node = match probe::resolve(other) {
+                        Ok(a) => a,
+                        Err(e) => return fail(format!("cannot resolve {other}: {e}")),
+                    };
+                    let theirs = match Client::new(node, timeout) {
+                        Ok(mut c) => match c.members() {
+                            Ok(v) => v,
+                            Err(e) => return fail(format!("{node}: {e}")),
+                        },
+                        Err(e) => return fail(format!("cannot open a socket: {e}")),
+                    };
+                    let same = theirs.version == view.version && theirs.config == view.config;
+                    println!(
+                        "{} {node}: {}",
+                        if same { "same" } else { "differs" },
+                        view_line(&theirs)
+                    );
+                    split |= !same;
+                }
+                if split {
+                    eprintln!(
+                        "sky probe: the views differ: a sky split, or nodes with other ring \
+                         settings (replicas, prefixes, positions) that refuse each other"
+                    );
+                    return ExitCode::from(1);
                 }
                 ExitCode::SUCCESS
             }

@@ -288,3 +288,115 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
     );
     node.shutdown().unwrap();
 }
+
+/// A planned stop is a departure, not a failure: the other node reports
+/// it `left` (`sky_members{state="left"}`), never `down`, so
+/// `SkyMemberDown` does not page on a scale-in.
+#[test]
+fn a_graceful_leave_shows_as_left_never_down() {
+    let first = node_on(1, Vec::new());
+    let second = node_on(2, vec![first.gossip_addr()]);
+    assert!(wait_for_one_view(&[&first, &second], 2).is_some());
+    second.shutdown().unwrap();
+    let end = Instant::now() + CONVERGE;
+    let metrics = loop {
+        let m = scrape(&first);
+        if sample(&m, "sky_members{state=\"left\"}") == 1.0 || Instant::now() > end {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        sample(&metrics, "sky_members{state=\"left\"}"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "sky_members{state=\"down\"}"), 0.0);
+    first.shutdown().unwrap();
+}
+
+/// Two nodes whose ring settings differ never share a view: a node refuses
+/// the other's gossip, says so in an error log naming both settings, and
+/// counts it (`sky_gossip_refused_total{reason="ring_settings"}`).
+#[test]
+fn nodes_with_other_ring_settings_refuse_each_other_loudly() {
+    let node = |ip: &str, replicas: &str, env: &[(&str, &str)]| {
+        let (listen, gossip) = (format!("{ip}:0"), format!("{ip}:0"));
+        let args = [
+            "--listen",
+            &listen,
+            "--gossip",
+            &gossip,
+            "--check",
+            "0",
+            "--metrics",
+            "off",
+            "--prefix-v4",
+            "32",
+            "--shards",
+            "1",
+            "--replicas",
+            replicas,
+        ];
+        NodeProcess::start(&args, env)
+    };
+    let mut first = node("127.0.0.1", "2", &[]);
+    let seed = gossip_of(&first);
+    let second = node("127.0.0.2", "3", &[("SKY_SEEDS", seed.as_str())]);
+    let line = first.wait_for("refusing gossip from a sky node with other ring settings");
+    assert!(
+        line.contains("ours=replicas 2") && line.contains("theirs=replicas 3"),
+        "{line}"
+    );
+    // (The first answers nothing, so the second hears nothing to refuse.)
+    // Each still serves a ring of one.
+    for node in [&first, &second] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sky"))
+            .args(["probe", "members", "--sky", &node.listen_addr()])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(" members 1 "));
+    }
+    // `sky probe members --also` shows the split, and exits 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sky"))
+        .args(["probe", "members", "--sky", &first.listen_addr()])
+        .args(["--also", &second.listen_addr()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text.contains("differs ") && text.contains("replicas 3"),
+        "{text}"
+    );
+    // In process, the refusal is counted.
+    let a = node_on(3, Vec::new());
+    let b = Node::start(&Config {
+        seeds: vec![a.gossip_addr()],
+        ring: RingConfig {
+            replicas: 3,
+            ..one_owner_per_ip()
+        },
+        shards: Some(1),
+        ..config(EngineChoice::Mmsg, "127.0.0.4:0")
+    })
+    .unwrap();
+    let end = Instant::now() + CONVERGE;
+    while sample(
+        &scrape(&a),
+        "sky_gossip_refused_total{reason=\"ring_settings\"}",
+    ) == 0.0
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        sample(
+            &scrape(&a),
+            "sky_gossip_refused_total{reason=\"ring_settings\"}"
+        ) > 0.0
+    );
+    assert_eq!(a.ring().load().len(), 1);
+    b.shutdown().unwrap();
+    a.shutdown().unwrap();
+}

@@ -3,7 +3,7 @@
 //! one before. `deploy/sky.toml` documents every field.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -87,6 +87,12 @@ pub struct Config {
     /// the next one; `Some(0)`: two ephemeral ports); `None`: no check
     /// service.
     pub check: Option<u16>,
+    /// The address other sky nodes and earth clients reach this node at,
+    /// when it is not the listen address (a cloud instance behind 1:1 NAT
+    /// listens on its private interface address): its service endpoint,
+    /// on the ring and in members pages; gossip is advertised at the same
+    /// IP with the gossip port. `None`: the listen address.
+    pub advertise: Option<SocketAddr>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -136,6 +142,7 @@ impl Default for Config {
             ring,
             handoff_grace: 2 * keepalive,
             check: default_check(listen),
+            advertise: None,
         }
     }
 }
@@ -162,6 +169,8 @@ pub struct FileConfig {
     pub handoff_grace_secs: Option<u64>,
     /// `PORT` or `off`.
     pub check: Option<String>,
+    /// `IP` or `IP:PORT`.
+    pub advertise: Option<String>,
 }
 
 /// A configuration that cannot run, and why.
@@ -202,6 +211,7 @@ impl FileConfig {
             positions: other.positions.or(self.positions),
             handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
             check: other.check.or(self.check),
+            advertise: other.advertise.or(self.advertise),
         }
     }
 
@@ -302,7 +312,12 @@ impl FileConfig {
                 p + 1
             )));
         }
+        let advertise = match self.advertise.as_deref() {
+            None => None,
+            Some(s) => Some(parse_advertise(s, listen.port())?),
+        };
         Ok(Config {
+            advertise,
             check,
             listen,
             metrics,
@@ -320,7 +335,48 @@ impl FileConfig {
     }
 }
 
+/// `IP` (the listen port) or `IP:PORT`, IPv6 bare or in brackets; a
+/// wildcard or a port 0 cannot be reached at.
+fn parse_advertise(s: &str, listen_port: u16) -> Result<SocketAddr, ConfigError> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => SocketAddr::new(ip, listen_port),
+            Err(_) => {
+                return Err(ConfigError(format!(
+                    "advertise: `{s}` is not IP or IP:PORT"
+                )));
+            }
+        },
+    };
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(ConfigError(format!(
+            "advertise: {addr} cannot be reached at; give the address clients and other nodes use"
+        )));
+    }
+    Ok(addr)
+}
+
 impl Config {
+    /// The endpoint this node serves at for everyone else, once the listen
+    /// socket is bound at `bound`: the advertised one, or `bound`.
+    pub fn service(&self, bound: SocketAddr) -> SocketAddr {
+        self.advertise.unwrap_or(bound)
+    }
+
+    /// The gossip endpoint other nodes reach this one at, once the gossip
+    /// socket is bound at `bound`: the advertised IP with the bound port.
+    pub fn gossip_advertised(&self, bound: SocketAddr) -> SocketAddr {
+        match self.advertise {
+            Some(a) => SocketAddr::new(a.ip(), bound.port()),
+            None => bound,
+        }
+    }
+
     /// Shards to run on a machine with `cores` cores: the configured number,
     /// or one per core but one (left for gossip, metrics and control), at
     /// least one.

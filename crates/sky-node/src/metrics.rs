@@ -41,6 +41,7 @@ pub const GOSSIP_BYTES: &str = "sky_gossip_bytes_total";
 pub const GOSSIP_ERRORS: &str = "sky_gossip_errors_total";
 pub const HANDOFF_DROPPED: &str = "sky_handoff_dropped_entries_total";
 pub const CHECKS: &str = "sky_checks_total";
+pub const GOSSIP_REFUSED: &str = "sky_gossip_refused_total";
 
 /// The `direction` label of gossip traffic.
 const DIRECTIONS: [&str; 2] = ["in", "out"];
@@ -69,6 +70,7 @@ pub struct Metrics {
     gossip_datagrams: IntCounterVec,
     gossip_bytes: IntCounterVec,
     gossip_errors: IntCounter,
+    gossip_refused: IntCounterVec,
     pub handoff_dropped: IntCounter,
     /// NAT checks on the check ports, by outcome (answered, answered from
     /// the other port, rate limited, invalid).
@@ -212,6 +214,13 @@ impl Metrics {
                 GOSSIP_ERRORS,
                 "Gossip datagrams that could not be decoded or were refused, and failed sends.",
             ),
+            gossip_refused: counter_vec(
+                &r,
+                GOSSIP_REFUSED,
+                "Gossip datagrams refused, by reason: ring_settings (a node whose replicas, prefixes \
+                 or positions differ from ours), spoofed (a sender identity that is not its source).",
+                "reason",
+            ),
             checks: counter_vec(
                 &r,
                 CHECKS,
@@ -263,6 +272,8 @@ impl Metrics {
             bytes_in: self.gossip_bytes.with_label_values(&["in"]),
             bytes_out: self.gossip_bytes.with_label_values(&["out"]),
             errors: self.gossip_errors.clone(),
+            refused_settings: self.gossip_refused.with_label_values(&["ring_settings"]),
+            refused_spoofed: self.gossip_refused.with_label_values(&["spoofed"]),
         }
     }
 
@@ -364,7 +375,7 @@ impl ShardMetrics {
 
 /// The gossip thread's handles into the node's metrics.
 pub struct GossipMetrics {
-    members: [IntGauge; 3],
+    members: [IntGauge; 4],
     ring_version: IntGauge,
     ring_members: IntGauge,
     pub ring_changes: IntCounter,
@@ -373,6 +384,8 @@ pub struct GossipMetrics {
     bytes_in: IntCounter,
     bytes_out: IntCounter,
     pub errors: IntCounter,
+    pub refused_settings: IntCounter,
+    pub refused_spoofed: IntCounter,
 }
 
 impl GossipMetrics {

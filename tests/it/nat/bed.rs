@@ -379,6 +379,16 @@ impl Bed {
         }
     }
 
+    /// A host `name` on the public side itself (203.0.113.x, no NAT).
+    pub(crate) fn public_host(&mut self, name: &str) -> Host {
+        self.namespace(name);
+        let (ip, _) = self.attach(name, "eth0", None);
+        Host {
+            name: name.to_string(),
+            ip,
+        }
+    }
+
     /// Adds `ip/24` to the public bridge (a server of the bed: a STUN
     /// server's second address, say).
     pub(crate) fn public_address(&self, ip: &str) {

@@ -33,6 +33,7 @@
 //! ```
 
 mod bed;
+mod cloud;
 mod layouts;
 mod portmap;
 mod upnp;

@@ -7,6 +7,7 @@
 //! once instead of probing it for seconds), sends what that takes, and
 //! exits.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -15,13 +16,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::gossip::{Gossip, GossipConfig, NodeId};
+use crate::gossip::{Gossip, GossipConfig, GossipError, NodeId, describe_settings};
 use crate::metrics::GossipMetrics;
 use crate::snapshot::SharedRing;
 use sky_proto::ring::RingConfig;
 
 use super::WAKE_EVERY;
 use sky_proto::time::MonoTime;
+
+/// How often a node with other ring settings is named in the log.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Receive buffer: larger than any gossip datagram foca accepts (1200
 /// bytes), so an oversized one is seen as such and counted.
@@ -40,8 +44,12 @@ pub(super) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// What the gossip thread needs besides its socket.
 pub(super) struct Setup {
-    /// This node's service endpoint (the bound listen address).
+    /// This node's service endpoint (the advertised one, or the bound
+    /// listen address).
     pub service: SocketAddr,
+    /// The gossip endpoint other nodes reach this one at (the advertised
+    /// IP with the gossip port, or the bound gossip address): its identity.
+    pub advertised: SocketAddr,
     pub seeds: Vec<SocketAddr>,
     pub ring_config: RingConfig,
     /// Seeds probe-target choice and fan-out.
@@ -57,7 +65,7 @@ pub(super) fn run(
     stop: &AtomicBool,
     origin: Instant,
 ) -> io::Result<()> {
-    let local = socket.local_addr()?;
+    let local = setup.advertised;
     let me = NodeId::new(local, setup.service, initial_bump());
     if !setup.seeds.is_empty()
         && (local.ip().is_unspecified() || setup.service.ip().is_unspecified())
@@ -77,7 +85,14 @@ pub(super) fn run(
     metrics.set_ring(gossip.ring());
     gossip.join(&setup.seeds, MonoTime::from_duration(origin.elapsed()));
     tracing::info!(gossip = %local, seeds = setup.seeds.len(), "gossip started");
-    let v6 = local.is_ipv6();
+    let v6 = socket.local_addr()?.is_ipv6();
+    let settings = [
+        setup.ring_config.replicas,
+        setup.ring_config.prefix_v4,
+        setup.ring_config.prefix_v6,
+        setup.ring_config.positions,
+    ];
+    let mut warned: HashMap<SocketAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         flush(&socket, v6, &mut gossip, metrics);
@@ -94,12 +109,38 @@ pub(super) fn run(
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 metrics.received(n);
-                if let Err(e) = gossip.handle_datagram(
+                match gossip.handle_datagram(
                     MonoTime::from_duration(origin.elapsed()),
                     from,
                     &buf[..n],
                 ) {
-                    tracing::debug!(error = ?e, "gossip datagram refused");
+                    Ok(()) => {}
+                    Err(GossipError::OtherSettings(theirs)) => {
+                        metrics.refused_settings.inc();
+                        // Loud, once a minute per node: two rule sets
+                        // would split the sky's view.
+                        let due = warned.get(&from).is_none_or(|t| t.elapsed() >= WARN_EVERY);
+                        if due {
+                            if warned.len() > 1024 {
+                                warned.clear();
+                            }
+                            warned.insert(from, Instant::now());
+                            tracing::error!(
+                                node = %from,
+                                ours = %describe_settings(settings),
+                                theirs = %describe_settings(theirs),
+                                "refusing gossip from a sky node with other ring settings: \
+                                 one sky needs one rule set (replicas, prefix-v4, prefix-v6, \
+                                 positions); fix the configuration of one of the two"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if e == GossipError::Spoofed {
+                            metrics.refused_spoofed.inc();
+                        }
+                        tracing::debug!(error = ?e, "gossip datagram refused");
+                    }
                 }
             }
             Err(e)

@@ -118,6 +118,8 @@ impl std::error::Error for StartError {}
 /// A running sky node.
 pub struct Node {
     local_addr: SocketAddr,
+    /// The endpoint on the ring (the advertised one, or `local_addr`).
+    service: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     engine: Engine,
     shards: usize,
@@ -201,8 +203,11 @@ impl Node {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(config.listen);
+        // Where everyone else reaches it: on the ring, in members pages, in
+        // gossip (behind a cloud's 1:1 NAT, not the listen address).
+        let service = config.service(local_addr);
         // The node serves its own ring until gossip finds others.
-        let ring = snapshot::shared(Ring::new(config.ring, [local_addr]));
+        let ring = snapshot::shared(Ring::new(config.ring, [service]));
         let gossip_socket =
             gossip::bind(config.gossip).map_err(|e| StartError::Gossip(config.gossip, e))?;
         let gossip_addr = gossip_socket
@@ -233,12 +238,7 @@ impl Node {
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
 
         for (i, socket) in sockets.into_iter().enumerate() {
-            let mut shard = make_core(
-                i,
-                MonoTime::from_duration(origin.elapsed()),
-                &ring,
-                local_addr,
-            );
+            let mut shard = make_core(i, MonoTime::from_duration(origin.elapsed()), &ring, service);
             let shard_metrics = metrics.for_shard(i);
             let stop = stop.clone();
             let ready = ready_tx.clone();
@@ -296,7 +296,7 @@ impl Node {
             let keepalive = config.keepalive;
             let handoff = control::Handoff {
                 ring: ring.clone(),
-                me: local_addr,
+                me: service,
                 grace: config.handoff_grace,
             };
             std::thread::Builder::new()
@@ -314,6 +314,7 @@ impl Node {
 
         let mut node = Node {
             local_addr,
+            service,
             metrics_addr,
             engine,
             shards,
@@ -330,7 +331,8 @@ impl Node {
         }
         let gossip_thread = {
             let setup = gossip::Setup {
-                service: local_addr,
+                service,
+                advertised: config.gossip_advertised(gossip_addr),
                 seeds: config.seeds.clone(),
                 ring_config: config.ring,
                 rng_seed: gossip_seed,
@@ -360,6 +362,7 @@ impl Node {
         }
         tracing::info!(
             listen = %node.local_addr,
+            advertise = %node.service,
             gossip = %node.gossip_addr,
             metrics = %node.metrics_addr.map_or("off".into(), |a| a.to_string()),
             engine = engine.label(),
@@ -372,6 +375,12 @@ impl Node {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The endpoint clients and other nodes reach this node at: what it
+    /// puts on the ring ([`Config::advertise`], or the listen address).
+    pub fn service_addr(&self) -> SocketAddr {
+        self.service
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

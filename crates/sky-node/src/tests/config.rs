@@ -98,3 +98,44 @@ fn shards_default_to_cores_minus_one() {
     assert_eq!(c.shard_count(2), 1);
     assert_eq!(c.shard_count(16), 15);
 }
+
+#[test]
+fn advertise_takes_an_ip_or_an_ip_and_port_and_refuses_what_cannot_be_reached() {
+    let with = |a: &str| {
+        FileConfig {
+            listen: Some("10.0.0.5:7800".into()),
+            advertise: Some(a.into()),
+            ..Default::default()
+        }
+        .resolve()
+    };
+    assert_eq!(
+        with("203.0.113.9").unwrap().advertise,
+        Some("203.0.113.9:7800".parse().unwrap()),
+        "the listen port by default"
+    );
+    assert_eq!(
+        with("203.0.113.9:9000").unwrap().advertise,
+        Some("203.0.113.9:9000".parse().unwrap())
+    );
+    assert_eq!(
+        with("2001:db8::9").unwrap().advertise,
+        Some("[2001:db8::9]:7800".parse().unwrap())
+    );
+    assert_eq!(
+        with("[2001:db8::9]:9000").unwrap().advertise,
+        Some("[2001:db8::9]:9000".parse().unwrap())
+    );
+    for bad in ["0.0.0.0", "203.0.113.9:0", "example", "[::]"] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(e.starts_with("advertise:"), "{bad}: {e}");
+    }
+    let c = with("203.0.113.9").unwrap();
+    let bound = "10.0.0.5:7800".parse().unwrap();
+    assert_eq!(c.service(bound), "203.0.113.9:7800".parse().unwrap());
+    assert_eq!(
+        c.gossip_advertised("10.0.0.5:7701".parse().unwrap()),
+        "203.0.113.9:7701".parse().unwrap()
+    );
+    assert_eq!(Config::default().service(bound), bound);
+}

@@ -81,8 +81,9 @@ impl Net {
     fn flush(&mut self) {
         for i in 0..self.nodes.len() {
             while let Some((dst, bytes)) = self.nodes[i].gossip.poll_transmit() {
-                let header: foca::Header<NodeId> =
-                    PostcardCodec.decode_header(&bytes[..]).expect("a header");
+                let header: foca::Header<NodeId> = PostcardCodec
+                    .decode_header(&bytes[PREFIX_LEN..])
+                    .expect("a header");
                 for id in [header.src, header.dst] {
                     if !self.seen.contains(&id) {
                         self.seen.push(id);
@@ -195,7 +196,8 @@ fn five_nodes_join_through_one_seed_and_agree_on_the_ring() {
                 MemberCounts {
                     alive: 5,
                     suspect: 0,
-                    down: 0
+                    down: 0,
+                    left: 0,
                 }
             );
         }
@@ -256,7 +258,57 @@ fn a_node_that_leaves_is_dropped_by_the_others_at_once() {
         let took = took.unwrap_or_else(|| panic!("seed {seed}: never dropped"));
         assert!(took < Duration::from_secs(1), "seed {seed}: took {took:?}");
         assert!(net.one_view(4));
+        // A departure, not a failure: every other node says `left`, and
+        // none says `down` (SkyMemberDown pages on down only).
+        let told = net.run_until(Duration::from_secs(5), |net| {
+            net.live()
+                .all(|g| g.member_state(gone.gossip) == Some(MemberState::Left))
+        });
+        assert!(told.is_some(), "seed {seed}: not every node says left");
+        for g in net.live() {
+            let c = g.member_counts();
+            assert_eq!((c.down, c.left), (0, 1), "seed {seed}");
+        }
     }
+}
+
+#[test]
+fn a_node_with_other_ring_settings_is_refused_and_never_joins() {
+    let me = node_id(0, 1);
+    let other = node_id(1, 1);
+    let mut a = Gossip::new(me, slash32(), 1, GossipConfig::default());
+    let mut b = Gossip::new(
+        other,
+        RingConfig {
+            replicas: 3,
+            ..slash32()
+        },
+        2,
+        GossipConfig::default(),
+    );
+    b.join(&[me.gossip], MonoTime::ZERO);
+    let mut refused = 0;
+    for _ in 0..10 {
+        while let Some((dst, bytes)) = b.poll_transmit() {
+            assert_eq!(dst, me.gossip);
+            match a.handle_datagram(MonoTime::ZERO, other.gossip, &bytes) {
+                Err(GossipError::OtherSettings(theirs)) => {
+                    assert_eq!(theirs[0], 3, "their replicas");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        b.handle_timeout(MonoTime::from_duration(Duration::from_secs(10)));
+    }
+    assert!(refused > 0);
+    assert_eq!(a.members().count(), 0, "never a member");
+    assert_eq!(a.ring().len(), 1);
+    assert!(a.poll_transmit().is_none(), "nothing answered");
+    assert_eq!(
+        describe_settings([3, 32, 48, 16]),
+        "replicas 3, prefixes /32 /48, positions 16"
+    );
 }
 
 #[test]

@@ -38,6 +38,17 @@
 //! presence entry reaches this module, and [`NodeId`] has no field that
 //! could hold one (SPEC §3 invariant 2).
 //!
+//! **One sky, one rule set.** Every gossip datagram starts with
+//! [`PREFIX_LEN`] bytes: a marker and the sender's ring settings (replicas,
+//! prefixes, positions). A node refuses gossip from a node whose settings
+//! differ ([`GossipError::OtherSettings`]), so two nodes that would compute
+//! different owners never share a view; the engine logs both settings and
+//! counts it.
+//!
+//! **Leave is not death.** A node that stops gracefully disseminates its
+//! departure first (`departures.rs`); the others report it as
+//! [`MemberState::Left`], not down.
+//!
 //! **Hostile input.** Garbage is rejected by foca's decoder and counted
 //! ([`Gossip::take_errors`]); nothing here panics on any input (a property
 //! test feeds arbitrary bytes). Gossip is not authenticated: whoever can
@@ -52,13 +63,35 @@ use std::time::Duration;
 
 use sky_proto::time::MonoTime;
 
-use foca::{Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, Runtime, State, Timer};
+use foca::{Foca, Identity, Notification, PostcardCodec, Runtime, State, Timer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
 
 use sky_proto::ring::{Ring, RingConfig};
 use sky_proto::wire;
+
+mod departures;
+
+use departures::{Departed, Departures, Leaving};
+
+/// The first byte of every gossip datagram (`G`), then the ring settings.
+const MARKER: u8 = b'G';
+/// Bytes before foca's message: the marker and the four ring settings.
+pub const PREFIX_LEN: usize = 5;
+
+/// The ring settings as gossip carries them.
+fn settings_of(c: &RingConfig) -> [u8; 4] {
+    [c.replicas, c.prefix_v4, c.prefix_v6, c.positions]
+}
+
+/// Ring settings, as an operator reads them in a log line.
+pub fn describe_settings(s: [u8; 4]) -> String {
+    format!(
+        "replicas {}, prefixes /{} /{}, positions {}",
+        s[0], s[1], s[2], s[3]
+    )
+}
 
 /// Datagrams queued for sending, at most; beyond it the oldest is dropped
 /// (and counted as an error). The engine drains the queue after every
@@ -170,12 +203,19 @@ pub enum MemberState {
     Alive,
     /// Failed a probe; still in the ring until declared down.
     Suspect,
-    /// Declared down (failed, or left) and not back since.
+    /// Declared down (it failed) and not back since.
     Down,
+    /// Left gracefully (it said so before it stopped) and not back since.
+    Left,
 }
 
 impl MemberState {
-    pub const ALL: [MemberState; 3] = [MemberState::Alive, MemberState::Suspect, MemberState::Down];
+    pub const ALL: [MemberState; 4] = [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Down,
+        MemberState::Left,
+    ];
 
     /// The `state` metric label.
     pub fn label(self) -> &'static str {
@@ -183,13 +223,15 @@ impl MemberState {
             MemberState::Alive => "alive",
             MemberState::Suspect => "suspect",
             MemberState::Down => "down",
+            MemberState::Left => "left",
         }
     }
 
-    fn of(state: State) -> MemberState {
+    fn of(state: State, left: bool) -> MemberState {
         match state {
             State::Alive => MemberState::Alive,
             State::Suspect => MemberState::Suspect,
+            State::Down if left => MemberState::Left,
             State::Down => MemberState::Down,
         }
     }
@@ -203,6 +245,8 @@ pub struct MemberCounts {
     /// Declared down and not rejoined since; forgotten after
     /// `remove_down_after`.
     pub down: usize,
+    /// Left gracefully and not rejoined since; forgotten likewise.
+    pub left: usize,
 }
 
 impl MemberCounts {
@@ -211,6 +255,7 @@ impl MemberCounts {
             MemberState::Alive => self.alive,
             MemberState::Suspect => self.suspect,
             MemberState::Down => self.down,
+            MemberState::Left => self.left,
         }
     }
 }
@@ -231,6 +276,9 @@ pub enum GossipError {
     /// datagram's source: foca answers the identity, so accepting it would
     /// let anyone aim this node's replies at a third party.
     Spoofed,
+    /// From a node whose ring settings (replicas, prefixes, positions)
+    /// are not ours: these settings.
+    OtherSettings([u8; 4]),
 }
 
 impl GossipError {
@@ -403,7 +451,11 @@ impl Runtime<NodeId> for Io {
 /// This node's membership view: foca, its timers and outgoing datagrams,
 /// and the ring the view makes.
 pub struct Gossip {
-    foca: Foca<NodeId, PostcardCodec, SmallRng, NoCustomBroadcast>,
+    foca: Foca<NodeId, PostcardCodec, SmallRng, Departures>,
+    /// The identities that left (shared with foca's broadcast handler).
+    departed: Departed,
+    /// Our ring settings, in front of every datagram.
+    settings: [u8; 4],
     io: Io,
     config: GossipConfig,
     ring: Ring,
@@ -425,14 +477,18 @@ impl Gossip {
     /// A node that knows only itself. `seed` seeds the random choices of
     /// probe targets and gossip fan-out.
     pub fn new(me: NodeId, ring_config: RingConfig, seed: u64, config: GossipConfig) -> Gossip {
-        let foca = Foca::new(
+        let departed = Departed::default();
+        let foca = Foca::with_custom_broadcast(
             me,
             config.swim.clone(),
             SmallRng::seed_from_u64(seed),
             PostcardCodec,
+            Departures(departed.clone()),
         );
         Gossip {
             foca,
+            departed,
+            settings: settings_of(&ring_config),
             io: Io {
                 now: MonoTime::ZERO,
                 seq: 0,
@@ -487,6 +543,19 @@ impl Gossip {
         bytes: &[u8],
     ) -> Result<(), GossipError> {
         self.io.now = now;
+        let bytes = match bytes.split_first_chunk::<PREFIX_LEN>() {
+            Some(([MARKER, settings @ ..], rest)) => {
+                if *settings != self.settings {
+                    self.errors += 1;
+                    return Err(GossipError::OtherSettings(*settings));
+                }
+                rest
+            }
+            _ => {
+                self.errors += 1;
+                return Err(GossipError::Undecodable);
+            }
+        };
         let mut codec = PostcardCodec;
         if let Ok(header) = foca::Codec::<NodeId>::decode_header(&mut codec, bytes)
             && wire::canonical(header.src.gossip) != wire::canonical(from)
@@ -566,7 +635,11 @@ impl Gossip {
                 self.errors += 1;
                 continue;
             }
-            return Some((dst, bytes));
+            let mut out = Vec::with_capacity(PREFIX_LEN + bytes.len());
+            out.push(MARKER);
+            out.extend_from_slice(&self.settings);
+            out.extend_from_slice(&bytes);
+            return Some((dst, out));
         }
         None
     }
@@ -615,6 +688,11 @@ impl Gossip {
             return;
         }
         self.io.now = now;
+        // Said first, so the others tell a departure from a failure.
+        let leaving = Leaving::of(self.foca.identity()).encode();
+        if self.foca.add_broadcast(&leaving).is_err() {
+            self.errors += 1;
+        }
         if self.foca.leave_cluster(&mut self.io).is_err() {
             self.errors += 1;
         }
@@ -646,9 +724,10 @@ impl Gossip {
 
     /// Every member known, active or down, with its state; not this node.
     pub fn members(&self) -> impl Iterator<Item = (NodeId, MemberState)> + '_ {
-        self.foca
-            .iter_membership_state()
-            .map(|m| (*m.id(), MemberState::of(m.state())))
+        self.foca.iter_membership_state().map(|m| {
+            let left = m.state() == State::Down && self.departed.left(m.id());
+            (*m.id(), MemberState::of(m.state(), left))
+        })
     }
 
     /// The state of the member whose gossip endpoint is `gossip`.
@@ -670,6 +749,7 @@ impl Gossip {
                 MemberState::Alive => counts.alive += 1,
                 MemberState::Suspect => counts.suspect += 1,
                 MemberState::Down => counts.down += 1,
+                MemberState::Left => counts.left += 1,
             }
         }
         counts
@@ -719,5 +799,5 @@ impl Gossip {
 }
 
 #[cfg(test)]
-#[path = "tests/gossip.rs"]
+#[path = "../tests/gossip.rs"]
 mod tests;
