@@ -36,7 +36,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "SKY_INTROS_PER_SECOND")]
     intros_per_second: Option<u8>,
     /// UDP address for gossip with other sky nodes [default: the listen IP,
-    /// port 7701; port 0 when the listen port is 0].
+    /// the listen port plus one (7701); port 0 when the listen port is 0].
     #[arg(long, env = "SKY_GOSSIP", value_name = "HOST:PORT")]
     gossip: Option<String>,
     /// Gossip address of a sky node to join through; repeat for more
@@ -70,7 +70,8 @@ pub(crate) struct NodeArgs {
     handoff_grace: Option<u64>,
     /// First of the two UDP ports of the NAT check service (clients ask
     /// where they are seen from here, for `sky earth netcheck`), or `off`
-    /// [default: 7702, and 7703; ephemeral when the listen port is 0].
+    /// [default: the listen port plus two and three (7702, 7703); ephemeral
+    /// when the listen port is 0].
     #[arg(long, env = "SKY_CHECK", value_name = "PORT|off")]
     check: Option<String>,
     /// The address other sky nodes and clients reach this node at, IP or
@@ -119,8 +120,8 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
     let node = match Node::start(&config) {
         Ok(n) => n,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("sky node: {e}");
+            // Once, where the logs go (journald, a file, the terminal).
+            tracing::error!("sky node: {e}");
             return ExitCode::FAILURE;
         }
     };

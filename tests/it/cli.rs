@@ -133,9 +133,88 @@ fn sky_node_on_its_defaults_answers_probe_ping_within_a_second_and_stops_on_sigt
         "{}",
         stdout(&ping)
     );
+    // README's next example, the five-node sky, runs beside it as written
+    // (its own IPs; gossip and NAT check ports follow the listen port).
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("for i in ") && l.ends_with("; do"))
+        .expect("README's sky of several nodes");
+    let ids: Vec<&str> = lines[at]["for i in ".len()..lines[at].len() - "; do".len()]
+        .split_whitespace()
+        .collect();
+    let template = lines[at + 1]
+        .trim()
+        .trim_start_matches("sky ")
+        .trim_end_matches(" &");
+    let sky_of_five: Vec<NodeProcess> = ids
+        .iter()
+        .map(|i| {
+            let command = template.replace("$i", i);
+            let args: Vec<&str> = command.split_whitespace().collect();
+            assert_eq!(args[0], "node", "{command}");
+            NodeProcess::start(&args[1..], &[])
+        })
+        .collect();
+    // A second node on the quick-start node's IP, on its own listen port:
+    // its gossip and NAT check ports follow, so nothing collides.
+    let beside = NodeProcess::start(&["--listen", "127.0.0.1:7780", "--metrics", "off"], &[]);
+    assert!(
+        beside.ready.contains("gossip=127.0.0.1:7781"),
+        "{}",
+        beside.ready
+    );
+    drop(beside);
+    let members = sky(&[
+        "probe",
+        "members",
+        "--sky",
+        &format!("127.0.0.{}:7700", ids[0]),
+    ]);
+    assert!(members.status.success(), "{members:?}");
+    drop(sky_of_five);
     let (status, log) = node.terminate();
     assert!(status.success(), "graceful stop exits 0: {status:?}\n{log}");
     assert!(log.contains("sky node stopped"), "{log}");
+}
+
+/// Two nodes on one IP asked for one gossip port: the second fails once,
+/// with an error that names `--gossip`.
+#[test]
+fn a_gossip_port_in_use_is_one_error_naming_the_flag() {
+    let first = NodeProcess::start(
+        &[
+            "--listen",
+            "127.0.0.1:7795",
+            "--metrics",
+            "off",
+            "--check",
+            "0",
+        ],
+        &[],
+    );
+    let second = sky(&[
+        "node",
+        "--listen",
+        "127.0.0.1:7797",
+        "--gossip",
+        "127.0.0.1:7796",
+        "--metrics",
+        "off",
+        "--check",
+        "0",
+    ]);
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let err = String::from_utf8_lossy(&second.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("gossip socket"))
+        .collect();
+    assert_eq!(lines.len(), 1, "printed once: {err}");
+    assert!(lines[0].contains("--gossip"), "{err}");
+    drop(first);
 }
 
 #[test]

@@ -97,30 +97,35 @@ pub struct Config {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9770";
-/// The gossip port when none is configured: the listen IP with this port
-/// (or port 0, ephemeral, when the listen port is 0).
+/// The gossip port when none is configured, for the default listen port:
+/// the listen port plus one (port 0, ephemeral, when the listen port is 0),
+/// so that nodes on one IP with their own listen ports get their own
+/// gossip ports too.
 pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
-/// The NAT check service's first port when none is configured (the second
-/// is 7703; ephemeral ports when the listen port is 0).
+/// The NAT check service's first port when none is configured, for the
+/// default listen port: the listen port plus two (the second is plus three;
+/// ephemeral ports when the listen port is 0).
 pub const DEFAULT_CHECK_PORT: u16 = 7702;
 
-/// The default check port for a listen address.
+/// `port + n`, or 0 (ephemeral) when `port` is 0 or that is past 65535.
+fn next_port(port: u16, n: u16) -> u16 {
+    match port {
+        0 => 0,
+        p => p.checked_add(n).unwrap_or(0),
+    }
+}
+
+/// The default check port for a listen address: two ports on.
 pub fn default_check(listen: SocketAddr) -> Option<u16> {
-    Some(if listen.port() == 0 {
-        0
-    } else {
-        DEFAULT_CHECK_PORT
+    Some(match next_port(listen.port(), 3) {
+        0 => 0,
+        _ => listen.port() + 2,
     })
 }
 
-/// The default gossip address for a listen address.
+/// The default gossip address for a listen address: its IP, the next port.
 pub fn default_gossip(listen: SocketAddr) -> SocketAddr {
-    let port = if listen.port() == 0 {
-        0
-    } else {
-        DEFAULT_GOSSIP_PORT
-    };
-    SocketAddr::new(listen.ip(), port)
+    SocketAddr::new(listen.ip(), next_port(listen.port(), 1))
 }
 
 impl Default for Config {

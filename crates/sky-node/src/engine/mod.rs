@@ -96,7 +96,11 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}/udp: {e}"),
-            StartError::Gossip(a, e) => write!(f, "cannot bind the gossip socket on {a}/udp: {e}"),
+            StartError::Gossip(a, e) => write!(
+                f,
+                "cannot bind the gossip socket on {a}/udp: {e} (another node on this IP? give \
+                 each its own with --gossip HOST:PORT)"
+            ),
             StartError::Metrics(a, e) => write!(f, "cannot serve metrics on {a}/tcp: {e}"),
             StartError::Uring(e) => write!(
                 f,
@@ -139,20 +143,35 @@ impl Node {
         ));
         let presence = Arc::new(Presence::new(config.capacity));
         let mut shard_config = config.shard_config();
-        let check = match config.check {
-            Some(port) => {
-                let service = check::CheckService::bind(config.listen.ip(), port)
-                    .map_err(|e| StartError::Check(port, e))?;
+        // Ephemeral check ports are bound first (the shards tell their
+        // number); fixed ones after the listen socket, so that a listen
+        // port in use is the error an operator sees.
+        let bind_check = |port: u16| {
+            check::CheckService::bind(config.listen.ip(), port)
+                .map_err(|e| StartError::Check(port, e))
+        };
+        let mut check = match config.check {
+            Some(0) => {
+                let service = bind_check(0)?;
                 shard_config.check_port = service.port();
                 Some(service)
             }
-            None => None,
+            _ => None,
         };
         let shared = presence.clone();
         let mut node = Node::start_with(config, presence, move |_, now, ring, local_addr| {
             Shard::new(secret.clone(), shared.clone(), shard_config, now)
                 .with_ring(ring.clone(), local_addr)
         })?;
+        if let Some(port) = config.check.filter(|&p| p != 0) {
+            match bind_check(port) {
+                Ok(service) => check = Some(service),
+                Err(e) => {
+                    let _ = node.shutdown();
+                    return Err(e);
+                }
+            }
+        }
         if let Some(service) = check {
             let port = service.port();
             match service.spawn(&node.metrics, &node.stop) {

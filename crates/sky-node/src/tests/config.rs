@@ -139,3 +139,26 @@ fn advertise_takes_an_ip_or_an_ip_and_port_and_refuses_what_cannot_be_reached() 
     );
     assert_eq!(Config::default().service(bound), bound);
 }
+
+#[test]
+fn gossip_and_check_ports_follow_the_listen_port() {
+    let at = |listen: &str| {
+        FileConfig {
+            listen: Some(listen.into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+    };
+    let c = at("127.0.0.1:7700");
+    assert_eq!(c.gossip, "127.0.0.1:7701".parse().unwrap());
+    assert_eq!(c.check, Some(7702));
+    let c = at("127.0.0.1:7800");
+    assert_eq!(c.gossip, "127.0.0.1:7801".parse().unwrap());
+    assert_eq!(c.check, Some(7802));
+    let c = at("127.0.0.1:0");
+    assert_eq!((c.gossip.port(), c.check), (0, Some(0)));
+    // No room above: ephemeral rather than a wrapped port.
+    let c = at("127.0.0.1:65534");
+    assert_eq!((c.gossip.port(), c.check), (65535, Some(0)));
+}
