@@ -1,6 +1,6 @@
 //! Tests of `bench`.
 
-use super::*;
+use super::stun::{stun_request, stun_response};
 
 #[test]
 fn stun_request_is_a_binding_request() {

@@ -1,0 +1,484 @@
+//! The generator's loop: operations built and sent in batches, answers
+//! read and checked, the round-trip histogram, the report.
+
+use std::io::{self, IsTerminal, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use sky_node::engine::batch::{self, RecvBatch, SendBatch};
+use sky_proto::hint::HINT_LEN;
+use sky_proto::wire::{self, Cookie, Kind, Message, Tag, VirtualAddr};
+
+use super::stun::{stun_request, stun_response};
+use super::{BATCH, BenchConfig, BenchError, HISTOGRAM_US, IDLE_WAIT, Latency, Mode, Report};
+use crate::rng::Rng;
+
+/// What kind of answer a request expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expect {
+    Pong,
+    Registered,
+    Online,
+    Offline,
+    Stun,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Inflight {
+    pub(super) seq: u32,
+    pub(super) expect: Expect,
+    pub(super) sent: Instant,
+}
+
+/// One client socket and its requests in flight.
+pub(super) struct Client {
+    pub(super) socket: UdpSocket,
+    pub(super) cookie: Cookie,
+    pub(super) inflight: Vec<Inflight>,
+}
+
+#[derive(Default)]
+pub(super) struct Counts {
+    pub(super) sent: u64,
+    pub(super) answered: u64,
+    pub(super) lost: u64,
+    pub(super) malformed: u64,
+    pub(super) request_bytes: u64,
+    pub(super) reply_bytes: u64,
+    pub(super) intros: u64,
+    pub(super) intro_bytes: u64,
+}
+
+/// The load generator's state.
+pub(super) struct Generator {
+    pub(super) cfg: BenchConfig,
+    pub(super) clients: Vec<Client>,
+    /// Population addresses, and the endpoint each is registered from.
+    pub(super) addresses: Vec<VirtualAddr>,
+    pub(super) homes: Vec<SocketAddr>,
+    pub(super) rng: Rng,
+    pub(super) seq: u32,
+    pub(super) counts: Counts,
+    pub(super) histogram: Vec<u32>,
+    pub(super) measuring: bool,
+    // sendmmsg / recvmmsg arrays, allocated once.
+    pub(super) out: SendBatch,
+    pub(super) inbox: RecvBatch,
+}
+
+impl Generator {
+    /// The next operation for socket `c`.
+    fn next_op(&mut self, c: usize) -> (Message, Expect) {
+        let cookie = self.clients[c].cookie;
+        let tag = Tag([0; 4]);
+        let mode = match self.cfg.mode {
+            Mode::Mixed => match self.rng.below(10) {
+                0..=4 => Mode::LookupOnline,
+                5 | 6 => Mode::LookupOffline,
+                7 | 8 => Mode::Register,
+                _ => Mode::Ping,
+            },
+            m => m,
+        };
+        match mode {
+            Mode::Ping | Mode::Stun | Mode::Mixed => (Message::Ping { tag, cookie }, Expect::Pong),
+            Mode::Register => {
+                let i = self.rng.below(self.cfg.population as u64) as usize;
+                (self.register_msg(c, i), Expect::Registered)
+            }
+            Mode::LookupOnline => {
+                let i = self.rng.below(self.addresses.len() as u64) as usize;
+                let mut caller = [0u8; 16];
+                if let Some(SocketAddr::V4(home)) = self.homes.get(i) {
+                    caller[..4].copy_from_slice(&home.ip().octets());
+                    caller[4..6].copy_from_slice(&home.port().to_be_bytes());
+                }
+                let msg = Message::Lookup {
+                    tag,
+                    cookie,
+                    target: self.addresses[i],
+                    caller: VirtualAddr(caller),
+                    hint: [0x5e; HINT_LEN],
+                };
+                (msg, Expect::Online)
+            }
+            Mode::LookupOffline => {
+                let mut target = [0u8; 16];
+                target[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                let msg = Message::Lookup {
+                    tag,
+                    cookie,
+                    target: VirtualAddr(target),
+                    caller: VirtualAddr::default(),
+                    hint: [0x5e; HINT_LEN],
+                };
+                (msg, Expect::Offline)
+            }
+        }
+    }
+
+    pub(super) fn measure(mut self, setup_s: f64) -> Result<Report, BenchError> {
+        self.counts = Counts::default();
+        self.measuring = true;
+        let start = Instant::now();
+        let end = start + self.cfg.duration;
+        let mut last_progress = start;
+        let progress = self.cfg.progress && io::stderr().is_terminal();
+        let server_cpu0 = self.cfg.server_pid.and_then(cpu_seconds);
+        let mut sent_total = 0u64;
+        let mut next_socket = 0usize;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let elapsed = now.duration_since(start).as_secs_f64();
+            let mut did = false;
+            match self.cfg.rate {
+                // Closed loop: fill every socket's window.
+                None => {
+                    for c in 0..self.clients.len() {
+                        let budget = (self.cfg.window - self.clients[c].inflight.len()).min(BATCH);
+                        if budget > 0 {
+                            sent_total += self.send_batch(c, budget, now)? as u64;
+                            did = true;
+                        }
+                    }
+                }
+                // Paced: what is due now, spread over the sockets in turn, so
+                // that no socket sends a burst.
+                Some(rate) => {
+                    let due = ((rate as f64 * elapsed).ceil() as u64).saturating_sub(sent_total);
+                    let mut left = due.min(BATCH as u64) as usize;
+                    let mut tries = 0;
+                    while left > 0 && tries < self.clients.len() {
+                        let c = next_socket;
+                        next_socket = (next_socket + 1) % self.clients.len();
+                        if self.clients[c].inflight.len() < self.cfg.window {
+                            sent_total += self.send_batch(c, 1, now)? as u64;
+                            left -= 1;
+                            tries = 0;
+                            did = true;
+                        } else {
+                            tries += 1;
+                        }
+                    }
+                }
+            }
+            did |= self.receive_all()?;
+            self.expire(Instant::now());
+            if !did {
+                // Paced: sleep no longer than until the next send is due.
+                let wait = match self.cfg.rate {
+                    Some(rate) => {
+                        let next =
+                            start + Duration::from_secs_f64((sent_total + 1) as f64 / rate as f64);
+                        next.saturating_duration_since(Instant::now())
+                            .min(IDLE_WAIT)
+                    }
+                    None => IDLE_WAIT,
+                };
+                self.idle_wait(wait);
+            }
+            if progress && now.duration_since(last_progress) >= Duration::from_millis(500) {
+                self.draw_progress(elapsed);
+                last_progress = now;
+            }
+        }
+        let duration = start.elapsed();
+        let server_cpu = match (server_cpu0, self.cfg.server_pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => Some((b - a) / duration.as_secs_f64()),
+            _ => None,
+        };
+        // Stragglers: wait for answers to what is in flight, then count the
+        // rest as lost.
+        let drain_end = Instant::now() + self.cfg.timeout;
+        while self.clients.iter().any(|c| !c.inflight.is_empty()) && Instant::now() < drain_end {
+            if !self.receive_all()? {
+                self.idle_wait(IDLE_WAIT);
+            }
+        }
+        for c in &mut self.clients {
+            self.counts.lost += c.inflight.len() as u64;
+            c.inflight.clear();
+        }
+        if progress {
+            eprintln!();
+        }
+        Ok(self.report(setup_s, duration, server_cpu))
+    }
+
+    fn draw_progress(&self, elapsed: f64) {
+        let total = self.cfg.duration.as_secs_f64();
+        let width = 30;
+        let done = ((elapsed / total) * width as f64) as usize;
+        let rate = self.counts.answered as f64 / elapsed.max(1e-9);
+        let mut err = io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {:>5.1}/{:.0} s {:>10.0} ops/s  lost {}   ",
+            "=".repeat(done.min(width)),
+            " ".repeat(width - done.min(width)),
+            elapsed,
+            total,
+            rate,
+            self.counts.lost
+        );
+        let _ = err.flush();
+    }
+
+    fn report(&self, setup_s: f64, duration: Duration, server_cpu: Option<f64>) -> Report {
+        let c = &self.counts;
+        let answered = c.answered.max(1) as f64;
+        let pct = |q: f64| -> f64 {
+            let total: u64 = self.histogram.iter().map(|&n| n as u64).sum();
+            if total == 0 {
+                return 0.0;
+            }
+            let want = (q * total as f64).ceil() as u64;
+            let mut seen = 0u64;
+            for (us, &n) in self.histogram.iter().enumerate() {
+                seen += n as u64;
+                if seen >= want {
+                    return us as f64;
+                }
+            }
+            HISTOGRAM_US as f64
+        };
+        let max = self.histogram.iter().rposition(|&n| n > 0).unwrap_or(0) as f64;
+        Report {
+            mode: self.cfg.mode,
+            target: self.cfg.target.to_string(),
+            clients: self.clients.len(),
+            population: self.cfg.population,
+            rate_asked: self.cfg.rate,
+            setup_s,
+            duration_s: duration.as_secs_f64(),
+            sent: c.sent,
+            answered: c.answered,
+            lost: c.lost,
+            malformed: c.malformed,
+            loss_ratio: if c.sent == 0 {
+                0.0
+            } else {
+                c.lost as f64 / c.sent as f64
+            },
+            ops_per_sec: c.answered as f64 / duration.as_secs_f64(),
+            rtt: Latency {
+                p50_us: pct(0.50),
+                p99_us: pct(0.99),
+                p999_us: pct(0.999),
+                max_us: max,
+            },
+            request_bytes_per_op: c.request_bytes as f64 / c.sent.max(1) as f64,
+            reply_bytes_per_op: c.reply_bytes as f64 / answered,
+            introductions: c.intros,
+            introduction_bytes_per_op: c.intro_bytes as f64 / answered,
+            server_cpu,
+        }
+    }
+
+    /// Sends one request; false if the socket buffer was full.
+    pub(super) fn send_one(&mut self, c: usize, msg: Message, expect: Expect) -> io::Result<bool> {
+        let seq = self.next_seq();
+        let mut out = [0u8; wire::MAX_MESSAGE_LEN];
+        let n = with_tag(msg, seq).emit(&mut out);
+        match self.clients[c].socket.send_to(&out[..n], self.cfg.target) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.counts.sent += 1;
+        self.counts.request_bytes += n as u64;
+        self.clients[c].inflight.push(Inflight {
+            seq,
+            expect,
+            sent: Instant::now(),
+        });
+        Ok(true)
+    }
+
+    pub(super) fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Builds `count` operations for socket `c` and sends them with one
+    /// `sendmmsg`.
+    fn send_batch(&mut self, c: usize, count: usize, now: Instant) -> io::Result<usize> {
+        let mut expects = [Expect::Pong; BATCH];
+        let mut seqs = [0u32; BATCH];
+        let mut lens = [0usize; BATCH];
+        for k in 0..count {
+            seqs[k] = self.next_seq();
+            lens[k] = if self.cfg.mode == Mode::Stun {
+                expects[k] = Expect::Stun;
+                stun_request(seqs[k], self.out.buf(k))
+            } else {
+                let (msg, e) = self.next_op(c);
+                expects[k] = e;
+                with_tag(msg, seqs[k]).emit(self.out.buf(k))
+            };
+        }
+        let done = self
+            .out
+            .send(&self.clients[c].socket, self.cfg.target, &lens[..count])?;
+        for k in 0..done {
+            self.counts.sent += 1;
+            self.counts.request_bytes += lens[k] as u64;
+            self.clients[c].inflight.push(Inflight {
+                seq: seqs[k],
+                expect: expects[k],
+                sent: now,
+            });
+        }
+        Ok(done)
+    }
+
+    /// Reads every socket until it is empty; true if anything came.
+    pub(super) fn receive_all(&mut self) -> io::Result<bool> {
+        let mut any = false;
+        for c in 0..self.clients.len() {
+            loop {
+                let n = self.inbox.recv(&self.clients[c].socket);
+                if n == 0 {
+                    break;
+                }
+                any = true;
+                let now = Instant::now();
+                for k in 0..n {
+                    self.answer(c, k, now);
+                }
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    /// Matches one received datagram to its request.
+    fn answer(&mut self, c: usize, k: usize, now: Instant) {
+        let bytes = self.inbox.datagram(k);
+        let len = bytes.len();
+        let (seq, kind) = if self.cfg.mode == Mode::Stun {
+            match stun_response(bytes) {
+                Some(seq) => (seq, Expect::Stun),
+                None => {
+                    self.counts.malformed += 1;
+                    return;
+                }
+            }
+        } else {
+            match Message::decode(bytes) {
+                Ok(Message::Introduction { .. }) => {
+                    if self.measuring {
+                        self.counts.intros += 1;
+                        self.counts.intro_bytes += len as u64;
+                    }
+                    return;
+                }
+                Ok(m) => match (m.tag(), expect_of(&m)) {
+                    (Some(tag), Some(e)) => (u32::from_be_bytes(tag.0), e),
+                    _ => {
+                        self.counts.malformed += 1;
+                        return;
+                    }
+                },
+                Err(_) => {
+                    self.counts.malformed += 1;
+                    return;
+                }
+            }
+        };
+        let inflight = &mut self.clients[c].inflight;
+        let Some(pos) = inflight.iter().position(|f| f.seq == seq) else {
+            return; // late: already counted as lost
+        };
+        let f = inflight.swap_remove(pos);
+        if f.expect != kind {
+            self.counts.malformed += 1;
+            return;
+        }
+        self.counts.answered += 1;
+        self.counts.reply_bytes += len as u64;
+        let us = now
+            .duration_since(f.sent)
+            .as_micros()
+            .min(HISTOGRAM_US as u128) as usize;
+        self.histogram[us] += 1;
+    }
+
+    /// Requests in flight longer than the timeout are lost.
+    pub(super) fn expire(&mut self, now: Instant) {
+        let timeout = self.cfg.timeout;
+        for c in &mut self.clients {
+            let before = c.inflight.len();
+            c.inflight.retain(|f| now.duration_since(f.sent) < timeout);
+            self.counts.lost += (before - c.inflight.len()) as u64;
+        }
+    }
+
+    /// Nothing to send or read: wait up to `wait` for a socket to be readable.
+    pub(super) fn idle_wait(&self, wait: Duration) {
+        batch::wait_readable(self.clients.iter().map(|c| &c.socket), wait);
+    }
+}
+
+/// User and system CPU seconds of a process, all threads.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / batch::clock_ticks_per_second() as f64)
+}
+
+fn with_tag(msg: Message, seq: u32) -> Message {
+    let tag = Tag(seq.to_be_bytes());
+    match msg {
+        Message::Ping { cookie, .. } => Message::Ping { tag, cookie },
+        Message::Register {
+            cookie,
+            flags,
+            token,
+            ..
+        } => Message::Register {
+            tag,
+            cookie,
+            flags,
+            token,
+        },
+        Message::Keepalive {
+            cookie, address, ..
+        } => Message::Keepalive {
+            ring: 0,
+            tag,
+            cookie,
+            address,
+        },
+        Message::Lookup {
+            cookie,
+            target,
+            caller,
+            hint,
+            ..
+        } => Message::Lookup {
+            tag,
+            cookie,
+            target,
+            caller,
+            hint,
+        },
+        other => other,
+    }
+}
+
+fn expect_of(m: &Message) -> Option<Expect> {
+    match m.kind() {
+        Kind::Pong => Some(Expect::Pong),
+        Kind::Registered => Some(Expect::Registered),
+        Kind::Online => Some(Expect::Online),
+        Kind::Offline => Some(Expect::Offline),
+        _ => None,
+    }
+}
