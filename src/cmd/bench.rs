@@ -11,7 +11,9 @@ use sky_node::probe;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// The node (or STUN server) to load, HOST:PORT.
+    /// The node (or STUN server) to load, HOST:PORT. A member of a sky of
+    /// several is loaded with its sky: registrations at every owner,
+    /// lookups at the first, pings round the members.
     #[arg(long, value_name = "HOST:PORT", default_value = sky_node::config::DEFAULT_LISTEN)]
     sky: String,
     /// ping, register, lookup-online, lookup-offline, mixed or stun.
@@ -23,9 +25,13 @@ pub(crate) struct BenchArgs {
     /// Operations per second (default: as fast as answers come).
     #[arg(long)]
     rate: Option<u64>,
-    /// Client sockets (source ports).
+    /// Client sockets (source ports), split among the threads.
     #[arg(long, default_value_t = 32)]
     clients: usize,
+    /// Generator threads, each with its own sockets and its own slice of
+    /// the population; they measure together and the report sums them.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Addresses registered before measuring.
     #[arg(long, default_value_t = 10_000)]
     population: usize,
@@ -35,7 +41,7 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Pin the generator to this core.
+    /// Pin generator thread T to core PIN + T.
     #[arg(long)]
     pin: Option<usize>,
     /// The server's process id: report the CPU it used while measuring.
@@ -109,10 +115,8 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
     if args.clients == 0 || args.window == 0 || args.population == 0 {
         return fail("--clients, --window and --population must be at least 1".into());
     }
-    if let Some(core) = args.pin
-        && let Err(e) = sky_node::engine::sys::pin_to_core(core)
-    {
-        return fail(format!("cannot pin to core {core}: {e}"));
+    if args.threads == 0 || args.threads > args.clients || args.threads > args.population {
+        return fail("--threads must be at least 1 and at most --clients and --population".into());
     }
     let config = sky_lab::bench::BenchConfig {
         target,
@@ -120,6 +124,8 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         duration,
         rate: args.rate,
         clients: args.clients,
+        threads: args.threads,
+        pin: args.pin,
         population: args.population,
         window: args.window,
         progress: !args.json,

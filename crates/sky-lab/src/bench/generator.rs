@@ -1,16 +1,20 @@
-//! The generator's loop: operations built and sent in batches, answers
-//! read and checked, the round-trip histogram, the report.
+//! The generator's loop, one per thread: operations built and sent in
+//! batches (each batch to one node), answers read and checked, the
+//! round-trip histogram.
 
 use std::io::{self, IsTerminal, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sky_node::engine::batch::{self, RecvBatch, SendBatch};
 use sky_proto::hint::HINT_LEN;
 use sky_proto::wire::{self, Cookie, Kind, Message, Tag, VirtualAddr};
 
+use super::report::Counts;
 use super::stun::{stun_request, stun_response};
-use super::{BATCH, BenchConfig, BenchError, HISTOGRAM_US, IDLE_WAIT, Latency, Mode, Report};
+use super::targets::{Slice, Targets};
+use super::{BATCH, BenchConfig, HISTOGRAM_US, IDLE_WAIT, Mode, Share};
 use crate::rng::Rng;
 
 /// What kind of answer a request expects.
@@ -25,51 +29,68 @@ pub(super) enum Expect {
 
 #[derive(Clone, Copy)]
 pub(super) struct Inflight {
-    pub(super) seq: u32,
-    pub(super) expect: Expect,
-    pub(super) sent: Instant,
+    seq: u32,
+    expect: Expect,
+    sent: Instant,
 }
 
-/// One client socket and its requests in flight.
+/// One client socket, its cookie from each node, and its requests in
+/// flight (to any node: a reply is matched by its tag).
 pub(super) struct Client {
     pub(super) socket: UdpSocket,
-    pub(super) cookie: Cookie,
+    pub(super) cookies: Vec<Cookie>,
     pub(super) inflight: Vec<Inflight>,
 }
 
-#[derive(Default)]
-pub(super) struct Counts {
-    pub(super) sent: u64,
-    pub(super) answered: u64,
-    pub(super) lost: u64,
-    pub(super) malformed: u64,
-    pub(super) request_bytes: u64,
-    pub(super) reply_bytes: u64,
-    pub(super) intros: u64,
-    pub(super) intro_bytes: u64,
-}
-
-/// The load generator's state.
-pub(super) struct Generator {
-    pub(super) cfg: BenchConfig,
+/// One generator thread's state.
+pub(super) struct Generator<'a> {
+    pub(super) cfg: &'a BenchConfig,
+    pub(super) targets: &'a Targets,
+    pub(super) share: Share,
     pub(super) clients: Vec<Client>,
-    /// Population addresses, and the endpoint each is registered from.
-    pub(super) addresses: Vec<VirtualAddr>,
+    /// The thread's population members, and the endpoint each was
+    /// registered from (by slice index).
+    pub(super) slice: Slice,
     pub(super) homes: Vec<SocketAddr>,
     pub(super) rng: Rng,
     pub(super) seq: u32,
     pub(super) counts: Counts,
     pub(super) histogram: Vec<u32>,
     pub(super) measuring: bool,
+    /// Introductions announced by `online` replies while measuring: the
+    /// drain waits for them too (they come on other sockets, maybe later
+    /// than the replies).
+    pub(super) intros_due: u64,
+    /// The node the next batch goes to.
+    pub(super) next_node: usize,
     // sendmmsg / recvmmsg arrays, allocated once.
     pub(super) out: SendBatch,
     pub(super) inbox: RecvBatch,
 }
 
-impl Generator {
-    /// The next operation for socket `c`.
-    fn next_op(&mut self, c: usize) -> (Message, Expect) {
-        let cookie = self.clients[c].cookie;
+/// What one thread measured.
+pub(super) struct Measured {
+    pub(super) counts: Counts,
+    pub(super) histogram: Vec<u32>,
+    pub(super) start: Instant,
+    pub(super) end: Instant,
+    /// Thread 0 only: the server's CPU over its window, in cores.
+    pub(super) server_cpu: Option<f64>,
+}
+
+/// The threads' running totals, for the progress bar thread 0 draws.
+#[derive(Default)]
+pub(super) struct Progress {
+    answered: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl Generator<'_> {
+    /// The next operation for socket `c`, to `node`. An operation `node`
+    /// cannot be given (no member of the slice that it owns; in a sky,
+    /// with a small population) is a ping instead.
+    fn next_op(&mut self, c: usize, node: usize) -> (Message, Expect) {
+        let cookie = self.clients[c].cookies[node];
         let tag = Tag([0; 4]);
         let mode = match self.cfg.mode {
             Mode::Mixed => match self.rng.below(10) {
@@ -80,35 +101,41 @@ impl Generator {
             },
             m => m,
         };
+        let ping = (Message::Ping { tag, cookie }, Expect::Pong);
         match mode {
-            Mode::Ping | Mode::Stun | Mode::Mixed => (Message::Ping { tag, cookie }, Expect::Pong),
-            Mode::Register => {
-                let i = self.rng.below(self.cfg.population as u64) as usize;
-                (self.register_msg(c, i), Expect::Registered)
-            }
+            Mode::Ping | Mode::Stun | Mode::Mixed => ping,
+            Mode::Register => match self.slice.owned_by(&mut self.rng, node) {
+                Some(j) => (self.register_msg(c, node, j), Expect::Registered),
+                None => ping,
+            },
             Mode::LookupOnline => {
-                let i = self.rng.below(self.addresses.len() as u64) as usize;
+                let Some(j) = self.slice.first_owned_by(&mut self.rng, node) else {
+                    return ping;
+                };
+                // For the baseline, which has no presence table: the
+                // target's endpoint, where it sends the introduction.
                 let mut caller = [0u8; 16];
-                if let Some(SocketAddr::V4(home)) = self.homes.get(i) {
+                if let Some(SocketAddr::V4(home)) = self.homes.get(j) {
                     caller[..4].copy_from_slice(&home.ip().octets());
                     caller[4..6].copy_from_slice(&home.port().to_be_bytes());
                 }
                 let msg = Message::Lookup {
                     tag,
                     cookie,
-                    target: self.addresses[i],
+                    target: self.slice.addresses[j],
                     caller: VirtualAddr(caller),
                     hint: [0x5e; HINT_LEN],
                 };
                 (msg, Expect::Online)
             }
             Mode::LookupOffline => {
-                let mut target = [0u8; 16];
-                target[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                let Some(target) = self.targets.offline_address(&mut self.rng, node) else {
+                    return ping;
+                };
                 let msg = Message::Lookup {
                     tag,
                     cookie,
-                    target: VirtualAddr(target),
+                    target,
                     caller: VirtualAddr::default(),
                     hint: [0x5e; HINT_LEN],
                 };
@@ -117,14 +144,18 @@ impl Generator {
         }
     }
 
-    pub(super) fn measure(mut self, setup_s: f64) -> Result<Report, BenchError> {
+    /// Loads the nodes for `duration`, then waits up to `timeout` for the
+    /// answers in flight.
+    pub(super) fn measure(mut self, progress: &Progress) -> io::Result<Measured> {
         self.counts = Counts::default();
         self.measuring = true;
         let start = Instant::now();
         let end = start + self.cfg.duration;
         let mut last_progress = start;
-        let progress = self.cfg.progress && io::stderr().is_terminal();
-        let server_cpu0 = self.cfg.server_pid.and_then(cpu_seconds);
+        let mut published = (0u64, 0u64);
+        let draw = self.share.thread == 0 && self.cfg.progress && io::stderr().is_terminal();
+        let server_pid = self.cfg.server_pid.filter(|_| self.share.thread == 0);
+        let server_cpu0 = server_pid.and_then(cpu_seconds);
         let mut sent_total = 0u64;
         let mut next_socket = 0usize;
         loop {
@@ -134,7 +165,7 @@ impl Generator {
             }
             let elapsed = now.duration_since(start).as_secs_f64();
             let mut did = false;
-            match self.cfg.rate {
+            match self.share.rate {
                 // Closed loop: fill every socket's window.
                 None => {
                     for c in 0..self.clients.len() {
@@ -169,7 +200,7 @@ impl Generator {
             self.expire(Instant::now());
             if !did {
                 // Paced: sleep no longer than until the next send is due.
-                let wait = match self.cfg.rate {
+                let wait = match self.share.rate {
                     Some(rate) => {
                         let next =
                             start + Duration::from_secs_f64((sent_total + 1) as f64 / rate as f64);
@@ -180,20 +211,26 @@ impl Generator {
                 };
                 self.idle_wait(wait);
             }
-            if progress && now.duration_since(last_progress) >= Duration::from_millis(500) {
-                self.draw_progress(elapsed);
+            if now.duration_since(last_progress) >= Duration::from_millis(500) {
+                progress.add(&mut published, &self.counts);
+                if draw {
+                    progress.draw(elapsed, self.cfg.duration);
+                }
                 last_progress = now;
             }
         }
-        let duration = start.elapsed();
-        let server_cpu = match (server_cpu0, self.cfg.server_pid.and_then(cpu_seconds)) {
-            (Some(a), Some(b)) => Some((b - a) / duration.as_secs_f64()),
+        let end = Instant::now();
+        let server_cpu = match (server_cpu0, server_pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => Some((b - a) / end.duration_since(start).as_secs_f64()),
             _ => None,
         };
         // Stragglers: wait for answers to what is in flight, then count the
         // rest as lost.
         let drain_end = Instant::now() + self.cfg.timeout;
-        while self.clients.iter().any(|c| !c.inflight.is_empty()) && Instant::now() < drain_end {
+        while (self.clients.iter().any(|c| !c.inflight.is_empty())
+            || self.counts.intros < self.intros_due)
+            && Instant::now() < drain_end
+        {
             if !self.receive_all()? {
                 self.idle_wait(IDLE_WAIT);
             }
@@ -202,88 +239,33 @@ impl Generator {
             self.counts.lost += c.inflight.len() as u64;
             c.inflight.clear();
         }
-        if progress {
+        if draw {
             eprintln!();
         }
-        Ok(self.report(setup_s, duration, server_cpu))
-    }
-
-    fn draw_progress(&self, elapsed: f64) {
-        let total = self.cfg.duration.as_secs_f64();
-        let width = 30;
-        let done = ((elapsed / total) * width as f64) as usize;
-        let rate = self.counts.answered as f64 / elapsed.max(1e-9);
-        let mut err = io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r[{}{}] {:>5.1}/{:.0} s {:>10.0} ops/s  lost {}   ",
-            "=".repeat(done.min(width)),
-            " ".repeat(width - done.min(width)),
-            elapsed,
-            total,
-            rate,
-            self.counts.lost
-        );
-        let _ = err.flush();
-    }
-
-    fn report(&self, setup_s: f64, duration: Duration, server_cpu: Option<f64>) -> Report {
-        let c = &self.counts;
-        let answered = c.answered.max(1) as f64;
-        let pct = |q: f64| -> f64 {
-            let total: u64 = self.histogram.iter().map(|&n| n as u64).sum();
-            if total == 0 {
-                return 0.0;
-            }
-            let want = (q * total as f64).ceil() as u64;
-            let mut seen = 0u64;
-            for (us, &n) in self.histogram.iter().enumerate() {
-                seen += n as u64;
-                if seen >= want {
-                    return us as f64;
-                }
-            }
-            HISTOGRAM_US as f64
-        };
-        let max = self.histogram.iter().rposition(|&n| n > 0).unwrap_or(0) as f64;
-        Report {
-            mode: self.cfg.mode,
-            target: self.cfg.target.to_string(),
-            clients: self.clients.len(),
-            population: self.cfg.population,
-            rate_asked: self.cfg.rate,
-            setup_s,
-            duration_s: duration.as_secs_f64(),
-            sent: c.sent,
-            answered: c.answered,
-            lost: c.lost,
-            malformed: c.malformed,
-            loss_ratio: if c.sent == 0 {
-                0.0
-            } else {
-                c.lost as f64 / c.sent as f64
-            },
-            ops_per_sec: c.answered as f64 / duration.as_secs_f64(),
-            rtt: Latency {
-                p50_us: pct(0.50),
-                p99_us: pct(0.99),
-                p999_us: pct(0.999),
-                max_us: max,
-            },
-            request_bytes_per_op: c.request_bytes as f64 / c.sent.max(1) as f64,
-            reply_bytes_per_op: c.reply_bytes as f64 / answered,
-            introductions: c.intros,
-            introduction_bytes_per_op: c.intro_bytes as f64 / answered,
+        Ok(Measured {
+            counts: self.counts,
+            histogram: self.histogram,
+            start,
+            end,
             server_cpu,
-        }
+        })
     }
 
     /// Sends one request; false if the socket buffer was full.
-    pub(super) fn send_one(&mut self, c: usize, msg: Message, expect: Expect) -> io::Result<bool> {
+    pub(super) fn send_one(
+        &mut self,
+        c: usize,
+        node: usize,
+        msg: Message,
+        expect: Expect,
+    ) -> io::Result<bool> {
         let seq = self.next_seq();
         let mut out = [0u8; wire::MAX_MESSAGE_LEN];
         let n = with_tag(msg, seq).emit(&mut out);
-        match self.clients[c].socket.send_to(&out[..n], self.cfg.target) {
+        match self.clients[c]
+            .socket
+            .send_to(&out[..n], self.targets.nodes[node])
+        {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
@@ -303,9 +285,11 @@ impl Generator {
         self.seq
     }
 
-    /// Builds `count` operations for socket `c` and sends them with one
-    /// `sendmmsg`.
+    /// Builds `count` operations for socket `c` to the next node in turn,
+    /// and sends them with one `sendmmsg`.
     fn send_batch(&mut self, c: usize, count: usize, now: Instant) -> io::Result<usize> {
+        let node = self.next_node;
+        self.next_node = (node + 1) % self.targets.nodes.len();
         let mut expects = [Expect::Pong; BATCH];
         let mut seqs = [0u32; BATCH];
         let mut lens = [0usize; BATCH];
@@ -315,14 +299,16 @@ impl Generator {
                 expects[k] = Expect::Stun;
                 stun_request(seqs[k], self.out.buf(k))
             } else {
-                let (msg, e) = self.next_op(c);
+                let (msg, e) = self.next_op(c, node);
                 expects[k] = e;
                 with_tag(msg, seqs[k]).emit(self.out.buf(k))
             };
         }
-        let done = self
-            .out
-            .send(&self.clients[c].socket, self.cfg.target, &lens[..count])?;
+        let done = self.out.send(
+            &self.clients[c].socket,
+            self.targets.nodes[node],
+            &lens[..count],
+        )?;
         for k in 0..done {
             self.counts.sent += 1;
             self.counts.request_bytes += lens[k] as u64;
@@ -361,6 +347,7 @@ impl Generator {
     fn answer(&mut self, c: usize, k: usize, now: Instant) {
         let bytes = self.inbox.datagram(k);
         let len = bytes.len();
+        let mut introduced = false;
         let (seq, kind) = if self.cfg.mode == Mode::Stun {
             match stun_response(bytes) {
                 Some(seq) => (seq, Expect::Stun),
@@ -379,7 +366,11 @@ impl Generator {
                     return;
                 }
                 Ok(m) => match (m.tag(), expect_of(&m)) {
-                    (Some(tag), Some(e)) => (u32::from_be_bytes(tag.0), e),
+                    (Some(tag), Some(e)) => {
+                        introduced =
+                            matches!(m, Message::Online { flags, .. } if flags.introduced());
+                        (u32::from_be_bytes(tag.0), e)
+                    }
                     _ => {
                         self.counts.malformed += 1;
                         return;
@@ -402,6 +393,9 @@ impl Generator {
         }
         self.counts.answered += 1;
         self.counts.reply_bytes += len as u64;
+        if introduced && self.measuring {
+            self.intros_due += 1;
+        }
         let us = now
             .duration_since(f.sent)
             .as_micros()
@@ -422,6 +416,36 @@ impl Generator {
     /// Nothing to send or read: wait up to `wait` for a socket to be readable.
     pub(super) fn idle_wait(&self, wait: Duration) {
         batch::wait_readable(self.clients.iter().map(|c| &c.socket), wait);
+    }
+}
+
+impl Progress {
+    /// Adds what `counts` gained since `published`.
+    fn add(&self, published: &mut (u64, u64), counts: &Counts) {
+        self.answered
+            .fetch_add(counts.answered - published.0, Ordering::Relaxed);
+        self.lost
+            .fetch_add(counts.lost - published.1, Ordering::Relaxed);
+        *published = (counts.answered, counts.lost);
+    }
+
+    fn draw(&self, elapsed: f64, duration: Duration) {
+        let total = duration.as_secs_f64();
+        let width = 30;
+        let done = ((elapsed / total) * width as f64) as usize;
+        let rate = self.answered.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9);
+        let mut err = io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {:>5.1}/{:.0} s {:>10.0} ops/s  lost {}   ",
+            "=".repeat(done.min(width)),
+            " ".repeat(width - done.min(width)),
+            elapsed,
+            total,
+            rate,
+            self.lost.load(Ordering::Relaxed)
+        );
+        let _ = err.flush();
     }
 }
 

@@ -7,10 +7,23 @@
 //! loop, still bounded by the window), and stops by itself after `duration`.
 //! Before measuring it fetches a cookie per socket and registers the
 //! population it will look up. Every answer is checked: a reply must have
-//! the kind its request expects and its tag; anything else counts as
-//! malformed. The report gives operations answered per second, loss,
-//! round-trip percentiles, and bytes per operation (request, reply and
-//! introduction separately).
+//! the kind its request expects and its tag; anything else (a `not owner`
+//! among them) counts as malformed. The report gives operations answered
+//! per second, loss, round-trip percentiles, and bytes per operation
+//! (request, reply and introduction separately).
+//!
+//! **Threads.** `threads` generator loops (`generator.rs`), each on its own
+//! thread with its own sockets (`clients` and `rate` split among them) and
+//! its own slice of the population, so that no two threads register one
+//! address from different sockets (each would move the other's
+//! registration). They set up (`setup.rs`: cookies, registrations), meet at
+//! a barrier, and measure for the same `duration`; the report sums them.
+//!
+//! **A sky.** Before anything the target's members page is read
+//! (`targets.rs`). A member of a sky of several is loaded as the sky: every
+//! population address registered with each of its owners, lookups at the
+//! first owner, pings round the members, a cookie per socket from every
+//! node. Against one node nothing differs from a single node's run.
 //!
 //! For the ceiling (`--serve-baseline`, see [`crate::baseline`]) the lookup's
 //! `caller` field carries the target's endpoint in its first six bytes.
@@ -18,7 +31,10 @@
 #![allow(clippy::disallowed_methods)] // a tool: it reads the clock
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::ops::Range;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -26,11 +42,14 @@ mod generator;
 mod report;
 mod setup;
 mod stun;
+mod targets;
 
 pub use report::{BenchError, Latency, Report};
 
-use generator::Generator;
+use generator::{Generator, Measured, Progress};
+use report::Counts;
 use sky_proto::wire::Token;
+use targets::Targets;
 
 /// What each operation is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -70,10 +89,16 @@ pub struct BenchConfig {
     pub target: SocketAddr,
     pub mode: Mode,
     pub duration: Duration,
-    /// Operations per second; `None` runs closed-loop as fast as answers come.
+    /// Operations per second (all threads together); `None` runs
+    /// closed-loop as fast as answers come.
     pub rate: Option<u64>,
-    /// Sockets (source ports).
+    /// Sockets (source ports), split among the threads.
     pub clients: usize,
+    /// Generator threads, each with its own sockets and its own slice of
+    /// the population (at most `clients`).
+    pub threads: usize,
+    /// Pin thread `t` to core `pin + t`.
+    pub pin: Option<usize>,
     /// Addresses registered before measuring (and registered, in `register`).
     pub population: usize,
     /// Requests in flight per socket, at most.
@@ -98,6 +123,8 @@ impl Default for BenchConfig {
             duration: Duration::from_secs(10),
             rate: None,
             clients: 32,
+            threads: 1,
+            pin: None,
             population: 10_000,
             window: 32,
             timeout: Duration::from_secs(1),
@@ -116,18 +143,204 @@ const HISTOGRAM_US: usize = 100_000;
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 
 /// The token of population member `i` (deterministic, so a run can be
-/// repeated).
-fn token(i: usize) -> Token {
+/// repeated, and a test can find the addresses a run registered).
+pub fn token(i: usize) -> Token {
     let mut t = [0u8; 16];
     t[..8].copy_from_slice(&(i as u64).to_le_bytes());
     t[8..].copy_from_slice(b"sky-bnch");
     Token(t)
 }
 
+/// One generator thread's share of a run.
+pub(super) struct Share {
+    thread: usize,
+    clients: usize,
+    rate: Option<u64>,
+    /// Its population members.
+    population: Range<usize>,
+}
+
+impl Share {
+    /// Thread `t`'s share of `cfg`: `clients` and `rate` split as evenly as
+    /// whole numbers allow, the population in contiguous slices.
+    fn of(cfg: &BenchConfig, t: usize) -> Share {
+        let n = cfg.threads;
+        let split = |total: u64| total / n as u64 + u64::from((t as u64) < total % n as u64);
+        Share {
+            thread: t,
+            clients: split(cfg.clients as u64) as usize,
+            rate: cfg.rate.map(split),
+            population: cfg.population * t / n..cfg.population * (t + 1) / n,
+        }
+    }
+}
+
 /// Runs one benchmark.
 pub fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
-    let (g, setup_s) = Generator::set_up(cfg)?;
-    g.measure(setup_s)
+    let setup = Instant::now();
+    check(&cfg)?;
+    let targets = if cfg.mode == Mode::Stun {
+        Targets::alone(cfg.target)
+    } else {
+        Targets::discover(cfg.target)?
+    };
+    let discovery = setup.elapsed();
+    let barrier = Barrier::new(cfg.threads);
+    let failed = AtomicBool::new(false);
+    let progress = Progress::default();
+    let results: Vec<Result<Option<(Measured, f64)>, BenchError>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..cfg.threads)
+            .map(|t| {
+                let (cfg, targets) = (&cfg, &targets);
+                let (barrier, failed, progress) = (&barrier, &failed, &progress);
+                std::thread::Builder::new()
+                    .name(format!("sky-bench-{t}"))
+                    .spawn_scoped(s, move || {
+                        let mut arrive = Arrival {
+                            barrier,
+                            failed,
+                            arrived: false,
+                        };
+                        let ready = pin(cfg, t)
+                            .and_then(|()| Generator::set_up(cfg, targets, Share::of(cfg, t)));
+                        if !arrive.wait(ready.is_ok()) {
+                            return ready.map(|_| None);
+                        }
+                        let (g, setup_s) = ready?;
+                        Ok(Some((g.measure(progress)?, setup_s)))
+                    })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| match t {
+                Ok(t) => t.join().unwrap_or_else(|_| {
+                    Err(BenchError::Setup("a generator thread panicked".into()))
+                }),
+                Err(e) => Err(BenchError::Io(e)),
+            })
+            .collect()
+    });
+    let mut measured = Vec::with_capacity(results.len());
+    let mut aborted = false;
+    for r in results {
+        match r? {
+            Some(m) => measured.push(m),
+            None => aborted = true,
+        }
+    }
+    if aborted || measured.is_empty() {
+        return Err(BenchError::Setup(
+            "a generator thread could not start".into(),
+        ));
+    }
+    // The members page, then the slowest thread's setup.
+    let setup_s = discovery.as_secs_f64() + measured.iter().map(|m| m.1).fold(0.0, f64::max);
+    Ok(report(&cfg, &targets, &measured, setup_s))
+}
+
+/// The limits a run needs to be meaningful.
+fn check(cfg: &BenchConfig) -> Result<(), BenchError> {
+    let bad = |s: &str| Err(BenchError::Setup(s.into()));
+    if cfg.threads == 0 || cfg.clients < cfg.threads {
+        return bad("--threads must be at least 1 and at most --clients");
+    }
+    if cfg.window == 0 || cfg.population < cfg.threads {
+        return bad("--window must be at least 1, and --population at least --threads");
+    }
+    if cfg.rate.is_some_and(|r| r < cfg.threads as u64) {
+        return bad("--rate must be at least --threads");
+    }
+    Ok(())
+}
+
+/// Pins thread `t` to core `pin + t`, if asked.
+fn pin(cfg: &BenchConfig, t: usize) -> Result<(), BenchError> {
+    let Some(first) = cfg.pin else {
+        return Ok(());
+    };
+    sky_node::engine::sys::pin_to_core(first + t)
+        .map_err(|e| BenchError::Setup(format!("cannot pin thread {t} to core {}: {e}", first + t)))
+}
+
+/// A thread's arrival at the barrier where measuring starts: every thread
+/// arrives once, having set up or failed to (and, if it panics, when it
+/// unwinds), so that no thread waits for one that will never come.
+struct Arrival<'a> {
+    barrier: &'a Barrier,
+    failed: &'a AtomicBool,
+    arrived: bool,
+}
+
+impl Arrival<'_> {
+    /// Arrives; true if every thread set up.
+    fn wait(&mut self, ready: bool) -> bool {
+        if !ready {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        self.arrived = true;
+        self.barrier.wait();
+        !self.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        if !self.arrived {
+            self.wait(false);
+        }
+    }
+}
+
+/// The threads' measurements as one report.
+fn report(
+    cfg: &BenchConfig,
+    targets: &Targets,
+    measured: &[(Measured, f64)],
+    setup_s: f64,
+) -> Report {
+    let mut c = Counts::default();
+    let mut histogram = vec![0u32; HISTOGRAM_US + 1];
+    for (m, _) in measured {
+        c += m.counts;
+        for (sum, &n) in histogram.iter_mut().zip(&m.histogram) {
+            *sum = sum.saturating_add(n);
+        }
+    }
+    let start = measured.iter().map(|(m, _)| m.start).min();
+    let end = measured.iter().map(|(m, _)| m.end).max();
+    let window = match (start, end) {
+        (Some(s), Some(e)) => e.duration_since(s).as_secs_f64(),
+        _ => 0.0,
+    };
+    let answered = c.answered.max(1) as f64;
+    Report {
+        mode: cfg.mode,
+        target: cfg.target.to_string(),
+        nodes: targets.nodes.len(),
+        threads: cfg.threads,
+        clients: cfg.clients,
+        population: cfg.population,
+        rate_asked: cfg.rate,
+        setup_s,
+        duration_s: window,
+        sent: c.sent,
+        answered: c.answered,
+        lost: c.lost,
+        malformed: c.malformed,
+        loss_ratio: if c.sent == 0 {
+            0.0
+        } else {
+            c.lost as f64 / c.sent as f64
+        },
+        ops_per_sec: c.answered as f64 / window.max(1e-9),
+        rtt: Latency::of(&histogram),
+        request_bytes_per_op: c.request_bytes as f64 / c.sent.max(1) as f64,
+        reply_bytes_per_op: c.reply_bytes as f64 / answered,
+        introductions: c.intros,
+        introduction_bytes_per_op: c.intro_bytes as f64 / answered,
+        server_cpu: measured.first().and_then(|(m, _)| m.server_cpu),
+    }
 }
 
 #[cfg(test)]

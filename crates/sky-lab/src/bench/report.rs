@@ -6,7 +6,7 @@ use std::io;
 
 use serde::Serialize;
 
-use super::Mode;
+use super::{HISTOGRAM_US, Mode};
 
 /// Round-trip percentiles, microseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -17,11 +17,71 @@ pub struct Latency {
     pub max_us: f64,
 }
 
-/// What a run measured. `--json` prints it as one object.
+impl Latency {
+    /// The percentiles of a histogram of 1 µs buckets (the last one holds
+    /// everything slower).
+    pub(super) fn of(histogram: &[u32]) -> Latency {
+        let total: u64 = histogram.iter().map(|&n| u64::from(n)).sum();
+        let pct = |q: f64| -> f64 {
+            if total == 0 {
+                return 0.0;
+            }
+            let want = (q * total as f64).ceil() as u64;
+            let mut seen = 0u64;
+            for (us, &n) in histogram.iter().enumerate() {
+                seen += u64::from(n);
+                if seen >= want {
+                    return us as f64;
+                }
+            }
+            HISTOGRAM_US as f64
+        };
+        Latency {
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            p999_us: pct(0.999),
+            max_us: histogram.iter().rposition(|&n| n > 0).unwrap_or(0) as f64,
+        }
+    }
+}
+
+/// What one generator thread counted; a run's counts are their sum.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Counts {
+    pub(super) sent: u64,
+    pub(super) answered: u64,
+    pub(super) lost: u64,
+    pub(super) malformed: u64,
+    pub(super) request_bytes: u64,
+    pub(super) reply_bytes: u64,
+    pub(super) intros: u64,
+    pub(super) intro_bytes: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.sent += o.sent;
+        self.answered += o.answered;
+        self.lost += o.lost;
+        self.malformed += o.malformed;
+        self.request_bytes += o.request_bytes;
+        self.reply_bytes += o.reply_bytes;
+        self.intros += o.intros;
+        self.intro_bytes += o.intro_bytes;
+    }
+}
+
+/// What a run measured, summed over its generator threads (the
+/// percentiles are those of their merged histograms; `ops_per_sec` is
+/// over the window from the first thread's start to the last one's end).
+/// `--json` prints it as one object.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub mode: Mode,
     pub target: String,
+    /// The nodes loaded: 1, or every member of the target's sky.
+    pub nodes: usize,
+    pub threads: usize,
     pub clients: usize,
     pub population: usize,
     pub rate_asked: Option<u64>,
@@ -45,11 +105,18 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
             "mode {:?} against {}: {} clients, population {}",
             self.mode, self.target, self.clients, self.population
         )?;
+        if self.threads > 1 {
+            write!(f, ", {} threads", self.threads)?;
+        }
+        if self.nodes > 1 {
+            write!(f, ", a sky of {} nodes", self.nodes)?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "answered {:.0} ops/s over {:.1} s ({} sent, {} answered, {} lost = {:.3}%, {} malformed)",

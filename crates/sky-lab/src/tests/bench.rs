@@ -1,6 +1,7 @@
 //! Tests of `bench`.
 
 use super::stun::{stun_request, stun_response};
+use super::*;
 
 #[test]
 fn stun_request_is_a_binding_request() {
@@ -12,4 +13,95 @@ fn stun_request_is_a_binding_request() {
     resp[0..2].copy_from_slice(&[1, 1]);
     assert_eq!(stun_response(&resp[..20]), Some(7));
     assert_eq!(stun_response(&b[..20]), None);
+}
+
+#[test]
+fn threads_share_clients_rate_and_population_without_overlap() {
+    let cfg = BenchConfig {
+        clients: 33,
+        threads: 4,
+        rate: Some(10_003),
+        population: 1_001,
+        ..BenchConfig::default()
+    };
+    let shares: Vec<Share> = (0..4).map(|t| Share::of(&cfg, t)).collect();
+    assert_eq!(shares.iter().map(|s| s.clients).sum::<usize>(), 33);
+    assert_eq!(shares.iter().map(|s| s.rate.unwrap()).sum::<u64>(), 10_003);
+    assert!(shares.iter().all(|s| s.clients >= 8 && s.clients <= 9));
+    assert_eq!(shares[0].population.start, 0);
+    for w in shares.windows(2) {
+        assert_eq!(w[0].population.end, w[1].population.start);
+    }
+    assert_eq!(shares[3].population.end, 1_001);
+    // One thread: everything, as before threads.
+    let one = Share::of(&BenchConfig::default(), 0);
+    assert_eq!((one.clients, one.rate), (32, None));
+    assert_eq!(one.population, 0..10_000);
+}
+
+#[test]
+fn a_run_that_cannot_share_is_refused_before_it_starts() {
+    for cfg in [
+        BenchConfig {
+            threads: 0,
+            ..BenchConfig::default()
+        },
+        BenchConfig {
+            threads: 4,
+            clients: 3,
+            ..BenchConfig::default()
+        },
+        BenchConfig {
+            threads: 4,
+            population: 3,
+            ..BenchConfig::default()
+        },
+        BenchConfig {
+            threads: 4,
+            rate: Some(3),
+            ..BenchConfig::default()
+        },
+    ] {
+        assert!(matches!(check(&cfg), Err(BenchError::Setup(_))));
+    }
+}
+
+#[test]
+fn percentiles_come_from_the_merged_histogram() {
+    let mut h = vec![0u32; HISTOGRAM_US + 1];
+    h[10] = 98;
+    h[20] = 1;
+    h[3000] = 1;
+    let l = Latency::of(&h);
+    assert_eq!(
+        (l.p50_us, l.p99_us, l.p999_us, l.max_us),
+        (10.0, 20.0, 3000.0, 3000.0)
+    );
+    assert_eq!(Latency::of(&[0; 4]).p50_us, 0.0);
+}
+
+#[test]
+fn a_thread_that_fails_before_the_barrier_releases_the_others() {
+    let barrier = std::sync::Barrier::new(3);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let started: Vec<bool> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let (barrier, failed) = (&barrier, &failed);
+                s.spawn(move || {
+                    let mut arrival = Arrival {
+                        barrier,
+                        failed,
+                        arrived: false,
+                    };
+                    if t == 1 {
+                        return false; // gone without waiting: the drop arrives
+                    }
+                    arrival.wait(true)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(started, [false, false, false]);
 }
