@@ -1,25 +1,43 @@
 //! `sky bench` smoke runs: two seconds in each mode at a low rate against
-//! a real node (and the baseline, and coturn for `stun`), checking
-//! correctness only: every answer well-formed, nothing lost. No timing is
-//! asserted.
+//! a real node (and the baseline, and coturn for `stun`), with one thread
+//! and with two, against one node and against a sky of three, checking
+//! correctness only: every answer well-formed, nothing lost, every
+//! registration at exactly its owners. No timing is asserted.
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sky_node::config::{Config, EngineChoice};
+use sky_node::engine::Node;
+use sky_node::presence::Found;
+use sky_proto::ring::RingConfig;
+use sky_proto::wire::VirtualAddr;
 
 use crate::common::*;
 
 const SKY: &str = env!("CARGO_BIN_EXE_sky");
 
+/// The population of every smoke run.
+const POPULATION: usize = 500;
+
 fn smoke(target: &str, mode: &str) -> serde_json::Value {
+    smoke_with(target, mode, &[])
+}
+
+/// A smoke run with `extra` arguments: everything sent is answered as
+/// expected.
+fn smoke_with(target: &str, mode: &str, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(SKY)
         .args(["bench", "--sky", target, "--mode", mode, "--duration", "2"])
+        .args(extra)
         .args([
             "--rate",
             "2000",
             "--clients",
             "4",
             "--population",
-            "500",
+            &POPULATION.to_string(),
             "--json",
         ])
         .output()
@@ -155,4 +173,120 @@ fn sky_bench_stun_mode_against_coturn() {
     assert!(ready, "coturn did not answer on {target}");
     let r = smoke(&target, "stun");
     assert_eq!(r["request_bytes_per_op"].as_f64(), Some(20.0));
+}
+
+/// Checks a `--threads 2` run in `mode` against `nodes` nodes.
+fn threads_smoke(target: SocketAddr, mode: &str, nodes: u64) -> serde_json::Value {
+    let r = smoke_with(&target.to_string(), mode, &["--threads", "2"]);
+    assert_eq!(r["threads"], 2, "{r}");
+    assert_eq!(r["nodes"], nodes, "{mode}: {r}");
+    if mode == "lookup-online" {
+        // Each lookup at the target's first owner, each introduction to
+        // the socket of the thread that registered it.
+        assert_eq!(r["introductions"], r["answered"], "{r}");
+        assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(13.0));
+        assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(48.0));
+    }
+    if mode == "register" {
+        assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(46.0));
+    }
+    r
+}
+
+/// Population member `i`'s address, as `sky bench` registers it.
+fn member(i: usize) -> VirtualAddr {
+    VirtualAddr::from_token(&sky_lab::bench::token(i))
+}
+
+/// Whether `node`'s presence table holds `address` (alive at any time;
+/// a zero allowance introduces nobody).
+fn holds(node: &Node, address: &VirtualAddr) -> bool {
+    matches!(node.presence().lookup(address, 0, 0), Found::Online { .. })
+}
+
+// The modes run in this order: lookup-online registers the population in
+// its setup, and every later run must leave it where it is.
+const MODES: [&str; 4] = ["lookup-online", "register", "lookup-offline", "mixed"];
+
+#[test]
+fn sky_bench_threads_load_a_two_shard_node_and_lose_nothing() {
+    let _heavy = heavy();
+    let engine = engines()[0];
+    let node = Node::start(&Config {
+        intros_per_second: 255,
+        keepalive: Duration::from_secs(30),
+        ..config(engine, "127.0.0.1:0")
+    })
+    .unwrap();
+    assert_eq!(node.shards(), 2);
+    for mode in MODES {
+        threads_smoke(node.local_addr(), mode, 1);
+        assert_eq!(
+            node.presence().len(),
+            POPULATION,
+            "{mode}: each address once"
+        );
+        assert!((0..POPULATION).all(|i| holds(&node, &member(i))), "{mode}");
+    }
+    node.shutdown().unwrap();
+}
+
+/// A node of a sky on `127.0.0.N`, every IP its own operator.
+fn sky_node(n: u8, seeds: Vec<SocketAddr>) -> Node {
+    Node::start(&Config {
+        seeds,
+        shards: Some(1),
+        ring: RingConfig {
+            prefix_v4: 32,
+            ..RingConfig::default()
+        },
+        intros_per_second: 255,
+        keepalive: Duration::from_secs(30),
+        ..config(EngineChoice::Mmsg, &format!("127.0.0.{n}:0"))
+    })
+    .expect("node starts")
+}
+
+#[test]
+fn sky_bench_threads_load_a_sky_of_three_registering_at_exactly_the_owners() {
+    let _heavy = heavy();
+    let a = sky_node(1, Vec::new());
+    let b = sky_node(2, vec![a.gossip_addr()]);
+    let c = sky_node(3, vec![a.gossip_addr()]);
+    let sky = [&a, &b, &c];
+    // Every node serves one view of three members (bounded wait).
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<(u32, usize)> = sky
+            .iter()
+            .map(|n| (n.ring().load().version(), n.ring().load().len()))
+            .collect();
+        if views.iter().all(|&v| v == (views[0].0, 3)) {
+            break;
+        }
+        assert!(Instant::now() < end, "no common view of three: {views:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ring = a.ring().load_full();
+    for mode in MODES {
+        threads_smoke(a.local_addr(), mode, 3);
+        // Each address at exactly its owners: k = 2 copies, none elsewhere.
+        let total: usize = sky.iter().map(|n| n.presence().len()).sum();
+        assert_eq!(total, 2 * POPULATION, "{mode}: entries in the sky");
+        for i in 0..POPULATION {
+            let address = member(i);
+            let owners = ring.owners(&address);
+            for node in sky {
+                assert_eq!(
+                    holds(node, &address),
+                    owners.contains(node.service_addr()),
+                    "{mode}: member {i} at {}",
+                    node.local_addr()
+                );
+            }
+        }
+    }
+    for node in [a, b, c] {
+        node.shutdown().unwrap();
+    }
 }
