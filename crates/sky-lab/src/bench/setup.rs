@@ -46,7 +46,10 @@ impl<'a> Generator<'a> {
                 inflight: Vec::with_capacity(cfg.window),
             });
         }
-        let addresses = matches!(cfg.mode, Mode::Register | Mode::LookupOnline | Mode::Mixed);
+        // Registrations need an address's owners only in a sky; lookups
+        // always name one.
+        let addresses = matches!(cfg.mode, Mode::LookupOnline | Mode::Mixed)
+            || (cfg.mode == Mode::Register && targets.is_sky());
         let slice = Slice::new(targets, share.population.clone(), addresses);
         // Thread 0 draws what a single-threaded run always drew.
         let labels: &[u64] = if share.thread == 0 {
