@@ -14,5 +14,6 @@ mod gossip;
 mod hostile;
 mod metrics;
 mod nat;
+mod notify;
 mod sdk;
 mod workspace;
