@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod common;
+mod container;
 mod deploy;
 mod dht;
 mod earth_live;

@@ -196,7 +196,10 @@ impl Node {
             EngineChoice::Auto => match uring::probe() {
                 Ok(()) => Engine::Uring,
                 Err(e) => {
-                    tracing::warn!(error = %e, "io_uring unavailable; falling back to recvmmsg");
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring unavailable; falling back to recvmmsg (a seccomp profile or kernel.io_uring_disabled blocks io_uring: deploy/README.md)"
+                    );
                     Engine::Mmsg
                 }
             },
