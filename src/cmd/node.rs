@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use clap::Args;
 
 use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig};
-use sky_node::engine::Node;
+use sky_node::engine::{Node, StartError};
+
+/// The exit status of a configuration the node cannot run with: the unit's
+/// `RestartPreventExitStatus=` (deploy/sky.service), so that systemd does
+/// not restart what would fail again.
+const CONFIG_ERROR: u8 = 2;
 
 /// Flags override `SKY_*` environment variables, which override the file.
 #[derive(Args)]
@@ -92,8 +97,11 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
     let config = match merged_config(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sky node: invalid configuration: {e}");
-            return ExitCode::from(2);
+            eprintln!(
+                "sky node: invalid configuration: {}",
+                one_line(&e.to_string())
+            );
+            return ExitCode::from(CONFIG_ERROR);
         }
     };
     if let Some(path) = &args.check_config {
@@ -122,7 +130,12 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
         Err(e) => {
             // Once, where the logs go (journald, a file, the terminal).
             tracing::error!("sky node: {e}");
-            return ExitCode::FAILURE;
+            // Asking for io_uring where there is none is the configuration's
+            // fault: restarting would not help.
+            return match e {
+                StartError::Uring(_) => ExitCode::from(CONFIG_ERROR),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     let stop = node.stop_flag();
@@ -133,7 +146,8 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match node.wait() {
+    super::notify::supervise(&node, &stop);
+    match node.shutdown() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sky node: stopped on an error: {e}");
@@ -167,4 +181,19 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         handoff_grace_secs: args.handoff_grace,
     };
     file.overlay(overrides).resolve()
+}
+
+/// An error as one log line: TOML's multi-line report (the source line and
+/// a caret under it) becomes "…, column C: what is wrong".
+fn one_line(error: &str) -> String {
+    let is_snippet = |l: &str| {
+        l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+            .starts_with('|')
+    };
+    error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_snippet(l))
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -6,6 +6,8 @@
 mod bench;
 mod cli;
 mod common;
+mod container;
+mod deploy;
 mod dht;
 mod earth_live;
 mod egress;
@@ -14,5 +16,6 @@ mod gossip;
 mod hostile;
 mod metrics;
 mod nat;
+mod notify;
 mod sdk;
 mod workspace;

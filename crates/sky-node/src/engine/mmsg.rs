@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::PUBLISH_EVERY;
+use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
 use super::sys::RawAddr;
 use crate::metrics::ShardMetrics;
@@ -63,6 +64,7 @@ impl MmsgEngine {
         metrics: &ShardMetrics,
         stop: &AtomicBool,
         origin: Instant,
+        heartbeat: &Heartbeat,
     ) -> io::Result<()> {
         let mut last_publish = MonoTime::from_duration(origin.elapsed());
         while !stop.load(Ordering::Relaxed) {
@@ -121,6 +123,7 @@ impl MmsgEngine {
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
                 metrics.publish(&shard.take_stats());
+                heartbeat.beat(now);
                 last_publish = now;
             }
         }

@@ -37,10 +37,14 @@ pub mod batch;
 mod check;
 mod control;
 mod gossip;
+mod heartbeat;
 mod mmsg;
 mod outbox;
 pub mod sys;
 mod uring;
+
+use heartbeat::Heartbeat;
+pub use heartbeat::STALL_AFTER;
 
 /// How long a shard may block waiting for datagrams before it looks at the
 /// stop flag and its timers.
@@ -133,6 +137,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     ring: SharedRing,
     gossip_addr: SocketAddr,
+    heartbeats: Arc<[Heartbeat]>,
+    origin: Instant,
 }
 
 impl Node {
@@ -211,7 +217,10 @@ impl Node {
             EngineChoice::Auto => match uring::probe() {
                 Ok(()) => Engine::Uring,
                 Err(e) => {
-                    tracing::warn!(error = %e, "io_uring unavailable; falling back to recvmmsg");
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring unavailable; falling back to recvmmsg (a seccomp profile or kernel.io_uring_disabled blocks io_uring: deploy/README.md)"
+                    );
                     Engine::Mmsg
                 }
             },
@@ -255,12 +264,14 @@ impl Node {
         let origin = Instant::now();
         let mut threads = Vec::with_capacity(shards + 1);
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+        let heartbeats: Arc<[Heartbeat]> = (0..shards).map(|_| Heartbeat::default()).collect();
 
         for (i, socket) in sockets.into_iter().enumerate() {
             let mut shard = make_core(i, MonoTime::from_duration(origin.elapsed()), &ring, service);
             let shard_metrics = metrics.for_shard(i);
             let stop = stop.clone();
             let ready = ready_tx.clone();
+            let heartbeats = heartbeats.clone();
             let pin = (config.pin_cores && cores > 1).then_some(1 + i % (cores - 1));
             let v6 = local_addr.is_ipv6();
             let spawned = std::thread::Builder::new()
@@ -272,11 +283,13 @@ impl Node {
                         tracing::warn!(shard = i, core, error = %e, "cannot pin shard to its core");
                     }
                     let fd = socket.as_raw_fd();
+                    let beat = &heartbeats[i];
+                    beat.beat(MonoTime::from_duration(origin.elapsed()));
                     let result = match engine {
                         Engine::Uring => match uring::UringEngine::new(fd, v6) {
                             Ok(e) => {
                                 let _ = ready.send(Ok(()));
-                                e.run(&mut shard, &shard_metrics, &stop, origin)
+                                e.run(&mut shard, &shard_metrics, &stop, origin, beat)
                             }
                             Err(e) => {
                                 let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
@@ -286,7 +299,7 @@ impl Node {
                         Engine::Mmsg => {
                             let e = mmsg::MmsgEngine::new(fd, v6);
                             let _ = ready.send(Ok(()));
-                            e.run(&mut shard, &shard_metrics, &stop, origin)
+                            e.run(&mut shard, &shard_metrics, &stop, origin, beat)
                         }
                     };
                     if let Err(e) = &result {
@@ -343,6 +356,8 @@ impl Node {
             metrics,
             ring,
             gossip_addr,
+            heartbeats,
+            origin,
         };
         if let Some(e) = failure {
             let _ = node.shutdown();
@@ -430,6 +445,14 @@ impl Node {
     /// The bound gossip address (the one other nodes name as a seed).
     pub fn gossip_addr(&self) -> SocketAddr {
         self.gossip_addr
+    }
+
+    /// Whether every packet shard has woken within [`STALL_AFTER`]: false
+    /// once one is stuck or its thread has stopped (what `sky node` feeds
+    /// systemd's watchdog on). Reads one atomic per shard.
+    pub fn shards_alive(&self) -> bool {
+        let now = MonoTime::from_duration(self.origin.elapsed());
+        self.heartbeats.iter().all(|h| h.alive(now))
     }
 
     /// Setting this flag stops the node (e.g. from a signal handler).

@@ -26,6 +26,7 @@ use io_uring::squeue;
 use io_uring::types::{self, BufRingEntry, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, SubmissionQueue, Submitter};
 
+use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
 use super::sys::{self, RawAddr};
 use super::{PUBLISH_EVERY, WAKE_EVERY};
@@ -187,6 +188,7 @@ impl UringEngine {
         metrics: &ShardMetrics,
         stop: &AtomicBool,
         origin: Instant,
+        heartbeat: &Heartbeat,
     ) -> io::Result<()> {
         let UringEngine {
             ring,
@@ -270,6 +272,7 @@ impl UringEngine {
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
                 metrics.publish(&shard.take_stats());
+                heartbeat.beat(now);
                 last_publish = now;
             }
         }
