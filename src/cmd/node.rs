@@ -85,6 +85,22 @@ pub(crate) struct NodeArgs {
     /// listen address; PORT defaults to the listen port].
     #[arg(long, env = "SKY_ADVERTISE", value_name = "IP[:PORT]")]
     advertise: Option<String>,
+    /// Presence entries one source IP may hold [default: 1% of the
+    /// capacity, at least 64].
+    #[arg(long, env = "SKY_MAX_PER_IP", value_name = "N")]
+    max_per_ip: Option<u32>,
+    /// Presence entries one source prefix may hold [default: 5% of the
+    /// capacity, at least 256].
+    #[arg(long, env = "SKY_MAX_PER_PREFIX", value_name = "N")]
+    max_per_prefix: Option<u32>,
+    /// IPv4 prefix length that counts as one source network for
+    /// --max-per-prefix [default: 24].
+    #[arg(long, env = "SKY_SOURCE_PREFIX_V4")]
+    source_prefix_v4: Option<u8>,
+    /// IPv6 prefix length that counts as one source network for
+    /// --max-per-prefix [default: 56].
+    #[arg(long, env = "SKY_SOURCE_PREFIX_V6")]
+    source_prefix_v6: Option<u8>,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -173,6 +189,10 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         gossip: args.gossip.clone(),
         check: args.check.clone(),
         advertise: args.advertise.clone(),
+        max_per_ip: args.max_per_ip,
+        max_per_prefix: args.max_per_prefix,
+        source_prefix_v4: args.source_prefix_v4,
+        source_prefix_v6: args.source_prefix_v6,
         seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
         replicas: args.replicas,
         prefix_v4: args.prefix_v4,

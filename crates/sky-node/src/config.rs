@@ -93,6 +93,13 @@ pub struct Config {
     /// on the ring and in members pages; gossip is advertised at the same
     /// IP with the gossip port. `None`: the listen address.
     pub advertise: Option<SocketAddr>,
+    /// Presence entries one source IP, and one source prefix, may hold
+    /// (`None`: 1% and 5% of the capacity, at least 64 and 256), and the
+    /// prefix lengths that count as one source network.
+    pub max_per_ip: Option<u32>,
+    pub max_per_prefix: Option<u32>,
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -148,6 +155,10 @@ impl Default for Config {
             handoff_grace: 2 * keepalive,
             check: default_check(listen),
             advertise: None,
+            max_per_ip: None,
+            max_per_prefix: None,
+            source_prefix_v4: 24,
+            source_prefix_v6: 56,
         }
     }
 }
@@ -176,6 +187,10 @@ pub struct FileConfig {
     pub check: Option<String>,
     /// `IP` or `IP:PORT`.
     pub advertise: Option<String>,
+    pub max_per_ip: Option<u32>,
+    pub max_per_prefix: Option<u32>,
+    pub source_prefix_v4: Option<u8>,
+    pub source_prefix_v6: Option<u8>,
 }
 
 /// A configuration that cannot run, and why.
@@ -217,6 +232,10 @@ impl FileConfig {
             handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
             check: other.check.or(self.check),
             advertise: other.advertise.or(self.advertise),
+            max_per_ip: other.max_per_ip.or(self.max_per_ip),
+            max_per_prefix: other.max_per_prefix.or(self.max_per_prefix),
+            source_prefix_v4: other.source_prefix_v4.or(self.source_prefix_v4),
+            source_prefix_v6: other.source_prefix_v6.or(self.source_prefix_v6),
         }
     }
 
@@ -321,7 +340,26 @@ impl FileConfig {
             None => None,
             Some(s) => Some(parse_advertise(s, listen.port())?),
         };
+        for (name, n) in [
+            ("max_per_ip", self.max_per_ip),
+            ("max_per_prefix", self.max_per_prefix),
+        ] {
+            if n == Some(0) {
+                return Err(ConfigError(format!("{name}: must be at least 1")));
+            }
+        }
+        let source_prefix_v4 = self.source_prefix_v4.unwrap_or(d.source_prefix_v4);
+        let source_prefix_v6 = self.source_prefix_v6.unwrap_or(d.source_prefix_v6);
+        if !(8..=32).contains(&source_prefix_v4) || !(16..=128).contains(&source_prefix_v6) {
+            return Err(ConfigError(format!(
+                "source prefixes: /{source_prefix_v4} and /{source_prefix_v6} are outside /8../32 and /16../128"
+            )));
+        }
         Ok(Config {
+            max_per_ip: self.max_per_ip,
+            max_per_prefix: self.max_per_prefix,
+            source_prefix_v4,
+            source_prefix_v6,
             advertise,
             check,
             listen,
@@ -382,6 +420,17 @@ impl Config {
         }
     }
 
+    /// How much of the presence table one source may hold.
+    pub fn budgets(&self) -> crate::presence::Budgets {
+        let d = crate::presence::Budgets::for_capacity(self.capacity);
+        crate::presence::Budgets {
+            per_ip: self.max_per_ip.unwrap_or(d.per_ip),
+            per_prefix: self.max_per_prefix.unwrap_or(d.per_prefix),
+            prefix_v4: self.source_prefix_v4,
+            prefix_v6: self.source_prefix_v6,
+        }
+    }
+
     /// Shards to run on a machine with `cores` cores: the configured number,
     /// or one per core but one (left for gossip, metrics and control), at
     /// least one.
@@ -393,6 +442,7 @@ impl Config {
         ShardConfig {
             keepalive: self.keepalive,
             intros_per_second: self.intros_per_second,
+            intros_per_caller: (self.intros_per_second / 2).max(1),
             // An ephemeral port is told once bound (`Node::start`).
             check_port: self.check.unwrap_or(0),
         }

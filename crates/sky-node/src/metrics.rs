@@ -14,6 +14,7 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::gossip::{MemberCounts, MemberState};
+use crate::presence::Refused;
 use crate::shard::{DropReason, RecvKind, SentKind, Stats};
 use sky_proto::ring::Ring;
 
@@ -42,6 +43,7 @@ pub const GOSSIP_ERRORS: &str = "sky_gossip_errors_total";
 pub const HANDOFF_DROPPED: &str = "sky_handoff_dropped_entries_total";
 pub const CHECKS: &str = "sky_checks_total";
 pub const GOSSIP_REFUSED: &str = "sky_gossip_refused_total";
+pub const REGISTRATIONS_REFUSED: &str = "sky_registrations_refused_total";
 
 /// The `direction` label of gossip traffic.
 const DIRECTIONS: [&str; 2] = ["in", "out"];
@@ -71,6 +73,7 @@ pub struct Metrics {
     gossip_bytes: IntCounterVec,
     gossip_errors: IntCounter,
     gossip_refused: IntCounterVec,
+    registrations_refused: IntCounterVec,
     pub handoff_dropped: IntCounter,
     /// NAT checks on the check ports, by outcome (answered, answered from
     /// the other port, rate limited, invalid).
@@ -214,6 +217,14 @@ impl Metrics {
                 GOSSIP_ERRORS,
                 "Gossip datagrams that could not be decoded or were refused, and failed sends.",
             ),
+            registrations_refused: counter_vec(
+                &r,
+                REGISTRATIONS_REFUSED,
+                "Registrations refused with a `refused` reply, by reason: table_full (capacity \
+                 live entries), source_limit (the source IP holds its share), prefix_limit (its \
+                 prefix does).",
+                "reason",
+            ),
             gossip_refused: counter_vec(
                 &r,
                 GOSSIP_REFUSED,
@@ -246,6 +257,9 @@ impl Metrics {
         }
         for r in DropReason::ALL {
             m.dropped.with_label_values(&[r.label()]);
+        }
+        for r in Refused::ALL {
+            m.registrations_refused.with_label_values(&[r.label()]);
         }
         for o in ["online", "offline"] {
             m.lookups.with_label_values(&[o]);
@@ -300,6 +314,10 @@ impl Metrics {
             sent: each(&self.sent, &sent),
             sent_bytes: each(&self.sent_bytes, &sent),
             dropped: each(&self.dropped, &drops),
+            refused: each(
+                &self.registrations_refused,
+                &Refused::ALL.map(|r| r.label()),
+            ),
             online: self.lookups.with_label_values(&["online"]),
             offline: self.lookups.with_label_values(&["offline"]),
             intros_sent: self.intros_sent.clone(),
@@ -331,6 +349,7 @@ pub struct ShardMetrics {
     sent: Vec<IntCounter>,
     sent_bytes: Vec<IntCounter>,
     dropped: Vec<IntCounter>,
+    refused: Vec<IntCounter>,
     online: IntCounter,
     offline: IntCounter,
     intros_sent: IntCounter,
@@ -353,6 +372,7 @@ impl ShardMetrics {
         add(&self.sent, &s.sent);
         add(&self.sent_bytes, &s.sent_bytes);
         add(&self.dropped, &s.dropped);
+        add(&self.refused, &s.refused);
         for (c, v) in [
             (&self.online, s.lookups_online),
             (&self.offline, s.lookups_offline),

@@ -353,6 +353,15 @@ impl App for Online {
                     eprintln!("sky earth: cannot reach {friend}: {why}");
                 }
             }
+            EarthEvent::RegistrationRefused { reason } => eprintln!(
+                "sky earth: a sky node refused to hold our address: {}; trying again",
+                match reason {
+                    1 => "its table is full",
+                    2 => "this IP address holds its share of the table",
+                    3 => "this network holds its share of the table",
+                    _ => "no reason given",
+                }
+            ),
             EarthEvent::KeepaliveShortened { interval } => eprintln!(
                 "sky earth: the NAT forgets idle mappings sooner than the keepalive interval; \
                  keepalives every {} s from now on",

@@ -147,7 +147,7 @@ impl Node {
         let secret = Arc::new(NodeSecret::new(
             sys::random_secret().map_err(StartError::Random)?,
         ));
-        let presence = Arc::new(Presence::new(config.capacity));
+        let presence = Arc::new(Presence::with_budgets(config.capacity, config.budgets()));
         let mut shard_config = config.shard_config();
         // Ephemeral check ports are bound first (the shards tell their
         // number); fixed ones after the listen socket, so that a listen
