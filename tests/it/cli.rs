@@ -911,3 +911,62 @@ fn the_privacy_table_is_what_the_simulator_prints() {
         assert!(doc.contains(row), "docs/PRIVACY.md lacks the row {row}");
     }
 }
+
+/// The malicious invite (epoch 0, R = 1 s) and an ancient one are
+/// refused with a clear message; a state others can read is refused, not
+/// used; `status` on what is accepted walks a bounded ratchet.
+#[test]
+fn malicious_invites_and_exposed_state_are_refused() {
+    use sky_earth::invite::Invite;
+    use sky_earth::ratchet::{ChainKey, Epoch, MIN_EPOCH, Schedule};
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("sky-earth-evil-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let bob = root.join("bob");
+    assert!(earth(&bob, &["init"]).status.success());
+    let forged = |length: std::time::Duration, epoch: u64| {
+        Invite {
+            epoch: Epoch(epoch),
+            chain_key: ChainKey::from_bytes([7; 32]),
+            schedule: Schedule {
+                length,
+                phase: std::time::Duration::ZERO,
+            },
+            keys: vec![[9; 32]],
+        }
+        .encode()
+    };
+    let one_second = earth(
+        &bob,
+        &[
+            "add-friend",
+            "mallory",
+            &forged(std::time::Duration::from_secs(1), 0),
+        ],
+    );
+    assert_eq!(one_second.status.code(), Some(2), "{one_second:?}");
+    assert!(
+        String::from_utf8_lossy(&one_second.stderr).contains("epoch schedule is invalid"),
+        "{one_second:?}"
+    );
+    let ancient = earth(&bob, &["add-friend", "mallory", &forged(MIN_EPOCH, 0)]);
+    assert_eq!(ancient.status.code(), Some(2), "{ancient:?}");
+    assert!(
+        String::from_utf8_lossy(&ancient.stderr).contains("too far from now"),
+        "{ancient:?}"
+    );
+    // What is accepted: status walks at most the bound, and finishes.
+    let started = std::time::Instant::now();
+    let status = earth(&bob, &["status"]);
+    assert!(status.status.success(), "{status:?}");
+    eprintln!("status in {:?}", started.elapsed());
+    // Exposed state: refused with the fix, until it is owner-only again.
+    let file = bob.join("state.toml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let exposed = earth(&bob, &["status"]);
+    assert_eq!(exposed.status.code(), Some(2), "{exposed:?}");
+    assert!(String::from_utf8_lossy(&exposed.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(earth(&bob, &["status"]).status.success());
+    std::fs::remove_dir_all(&root).unwrap();
+}

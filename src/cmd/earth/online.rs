@@ -185,7 +185,9 @@ impl Online {
                 0
             }
             Request::AddFriend { name, invite } => {
-                let invite = match sky_earth::invite::Invite::decode(&invite) {
+                let decoded = sky_earth::invite::Invite::decode(&invite)
+                    .and_then(|i| i.check_at(now).map(|()| i));
+                let invite = match decoded {
                     Ok(i) => i,
                     Err(e) => {
                         let code = fail(&mut reply, e.to_string());
