@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig};
+use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig, LogFormat};
 use sky_node::engine::Node;
 
 /// Flags override `SKY_*` environment variables, which override the file.
@@ -73,6 +73,13 @@ pub(crate) struct NodeArgs {
     /// [default: 7702, and 7703; ephemeral when the listen port is 0].
     #[arg(long, env = "SKY_CHECK", value_name = "PORT|off")]
     check: Option<String>,
+    /// Bytes of receive and send buffer to ask for on each shard's socket
+    /// [default: 33554432, what deploy/sysctl.d/60-sky.conf allows].
+    #[arg(long, env = "SKY_SOCKET_BUFFER", value_name = "BYTES")]
+    socket_buffer: Option<usize>,
+    /// Log lines on stderr: text, or one JSON object per line [default: text].
+    #[arg(long, env = "SKY_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -89,10 +96,12 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    crate::init_logging(config.log_format);
     if let Some(path) = &args.check_config {
         println!(
             "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s, \
-             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s)",
+             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s, \
+             socket buffer {} bytes, log format {:?})",
             path.display(),
             config.listen,
             config.metrics.map_or("off".into(), |a| a.to_string()),
@@ -106,7 +115,9 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             config.ring.prefix_v4,
             config.ring.prefix_v6,
             config.ring.positions,
-            config.handoff_grace.as_secs()
+            config.handoff_grace.as_secs(),
+            config.socket_buffer,
+            config.log_format
         );
         return ExitCode::SUCCESS;
     }
@@ -157,6 +168,8 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         prefix_v6: args.prefix_v6,
         positions: args.positions,
         handoff_grace_secs: args.handoff_grace,
+        socket_buffer: args.socket_buffer,
+        log_format: args.log_format,
     };
     file.overlay(overrides).resolve()
 }

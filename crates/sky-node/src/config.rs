@@ -40,6 +40,30 @@ impl FromStr for EngineChoice {
     }
 }
 
+/// How the node writes its log lines (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}` (expected text or json)"
+            )),
+        }
+    }
+}
+
 /// Where `/metrics` is served, or nowhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
@@ -87,6 +111,11 @@ pub struct Config {
     /// the next one; `Some(0)`: two ephemeral ports); `None`: no check
     /// service.
     pub check: Option<u16>,
+    /// Bytes of `SO_RCVBUF` and `SO_SNDBUF` asked for on each shard's
+    /// socket; the kernel grants at most `net.core.rmem_max` /
+    /// `wmem_max`, and the node logs what it got when that is less.
+    pub socket_buffer: usize,
+    pub log_format: LogFormat,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -97,6 +126,13 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
 /// The NAT check service's first port when none is configured (the second
 /// is 7703; ephemeral ports when the listen port is 0).
 pub const DEFAULT_CHECK_PORT: u16 = 7702;
+/// The socket buffer asked for by default: what `deploy/sysctl.d/60-sky.conf`
+/// raises `net.core.rmem_max` and `wmem_max` to (32 MiB), so that a
+/// shard's socket absorbs a burst of ~100k small datagrams while its
+/// thread is busy.
+pub const DEFAULT_SOCKET_BUFFER: usize = 32 << 20;
+/// The smallest and largest `socket_buffer` accepted.
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=1 << 30;
 
 /// The default check port for a listen address.
 pub fn default_check(listen: SocketAddr) -> Option<u16> {
@@ -136,6 +172,8 @@ impl Default for Config {
             ring,
             handoff_grace: 2 * keepalive,
             check: default_check(listen),
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -162,6 +200,9 @@ pub struct FileConfig {
     pub handoff_grace_secs: Option<u64>,
     /// `PORT` or `off`.
     pub check: Option<String>,
+    /// Bytes.
+    pub socket_buffer: Option<usize>,
+    pub log_format: Option<LogFormat>,
 }
 
 /// A configuration that cannot run, and why.
@@ -202,6 +243,8 @@ impl FileConfig {
             positions: other.positions.or(self.positions),
             handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
             check: other.check.or(self.check),
+            socket_buffer: other.socket_buffer.or(self.socket_buffer),
+            log_format: other.log_format.or(self.log_format),
         }
     }
 
@@ -302,8 +345,21 @@ impl FileConfig {
                 p + 1
             )));
         }
+        let socket_buffer = match self.socket_buffer {
+            None => d.socket_buffer,
+            Some(n) if SOCKET_BUFFER_RANGE.contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError(format!(
+                    "socket_buffer: {n} is outside {}..={} bytes",
+                    SOCKET_BUFFER_RANGE.start(),
+                    SOCKET_BUFFER_RANGE.end()
+                )));
+            }
+        };
         Ok(Config {
             check,
+            socket_buffer,
+            log_format: self.log_format.unwrap_or(d.log_format),
             listen,
             metrics,
             shards,

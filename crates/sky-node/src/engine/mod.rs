@@ -47,8 +47,6 @@ mod uring;
 pub const WAKE_EVERY: Duration = Duration::from_millis(100);
 /// How often shards move their counters into Prometheus.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-/// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
-const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Whether io_uring can run here (what `--engine auto` checks): a ring and a
 /// provided-buffer ring can be created.
@@ -195,7 +193,7 @@ impl Node {
                 }
             },
         };
-        let sockets = bind_shard_sockets(config.listen, shards, engine)?;
+        let sockets = bind_shard_sockets(config.listen, shards, engine, config.socket_buffer)?;
         let local_addr = sockets[0]
             .local_addr()
             .ok()
@@ -439,10 +437,14 @@ impl Node {
 /// *without* `SO_REUSEPORT`, so that a port already served by another
 /// process is an error rather than a silent share, and so that port 0
 /// resolves to one port for every shard.
+///
+/// Each socket asks for `buffer` bytes of receive and send buffer (a
+/// warning names what the kernel granted when that is less).
 fn bind_shard_sockets(
     listen: SocketAddr,
     shards: usize,
     engine: Engine,
+    buffer: usize,
 ) -> Result<Vec<Socket>, StartError> {
     let new_socket = |reuse: bool| -> io::Result<Socket> {
         let s = Socket::new(
@@ -463,17 +465,27 @@ fn bind_shard_sockets(
     probe.bind(&listen.into()).map_err(err)?;
     let addr = probe.local_addr().map_err(err)?;
     drop(probe);
-    (0..shards)
+    let sockets = (0..shards)
         .map(|_| {
             let s = new_socket(true)?;
-            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+            let granted = sys::set_buffers(&s, buffer)?;
             if engine == Engine::Mmsg {
                 s.set_read_timeout(Some(WAKE_EVERY))?;
             }
             s.bind(&addr)?;
-            Ok(s)
+            Ok((s, granted))
         })
         .collect::<io::Result<Vec<_>>>()
-        .map_err(err)
+        .map_err(err)?;
+    let granted = sockets.iter().map(|(_, g)| *g).min().unwrap_or(buffer);
+    if granted < buffer {
+        tracing::warn!(
+            asked = buffer,
+            granted,
+            "the kernel granted smaller socket buffers than asked for; raise \
+             net.core.rmem_max and net.core.wmem_max (deploy/sysctl.d/60-sky.conf) \
+             or lower socket_buffer"
+        );
+    }
+    Ok(sockets.into_iter().map(|(s, _)| s).collect())
 }

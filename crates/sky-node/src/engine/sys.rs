@@ -101,6 +101,17 @@ pub fn decode_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// Asks for `size` bytes of receive and send buffer on `socket` and
+/// returns what the kernel granted (the smaller of the two). Linux caps a
+/// request at `net.core.rmem_max` / `wmem_max` and reports double what it
+/// granted (its bookkeeping share), so the grant is half the reading.
+pub fn set_buffers(socket: &socket2::Socket, size: usize) -> io::Result<usize> {
+    socket.set_recv_buffer_size(size)?;
+    socket.set_send_buffer_size(size)?;
+    let granted = socket.recv_buffer_size()?.min(socket.send_buffer_size()?);
+    Ok(granted / 2)
+}
+
 /// Pins the calling thread to `core`. Best effort: the caller logs failure.
 pub fn pin_to_core(core: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET
