@@ -49,11 +49,21 @@ impl NodeProcess {
 
     /// The service address from the "ready" line (`listen=HOST:PORT`).
     pub(crate) fn listen_addr(&self) -> String {
+        self.ready_field("listen")
+    }
+
+    /// A `NAME=VALUE` field of the "ready" line (text logs).
+    pub(crate) fn ready_field(&self, name: &str) -> String {
+        let prefix = format!("{name}=");
         self.ready
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .expect("listen address in the ready line")
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} in the ready line: {}", self.ready))
             .to_string()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn wait_for(&mut self, needle: &str) -> String {

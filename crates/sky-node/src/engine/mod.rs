@@ -217,13 +217,12 @@ impl Node {
         metrics.shards.set(shards as i64);
         metrics.presence_capacity.set(config.capacity as i64);
         let http = match config.metrics {
-            Some(addr) => Some(
-                tiny_http::Server::http(addr)
-                    .map_err(|e| StartError::Metrics(addr, e.to_string()))?,
-            ),
+            Some(addr) => {
+                Some(control::listen(addr).map_err(|e| StartError::Metrics(addr, e.to_string()))?)
+            }
             None => None,
         };
-        let metrics_addr = http.as_ref().and_then(|s| s.server_addr().to_ip());
+        let metrics_addr = http.as_ref().and_then(|l| l.local_addr().ok());
 
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
@@ -303,8 +302,7 @@ impl Node {
                     if pin && let Err(e) = sys::pin_to_core(0) {
                         tracing::warn!(error = %e, "cannot pin control thread to core 0");
                     }
-                    control::run(http, &metrics, &presence, &stop, origin, keepalive, handoff);
-                    Ok(())
+                    control::run(http, metrics, presence, &stop, origin, keepalive, handoff)
                 })
                 .map_err(StartError::Shard)?
         };
