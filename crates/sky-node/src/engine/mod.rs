@@ -437,7 +437,8 @@ impl Node {
 /// resolves to one port for every shard.
 ///
 /// Each socket asks for `buffer` bytes of receive and send buffer (a
-/// warning names what the kernel granted when that is less).
+/// warning names what the kernel granted when that is less) and for its
+/// receive-queue drop counter on every datagram (`SO_RXQ_OVFL`).
 fn bind_shard_sockets(
     listen: SocketAddr,
     shards: usize,
@@ -467,6 +468,7 @@ fn bind_shard_sockets(
         .map(|_| {
             let s = new_socket(true)?;
             let granted = sys::set_buffers(&s, buffer)?;
+            sys::enable_rxq_ovfl(s.as_raw_fd())?;
             if engine == Engine::Mmsg {
                 s.set_read_timeout(Some(WAKE_EVERY))?;
             }
