@@ -1,14 +1,16 @@
 //! `/metrics` as Prometheus sees it: `promtool check metrics` passes, every
 //! metric has HELP, no label value can carry a peer, the engines' own
-//! measurements (time in node, kernel queue drops) count what happened, and
-//! the HTTP server stays small under many idle connections.
+//! measurements (time in node, kernel queue drops) count what happened, the
+//! HTTP server stays small under many idle connections, and every query of
+//! the dashboard and the alerts runs on a real Prometheus scraping a real
+//! node.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sky_node::config::EngineChoice;
 use sky_node::engine::Node;
@@ -538,4 +540,301 @@ fn idle_metrics_connections_cost_no_threads_and_bounded_memory() {
             "RSS grew from {rss} to {kib} KiB {when}"
         );
     }
+}
+
+/// Every query of the dashboard filters on the `job` variable (and so
+/// serves several skies scraped as several jobs).
+#[test]
+fn every_dashboard_query_filters_on_job() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/grafana/dashboards/sky.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(variables.contains(&"job"), "{variables:?}");
+    let exprs = dashboard_exprs(&dashboard);
+    assert!(exprs.len() > 30);
+    for expr in &exprs {
+        for selector in selectors(expr) {
+            assert!(
+                selector.contains("job=~\"$job\""),
+                "`{selector}` in `{expr}` does not filter on $job"
+            );
+        }
+    }
+}
+
+/// Every metric selector in a PromQL expression: a name and its braces.
+fn selectors(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find(|c: char| c.is_ascii_alphabetic()) {
+        rest = &rest[i..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[name.len()..];
+        let metric = name.starts_with("sky_") || name.starts_with("process_") || name == "up";
+        if !metric {
+            continue;
+        }
+        let braces = rest
+            .strip_prefix('{')
+            .and_then(|r| r.split_once('}'))
+            .map(|(inside, _)| inside);
+        out.push(format!("{name}{{{}}}", braces.unwrap_or("")));
+    }
+    out
+}
+
+fn dashboard_exprs(dashboard: &serde_json::Value) -> Vec<String> {
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The expressions of alerts.yml (one line, or a folded block).
+fn alert_exprs(rules: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut alert = String::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            alert = name.to_string();
+        }
+        let Some(expr) = line.trim().strip_prefix("expr: ") else {
+            continue;
+        };
+        if expr != ">-" {
+            out.push((alert.clone(), expr.to_string()));
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let mut block = Vec::new();
+        while let Some(next) = lines.next_if(|l| l.len() - l.trim_start().len() > indent) {
+            block.push(next.trim());
+        }
+        out.push((alert.clone(), block.join(" ")));
+    }
+    out
+}
+
+/// GitHub's anchor for a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every alert names a runbook, and the runbook is a section of
+/// deploy/README.md.
+#[test]
+fn every_alert_has_a_runbook_section() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/deploy/README.md")).unwrap();
+    let anchors: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| anchor(h.trim_start_matches('#')))
+        .collect();
+    let blocks: Vec<&str> = rules.split("- alert: ").skip(1).collect();
+    assert!(blocks.len() >= 13, "{} alerts", blocks.len());
+    for block in blocks {
+        let name = block.lines().next().unwrap().trim();
+        let url = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"))
+            .trim_matches('"');
+        let section = url
+            .strip_prefix("deploy/README.md#")
+            .unwrap_or_else(|| panic!("{name}: {url} is not a section of deploy/README.md"));
+        assert_eq!(section, name.to_lowercase(), "{name}: {url}");
+        assert!(
+            anchors.contains(section),
+            "deploy/README.md has no #{section}"
+        );
+    }
+}
+
+/// A Prometheus server of our own, killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Prometheus {
+    /// Scrapes `target` every second, as job `sky`.
+    fn start(target: SocketAddr) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("sky-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: sky\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        // A free port, told to Prometheus (which cannot say which it took).
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus { child, addr, dir }
+    }
+
+    /// `/api/v1/query`: the result vector, or the error Prometheus gave.
+    fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let mut s = TcpStream::connect(self.addr).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("{e}: {text}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+fn prometheus_binary() -> bool {
+    let found = Command::new("prometheus").arg("--version").output().is_ok();
+    match (found, std::env::var_os("CI").is_some()) {
+        (true, _) => true,
+        (false, true) => {
+            panic!("prometheus missing in CI: .ci/test installs it (apt package prometheus)")
+        }
+        (false, false) => {
+            eprintln!(
+                "WARNING: prometheus not found; run .ci/test (installs it) to check the dashboard's queries"
+            );
+            false
+        }
+    }
+}
+
+/// Every panel query of the dashboard returns data from a real Prometheus
+/// scraping a real, busy node, with the dashboard's variables as Grafana
+/// fills them; every alert expression evaluates without error.
+#[test]
+fn dashboard_and_alert_queries_run_on_a_live_prometheus() {
+    if !prometheus_binary() {
+        return;
+    }
+    let node = start(engines()[0]);
+    let sky = node.local_addr();
+    let prometheus = Prometheus::start(node.metrics_addr().unwrap());
+    let mut alice = Client::new(sky, QUIET * 4).unwrap();
+    let reg = alice.register(Token([0x3c; 16]), true).unwrap();
+    // Traffic while Prometheus takes its first scrapes, until it has a few
+    // (rates need two samples).
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        alice.lookup(reg.address, VirtualAddr([2; 16])).unwrap();
+        alice.ping().unwrap();
+        let scrapes = prometheus
+            .query("count_over_time(up{job=\"sky\"}[1m]) and up{job=\"sky\"} == 1")
+            .ok()
+            .and_then(|r| r.first().cloned())
+            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok());
+        if scrapes.is_some_and(|n| n >= 4.0) {
+            break;
+        }
+        assert!(Instant::now() < end, "prometheus never scraped the node");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/grafana/dashboards/sky.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let grafana = |expr: &str| {
+        expr.replace("$job", "sky")
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "10s")
+            .replace("$__range", "1m")
+    };
+    let mut empty = Vec::new();
+    for expr in dashboard_exprs(&dashboard) {
+        match prometheus.query(&grafana(&expr)) {
+            Ok(result) if result.is_empty() => empty.push(expr),
+            Ok(_) => {}
+            Err(e) => panic!("`{expr}` fails: {e}"),
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
+    for variable in ["sky_build_info", "sky_build_info{job=~\"sky\"}"] {
+        assert!(
+            !prometheus.query(variable).unwrap().is_empty(),
+            "{variable}"
+        );
+    }
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let alerts = alert_exprs(&rules);
+    assert!(alerts.len() >= 13, "{alerts:?}");
+    for (alert, expr) in alerts {
+        if let Err(e) = prometheus.query(&expr) {
+            panic!("{alert}: `{expr}` fails: {e}");
+        }
+    }
+    drop(prometheus);
+    node.shutdown().unwrap();
 }
