@@ -82,6 +82,7 @@ impl NodeProcess {
 
     /// SIGTERM, then the exit status and the rest of the log.
     pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        wait_for_sigterm_handler(self.child.id());
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
@@ -94,6 +95,25 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until process `pid` handles SIGTERM: the node logs "ready" a
+/// moment before it installs its handler, and a SIGTERM in between kills
+/// it the default way (not gracefully).
+pub(crate) fn wait_for_sigterm_handler(pid: u32) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (libc::SIGTERM - 1)) != 0 || std::time::Instant::now() > end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -875,6 +895,7 @@ fn node_log(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    wait_for_sigterm_handler(child.id());
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
