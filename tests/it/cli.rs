@@ -1002,3 +1002,64 @@ fn the_node_says_when_the_kernel_grants_smaller_socket_buffers() {
     let log = node_log("fits", &["--socket-buffer", &limit.to_string()], &[]);
     assert!(!log.contains("socket buffers"), "{log}");
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), text logs
+/// are coloured unless NO_COLOR is set, and JSON logs never are.
+#[test]
+fn on_a_terminal_colour_only_without_no_color_and_never_in_json() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("WARNING: util-linux `script` not found; terminal colours untested");
+        return;
+    }
+    let cases = [
+        ("text", None, true),
+        ("text", Some("1"), false),
+        ("json", None, false),
+    ];
+    for (format, no_color, coloured) in cases {
+        let node = format!(
+            "'{SKY}' node --listen 127.0.0.1:0 --gossip {EPHEMERAL} --check 0 --metrics off \
+             --shards 1 --log-format {format}"
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", &node, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("SKY_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let mut script = cmd.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = script.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l: &String| l.contains("sky node ready")) {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("{format} {no_color:?}: never ready: {seen:?}"),
+            }
+        }
+        // Closing the terminal hangs the node up.
+        let _ = script.kill();
+        let _ = script.wait();
+        let escapes = seen.iter().any(|l| l.contains('\u{1b}'));
+        assert_eq!(
+            escapes, coloured,
+            "{format}, NO_COLOR {no_color:?}: {seen:?}"
+        );
+        if format == "json" {
+            for line in &seen {
+                let v: serde_json::Value = serde_json::from_str(line.trim_end_matches('\r'))
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+                assert!(v.is_object());
+            }
+        }
+    }
+}
