@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig};
+use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig, LogFormat};
 use sky_node::engine::{Node, StartError};
 
 /// The exit status of a configuration the node cannot run with: the unit's
@@ -101,6 +101,13 @@ pub(crate) struct NodeArgs {
     /// --max-per-prefix [default: 56].
     #[arg(long, env = "SKY_SOURCE_PREFIX_V6")]
     source_prefix_v6: Option<u8>,
+    /// Bytes of receive and send buffer to ask for on each shard's socket
+    /// [default: 33554432, what deploy/sysctl.d/60-sky.conf allows].
+    #[arg(long, env = "SKY_SOCKET_BUFFER", value_name = "BYTES")]
+    socket_buffer: Option<usize>,
+    /// Log lines on stderr: text, or one JSON object per line [default: text].
+    #[arg(long, env = "SKY_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -120,10 +127,12 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
+    crate::init_logging(config.log_format);
     if let Some(path) = &args.check_config {
         println!(
             "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s, \
-             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s)",
+             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s, \
+             socket buffer {} bytes, log format {:?})",
             path.display(),
             config.listen,
             config.metrics.map_or("off".into(), |a| a.to_string()),
@@ -137,7 +146,9 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             config.ring.prefix_v4,
             config.ring.prefix_v6,
             config.ring.positions,
-            config.handoff_grace.as_secs()
+            config.handoff_grace.as_secs(),
+            config.socket_buffer,
+            config.log_format
         );
         return ExitCode::SUCCESS;
     }
@@ -162,6 +173,19 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Ready, in the log and to systemd (`READY=1`, in `supervise`), only
+    // now: whoever acts on either may send SIGTERM at once, and it must
+    // stop the node gracefully rather than kill it the default way.
+    tracing::info!(
+        listen = %node.local_addr(),
+        advertise = %node.service_addr(),
+        gossip = %node.gossip_addr(),
+        metrics = %node.metrics_addr().map_or("off".into(), |a| a.to_string()),
+        engine = node.engine().label(),
+        shards = node.shards(),
+        capacity = config.capacity,
+        "sky node ready"
+    );
     super::notify::supervise(&node, &stop);
     match node.shutdown() {
         Ok(()) => ExitCode::SUCCESS,
@@ -199,6 +223,8 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         prefix_v6: args.prefix_v6,
         positions: args.positions,
         handoff_grace_secs: args.handoff_grace,
+        socket_buffer: args.socket_buffer,
+        log_format: args.log_format,
     };
     file.overlay(overrides).resolve()
 }

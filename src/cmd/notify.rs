@@ -4,7 +4,8 @@
 //! a `Type=notify` service the variable is unset and nothing is sent.
 //!
 //! `READY=1` goes out once [`Node::start`] has returned, that is once every
-//! packet shard is up; `WATCHDOG=1` every half of `$WATCHDOG_USEC`, and only
+//! packet shard is up, and `sky node` has installed its SIGINT and SIGTERM
+//! handlers (it calls [`supervise`] only then); `WATCHDOG=1` every half of `$WATCHDOG_USEC`, and only
 //! while [`Node::shards_alive`]: a stuck or stopped shard lets the watchdog
 //! run out, and systemd restarts the node (`deploy/sky.service`).
 

@@ -115,7 +115,7 @@ pub(crate) fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
 }
 
 /// GET /metrics from the node (a test-side client; the node's HTTP server
-/// is tiny_http).
+/// is hyper).
 pub(crate) fn scrape(node: &Node) -> String {
     let addr = node.metrics_addr().expect("metrics enabled");
     let mut s = TcpStream::connect(addr).unwrap();

@@ -88,6 +88,21 @@ fn run_node(image: &str, name: &str, security: &[&str]) -> (String, String) {
     let listen = format!("127.0.0.1:{}", free_udp());
     let metrics_port = free_tcp();
     let metrics = format!("127.0.0.1:{metrics_port}");
+    // The socket buffers this host allows (net.core.rmem_max and wmem_max
+    // are the host's, in any container): the default 32 MiB would add a
+    // warning on an untuned host, and the runs below count warnings.
+    let allowed = ["rmem_max", "wmem_max"]
+        .iter()
+        .map(|k| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{k}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        })
+        .min()
+        .unwrap()
+        .min(sky_node::config::DEFAULT_SOCKET_BUFFER)
+        .to_string();
     let _container = Podman {
         kind: "container",
         name: name.to_string(),
@@ -120,6 +135,8 @@ fn run_node(image: &str, name: &str, security: &[&str]) -> (String, String) {
         &metrics,
         "--shards",
         "1",
+        "--socket-buffer",
+        &allowed,
     ]);
     podman(&args);
     let give_up = Instant::now() + Duration::from_secs(30);

@@ -49,6 +49,8 @@ fn sky_node_says_ready_then_feeds_the_watchdog_then_says_stopping() {
     );
     let ready = next(&socket);
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    // Ready means a SIGTERM now stops it gracefully.
+    crate::cli::assert_handles_sigterm(node.pid());
     assert!(ready.contains("STATUS=serving on 127.0.0.1:"), "{ready:?}");
     for _ in 0..3 {
         assert_eq!(next(&socket), "WATCHDOG=1");

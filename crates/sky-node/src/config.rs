@@ -40,6 +40,30 @@ impl FromStr for EngineChoice {
     }
 }
 
+/// How the node writes its log lines (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}` (expected text or json)"
+            )),
+        }
+    }
+}
+
 /// Where `/metrics` is served, or nowhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
@@ -100,6 +124,11 @@ pub struct Config {
     pub max_per_prefix: Option<u32>,
     pub source_prefix_v4: u8,
     pub source_prefix_v6: u8,
+    /// Bytes of `SO_RCVBUF` and `SO_SNDBUF` asked for on each shard's
+    /// socket; the kernel grants at most `net.core.rmem_max` /
+    /// `wmem_max`, and the node logs what it got when that is less.
+    pub socket_buffer: usize,
+    pub log_format: LogFormat,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -113,6 +142,13 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
 /// default listen port: the listen port plus two (the second is plus three;
 /// ephemeral ports when the listen port is 0).
 pub const DEFAULT_CHECK_PORT: u16 = 7702;
+/// The socket buffer asked for by default: what `deploy/sysctl.d/60-sky.conf`
+/// raises `net.core.rmem_max` and `wmem_max` to (32 MiB), so that a
+/// shard's socket absorbs a burst of ~100k small datagrams while its
+/// thread is busy.
+pub const DEFAULT_SOCKET_BUFFER: usize = 32 << 20;
+/// The smallest and largest `socket_buffer` accepted.
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=1 << 30;
 
 /// `port + n`, or 0 (ephemeral) when `port` is 0 or that is past 65535.
 fn next_port(port: u16, n: u16) -> u16 {
@@ -159,6 +195,8 @@ impl Default for Config {
             max_per_prefix: None,
             source_prefix_v4: 24,
             source_prefix_v6: 56,
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -191,6 +229,9 @@ pub struct FileConfig {
     pub max_per_prefix: Option<u32>,
     pub source_prefix_v4: Option<u8>,
     pub source_prefix_v6: Option<u8>,
+    /// Bytes.
+    pub socket_buffer: Option<usize>,
+    pub log_format: Option<LogFormat>,
 }
 
 /// A configuration that cannot run, and why.
@@ -236,6 +277,8 @@ impl FileConfig {
             max_per_prefix: other.max_per_prefix.or(self.max_per_prefix),
             source_prefix_v4: other.source_prefix_v4.or(self.source_prefix_v4),
             source_prefix_v6: other.source_prefix_v6.or(self.source_prefix_v6),
+            socket_buffer: other.socket_buffer.or(self.socket_buffer),
+            log_format: other.log_format.or(self.log_format),
         }
     }
 
@@ -355,6 +398,17 @@ impl FileConfig {
                 "source prefixes: /{source_prefix_v4} and /{source_prefix_v6} are outside /8../32 and /16../128"
             )));
         }
+        let socket_buffer = match self.socket_buffer {
+            None => d.socket_buffer,
+            Some(n) if SOCKET_BUFFER_RANGE.contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError(format!(
+                    "socket_buffer: {n} is outside {}..={} bytes",
+                    SOCKET_BUFFER_RANGE.start(),
+                    SOCKET_BUFFER_RANGE.end()
+                )));
+            }
+        };
         Ok(Config {
             max_per_ip: self.max_per_ip,
             max_per_prefix: self.max_per_prefix,
@@ -362,6 +416,8 @@ impl FileConfig {
             source_prefix_v6,
             advertise,
             check,
+            socket_buffer,
+            log_format: self.log_format.unwrap_or(d.log_format),
             listen,
             metrics,
             shards,

@@ -51,8 +51,6 @@ pub use heartbeat::STALL_AFTER;
 pub const WAKE_EVERY: Duration = Duration::from_millis(100);
 /// How often shards move their counters into Prometheus.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-/// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
-const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Whether io_uring can run here (what `--engine auto` checks): a ring and a
 /// provided-buffer ring can be created.
@@ -225,7 +223,7 @@ impl Node {
                 }
             },
         };
-        let sockets = bind_shard_sockets(config.listen, shards, engine)?;
+        let sockets = bind_shard_sockets(config.listen, shards, engine, config.socket_buffer)?;
         let local_addr = sockets[0]
             .local_addr()
             .ok()
@@ -252,13 +250,12 @@ impl Node {
         metrics.shards.set(shards as i64);
         metrics.presence_capacity.set(config.capacity as i64);
         let http = match config.metrics {
-            Some(addr) => Some(
-                tiny_http::Server::http(addr)
-                    .map_err(|e| StartError::Metrics(addr, e.to_string()))?,
-            ),
+            Some(addr) => {
+                Some(control::listen(addr).map_err(|e| StartError::Metrics(addr, e.to_string()))?)
+            }
             None => None,
         };
-        let metrics_addr = http.as_ref().and_then(|s| s.server_addr().to_ip());
+        let metrics_addr = http.as_ref().and_then(|l| l.local_addr().ok());
 
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
@@ -337,8 +334,7 @@ impl Node {
                     if pin && let Err(e) = sys::pin_to_core(0) {
                         tracing::warn!(error = %e, "cannot pin control thread to core 0");
                     }
-                    control::run(http, &metrics, &presence, &stop, origin, keepalive, handoff);
-                    Ok(())
+                    control::run(http, metrics, presence, &stop, origin, keepalive, handoff)
                 })
                 .map_err(StartError::Shard)?
         };
@@ -394,16 +390,9 @@ impl Node {
                 return Err(StartError::Shard(e));
             }
         }
-        tracing::info!(
-            listen = %node.local_addr,
-            advertise = %node.service,
-            gossip = %node.gossip_addr,
-            metrics = %node.metrics_addr.map_or("off".into(), |a| a.to_string()),
-            engine = engine.label(),
-            shards,
-            capacity = config.capacity,
-            "sky node ready"
-        );
+        // No "ready" log here: `sky node` says it once its signal handlers
+        // are installed too, so that whoever acts on it can stop the node
+        // gracefully.
         Ok(node)
     }
 
@@ -490,10 +479,15 @@ impl Node {
 /// *without* `SO_REUSEPORT`, so that a port already served by another
 /// process is an error rather than a silent share, and so that port 0
 /// resolves to one port for every shard.
+///
+/// Each socket asks for `buffer` bytes of receive and send buffer (a
+/// warning names what the kernel granted when that is less) and for its
+/// receive-queue drop counter on every datagram (`SO_RXQ_OVFL`).
 fn bind_shard_sockets(
     listen: SocketAddr,
     shards: usize,
     engine: Engine,
+    buffer: usize,
 ) -> Result<Vec<Socket>, StartError> {
     let new_socket = |reuse: bool| -> io::Result<Socket> {
         let s = Socket::new(
@@ -514,17 +508,28 @@ fn bind_shard_sockets(
     probe.bind(&listen.into()).map_err(err)?;
     let addr = probe.local_addr().map_err(err)?;
     drop(probe);
-    (0..shards)
+    let sockets = (0..shards)
         .map(|_| {
             let s = new_socket(true)?;
-            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+            let granted = sys::set_buffers(&s, buffer)?;
+            sys::enable_rxq_ovfl(s.as_raw_fd())?;
             if engine == Engine::Mmsg {
                 s.set_read_timeout(Some(WAKE_EVERY))?;
             }
             s.bind(&addr)?;
-            Ok(s)
+            Ok((s, granted))
         })
         .collect::<io::Result<Vec<_>>>()
-        .map_err(err)
+        .map_err(err)?;
+    let granted = sockets.iter().map(|(_, g)| *g).min().unwrap_or(buffer);
+    if granted < buffer {
+        tracing::warn!(
+            asked = buffer,
+            granted,
+            "the kernel granted smaller socket buffers than asked for; raise \
+             net.core.rmem_max and net.core.wmem_max (deploy/sysctl.d/60-sky.conf) \
+             or lower socket_buffer"
+        );
+    }
+    Ok(sockets.into_iter().map(|(s, _)| s).collect())
 }

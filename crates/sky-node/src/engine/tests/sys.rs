@@ -17,3 +17,52 @@ fn raw_addresses_round_trip() {
         Some("192.0.2.1:9".parse().unwrap())
     );
 }
+
+/// One control message as the kernel writes it: header, data, padding.
+fn cmsg(level: libc::c_int, ty: libc::c_int, data: &[u8]) -> Vec<u8> {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let mut out = Vec::new();
+    out.extend_from_slice(&(header + data.len()).to_ne_bytes());
+    out.extend_from_slice(&level.to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.resize(header, 0);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(std::mem::size_of::<usize>()), 0);
+    out
+}
+
+#[test]
+fn the_drop_counter_is_read_from_its_control_message() {
+    let drops = cmsg(libc::SOL_SOCKET, 40, &1234u32.to_ne_bytes());
+    assert_eq!(rxq_ovfl(&drops), Some(1234));
+    assert!(drops.len() <= CONTROL_LEN);
+    // After another control message.
+    let mut both = cmsg(libc::IPPROTO_IP, libc::IP_TTL, &64i32.to_ne_bytes());
+    both.extend_from_slice(&drops);
+    assert_eq!(rxq_ovfl(&both), Some(1234));
+    // None before the first drop, none of another kind.
+    assert_eq!(rxq_ovfl(&[]), None);
+    assert_eq!(rxq_ovfl(&both[..both.len() - drops.len()]), None);
+}
+
+#[test]
+fn hostile_control_bytes_never_panic() {
+    let drops = cmsg(libc::SOL_SOCKET, 40, &7u32.to_ne_bytes());
+    let whole = std::mem::size_of::<libc::cmsghdr>() + 4;
+    for cut in 0..drops.len() {
+        let expected = (cut >= whole).then_some(7);
+        assert_eq!(rxq_ovfl(&drops[..cut]), expected, "cut at {cut}");
+    }
+    for len in [0usize, 1, 15, usize::MAX, usize::MAX - 3] {
+        let mut bad = drops.clone();
+        bad[..8].copy_from_slice(&len.to_ne_bytes());
+        let _ = rxq_ovfl(&bad);
+    }
+}
+
+#[test]
+fn the_drop_counter_option_can_be_enabled() {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    enable_rxq_ovfl(socket.as_raw_fd()).unwrap();
+}
