@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::shard::ShardConfig;
 use sky_proto::ring::RingConfig;
+use sky_proto::wire;
 
 /// Which packet engine runs the shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -100,6 +101,12 @@ pub struct Config {
     pub max_per_prefix: Option<u32>,
     pub source_prefix_v4: u8,
     pub source_prefix_v6: u8,
+    /// Where the node's gossip identity key is kept (created if missing);
+    /// `None`: a fresh key each start.
+    pub node_key: Option<std::path::PathBuf>,
+    /// A closed sky: the gossip identity keys of every node allowed in;
+    /// `None`: any node that proves its endpoints.
+    pub closed_sky: Option<std::collections::HashSet<[u8; 32]>>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -159,6 +166,8 @@ impl Default for Config {
             max_per_prefix: None,
             source_prefix_v4: 24,
             source_prefix_v6: 56,
+            node_key: None,
+            closed_sky: None,
         }
     }
 }
@@ -191,6 +200,9 @@ pub struct FileConfig {
     pub max_per_prefix: Option<u32>,
     pub source_prefix_v4: Option<u8>,
     pub source_prefix_v6: Option<u8>,
+    pub node_key: Option<String>,
+    /// Hex public keys.
+    pub closed_sky: Option<Vec<String>>,
 }
 
 /// A configuration that cannot run, and why.
@@ -236,6 +248,8 @@ impl FileConfig {
             max_per_prefix: other.max_per_prefix.or(self.max_per_prefix),
             source_prefix_v4: other.source_prefix_v4.or(self.source_prefix_v4),
             source_prefix_v6: other.source_prefix_v6.or(self.source_prefix_v6),
+            node_key: other.node_key.or(self.node_key),
+            closed_sky: other.closed_sky.or(self.closed_sky),
         }
     }
 
@@ -355,7 +369,21 @@ impl FileConfig {
                 "source prefixes: /{source_prefix_v4} and /{source_prefix_v6} are outside /8../32 and /16../128"
             )));
         }
+        let closed_sky = match self.closed_sky {
+            None => None,
+            Some(keys) => Some(
+                keys.iter()
+                    .map(|k| {
+                        wire::from_hex::<32>(k).ok_or_else(|| {
+                            ConfigError(format!("closed_sky: `{k}` is not a 64-hex-digit key"))
+                        })
+                    })
+                    .collect::<Result<std::collections::HashSet<_>, _>>()?,
+            ),
+        };
         Ok(Config {
+            node_key: self.node_key.map(std::path::PathBuf::from),
+            closed_sky,
             max_per_ip: self.max_per_ip,
             max_per_prefix: self.max_per_prefix,
             source_prefix_v4,

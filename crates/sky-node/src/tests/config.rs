@@ -40,6 +40,7 @@ fn bad_values_say_which_field() {
         ("prefix_v6 = 129", "prefix_v6"),
         ("positions = 0", "positions"),
         ("handoff_grace_secs = 100000", "handoff_grace_secs"),
+        ("closed_sky = [\"abc\"]", "closed_sky"),
         (
             "listen = \"127.0.0.1:7700\"\ngossip = \"127.0.0.1:7700\"",
             "gossip",
@@ -161,4 +162,17 @@ fn gossip_and_check_ports_follow_the_listen_port() {
     // No room above: ephemeral rather than a wrapped port.
     let c = at("127.0.0.1:65534");
     assert_eq!((c.gossip.port(), c.check), (65535, Some(0)));
+}
+
+#[test]
+fn a_closed_sky_is_a_list_of_hex_keys() {
+    let key = "a8e4daf0b4a690eb98ad96e85fdd519fc6fe51edae904c5f385cb1b96e3faaaf";
+    let c = toml::from_str::<FileConfig>(&format!("closed_sky = [\"{key}\"]"))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let keys = c.closed_sky.expect("a closed sky");
+    assert_eq!(keys.len(), 1);
+    assert!(keys.contains(&sky_proto::wire::from_hex::<32>(key).unwrap()));
+    assert_eq!(Config::default().closed_sky, None, "open by default");
 }
