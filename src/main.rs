@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run a sky node (defaults: 127.0.0.1:7700/udp, gossip on 127.0.0.1:7701/udp,
     /// metrics on 127.0.0.1:9770).
-    Node(cmd::node::NodeArgs),
+    Node(Box<cmd::node::NodeArgs>),
     /// Blackbox checks against a running node.
     #[command(subcommand)]
     Probe(cmd::probe::ProbeCommand),
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         init_logging(LogFormat::Text);
     }
     match cli.command {
-        Command::Node(args) => cmd::node::main(args),
+        Command::Node(args) => cmd::node::main(*args),
         Command::Probe(c) => cmd::probe::main(c),
         Command::Bench(args) => cmd::bench::main(args),
         Command::Earth(args) => cmd::earth::main(args),

@@ -108,6 +108,24 @@ pub(crate) struct NodeArgs {
     /// Log lines on stderr: text, or one JSON object per line [default: text].
     #[arg(long, env = "SKY_LOG_FORMAT", value_name = "text|json")]
     log_format: Option<LogFormat>,
+    /// File holding this node's gossip identity key (created owner-only if
+    /// missing) [default: a fresh key each start].
+    #[arg(long, env = "SKY_NODE_KEY", value_name = "FILE")]
+    node_key: Option<String>,
+    /// A closed sky: the gossip identity key (hex) of a node allowed in;
+    /// repeat it (environment: comma-separated) [default: any node that
+    /// proves its endpoints].
+    #[arg(
+        long = "closed-sky",
+        env = "SKY_CLOSED_SKY",
+        value_name = "HEX",
+        value_delimiter = ','
+    )]
+    closed_sky: Vec<String>,
+    /// Print the public gossip identity key of --node-key (creating the
+    /// file if missing) and exit: what the other nodes of a closed sky list.
+    #[arg(long, requires = "node_key")]
+    show_key: bool,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -151,6 +169,25 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             config.log_format
         );
         return ExitCode::SUCCESS;
+    }
+    if args.show_key {
+        let Some(path) = &config.node_key else {
+            unreachable!("clap requires --node-key with --show-key")
+        };
+        return match sky_node::engine::sys::load_or_create_key(path) {
+            Ok(secret) => {
+                let public = sky_node::gossip::public_key_of(secret);
+                println!("{}", sky_proto::wire::to_hex(&public));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "sky node: cannot read or create the node key {}: {e}",
+                    path.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
     }
     let node = match Node::start(&config) {
         Ok(n) => n,
@@ -217,6 +254,8 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         max_per_prefix: args.max_per_prefix,
         source_prefix_v4: args.source_prefix_v4,
         source_prefix_v6: args.source_prefix_v6,
+        node_key: args.node_key.clone(),
+        closed_sky: (!args.closed_sky.is_empty()).then(|| args.closed_sky.clone()),
         seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
         replicas: args.replicas,
         prefix_v4: args.prefix_v4,

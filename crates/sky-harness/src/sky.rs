@@ -236,8 +236,8 @@ impl Net {
         match old.member.take() {
             None => self.skies[s] = SkyNode::new(addr, secret, ring.as_ref(), now),
             Some(member) => {
-                let (gossip, seeds) = member.restarted(self.seed);
-                self.skies[s] = SkyNode::gossiping(addr, secret, gossip, &seeds, now);
+                let (gossip, key, seeds) = member.restarted(self.seed);
+                self.skies[s] = SkyNode::gossiping(addr, secret, key, gossip, &seeds, now);
                 self.after_gossip(s);
             }
         }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::shard::ShardConfig;
 use sky_proto::ring::RingConfig;
+use sky_proto::wire;
 
 /// Which packet engine runs the shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -129,6 +130,12 @@ pub struct Config {
     /// `wmem_max`, and the node logs what it got when that is less.
     pub socket_buffer: usize,
     pub log_format: LogFormat,
+    /// Where the node's gossip identity key is kept (created if missing);
+    /// `None`: a fresh key each start.
+    pub node_key: Option<std::path::PathBuf>,
+    /// A closed sky: the gossip identity keys of every node allowed in;
+    /// `None`: any node that proves its endpoints.
+    pub closed_sky: Option<std::collections::HashSet<[u8; 32]>>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -197,6 +204,8 @@ impl Default for Config {
             source_prefix_v6: 56,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
             log_format: LogFormat::Text,
+            node_key: None,
+            closed_sky: None,
         }
     }
 }
@@ -232,6 +241,9 @@ pub struct FileConfig {
     /// Bytes.
     pub socket_buffer: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub node_key: Option<String>,
+    /// Hex public keys.
+    pub closed_sky: Option<Vec<String>>,
 }
 
 /// A configuration that cannot run, and why.
@@ -279,6 +291,8 @@ impl FileConfig {
             source_prefix_v6: other.source_prefix_v6.or(self.source_prefix_v6),
             socket_buffer: other.socket_buffer.or(self.socket_buffer),
             log_format: other.log_format.or(self.log_format),
+            node_key: other.node_key.or(self.node_key),
+            closed_sky: other.closed_sky.or(self.closed_sky),
         }
     }
 
@@ -409,7 +423,21 @@ impl FileConfig {
                 )));
             }
         };
+        let closed_sky = match self.closed_sky {
+            None => None,
+            Some(keys) => Some(
+                keys.iter()
+                    .map(|k| {
+                        wire::from_hex::<32>(k).ok_or_else(|| {
+                            ConfigError(format!("closed_sky: `{k}` is not a 64-hex-digit key"))
+                        })
+                    })
+                    .collect::<Result<std::collections::HashSet<_>, _>>()?,
+            ),
+        };
         Ok(Config {
+            node_key: self.node_key.map(std::path::PathBuf::from),
+            closed_sky,
             max_per_ip: self.max_per_ip,
             max_per_prefix: self.max_per_prefix,
             source_prefix_v4,

@@ -268,7 +268,10 @@ impl Metrics {
                 &r,
                 GOSSIP_REFUSED,
                 "Gossip datagrams refused, by reason: ring_settings (a node whose replicas, prefixes \
-                 or positions differ from ours), spoofed (a sender identity that is not its source).",
+                 or positions differ from ours), spoofed (a sender identity that is not its \
+                 source), forged (a signature that does not verify), unproven (an identity that \
+                 has not proven its endpoints yet: a few per join, or one a closed sky does not \
+                 list).",
                 "reason",
             ),
             checks: counter_vec(
@@ -342,6 +345,8 @@ impl Metrics {
             errors: self.gossip_errors.clone(),
             refused_settings: self.gossip_refused.with_label_values(&["ring_settings"]),
             refused_spoofed: self.gossip_refused.with_label_values(&["spoofed"]),
+            refused_forged: self.gossip_refused.with_label_values(&["forged"]),
+            refused_unproven: self.gossip_refused.with_label_values(&["unproven"]),
         }
     }
 
@@ -485,6 +490,8 @@ pub struct GossipMetrics {
     pub errors: IntCounter,
     pub refused_settings: IntCounter,
     pub refused_spoofed: IntCounter,
+    pub refused_forged: IntCounter,
+    pub refused_unproven: IntCounter,
 }
 
 impl GossipMetrics {

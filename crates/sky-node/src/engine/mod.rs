@@ -92,6 +92,8 @@ pub enum StartError {
     Random(io::Error),
     /// The NAT check ports (this one and the next) could not be bound.
     Check(u16, io::Error),
+    /// The node's identity key file could not be read or created.
+    Key(std::path::PathBuf, io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -110,6 +112,11 @@ impl fmt::Display for StartError {
             ),
             StartError::Shard(e) => write!(f, "cannot start a packet shard: {e}"),
             StartError::Random(e) => write!(f, "cannot read /dev/urandom: {e}"),
+            StartError::Key(p, e) => write!(
+                f,
+                "cannot read or create the node key {}: {e} (set --node-key FILE)",
+                p.display()
+            ),
             StartError::Check(p, e) => write!(
                 f,
                 "cannot bind the NAT check ports {p} and {}/udp: {e} (set --check PORT or off)",
@@ -239,6 +246,12 @@ impl Node {
         let gossip_addr = gossip_socket
             .local_addr()
             .map_err(|e| StartError::Gossip(config.gossip, e))?;
+        let gossip_secret = match &config.node_key {
+            Some(path) => {
+                sys::load_or_create_key(path).map_err(|e| StartError::Key(path.clone(), e))?
+            }
+            None => sys::random_secret().map_err(StartError::Random)?,
+        };
         let gossip_seed = u64::from_le_bytes(
             sys::random_secret().map_err(StartError::Random)?[..8]
                 .try_into()
@@ -366,6 +379,8 @@ impl Node {
                 seeds: config.seeds.clone(),
                 ring_config: config.ring,
                 rng_seed: gossip_seed,
+                secret: gossip_secret,
+                closed_sky: config.closed_sky.clone(),
             };
             let ring = node.ring.clone();
             let metrics = node.metrics.for_gossip();

@@ -210,3 +210,37 @@ pub fn random_secret() -> io::Result<[u8; 32]> {
 #[cfg(test)]
 #[path = "tests/sys.rs"]
 mod tests;
+
+/// The node's identity key secret from `path` (64 hex digits), created
+/// owner-only with fresh randomness when the file does not exist. A file
+/// that others may read is refused: whoever reads it can speak for this
+/// node in gossip.
+pub fn load_or_create_key(path: &std::path::Path) -> io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("readable by others (mode {:o}): chmod 600 it", mode & 0o777),
+                ));
+            }
+            sky_proto::wire::from_hex::<32>(text.trim())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not 64 hex digits"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let secret = random_secret()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            writeln!(file, "{}", sky_proto::wire::to_hex(&secret))?;
+            file.sync_all()?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}

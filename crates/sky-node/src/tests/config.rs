@@ -43,6 +43,7 @@ fn bad_values_say_which_field() {
         ("socket_buffer = 1024", "socket_buffer"),
         ("socket_buffer = 2147483648", "socket_buffer"),
         ("log_format = \"xml\"", "log_format"),
+        ("closed_sky = [\"abc\"]", "closed_sky"),
         (
             "listen = \"127.0.0.1:7700\"\ngossip = \"127.0.0.1:7700\"",
             "gossip",
@@ -207,4 +208,17 @@ fn the_default_socket_buffer_is_what_the_sysctl_file_allows() {
         ..Default::default()
     };
     assert_eq!(file.resolve().unwrap().socket_buffer, 1 << 20);
+}
+
+#[test]
+fn a_closed_sky_is_a_list_of_hex_keys() {
+    let key = "a8e4daf0b4a690eb98ad96e85fdd519fc6fe51edae904c5f385cb1b96e3faaaf";
+    let c = toml::from_str::<FileConfig>(&format!("closed_sky = [\"{key}\"]"))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let keys = c.closed_sky.expect("a closed sky");
+    assert_eq!(keys.len(), 1);
+    assert!(keys.contains(&sky_proto::wire::from_hex::<32>(key).unwrap()));
+    assert_eq!(Config::default().closed_sky, None, "open by default");
 }

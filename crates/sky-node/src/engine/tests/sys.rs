@@ -66,3 +66,27 @@ fn the_drop_counter_option_can_be_enabled() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     enable_rxq_ovfl(socket.as_raw_fd()).unwrap();
 }
+
+#[test]
+fn the_node_key_is_created_owner_only_kept_and_refused_when_others_may_read_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sky-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.key");
+    let _ = std::fs::remove_file(&path);
+    let first = load_or_create_key(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        load_or_create_key(&path).unwrap(),
+        first,
+        "kept across starts"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = load_or_create_key(&path).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::write(&path, "not hex").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(load_or_create_key(&path).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
