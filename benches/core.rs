@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use sky_node::keys::NodeSecret;
-use sky_node::presence::Presence;
+use sky_node::presence::{Budgets, Presence};
 use sky_node::shard::{Shard, ShardConfig};
 use sky_proto::time::MonoTime;
 use sky_proto::wire::{
@@ -101,7 +101,7 @@ fn wire(c: &mut Criterion) {
 /// steady-state request from a validated source.
 fn shard(c: &mut Criterion) {
     let secret = Arc::new(NodeSecret::new([1; 32]));
-    let presence = Arc::new(Presence::new(1 << 20));
+    let presence = Arc::new(Presence::with_budgets(1 << 20, Budgets::unlimited()));
     let config = ShardConfig {
         intros_per_second: 255,
         ..ShardConfig::default()
@@ -226,16 +226,16 @@ fn presence(c: &mut Criterion) {
     let mut g = c.benchmark_group("presence");
     g.throughput(Throughput::Elements(1));
     for &n in sizes {
-        let table = Presence::new(n + 1024);
+        let table = Presence::with_budgets(n + 1024, Budgets::unlimited());
         let addresses: Vec<VirtualAddr> = (0..n).map(address).collect();
         for a in &addresses {
-            table.register(*a, ep, Flags(0), 1000).unwrap();
+            table.register(*a, ep, Flags(0), 0, 1000).unwrap();
         }
         let mut i = 0usize;
         g.bench_function(format!("lookup/{n}"), |b| {
             b.iter(|| {
                 i = (i + 7919) % n;
-                table.lookup(&addresses[i], 10, 255)
+                table.lookup(&addresses[i], ep.ip(), 10, (255, 255))
             })
         });
         g.bench_function(format!("refresh/{n}"), |b| {
@@ -247,7 +247,7 @@ fn presence(c: &mut Criterion) {
         let fresh = address(usize::MAX / 2);
         g.bench_function(format!("insert_remove/{n}"), |b| {
             b.iter(|| {
-                table.register(fresh, ep, Flags(0), 1000).unwrap();
+                table.register(fresh, ep, Flags(0), 0, 1000).unwrap();
                 table.remove(&fresh)
             })
         });

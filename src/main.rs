@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sky_node::config::LogFormat;
 
 mod cmd;
 
@@ -26,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run a sky node (defaults: 127.0.0.1:7700/udp, gossip on 127.0.0.1:7701/udp,
     /// metrics on 127.0.0.1:9770).
-    Node(cmd::node::NodeArgs),
+    Node(Box<cmd::node::NodeArgs>),
     /// Blackbox checks against a running node.
     #[command(subcommand)]
     Probe(cmd::probe::ProbeCommand),
@@ -47,18 +48,29 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Logs to stderr, filtered by `SKY_LOG` (`info` by default): text lines,
+/// or one JSON object per line (never with colour codes).
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(colour()).init(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_ansi(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour())
-        .init();
+    // The node logs in the format its configuration names, so it sets up
+    // logging itself once that is merged.
+    if !matches!(cli.command, Command::Node(_)) {
+        init_logging(LogFormat::Text);
+    }
     match cli.command {
-        Command::Node(args) => cmd::node::main(args),
+        Command::Node(args) => cmd::node::main(*args),
         Command::Probe(c) => cmd::probe::main(c),
         Command::Bench(args) => cmd::bench::main(args),
         Command::Earth(args) => cmd::earth::main(args),

@@ -9,13 +9,20 @@
 //!
 //! Checks: nothing panics; every datagram sent fits foca's
 //! `max_packet_size`; and what goes to endpoints that are neither seeds
-//! nor active members stays within the stranger budget
-//! ([`STRANGER_BUDGET`] a second, as deep: at most `16 + 16 t` datagrams
-//! by time `t`), however the input spoofs and whatever it claims.
+//! nor active members stays within the budgets for strangers and for
+//! identities being proven ([`STRANGER_BUDGET`] + [`VOUCHED_BUDGET`] a
+//! second, as deep), however the input spoofs and whatever it claims.
+//!
+//! Gossip datagrams are signed: a mutated one fails its signature, so
+//! what reaches foca is the seed corpus's own traffic (three nodes proving
+//! each other and joining) in the orders and timings the fuzzer picks,
+//! and everything else exercises the checks in front of it.
 
 use std::net::SocketAddr;
 
-use sky_node::gossip::{Gossip, GossipConfig, MemberState, NodeId, STRANGER_BUDGET};
+use sky_node::gossip::{
+    Gossip, GossipConfig, MemberState, NodeId, STRANGER_BUDGET, VOUCHED_BUDGET, public_key_of,
+};
 use sky_proto::ring::RingConfig;
 use sky_proto::time::MonoTime;
 use sky_proto::wire;
@@ -31,6 +38,12 @@ pub fn me() -> NodeId {
 pub fn node(n: u8) -> NodeId {
     let ip = [10, 0, 0, n].into();
     NodeId::new(SocketAddr::new(ip, 7701), SocketAddr::new(ip, 7700), 1)
+        .with_key(public_key_of(secret(n)))
+}
+
+/// Node `n`'s identity key secret.
+pub fn secret(n: u8) -> [u8; 32] {
+    [n; 32]
 }
 
 /// The ring settings every node uses.
@@ -63,7 +76,7 @@ pub fn run(data: &[u8]) {
     let setup = input.u8();
     let config = GossipConfig::default();
     let max_packet = config.swim.max_packet_size.get();
-    let mut gossip = Gossip::new(me(), ring_config(), 7, config);
+    let mut gossip = Gossip::new(me(), secret(1), ring_config(), 7, config);
     let seeds = [node(2).gossip];
     let mut joined = false;
     let mut now = MonoTime::ZERO;
@@ -88,7 +101,8 @@ pub fn run(data: &[u8]) {
             }
         }
         // (A millionth of slack for the bucket's floating-point refill.)
-        let budget = f64::from(STRANGER_BUDGET) * (1.0 + now.as_duration().as_secs_f64()) + 1e-6;
+        let rate = f64::from(STRANGER_BUDGET + VOUCHED_BUDGET);
+        let budget = rate * (1.0 + now.as_duration().as_secs_f64()) + 1e-6;
         assert!(
             to_strangers as f64 <= budget,
             "{to_strangers} datagrams to strangers by {now:?}"

@@ -489,9 +489,11 @@ fn earth_stranger() -> Vec<(String, Vec<u8>)> {
 }
 
 fn gossip_datagram() -> Vec<(String, Vec<u8>)> {
-    use crate::gossip_datagram::{me, node, ring_config, sources};
+    use crate::gossip_datagram::{me, node, ring_config, secret, sources};
     // Three nodes on a lossless network, 10 ms steps: the datagrams that
-    // reach node 1 (the target's node) are the seed, in arrival order.
+    // reach node 1 (the target's node) are the seed, in arrival order. A
+    // sky `ping` to a node's service endpoint is answered with a `pong`,
+    // as its shard would (the proofs of endpoints).
     let ids: [NodeId; 3] = [me(), node(2), node(3)];
     let seeds = [node(2).gossip];
     let mut nodes: Vec<Gossip> = ids
@@ -499,17 +501,26 @@ fn gossip_datagram() -> Vec<(String, Vec<u8>)> {
         .enumerate()
         .map(|(i, id)| {
             let seed = if i == 0 { 7 } else { 100 + i as u64 };
-            Gossip::new(*id, ring_config(), seed, GossipConfig::default())
+            let key = secret(i as u8 + 1);
+            Gossip::new(*id, key, ring_config(), seed, GossipConfig::default())
         })
         .collect();
     for g in &mut nodes {
         g.join(&seeds, MonoTime::ZERO);
     }
-    let src_index = |from: SocketAddr| {
-        sources()
-            .iter()
-            .position(|s| *s == from)
-            .expect("a fixed source") as u8
+    // A fixed source's index; any other endpoint (a service endpoint's
+    // pong) as source 6 followed by the endpoint.
+    let src_record = |from: SocketAddr| match sources().iter().position(|s| *s == from) {
+        Some(i) => vec![i as u8],
+        None => {
+            let SocketAddr::V4(v4) = from else {
+                panic!("the nodes are IPv4")
+            };
+            let mut r = vec![6u8, 0];
+            r.extend_from_slice(&v4.ip().octets());
+            r.extend_from_slice(&v4.port().to_be_bytes());
+            r
+        }
     };
     let mut records = vec![1u8]; // joined, like the nodes here
     let mut in_flight: Vec<(usize, SocketAddr, Vec<u8>)> = Vec::new();
@@ -520,7 +531,8 @@ fn gossip_datagram() -> Vec<(String, Vec<u8>)> {
         for (to, from, bytes) in std::mem::take(&mut in_flight) {
             if to == 0 && count < 24 {
                 let step = (now.saturating_duration_since(last).as_millis() / 10) as u8;
-                records.extend_from_slice(&[src_index(from), step, 1]);
+                records.extend_from_slice(&src_record(from));
+                records.extend_from_slice(&[step, 1]);
                 chunk(&mut records, &bytes);
                 last = now;
                 count += 1;
@@ -532,6 +544,15 @@ fn gossip_datagram() -> Vec<(String, Vec<u8>)> {
             while let Some((dst, bytes)) = g.poll_transmit() {
                 if let Some(to) = ids.iter().position(|id| id.gossip == dst) {
                     in_flight.push((to, ids[i].gossip, bytes));
+                } else if ids.iter().any(|id| id.service == dst)
+                    && let Ok(sky_proto::wire::Message::Ping { tag, .. }) =
+                        sky_proto::wire::Message::decode(&bytes)
+                {
+                    let pong = sky_proto::wire::Message::Pong { tag };
+                    let mut out = vec![0; pong.buffer_len()];
+                    let n = pong.emit(&mut out);
+                    out.truncate(n);
+                    in_flight.push((i, dst, out));
                 }
             }
         }

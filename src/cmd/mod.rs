@@ -5,6 +5,7 @@
 pub(crate) mod bench;
 pub(crate) mod earth;
 pub(crate) mod node;
+mod notify;
 pub(crate) mod probe;
 pub(crate) mod sim;
 

@@ -5,8 +5,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig};
-use sky_node::engine::Node;
+use sky_node::config::{Config, ConfigError, EngineChoice, FileConfig, LogFormat};
+use sky_node::engine::{Node, StartError};
+
+/// The exit status of a configuration the node cannot run with: the unit's
+/// `RestartPreventExitStatus=` (deploy/sky.service), so that systemd does
+/// not restart what would fail again.
+const CONFIG_ERROR: u8 = 2;
 
 /// Flags override `SKY_*` environment variables, which override the file.
 #[derive(Args)]
@@ -80,6 +85,47 @@ pub(crate) struct NodeArgs {
     /// listen address; PORT defaults to the listen port].
     #[arg(long, env = "SKY_ADVERTISE", value_name = "IP[:PORT]")]
     advertise: Option<String>,
+    /// Presence entries one source IP may hold [default: 1% of the
+    /// capacity, at least 64].
+    #[arg(long, env = "SKY_MAX_PER_IP", value_name = "N")]
+    max_per_ip: Option<u32>,
+    /// Presence entries one source prefix may hold [default: 5% of the
+    /// capacity, at least 256].
+    #[arg(long, env = "SKY_MAX_PER_PREFIX", value_name = "N")]
+    max_per_prefix: Option<u32>,
+    /// IPv4 prefix length that counts as one source network for
+    /// --max-per-prefix [default: 24].
+    #[arg(long, env = "SKY_SOURCE_PREFIX_V4")]
+    source_prefix_v4: Option<u8>,
+    /// IPv6 prefix length that counts as one source network for
+    /// --max-per-prefix [default: 56].
+    #[arg(long, env = "SKY_SOURCE_PREFIX_V6")]
+    source_prefix_v6: Option<u8>,
+    /// Bytes of receive and send buffer to ask for on each shard's socket
+    /// [default: 33554432, what deploy/sysctl.d/60-sky.conf allows].
+    #[arg(long, env = "SKY_SOCKET_BUFFER", value_name = "BYTES")]
+    socket_buffer: Option<usize>,
+    /// Log lines on stderr: text, or one JSON object per line [default: text].
+    #[arg(long, env = "SKY_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
+    /// File holding this node's gossip identity key (created owner-only if
+    /// missing) [default: a fresh key each start].
+    #[arg(long, env = "SKY_NODE_KEY", value_name = "FILE")]
+    node_key: Option<String>,
+    /// A closed sky: the gossip identity key (hex) of a node allowed in;
+    /// repeat it (environment: comma-separated) [default: any node that
+    /// proves its endpoints].
+    #[arg(
+        long = "closed-sky",
+        env = "SKY_CLOSED_SKY",
+        value_name = "HEX",
+        value_delimiter = ','
+    )]
+    closed_sky: Vec<String>,
+    /// Print the public gossip identity key of --node-key (creating the
+    /// file if missing) and exit: what the other nodes of a closed sky list.
+    #[arg(long, requires = "node_key")]
+    show_key: bool,
     /// TOML configuration file (see deploy/sky.toml).
     #[arg(long, env = "SKY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -92,14 +138,19 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
     let config = match merged_config(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sky node: invalid configuration: {e}");
-            return ExitCode::from(2);
+            eprintln!(
+                "sky node: invalid configuration: {}",
+                one_line(&e.to_string())
+            );
+            return ExitCode::from(CONFIG_ERROR);
         }
     };
+    crate::init_logging(config.log_format);
     if let Some(path) = &args.check_config {
         println!(
             "{}: ok (listen {}, metrics {}, shards {}, engine {:?}, capacity {}, keepalive {}s, \
-             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s)",
+             gossip {}, seeds {}, replicas {}, prefixes /{} /{}, positions {}, handoff grace {}s, \
+             socket buffer {} bytes, log format {:?})",
             path.display(),
             config.listen,
             config.metrics.map_or("off".into(), |a| a.to_string()),
@@ -113,16 +164,42 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             config.ring.prefix_v4,
             config.ring.prefix_v6,
             config.ring.positions,
-            config.handoff_grace.as_secs()
+            config.handoff_grace.as_secs(),
+            config.socket_buffer,
+            config.log_format
         );
         return ExitCode::SUCCESS;
+    }
+    if args.show_key {
+        let Some(path) = &config.node_key else {
+            unreachable!("clap requires --node-key with --show-key")
+        };
+        return match sky_node::engine::sys::load_or_create_key(path) {
+            Ok(secret) => {
+                let public = sky_node::gossip::public_key_of(secret);
+                println!("{}", sky_proto::wire::to_hex(&public));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "sky node: cannot read or create the node key {}: {e}",
+                    path.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
     }
     let node = match Node::start(&config) {
         Ok(n) => n,
         Err(e) => {
             // Once, where the logs go (journald, a file, the terminal).
             tracing::error!("sky node: {e}");
-            return ExitCode::FAILURE;
+            // Asking for io_uring where there is none is the configuration's
+            // fault: restarting would not help.
+            return match e {
+                StartError::Uring(_) => ExitCode::from(CONFIG_ERROR),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     let stop = node.stop_flag();
@@ -133,7 +210,21 @@ pub(crate) fn main(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match node.wait() {
+    // Ready, in the log and to systemd (`READY=1`, in `supervise`), only
+    // now: whoever acts on either may send SIGTERM at once, and it must
+    // stop the node gracefully rather than kill it the default way.
+    tracing::info!(
+        listen = %node.local_addr(),
+        advertise = %node.service_addr(),
+        gossip = %node.gossip_addr(),
+        metrics = %node.metrics_addr().map_or("off".into(), |a| a.to_string()),
+        engine = node.engine().label(),
+        shards = node.shards(),
+        capacity = config.capacity,
+        "sky node ready"
+    );
+    super::notify::supervise(&node, &stop);
+    match node.shutdown() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sky node: stopped on an error: {e}");
@@ -159,12 +250,35 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         gossip: args.gossip.clone(),
         check: args.check.clone(),
         advertise: args.advertise.clone(),
+        max_per_ip: args.max_per_ip,
+        max_per_prefix: args.max_per_prefix,
+        source_prefix_v4: args.source_prefix_v4,
+        source_prefix_v6: args.source_prefix_v6,
+        node_key: args.node_key.clone(),
+        closed_sky: (!args.closed_sky.is_empty()).then(|| args.closed_sky.clone()),
         seeds: (!args.seeds.is_empty()).then(|| args.seeds.clone()),
         replicas: args.replicas,
         prefix_v4: args.prefix_v4,
         prefix_v6: args.prefix_v6,
         positions: args.positions,
         handoff_grace_secs: args.handoff_grace,
+        socket_buffer: args.socket_buffer,
+        log_format: args.log_format,
     };
     file.overlay(overrides).resolve()
+}
+
+/// An error as one log line: TOML's multi-line report (the source line and
+/// a caret under it) becomes "…, column C: what is wrong".
+fn one_line(error: &str) -> String {
+    let is_snippet = |l: &str| {
+        l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+            .starts_with('|')
+    };
+    error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_snippet(l))
+        .collect::<Vec<_>>()
+        .join(": ")
 }

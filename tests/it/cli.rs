@@ -44,16 +44,27 @@ impl NodeProcess {
             ready: String::new(),
         };
         node.ready = node.wait_for("sky node ready");
+        assert_handles_sigterm(node.child.id());
         node
     }
 
     /// The service address from the "ready" line (`listen=HOST:PORT`).
     pub(crate) fn listen_addr(&self) -> String {
+        self.ready_field("listen")
+    }
+
+    /// A `NAME=VALUE` field of the "ready" line (text logs).
+    pub(crate) fn ready_field(&self, name: &str) -> String {
+        let prefix = format!("{name}=");
         self.ready
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .expect("listen address in the ready line")
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} in the ready line: {}", self.ready))
             .to_string()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn wait_for(&mut self, needle: &str) -> String {
@@ -85,6 +96,23 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Asserts that process `pid` handles SIGTERM. The node says it is ready
+/// (its log line, systemd's `READY=1`) only once its handler is installed,
+/// so whoever acts on that may send SIGTERM at once: it must stop the node
+/// gracefully, not kill it the default way.
+pub(crate) fn assert_handles_sigterm(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    assert!(
+        caught & (1 << (libc::SIGTERM - 1)) != 0,
+        "sky node (pid {pid}) said it was ready before it handled SIGTERM:\n{status}"
+    );
 }
 
 fn sky(args: &[&str]) -> Output {
@@ -909,5 +937,265 @@ fn the_privacy_table_is_what_the_simulator_prints() {
     assert!(rows.len() >= 10, "{printed}");
     for row in rows {
         assert!(doc.contains(row), "docs/PRIVACY.md lacks the row {row}");
+    }
+}
+
+/// The issue's malicious invite (epoch 0, R = 1 s) and an ancient one are
+/// refused with a clear message; a state others can read is refused, not
+/// used; `status` on what is accepted walks a bounded ratchet.
+#[test]
+fn malicious_invites_and_exposed_state_are_refused() {
+    use sky_earth::invite::Invite;
+    use sky_earth::ratchet::{ChainKey, Epoch, MIN_EPOCH, Schedule};
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("sky-earth-evil-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let bob = root.join("bob");
+    assert!(earth(&bob, &["init"]).status.success());
+    let forged = |length: std::time::Duration, epoch: u64| {
+        Invite {
+            epoch: Epoch(epoch),
+            chain_key: ChainKey::from_bytes([7; 32]),
+            schedule: Schedule {
+                length,
+                phase: std::time::Duration::ZERO,
+            },
+            keys: vec![[9; 32]],
+        }
+        .encode()
+    };
+    let one_second = earth(
+        &bob,
+        &[
+            "add-friend",
+            "mallory",
+            &forged(std::time::Duration::from_secs(1), 0),
+        ],
+    );
+    assert_eq!(one_second.status.code(), Some(2), "{one_second:?}");
+    assert!(
+        String::from_utf8_lossy(&one_second.stderr).contains("epoch schedule is invalid"),
+        "{one_second:?}"
+    );
+    let ancient = earth(&bob, &["add-friend", "mallory", &forged(MIN_EPOCH, 0)]);
+    assert_eq!(ancient.status.code(), Some(2), "{ancient:?}");
+    assert!(
+        String::from_utf8_lossy(&ancient.stderr).contains("too far from now"),
+        "{ancient:?}"
+    );
+    // What is accepted: status walks at most the bound, and finishes.
+    let started = std::time::Instant::now();
+    let status = earth(&bob, &["status"]);
+    assert!(status.status.success(), "{status:?}");
+    eprintln!("status in {:?}", started.elapsed());
+    // Exposed state: refused with the fix, until it is owner-only again.
+    let file = bob.join("state.toml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let exposed = earth(&bob, &["status"]);
+    assert_eq!(exposed.status.code(), Some(2), "{exposed:?}");
+    assert!(String::from_utf8_lossy(&exposed.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(earth(&bob, &["status"]).status.success());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Runs `sky node ARGS` (loopback, ephemeral ports, one shard, no
+/// metrics) with stderr into a file until it is ready, stops it with
+/// SIGTERM, and returns everything it logged.
+fn node_log(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let path = std::env::temp_dir().join(format!("sky-log-{}-{name}.log", std::process::id()));
+    let mut child = Command::new(SKY)
+        .args(["node", "--listen", "127.0.0.1:0", "--gossip", EPHEMERAL])
+        .args(["--check", "0", "--metrics", "off", "--shards", "1"])
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("SKY_LOG")
+        .env_remove("SKY_LOG_FORMAT")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&path).unwrap())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("sky node ready")
+    {
+        if std::time::Instant::now() > end || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name}: never ready:\n{}",
+                std::fs::read_to_string(&path).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_handles_sigterm(child.id());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{name}");
+    let log = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    log
+}
+
+/// `--log-format json`, `SKY_LOG_FORMAT=json` and `log_format = "json"`
+/// write one JSON object per line; text is the default and a flag beats
+/// the environment; no escape code reaches a file in either format (this
+/// process's NO_COLOR is removed: the file alone must keep them out).
+#[test]
+fn log_format_json_writes_one_object_per_line_and_files_get_no_escape_codes() {
+    let dir = std::env::temp_dir().join(format!("sky-logfmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("json.toml");
+    std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    /// A name, flags, environment, and whether the log is JSON.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 5] = [
+        ("default", &[], &[], false),
+        ("flag", &["--log-format", "json"], &[], true),
+        ("env", &[], &[("SKY_LOG_FORMAT", "json")], true),
+        ("file", &["--config", file], &[], true),
+        (
+            "flag-over-env",
+            &["--log-format", "text"],
+            &[("SKY_LOG_FORMAT", "json")],
+            false,
+        ),
+    ];
+    for (name, args, env, json) in cases {
+        let log = node_log(name, args, env);
+        assert!(!log.contains('\u{1b}'), "{name}: an escape code:\n{log:?}");
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() >= 2, "{name}:\n{log}");
+        if !json {
+            assert!(lines.iter().all(|l| !l.starts_with('{')), "{name}:\n{log}");
+            assert!(
+                log.contains(" INFO ") && log.contains("sky node stopped"),
+                "{name}:\n{log}"
+            );
+            continue;
+        }
+        let events: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {l}"));
+                assert!(v.is_object(), "{name}: not an object: {l}");
+                v
+            })
+            .collect();
+        let ready = events
+            .iter()
+            .find(|e| e["message"] == "sky node ready")
+            .unwrap_or_else(|| panic!("{name}: no ready event:\n{log}"));
+        assert_eq!(ready["level"], "INFO", "{ready}");
+        assert!(
+            ready["listen"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("127.0.0.1:")),
+            "{ready}"
+        );
+        assert!(ready["timestamp"].is_string(), "{ready}");
+        assert!(
+            events.iter().any(|e| e["message"] == "sky node stopped"),
+            "{name}:\n{log}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A socket buffer larger than the kernel allows is not silently capped:
+/// the node logs what it asked for and what it got.
+#[test]
+fn the_node_says_when_the_kernel_grants_smaller_socket_buffers() {
+    let max = |key: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{key}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let limit = max("rmem_max").min(max("wmem_max"));
+    let asked = 1usize << 30;
+    if limit >= asked {
+        eprintln!("WARNING: net.core.[rw]mem_max allow 1 GiB here; nothing to warn about");
+        return;
+    }
+    let log = node_log("buffers", &["--socket-buffer", &asked.to_string()], &[]);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("socket buffers"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(warning.contains(&format!("asked={asked}")), "{warning}");
+    assert!(warning.contains(&format!("granted={limit}")), "{warning}");
+    assert!(warning.contains("60-sky.conf"), "{warning}");
+    // Asked for no more than the kernel allows: no warning.
+    let log = node_log("fits", &["--socket-buffer", &limit.to_string()], &[]);
+    assert!(!log.contains("socket buffers"), "{log}");
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), text logs
+/// are coloured unless NO_COLOR is set, and JSON logs never are.
+#[test]
+fn on_a_terminal_colour_only_without_no_color_and_never_in_json() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("WARNING: util-linux `script` not found; terminal colours untested");
+        return;
+    }
+    let cases = [
+        ("text", None, true),
+        ("text", Some("1"), false),
+        ("json", None, false),
+    ];
+    for (format, no_color, coloured) in cases {
+        let node = format!(
+            "'{SKY}' node --listen 127.0.0.1:0 --gossip {EPHEMERAL} --check 0 --metrics off \
+             --shards 1 --log-format {format}"
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", &node, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("SKY_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let mut script = cmd.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = script.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l: &String| l.contains("sky node ready")) {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("{format} {no_color:?}: never ready: {seen:?}"),
+            }
+        }
+        // Closing the terminal hangs the node up.
+        let _ = script.kill();
+        let _ = script.wait();
+        let escapes = seen.iter().any(|l| l.contains('\u{1b}'));
+        assert_eq!(
+            escapes, coloured,
+            "{format}, NO_COLOR {no_color:?}: {seen:?}"
+        );
+        if format == "json" {
+            for line in &seen {
+                let v: serde_json::Value = serde_json::from_str(line.trim_end_matches('\r'))
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+                assert!(v.is_object());
+            }
+        }
     }
 }

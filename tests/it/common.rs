@@ -2,6 +2,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sky_node::config::{Config, EngineChoice};
@@ -113,7 +115,7 @@ pub(crate) fn cookie(socket: &UdpSocket, node: SocketAddr) -> Cookie {
 }
 
 /// GET /metrics from the node (a test-side client; the node's HTTP server
-/// is tiny_http).
+/// is hyper).
 pub(crate) fn scrape(node: &Node) -> String {
     let addr = node.metrics_addr().expect("metrics enabled");
     let mut s = TcpStream::connect(addr).unwrap();
@@ -166,4 +168,55 @@ pub(crate) static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Takes [`HEAVY`], whether or not a previous holder panicked.
 pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Root where asked, and the programs, or a loud skip; in CI (`CI` set)
+/// their absence fails the test. `what` names the check for the message.
+pub(crate) fn can_run(what: &str, root: bool, programs: &[&str]) -> bool {
+    let has = |p: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut lacks = Vec::new();
+    if root
+        && Command::new("id")
+            .arg("-u")
+            .output()
+            .map_or(true, |o| o.stdout != b"0\n")
+    {
+        lacks.push("root".to_string());
+    }
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !has(p)).collect();
+    if !missing.is_empty() {
+        lacks.push(format!("{} (.ci/test installs them)", missing.join(", ")));
+    }
+    let lacks = lacks.join(" and ");
+    match (lacks.is_empty(), std::env::var_os("CI").is_some()) {
+        (true, _) => true,
+        (false, true) => panic!("{what} cannot run in CI: it lacks {lacks}"),
+        (false, false) => {
+            eprintln!("WARNING: {what} skipped: it lacks {lacks}");
+            false
+        }
+    }
+}
+
+/// A directory of the test's own, removed when dropped.
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("sky-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

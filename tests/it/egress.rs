@@ -33,6 +33,15 @@ fn egress_table() -> BTreeMap<String, (usize, usize, usize)> {
         .collect()
 }
 
+/// `config` with 8 entries per source IP, so that a `refused` is quick to
+/// provoke.
+fn budgeted(config: sky_node::config::Config) -> sky_node::config::Config {
+    sky_node::config::Config {
+        max_per_ip: Some(8),
+        ..config
+    }
+}
+
 /// Measures every row on a node listening on `listen`.
 fn measure(node: &Node) -> BTreeMap<String, usize> {
     let sky = node.local_addr();
@@ -142,6 +151,27 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
             },
         ),
     );
+    // A registration the node will not hold: the source at its budget
+    // (the test nodes allow 8 entries per IP).
+    let flood = socket_for(sky);
+    let fc = cookie(&flood, sky);
+    let mut refused = 0;
+    for i in 0..16u8 {
+        let len = reply_len(
+            &flood,
+            Message::Register {
+                tag,
+                cookie: fc,
+                flags: Flags(0),
+                token: Token([i; 16]),
+            },
+        );
+        if len != 46 && len != 58 {
+            refused = len;
+            break;
+        }
+    }
+    got.insert("refused".into(), refused);
     measure_in_a_sky(node, &mut got);
     got
 }
@@ -226,11 +256,11 @@ fn egress_table_matches_the_wire_and_the_budgets() {
         eprintln!("WARNING: no IPv6 loopback here; checking only the IPv4 column");
     }
     for engine in engines() {
-        let v4 = Node::start(&config(engine, "127.0.0.1:0")).unwrap();
+        let v4 = Node::start(&budgeted(config(engine, "127.0.0.1:0"))).unwrap();
         let got4 = measure(&v4);
         v4.shutdown().unwrap();
         let got6 = ipv6.then(|| {
-            let v6 = Node::start(&config(engine, "[::1]:0")).unwrap();
+            let v6 = Node::start(&budgeted(config(engine, "[::1]:0"))).unwrap();
             let g = measure(&v6);
             v6.shutdown().unwrap();
             g

@@ -6,13 +6,17 @@
 mod bench;
 mod cli;
 mod common;
+mod container;
+mod deploy;
 mod dht;
 mod earth_live;
 mod egress;
 mod end_to_end;
+mod fairness;
 mod gossip;
 mod hostile;
 mod metrics;
 mod nat;
+mod notify;
 mod sdk;
 mod workspace;

@@ -64,10 +64,9 @@ fn closure(graph: &BTreeMap<String, BTreeSet<String>>, package: &str) -> BTreeSe
 
 /// What the sky side builds on and the earth client must not: server crates
 /// and Linux-only ones.
-const SERVER_CRATES: [&str; 10] = [
+const SERVER_CRATES: [&str; 9] = [
     "sky-node",
     "io-uring",
-    "tiny_http",
     "prometheus",
     "dashmap",
     "foca",

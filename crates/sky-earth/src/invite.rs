@@ -18,7 +18,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::ratchet::{ChainKey, Epoch, Schedule};
+use crate::ratchet::{ChainKey, Epoch, MAX_EPOCH, MAX_WALK, MIN_EPOCH, Schedule};
+use sky_proto::time::UnixTime;
 use sky_proto::wire;
 
 const PREFIX: &str = "sky1-";
@@ -52,8 +53,12 @@ pub enum InviteError {
     Format,
     /// The check does not match: the string was damaged.
     Check,
-    /// An epoch length of zero, or a phase not below it.
+    /// An epoch length outside [`MIN_EPOCH`]..=[`MAX_EPOCH`], or a phase
+    /// not below it.
     Schedule,
+    /// The invite's epoch is further from now than the ratchet walks
+    /// ([`MAX_WALK`] epochs back), or ahead of now: stale or forged.
+    Epoch,
 }
 
 impl fmt::Display for InviteError {
@@ -63,7 +68,12 @@ impl fmt::Display for InviteError {
                 "not a sky invite (expected sky1- and 176 hex digits, 64 more per extra device)"
             }
             InviteError::Check => "the invite is damaged (its check does not match)",
-            InviteError::Schedule => "the invite's epoch schedule is invalid",
+            InviteError::Schedule => {
+                "the invite's epoch schedule is invalid (epochs of 1 hour to 365 days)"
+            }
+            InviteError::Epoch => {
+                "the invite's epoch is too far from now (stale or forged): ask for a new one"
+            }
         })
     }
 }
@@ -109,7 +119,8 @@ impl Invite {
         let mut epoch = [0u8; 8];
         epoch.copy_from_slice(&b[..8]);
         let (length, phase) = (u32_at(8), u32_at(12));
-        if length == 0 || phase >= length {
+        let bounds = MIN_EPOCH.as_secs()..=MAX_EPOCH.as_secs();
+        if !bounds.contains(&u64::from(length)) || phase >= length {
             return Err(InviteError::Schedule);
         }
         let mut key = [0u8; 32];
@@ -129,6 +140,18 @@ impl Invite {
         })
     }
 
+    /// Whether this invite's epoch can be reached from `now`: no more than
+    /// [`MAX_WALK`] epochs back, and not ahead of now by more than one
+    /// (clock skew). What an application checks before it adds a friend
+    /// (`sky earth add-friend` does).
+    pub fn check_at(&self, now: UnixTime) -> Result<(), InviteError> {
+        let current = self.schedule.epoch_at(now).0;
+        if self.epoch.0 > current + 1 || current - self.epoch.0.min(current) > MAX_WALK {
+            return Err(InviteError::Epoch);
+        }
+        Ok(())
+    }
+
     /// The `sky1-…` text.
     pub fn encode(&self) -> String {
         format!("{PREFIX}{}", wire::to_hex(&self.to_bytes()))
@@ -140,7 +163,10 @@ impl Invite {
             .trim()
             .strip_prefix(PREFIX)
             .ok_or(InviteError::Format)?;
-        if hex.len() % 2 != 0 || hex.len() > 2 * (HEAD + 32 * MAX_DEVICES + CHECK) {
+        if hex.len() % 2 != 0
+            || hex.len() > 2 * (HEAD + 32 * MAX_DEVICES + CHECK)
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(InviteError::Format);
         }
         let mut b = Vec::with_capacity(hex.len() / 2);

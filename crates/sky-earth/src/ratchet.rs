@@ -110,6 +110,17 @@ pub struct Schedule {
 pub const DEFAULT_EPOCH: Duration = Duration::from_secs(24 * 3600);
 /// SPEC §2 default overlap window `H`.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
+/// The shortest epoch length `R` a chain may have: an invite or a reset
+/// with a shorter one is refused (a second-long epoch would make every
+/// walk of the ratchet millions of steps).
+pub const MIN_EPOCH: Duration = Duration::from_secs(3600);
+/// The longest epoch length `R`.
+pub const MAX_EPOCH: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The most epochs a chain is walked forward in one go: about eleven years
+/// at the shortest `R`. A chain further behind than this (a forged or
+/// ancient invite) yields no key: [`Chain::key_at`] says `None` at once
+/// instead of spinning.
+pub const MAX_WALK: u64 = 100_000;
 
 impl Schedule {
     /// The epoch at `unix`.
@@ -175,10 +186,10 @@ impl Chain {
         &self.origin_key
     }
 
-    /// The key of `epoch`, or `None` before the chain's origin: the ratchet
-    /// cannot go back.
+    /// The key of `epoch`, or `None` before the chain's origin (the
+    /// ratchet cannot go back) or more than [`MAX_WALK`] epochs after it.
     pub fn key_at(&mut self, epoch: Epoch) -> Option<ChainKey> {
-        if epoch < self.origin {
+        if epoch < self.origin || epoch.0 - self.origin.0 > MAX_WALK {
             return None;
         }
         if epoch < self.latest {

@@ -44,6 +44,9 @@ pub enum StateError {
     Io(PathBuf, io::Error),
     /// The file is there but not valid state.
     Corrupt(PathBuf, String),
+    /// Others than its owner may read the file (it holds the chain key and
+    /// the secret key): the Unix mode it has.
+    Exposed(PathBuf, u32),
 }
 
 impl fmt::Display for StateError {
@@ -56,6 +59,13 @@ impl fmt::Display for StateError {
             ),
             StateError::Io(p, e) => write!(f, "{}: {e}", p.display()),
             StateError::Corrupt(p, e) => write!(f, "{} is not valid earth state: {e}", p.display()),
+            StateError::Exposed(p, mode) => write!(
+                f,
+                "{} is readable by others (mode {mode:03o}) and holds your keys: refusing it; \
+                 run `chmod 600 {}` if nobody else could have read it, else start over",
+                p.display(),
+                p.display()
+            ),
         }
     }
 }
@@ -252,6 +262,9 @@ impl State {
     /// for a new device).
     pub fn read_file(path: &Path) -> Result<State, StateError> {
         let path = path.to_path_buf();
+        if let Some(mode) = owner_only::exposed(&path) {
+            return Err(StateError::Exposed(path, mode));
+        }
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -412,6 +425,19 @@ mod owner_only {
     #[cfg(not(unix))]
     pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
+    }
+
+    /// The mode of `path` when its group or others may read or write it.
+    #[cfg(unix)]
+    pub(super) fn exposed(path: &Path) -> Option<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn exposed(_path: &Path) -> Option<u32> {
+        None
     }
 
     #[cfg(unix)]

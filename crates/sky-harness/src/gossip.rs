@@ -28,6 +28,9 @@ pub struct Member {
     pub endpoint: SocketAddr,
     /// The gossip endpoints it joined through.
     pub seeds: Vec<SocketAddr>,
+    /// Its identity key's secret (kept across restarts, as the engine
+    /// keeps its key file).
+    key: [u8; 32],
     /// Rings stored into the node's ring so far.
     pub ring_changes: u32,
     /// Entries dropped by handoffs so far.
@@ -54,13 +57,13 @@ impl Member {
 
     /// A new core for the same endpoints under the next identity bump,
     /// and the seeds to join through.
-    pub(crate) fn restarted(self, seed: u64) -> (Gossip, Vec<SocketAddr>) {
+    pub(crate) fn restarted(self, seed: u64) -> (Gossip, [u8; 32], Vec<SocketAddr>) {
         let old = self.gossip.identity();
         let bump = old.bump.wrapping_add(1);
         let me = NodeId::new(old.gossip, old.service, bump);
         let rng = gossip_rng_seed(seed, old.service, bump);
-        let gossip = Gossip::new(me, slash32(), rng, GossipConfig::default());
-        (gossip, self.seeds)
+        let gossip = Gossip::new(me, self.key, slash32(), rng, GossipConfig::default());
+        (gossip, self.key, self.seeds)
     }
 }
 
@@ -76,11 +79,12 @@ fn gossip_rng_seed(seed: u64, service: SocketAddr, bump: u16) -> u64 {
 
 impl SkyNode {
     /// A node with its own ring, built by `gossip`, which joins through
-    /// `seeds` at `now`. The caller sends what the join queued
-    /// (`Net::after_gossip`).
+    /// `seeds` at `now`; `key` is the secret `gossip` signs with. The
+    /// caller sends what the join queued (`Net::after_gossip`).
     pub fn gossiping(
         addr: SocketAddr,
         secret: [u8; 32],
+        key: [u8; 32],
         mut gossip: Gossip,
         seeds: &[SocketAddr],
         now: MonoTime,
@@ -93,6 +97,7 @@ impl SkyNode {
             endpoint: gossip.identity().gossip,
             gossip,
             seeds: seeds.to_vec(),
+            key,
             ring_changes: 0,
             handed_off: 0,
             errors: 0,
@@ -122,8 +127,9 @@ impl Net {
             .map(|i| {
                 let me = NodeId::new(node_gossip(i), node(i), 1);
                 let rng = gossip_rng_seed(seed, node(i), 1);
-                let gossip = Gossip::new(me, slash32(), rng, GossipConfig::default());
-                SkyNode::gossiping(node(i), [i; 32], gossip, &seeds, MonoTime::ZERO)
+                let key = [i.wrapping_add(100); 32];
+                let gossip = Gossip::new(me, key, slash32(), rng, GossipConfig::default());
+                SkyNode::gossiping(node(i), [i; 32], key, gossip, &seeds, MonoTime::ZERO)
             })
             .collect();
         for s in 0..net.skies.len() {

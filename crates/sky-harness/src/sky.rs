@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sky_node::keys::NodeSecret;
-use sky_node::presence::{Found, Presence};
+use sky_node::presence::Presence;
 use sky_node::shard::{Shard, ShardConfig};
 use sky_node::snapshot::{self, SharedRing};
 use sky_proto::ring::Ring;
@@ -80,7 +80,7 @@ impl SkyNode {
     /// leaves at least 4 of the 5 a shard allows.
     pub fn holds(&self, address: &VirtualAddr, now: MonoTime) -> bool {
         let now = now.as_secs().min(u32::MAX.into()) as u32;
-        matches!(self.presence.lookup(address, now, 0), Found::Online { .. })
+        self.presence.peek(address, now).is_some()
     }
 }
 
@@ -236,8 +236,8 @@ impl Net {
         match old.member.take() {
             None => self.skies[s] = SkyNode::new(addr, secret, ring.as_ref(), now),
             Some(member) => {
-                let (gossip, seeds) = member.restarted(self.seed);
-                self.skies[s] = SkyNode::gossiping(addr, secret, gossip, &seeds, now);
+                let (gossip, key, seeds) = member.restarted(self.seed);
+                self.skies[s] = SkyNode::gossiping(addr, secret, key, gossip, &seeds, now);
                 self.after_gossip(s);
             }
         }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::shard::ShardConfig;
 use sky_proto::ring::RingConfig;
+use sky_proto::wire;
 
 /// Which packet engine runs the shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -35,6 +36,30 @@ impl FromStr for EngineChoice {
             "mmsg" => Ok(EngineChoice::Mmsg),
             other => Err(format!(
                 "unknown engine `{other}` (expected auto, uring or mmsg)"
+            )),
+        }
+    }
+}
+
+/// How the node writes its log lines (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}` (expected text or json)"
             )),
         }
     }
@@ -93,6 +118,24 @@ pub struct Config {
     /// on the ring and in members pages; gossip is advertised at the same
     /// IP with the gossip port. `None`: the listen address.
     pub advertise: Option<SocketAddr>,
+    /// Presence entries one source IP, and one source prefix, may hold
+    /// (`None`: 1% and 5% of the capacity, at least 64 and 256), and the
+    /// prefix lengths that count as one source network.
+    pub max_per_ip: Option<u32>,
+    pub max_per_prefix: Option<u32>,
+    pub source_prefix_v4: u8,
+    pub source_prefix_v6: u8,
+    /// Bytes of `SO_RCVBUF` and `SO_SNDBUF` asked for on each shard's
+    /// socket; the kernel grants at most `net.core.rmem_max` /
+    /// `wmem_max`, and the node logs what it got when that is less.
+    pub socket_buffer: usize,
+    pub log_format: LogFormat,
+    /// Where the node's gossip identity key is kept (created if missing);
+    /// `None`: a fresh key each start.
+    pub node_key: Option<std::path::PathBuf>,
+    /// A closed sky: the gossip identity keys of every node allowed in;
+    /// `None`: any node that proves its endpoints.
+    pub closed_sky: Option<std::collections::HashSet<[u8; 32]>>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -106,6 +149,13 @@ pub const DEFAULT_GOSSIP_PORT: u16 = 7701;
 /// default listen port: the listen port plus two (the second is plus three;
 /// ephemeral ports when the listen port is 0).
 pub const DEFAULT_CHECK_PORT: u16 = 7702;
+/// The socket buffer asked for by default: what `deploy/sysctl.d/60-sky.conf`
+/// raises `net.core.rmem_max` and `wmem_max` to (32 MiB), so that a
+/// shard's socket absorbs a burst of ~100k small datagrams while its
+/// thread is busy.
+pub const DEFAULT_SOCKET_BUFFER: usize = 32 << 20;
+/// The smallest and largest `socket_buffer` accepted.
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=1 << 30;
 
 /// `port + n`, or 0 (ephemeral) when `port` is 0 or that is past 65535.
 fn next_port(port: u16, n: u16) -> u16 {
@@ -148,6 +198,14 @@ impl Default for Config {
             handoff_grace: 2 * keepalive,
             check: default_check(listen),
             advertise: None,
+            max_per_ip: None,
+            max_per_prefix: None,
+            source_prefix_v4: 24,
+            source_prefix_v6: 56,
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
+            log_format: LogFormat::Text,
+            node_key: None,
+            closed_sky: None,
         }
     }
 }
@@ -176,6 +234,16 @@ pub struct FileConfig {
     pub check: Option<String>,
     /// `IP` or `IP:PORT`.
     pub advertise: Option<String>,
+    pub max_per_ip: Option<u32>,
+    pub max_per_prefix: Option<u32>,
+    pub source_prefix_v4: Option<u8>,
+    pub source_prefix_v6: Option<u8>,
+    /// Bytes.
+    pub socket_buffer: Option<usize>,
+    pub log_format: Option<LogFormat>,
+    pub node_key: Option<String>,
+    /// Hex public keys.
+    pub closed_sky: Option<Vec<String>>,
 }
 
 /// A configuration that cannot run, and why.
@@ -217,6 +285,14 @@ impl FileConfig {
             handoff_grace_secs: other.handoff_grace_secs.or(self.handoff_grace_secs),
             check: other.check.or(self.check),
             advertise: other.advertise.or(self.advertise),
+            max_per_ip: other.max_per_ip.or(self.max_per_ip),
+            max_per_prefix: other.max_per_prefix.or(self.max_per_prefix),
+            source_prefix_v4: other.source_prefix_v4.or(self.source_prefix_v4),
+            source_prefix_v6: other.source_prefix_v6.or(self.source_prefix_v6),
+            socket_buffer: other.socket_buffer.or(self.socket_buffer),
+            log_format: other.log_format.or(self.log_format),
+            node_key: other.node_key.or(self.node_key),
+            closed_sky: other.closed_sky.or(self.closed_sky),
         }
     }
 
@@ -321,9 +397,55 @@ impl FileConfig {
             None => None,
             Some(s) => Some(parse_advertise(s, listen.port())?),
         };
+        for (name, n) in [
+            ("max_per_ip", self.max_per_ip),
+            ("max_per_prefix", self.max_per_prefix),
+        ] {
+            if n == Some(0) {
+                return Err(ConfigError(format!("{name}: must be at least 1")));
+            }
+        }
+        let source_prefix_v4 = self.source_prefix_v4.unwrap_or(d.source_prefix_v4);
+        let source_prefix_v6 = self.source_prefix_v6.unwrap_or(d.source_prefix_v6);
+        if !(8..=32).contains(&source_prefix_v4) || !(16..=128).contains(&source_prefix_v6) {
+            return Err(ConfigError(format!(
+                "source prefixes: /{source_prefix_v4} and /{source_prefix_v6} are outside /8../32 and /16../128"
+            )));
+        }
+        let socket_buffer = match self.socket_buffer {
+            None => d.socket_buffer,
+            Some(n) if SOCKET_BUFFER_RANGE.contains(&n) => n,
+            Some(n) => {
+                return Err(ConfigError(format!(
+                    "socket_buffer: {n} is outside {}..={} bytes",
+                    SOCKET_BUFFER_RANGE.start(),
+                    SOCKET_BUFFER_RANGE.end()
+                )));
+            }
+        };
+        let closed_sky = match self.closed_sky {
+            None => None,
+            Some(keys) => Some(
+                keys.iter()
+                    .map(|k| {
+                        wire::from_hex::<32>(k).ok_or_else(|| {
+                            ConfigError(format!("closed_sky: `{k}` is not a 64-hex-digit key"))
+                        })
+                    })
+                    .collect::<Result<std::collections::HashSet<_>, _>>()?,
+            ),
+        };
         Ok(Config {
+            node_key: self.node_key.map(std::path::PathBuf::from),
+            closed_sky,
+            max_per_ip: self.max_per_ip,
+            max_per_prefix: self.max_per_prefix,
+            source_prefix_v4,
+            source_prefix_v6,
             advertise,
             check,
+            socket_buffer,
+            log_format: self.log_format.unwrap_or(d.log_format),
             listen,
             metrics,
             shards,
@@ -382,6 +504,17 @@ impl Config {
         }
     }
 
+    /// How much of the presence table one source may hold.
+    pub fn budgets(&self) -> crate::presence::Budgets {
+        let d = crate::presence::Budgets::for_capacity(self.capacity);
+        crate::presence::Budgets {
+            per_ip: self.max_per_ip.unwrap_or(d.per_ip),
+            per_prefix: self.max_per_prefix.unwrap_or(d.per_prefix),
+            prefix_v4: self.source_prefix_v4,
+            prefix_v6: self.source_prefix_v6,
+        }
+    }
+
     /// Shards to run on a machine with `cores` cores: the configured number,
     /// or one per core but one (left for gossip, metrics and control), at
     /// least one.
@@ -393,6 +526,7 @@ impl Config {
         ShardConfig {
             keepalive: self.keepalive,
             intros_per_second: self.intros_per_second,
+            intros_per_caller: (self.intros_per_second / 2).max(1),
             // An ephemeral port is told once bound (`Node::start`).
             check_port: self.check.unwrap_or(0),
         }

@@ -2,18 +2,32 @@
 //!
 //! Names follow Prometheus conventions: `sky_` prefix, base units, counters
 //! end in `_total`. Label values come only from closed sets — message kind
-//! ([`RecvKind`], [`SentKind`]), drop reason ([`DropReason`]), lookup
-//! outcome, engine, shard number, build version, member state
+//! ([`RecvKind`], [`SentKind`]), drop reason ([`DropReason`]), registration
+//! refusal reason ([`Refused`]), gossip refusal reason, lookup outcome,
+//! engine, shard number, build version and revision, member state
 //! ([`MemberState`]), gossip direction — never from a peer: no IP, port or
 //! virtual address can reach a label, not even a sky node's.
 //!
-//! Shards count in plain integers ([`Stats`]) and [`ShardMetrics::publish`]
-//! moves the counts into Prometheus counters in batches, so the packet path
-//! touches no shared cache line per datagram.
+//! Shards count in plain integers ([`Stats`], and the engine's own
+//! [`EngineStats`]) and [`ShardMetrics::publish`] moves the counts into
+//! Prometheus counters in batches, so the packet path touches no shared
+//! cache line per datagram. The one histogram, [`DATAGRAM_DURATION`], is
+//! filled the same way: an engine reads the clock once when a batch wakes
+//! it and once when it sends the batch, records the difference once for
+//! all the batch's datagrams ([`Durations::record`]), and publishes the
+//! bucket counts with the rest.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::gossip::{MemberCounts, MemberState};
+use crate::presence::Refused;
 use crate::shard::{DropReason, RecvKind, SentKind, Stats};
 use sky_proto::ring::Ring;
 
@@ -42,6 +56,21 @@ pub const GOSSIP_ERRORS: &str = "sky_gossip_errors_total";
 pub const HANDOFF_DROPPED: &str = "sky_handoff_dropped_entries_total";
 pub const CHECKS: &str = "sky_checks_total";
 pub const GOSSIP_REFUSED: &str = "sky_gossip_refused_total";
+pub const REGISTRATIONS_REFUSED: &str = "sky_registrations_refused_total";
+pub const DATAGRAM_DURATION: &str = "sky_datagram_duration_seconds";
+pub const RECEIVE_QUEUE_DROPPED: &str = "sky_receive_queue_dropped_datagrams_total";
+pub const URING_BUFFERS_EXHAUSTED: &str = "sky_uring_buffers_exhausted_total";
+
+/// The upper bounds of [`DATAGRAM_DURATION`]'s buckets, in nanoseconds
+/// (exported in seconds): 1-2-5 steps from 10 µs to 10 ms, around SPEC §6's
+/// 200 µs round-trip target.
+pub const DATAGRAM_DURATION_BUCKETS_NS: [u64; 10] = [
+    10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000,
+];
+const BUCKETS: usize = DATAGRAM_DURATION_BUCKETS_NS.len();
+
+/// The git commit the node was built from (`build.rs`), or "unknown".
+pub const REVISION: &str = env!("SKY_REVISION");
 
 /// The `direction` label of gossip traffic.
 const DIRECTIONS: [&str; 2] = ["in", "out"];
@@ -71,10 +100,14 @@ pub struct Metrics {
     gossip_bytes: IntCounterVec,
     gossip_errors: IntCounter,
     gossip_refused: IntCounterVec,
+    registrations_refused: IntCounterVec,
     pub handoff_dropped: IntCounter,
     /// NAT checks on the check ports, by outcome (answered, answered from
     /// the other port, rate limited, invalid).
     pub checks: IntCounterVec,
+    queue_dropped: IntCounterVec,
+    buffers_exhausted: IntCounterVec,
+    durations: DurationHistogram,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -105,12 +138,21 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let build = IntGaugeVec::new(
-            Opts::new(BUILD_INFO, "Build of the running node; always 1."),
-            &["version"],
+            Opts::new(
+                BUILD_INFO,
+                "Build of the running node (version, and the git commit it was built from); \
+                 always 1.",
+            ),
+            &["version", "revision"],
         )
         .expect("valid metric");
         r.register(Box::new(build.clone())).expect("unique metric");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+            .set(1);
+        let durations = DurationHistogram::new();
+        r.register(Box::new(durations.clone()))
+            .expect("unique metric");
         let engine = IntGaugeVec::new(
             Opts::new(
                 ENGINE_INFO,
@@ -123,8 +165,8 @@ impl Metrics {
         let members = IntGaugeVec::new(
             Opts::new(
                 MEMBERS,
-                "Sky nodes in this node's membership view by state (alive, suspect, down); \
-                 alive includes this node.",
+                "Sky nodes in this node's membership view by state (alive, suspect, down, \
+                 left); alive includes this node.",
             ),
             &["state"],
         )
@@ -214,11 +256,22 @@ impl Metrics {
                 GOSSIP_ERRORS,
                 "Gossip datagrams that could not be decoded or were refused, and failed sends.",
             ),
+            registrations_refused: counter_vec(
+                &r,
+                REGISTRATIONS_REFUSED,
+                "Registrations refused with a `refused` reply, by reason: table_full (capacity \
+                 live entries), source_limit (the source IP holds its share), prefix_limit (its \
+                 prefix does).",
+                "reason",
+            ),
             gossip_refused: counter_vec(
                 &r,
                 GOSSIP_REFUSED,
                 "Gossip datagrams refused, by reason: ring_settings (a node whose replicas, prefixes \
-                 or positions differ from ours), spoofed (a sender identity that is not its source).",
+                 or positions differ from ours), spoofed (a sender identity that is not its \
+                 source), forged (a signature that does not verify), unproven (an identity that \
+                 has not proven its endpoints yet: a few per join, or one a closed sky does not \
+                 list).",
                 "reason",
             ),
             checks: counter_vec(
@@ -233,6 +286,21 @@ impl Metrics {
                 HANDOFF_DROPPED,
                 "Presence entries dropped after a ring change because this node no longer owns them.",
             ),
+            queue_dropped: counter_vec(
+                &r,
+                RECEIVE_QUEUE_DROPPED,
+                "Datagrams the kernel dropped because a packet shard's socket receive queue was \
+                 full (SO_RXQ_OVFL), by shard; told by the next datagram that arrives.",
+                "shard",
+            ),
+            buffers_exhausted: counter_vec(
+                &r,
+                URING_BUFFERS_EXHAUSTED,
+                "Times a shard's io_uring receive found every provided buffer in use (ENOBUFS); \
+                 datagrams wait in the socket queue until buffers return. By shard.",
+                "shard",
+            ),
+            durations,
             registry: r,
         };
         // Create every series up front so that rates exist from the start.
@@ -246,6 +314,9 @@ impl Metrics {
         }
         for r in DropReason::ALL {
             m.dropped.with_label_values(&[r.label()]);
+        }
+        for r in Refused::ALL {
+            m.registrations_refused.with_label_values(&[r.label()]);
         }
         for o in ["online", "offline"] {
             m.lookups.with_label_values(&[o]);
@@ -274,6 +345,8 @@ impl Metrics {
             errors: self.gossip_errors.clone(),
             refused_settings: self.gossip_refused.with_label_values(&["ring_settings"]),
             refused_spoofed: self.gossip_refused.with_label_values(&["spoofed"]),
+            refused_forged: self.gossip_refused.with_label_values(&["forged"]),
+            refused_unproven: self.gossip_refused.with_label_values(&["unproven"]),
         }
     }
 
@@ -291,6 +364,7 @@ impl Metrics {
                 .map(|l| vec.with_label_values(&[*l]))
                 .collect()
         };
+        let shard = shard.to_string();
         let recv: Vec<_> = RecvKind::ALL.iter().map(|k| k.label()).collect();
         let sent: Vec<_> = SentKind::ALL.iter().map(|k| k.label()).collect();
         let drops: Vec<_> = DropReason::ALL.iter().map(|k| k.label()).collect();
@@ -300,11 +374,18 @@ impl Metrics {
             sent: each(&self.sent, &sent),
             sent_bytes: each(&self.sent_bytes, &sent),
             dropped: each(&self.dropped, &drops),
+            refused: each(
+                &self.registrations_refused,
+                &Refused::ALL.map(|r| r.label()),
+            ),
             online: self.lookups.with_label_values(&["online"]),
             offline: self.lookups.with_label_values(&["offline"]),
             intros_sent: self.intros_sent.clone(),
             intros_rate_limited: self.intros_rate_limited.clone(),
-            shard_received: self.shard_received.with_label_values(&[&shard.to_string()]),
+            shard_received: self.shard_received.with_label_values(&[&shard]),
+            queue_dropped: self.queue_dropped.with_label_values(&[&shard]),
+            buffers_exhausted: self.buffers_exhausted.with_label_values(&[&shard]),
+            durations: self.durations.clone(),
         }
     }
 
@@ -331,16 +412,38 @@ pub struct ShardMetrics {
     sent: Vec<IntCounter>,
     sent_bytes: Vec<IntCounter>,
     dropped: Vec<IntCounter>,
+    refused: Vec<IntCounter>,
     online: IntCounter,
     offline: IntCounter,
     intros_sent: IntCounter,
     intros_rate_limited: IntCounter,
     shard_received: IntCounter,
+    queue_dropped: IntCounter,
+    buffers_exhausted: IntCounter,
+    durations: DurationHistogram,
 }
 
 impl ShardMetrics {
-    /// Adds a shard's counts since its last publish.
-    pub fn publish(&self, s: &Stats) {
+    /// Adds a shard's counts since its last publish: the core's `s`, and
+    /// what its engine counted itself (which `publish` empties).
+    pub fn publish(&self, s: &Stats, engine: &mut EngineStats) {
+        self.publish_core(s);
+        let queue_dropped = engine
+            .queue_drops_seen
+            .wrapping_sub(engine.queue_drops_published);
+        if queue_dropped != 0 {
+            self.queue_dropped.inc_by(u64::from(queue_dropped));
+            engine.queue_drops_published = engine.queue_drops_seen;
+        }
+        if engine.buffers_exhausted != 0 {
+            self.buffers_exhausted.inc_by(engine.buffers_exhausted);
+            engine.buffers_exhausted = 0;
+        }
+        self.durations.add(&engine.durations);
+        engine.durations = Durations::default();
+    }
+
+    fn publish_core(&self, s: &Stats) {
         fn add(counters: &[IntCounter], values: &[u64]) {
             for (c, v) in counters.iter().zip(values) {
                 if *v != 0 {
@@ -353,6 +456,7 @@ impl ShardMetrics {
         add(&self.sent, &s.sent);
         add(&self.sent_bytes, &s.sent_bytes);
         add(&self.dropped, &s.dropped);
+        add(&self.refused, &s.refused);
         for (c, v) in [
             (&self.online, s.lookups_online),
             (&self.offline, s.lookups_offline),
@@ -386,6 +490,8 @@ pub struct GossipMetrics {
     pub errors: IntCounter,
     pub refused_settings: IntCounter,
     pub refused_spoofed: IntCounter,
+    pub refused_forged: IntCounter,
+    pub refused_unproven: IntCounter,
 }
 
 impl GossipMetrics {
@@ -411,3 +517,139 @@ impl GossipMetrics {
         self.bytes_out.inc_by(bytes as u64);
     }
 }
+
+/// What an engine counts itself (its core counts the rest, in [`Stats`]):
+/// plain integers on the shard's own thread, moved into the node's metrics
+/// by [`ShardMetrics::publish`].
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Time in the node of the datagrams handled since the last publish.
+    pub durations: Durations,
+    /// Datagrams whose `io_uring` receive completed with `ENOBUFS`.
+    pub buffers_exhausted: u64,
+    /// The socket's receive-queue drop counter (`SO_RXQ_OVFL`) as last seen,
+    /// and as last published: the kernel counts since the socket was made,
+    /// in a `u32` that wraps.
+    queue_drops_seen: u32,
+    queue_drops_published: u32,
+}
+
+impl EngineStats {
+    /// The socket's drop counter, as a received datagram's `SO_RXQ_OVFL`
+    /// control message carries it (the count when that datagram was
+    /// queued; later datagrams carry later counts).
+    pub fn saw_queue_drops(&mut self, total: u32) {
+        self.queue_drops_seen = total;
+    }
+}
+
+/// A histogram of durations on one thread, in plain integers: the
+/// engine's side of [`DATAGRAM_DURATION`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durations {
+    /// Per bucket, not cumulative; the last is beyond the largest bound.
+    counts: [u64; BUCKETS + 1],
+    sum_ns: u64,
+}
+
+impl Durations {
+    /// Records `n` datagrams that each spent `d` in the node: one bucket
+    /// search however many datagrams a batch held.
+    pub fn record(&mut self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = DATAGRAM_DURATION_BUCKETS_NS
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(BUCKETS);
+        self.counts[i] += n;
+        self.sum_ns = self.sum_ns.saturating_add(ns.saturating_mul(n));
+    }
+
+    /// Datagrams recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// [`DATAGRAM_DURATION`] as the node exports it: the sum of every shard's
+/// [`Durations`], added on each publish (every 100 ms per shard, never per
+/// datagram). The prometheus crate's own histogram takes one observation
+/// at a time, which would be a shared atomic write per datagram.
+#[derive(Clone)]
+struct DurationHistogram(Arc<DurationTotals>);
+
+struct DurationTotals {
+    desc: Desc,
+    counts: [AtomicU64; BUCKETS + 1],
+    sum_ns: AtomicU64,
+}
+
+impl DurationHistogram {
+    fn new() -> DurationHistogram {
+        DurationHistogram(Arc::new(DurationTotals {
+            desc: Desc::new(
+                DATAGRAM_DURATION.into(),
+                "Time a datagram spends in the node: from the engine's wake-up that received \
+                 it to the send of its batch's answers (for a datagram without an answer, to \
+                 the end of its batch). One clock read per batch and one per send, none per \
+                 datagram."
+                    .into(),
+                Vec::new(),
+                HashMap::new(),
+            )
+            .expect("valid metric"),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }))
+    }
+
+    fn add(&self, d: &Durations) {
+        for (total, &n) in self.0.counts.iter().zip(&d.counts) {
+            if n != 0 {
+                total.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if d.sum_ns != 0 {
+            self.0.sum_ns.fetch_add(d.sum_ns, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Collector for DurationHistogram {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let totals = &self.0;
+        let mut h = proto::Histogram::default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(BUCKETS);
+        for (bound, count) in DATAGRAM_DURATION_BUCKETS_NS.iter().zip(&totals.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let mut b = proto::Bucket::default();
+            b.set_cumulative_count(cumulative);
+            b.set_upper_bound(*bound as f64 / 1e9);
+            buckets.push(b);
+        }
+        cumulative += totals.counts[BUCKETS].load(Ordering::Relaxed);
+        h.set_bucket(buckets);
+        h.set_sample_count(cumulative);
+        h.set_sample_sum(totals.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        let mut family = proto::MetricFamily::default();
+        family.set_name(DATAGRAM_DURATION.into());
+        family.set_help(totals.desc.help.clone());
+        family.set_field_type(proto::MetricType::HISTOGRAM);
+        family.set_metric(vec![m]);
+        vec![family]
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/metrics.rs"]
+mod tests;

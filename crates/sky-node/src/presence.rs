@@ -10,13 +10,20 @@
 //! removed by [`Presence::sweep`], which the control thread runs every
 //! keepalive interval; the sweep locks one table shard at a time.
 //!
-//! **Capacity and eviction rule.** The table holds at most `capacity`
-//! entries. A registration of a *new* address when the table is full is
-//! refused (counted as `table_full`); registered addresses keep refreshing.
-//! Nothing already present is ever evicted to make room: a flood of fresh
-//! registrations cannot push online users out. Room comes back only through
-//! expiry and unregistration. The count is kept with a relaxed atomic, so
-//! concurrent shards may overshoot the capacity by at most one entry each.
+//! **Capacity, budgets and eviction rule.** The table holds at most
+//! `capacity` live entries, and no source can hold more than its share: at
+//! most [`Budgets::per_ip`] entries registered from one source IP, and
+//! [`Budgets::per_prefix`] from one prefix (/24 IPv4, /56 IPv6;
+//! configurable). A registration of a *new* address (or one that would
+//! move an address to another source IP) beyond any of these is refused
+//! with a reason ([`Refused`]), which the shard answers in a 7-byte
+//! `refused` reply; registered addresses keep refreshing. Expired entries
+//! never count: before it refuses, the table reclaims every expired entry
+//! (a sweep, at most once a second). Nothing live is ever evicted to make
+//! room: a flood of fresh registrations cannot push online users out, and
+//! one source or prefix cannot fill the table. The counts are relaxed
+//! atomics, so concurrent shards may overshoot a limit by at most one entry
+//! each.
 //!
 //! **Memory.** One entry is a 12-byte key plus a 24-byte [`Entry`], plus
 //! the hash table's control byte and spare buckets (at 10^7 entries the
@@ -28,7 +35,7 @@
 
 use std::hash::RandomState;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -145,9 +152,103 @@ impl Entry {
     }
 }
 
-/// The table was full and the address was new.
+/// Why a registration was refused (the `reason` of its `refused` reply
+/// and of `sky_registrations_refused_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Full;
+#[repr(u8)]
+pub enum Refused {
+    /// The table holds `capacity` live entries.
+    TableFull = 1,
+    /// The source IP holds its share.
+    SourceLimit = 2,
+    /// The source's prefix holds its share.
+    PrefixLimit = 3,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 3] = [
+        Refused::TableFull,
+        Refused::SourceLimit,
+        Refused::PrefixLimit,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::TableFull => "table_full",
+            Refused::SourceLimit => "source_limit",
+            Refused::PrefixLimit => "prefix_limit",
+        }
+    }
+}
+
+/// How much of the table one source may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budgets {
+    /// Entries registered from one source IP, at most.
+    pub per_ip: u32,
+    /// Entries registered from one prefix, at most.
+    pub per_prefix: u32,
+    /// The prefix lengths that count as one source network.
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+}
+
+impl Budgets {
+    /// The defaults for a table of `capacity`: one IP 1% of it, one prefix
+    /// 5% (at least 64 and 256: a carrier NAT hides many users behind one
+    /// address).
+    pub fn for_capacity(capacity: usize) -> Budgets {
+        let share =
+            |percent: usize, floor: usize| (capacity * percent / 100).max(floor).min(capacity);
+        Budgets {
+            per_ip: share(1, 64) as u32,
+            per_prefix: share(5, 256) as u32,
+            prefix_v4: 24,
+            prefix_v6: 56,
+        }
+    }
+
+    /// No limit but the capacity (benchmarks from one machine).
+    pub fn unlimited() -> Budgets {
+        Budgets {
+            per_ip: u32::MAX,
+            per_prefix: u32::MAX,
+            prefix_v4: 24,
+            prefix_v6: 56,
+        }
+    }
+}
+
+/// A source as budgets count it: an IP, or a prefix (masked, with its
+/// length). Never leaves this module, never logged.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Source([u8; 17]);
+
+impl Budgets {
+    fn sources_of(&self, ip: &[u8; 16]) -> (Source, Source) {
+        let v4 = Ipv6Addr::from(*ip).to_ipv4_mapped().is_some();
+        let len = if v4 {
+            96 + usize::from(self.prefix_v4.min(32))
+        } else {
+            usize::from(self.prefix_v6.min(128))
+        };
+        let mut prefix = [0u8; 17];
+        for (i, b) in ip.iter().enumerate() {
+            let keep = len.saturating_sub(i * 8).min(8);
+            prefix[i] = if keep == 0 {
+                0
+            } else {
+                b & (0xffu8 << (8 - keep))
+            };
+        }
+        prefix[16] = len as u8;
+        let mut exact = [0u8; 17];
+        exact[..16].copy_from_slice(ip);
+        exact[16] = 0xff;
+        (Source(exact), Source(prefix))
+    }
+}
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +266,19 @@ pub struct Presence {
     map: DashMap<Key, Entry, RandomState>,
     len: AtomicUsize,
     capacity: usize,
+    budgets: Budgets,
+    /// Entries held per source IP and per prefix.
+    sources: DashMap<Source, u32, RandomState>,
+    /// When expired entries were last reclaimed on demand (seconds).
+    reclaimed: AtomicU32,
+    /// Introductions per (caller IP, target) this second, by keyed hash:
+    /// one caller cannot spend a target's whole allowance.
+    pairs: Box<[AtomicU32]>,
+    pair_hasher: RandomState,
 }
+
+/// Slots of the per-pair introduction counts (a power of two; 256 KiB).
+const PAIR_SLOTS: usize = 1 << 16;
 
 impl Presence {
     /// A table for at most `capacity` entries. It starts small and grows
@@ -173,6 +286,11 @@ impl Presence {
     /// allocator and transparent huge pages made most of it resident at
     /// once, 240 MiB for an empty 10^7 table).
     pub fn new(capacity: usize) -> Presence {
+        Presence::with_budgets(capacity, Budgets::for_capacity(capacity))
+    }
+
+    /// A table with explicit per-source budgets.
+    pub fn with_budgets(capacity: usize, budgets: Budgets) -> Presence {
         Presence {
             map: DashMap::with_capacity_and_hasher_and_shard_amount(
                 capacity.min(1 << 16),
@@ -181,6 +299,101 @@ impl Presence {
             ),
             len: AtomicUsize::new(0),
             capacity,
+            budgets,
+            sources: DashMap::with_hasher_and_shard_amount(RandomState::new(), TABLE_SHARDS),
+            reclaimed: AtomicU32::new(u32::MAX),
+            pairs: (0..PAIR_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            pair_hasher: RandomState::new(),
+        }
+    }
+
+    /// Takes one introduction from `caller`'s allowance towards `target`
+    /// this second (`per_second`). Slots are shared by keyed hash, so two
+    /// pairs rarely, and never predictably, share one.
+    fn take_pair(&self, caller: IpAddr, target: &Key, now_secs: u32, per_second: u8) -> bool {
+        use std::hash::BuildHasher;
+        let ip = match caller {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let slot = self.pair_hasher.hash_one((ip, target.0)) as usize & (PAIR_SLOTS - 1);
+        let cell = &self.pairs[slot];
+        let window = now_secs & 0xffff;
+        let mut seen = cell.load(Ordering::Relaxed);
+        for _ in 0..4 {
+            let next = if seen >> 16 != window {
+                (window << 16) | 1
+            } else if seen & 0xffff < u32::from(per_second) {
+                seen + 1
+            } else {
+                return false;
+            };
+            match cell.compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+        false
+    }
+
+    /// The per-source budgets.
+    pub fn budgets(&self) -> Budgets {
+        self.budgets
+    }
+
+    /// Counts one entry more (`up`) or less for the sources of `ip`.
+    fn count(&self, ip: &[u8; 16], up: bool) {
+        let (exact, prefix) = self.budgets.sources_of(ip);
+        for source in [exact, prefix] {
+            if up {
+                *self.sources.entry(source).or_insert(0) += 1;
+            } else if let dashmap::Entry::Occupied(mut o) = self.sources.entry(source) {
+                *o.get_mut() -= 1;
+                if *o.get() == 0 {
+                    o.remove();
+                }
+            }
+        }
+    }
+
+    /// Whether one more entry from `ip` fits its budgets.
+    fn within_budgets(&self, ip: &[u8; 16]) -> Result<(), Refused> {
+        let (exact, prefix) = self.budgets.sources_of(ip);
+        let held = |s| self.sources.get(&s).map_or(0, |n| *n);
+        if held(exact) >= self.budgets.per_ip {
+            return Err(Refused::SourceLimit);
+        }
+        if held(prefix) >= self.budgets.per_prefix {
+            return Err(Refused::PrefixLimit);
+        }
+        Ok(())
+    }
+
+    /// Whether a new entry from `ip` may be added: room and budget, after
+    /// reclaiming expired entries (at most once a second) if needed.
+    fn admit(&self, ip: &[u8; 16], now_secs: u32) -> Result<(), Refused> {
+        let check = || {
+            if self.len() >= self.capacity {
+                return Err(Refused::TableFull);
+            }
+            self.within_budgets(ip)
+        };
+        match check() {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let last = self.reclaimed.load(Ordering::Relaxed);
+                let due = last == u32::MAX || now_secs.saturating_sub(last) >= 1;
+                if due
+                    && self
+                        .reclaimed
+                        .compare_exchange(last, now_secs, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    && self.sweep(now_secs) > 0
+                {
+                    return check();
+                }
+                Err(refused)
+            }
         }
     }
 
@@ -197,34 +410,59 @@ impl Presence {
         self.len() == 0
     }
 
-    /// Registers or re-registers `address` at `endpoint` until `expires`.
-    /// A re-registration may move the address to a new endpoint (the token
-    /// proves ownership).
+    /// Registers or re-registers `address` at `endpoint` until `expires`
+    /// (`now_secs`: the time, for reclaiming expired entries). A
+    /// re-registration may move the address to a new endpoint (the token
+    /// proves ownership); one to another source IP counts against that
+    /// source's budget.
     pub fn register(
         &self,
         address: VirtualAddr,
         endpoint: SocketAddr,
         flags: Flags,
+        now_secs: u32,
         expires: u32,
-    ) -> Result<(), Full> {
+    ) -> Result<(), Refused> {
         let key = Key::of(&address);
-        if let Some(mut e) = self.map.get_mut(&key) {
-            e.set_endpoint(endpoint);
-            e.set_metered(flags.metered());
-            e.expires = expires.to_le_bytes();
-            return Ok(());
+        let ip = Entry::new(endpoint, flags, 0).ip;
+        let moving = match self.map.get_mut(&key) {
+            Some(mut e) if e.ip == ip => {
+                e.set_endpoint(endpoint);
+                e.set_metered(flags.metered());
+                e.expires = expires.to_le_bytes();
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if moving {
+            // To another source IP: within that source's budgets.
+            self.within_budgets(&ip)?;
+            if let Some(mut e) = self.map.get_mut(&key) {
+                let old = e.ip;
+                e.set_endpoint(endpoint);
+                e.set_metered(flags.metered());
+                e.expires = expires.to_le_bytes();
+                drop(e);
+                self.count(&old, false);
+                self.count(&ip, true);
+                return Ok(());
+            }
         }
-        if self.len() >= self.capacity {
-            return Err(Full);
-        }
+        self.admit(&ip, now_secs)?;
         match self.map.entry(key) {
             dashmap::Entry::Occupied(mut o) => {
                 // Another shard inserted it since our look.
+                let old = o.get().ip;
                 *o.get_mut() = Entry::new(endpoint, flags, expires);
+                drop(o);
+                self.count(&old, false);
+                self.count(&ip, true);
             }
             dashmap::Entry::Vacant(v) => {
                 v.insert(Entry::new(endpoint, flags, expires));
                 self.len.fetch_add(1, Ordering::Relaxed);
+                self.count(&ip, true);
             }
         }
         Ok(())
@@ -248,14 +486,34 @@ impl Presence {
         }
     }
 
+    /// Whether `address` is online at `now_secs`, and where (reads only:
+    /// takes no introduction).
+    pub fn peek(&self, address: &VirtualAddr, now_secs: u32) -> Option<SocketAddr> {
+        match self.map.get(&Key::of(address)) {
+            Some(e) if e.alive_at(now_secs) => Some(e.endpoint()),
+            _ => None,
+        }
+    }
+
     /// Looks `target` up and, if it is online, takes one introduction from
-    /// its allowance of `intros_per_second`.
-    pub fn lookup(&self, target: &VirtualAddr, now_secs: u32, intros_per_second: u8) -> Found {
-        match self.map.get(&Key::of(target)) {
+    /// the caller's allowance towards it (`limits.1` a second) and then from
+    /// the target's (`limits.0` a second): a caller flooding lookups of one
+    /// address spends only its own share, and others' lookups are still
+    /// introduced.
+    pub fn lookup(
+        &self,
+        target: &VirtualAddr,
+        caller: IpAddr,
+        now_secs: u32,
+        limits: (u8, u8),
+    ) -> Found {
+        let key = Key::of(target);
+        match self.map.get(&key) {
             Some(e) if e.alive_at(now_secs) => Found::Online {
                 endpoint: e.endpoint(),
                 flags: e.flags(),
-                introduce: e.take_introduction(now_secs, intros_per_second),
+                introduce: self.take_pair(caller, &key, now_secs, limits.1)
+                    && e.take_introduction(now_secs, limits.0),
             },
             _ => Found::Offline,
         }
@@ -263,11 +521,14 @@ impl Presence {
 
     /// Drops `address`. Returns whether it was present.
     pub fn remove(&self, address: &VirtualAddr) -> bool {
-        let removed = self.map.remove(&Key::of(address)).is_some();
-        if removed {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+        match self.map.remove(&Key::of(address)) {
+            Some((_, e)) => {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                self.count(&e.ip, false);
+                true
+            }
+            None => false,
         }
-        removed
     }
 
     /// Removes every entry whose address `me` does not own in `ring` (the
@@ -278,15 +539,22 @@ impl Presence {
     pub fn retain_owned(&self, ring: &Ring, me: SocketAddr) -> usize {
         let me = wire::canonical(me);
         let mut dropped = 0;
-        self.map.retain(|k, _| {
+        let mut gone = Vec::new();
+        self.map.retain(|k, e| {
             let mut position = [0u8; 8];
             position.copy_from_slice(&k.0[..8]);
             let keep = ring
                 .owners_of_position(u64::from_be_bytes(position))
                 .contains(me);
             dropped += usize::from(!keep);
+            if !keep {
+                gone.push(e.ip);
+            }
             keep
         });
+        for ip in &gone {
+            self.count(ip, false);
+        }
         self.len.fetch_sub(dropped, Ordering::Relaxed);
         dropped
     }
@@ -294,11 +562,18 @@ impl Presence {
     /// Removes every entry expired at `now_secs`; returns how many.
     pub fn sweep(&self, now_secs: u32) -> usize {
         let mut expired = 0;
+        let mut gone = Vec::new();
         self.map.retain(|_, e| {
             let keep = e.alive_at(now_secs);
             expired += usize::from(!keep);
+            if !keep {
+                gone.push(e.ip);
+            }
             keep
         });
+        for ip in &gone {
+            self.count(ip, false);
+        }
         self.len.fetch_sub(expired, Ordering::Relaxed);
         expired
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use sky_proto::time::MonoTime;
 
 use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
-use crate::presence::{Found, Presence};
+use crate::presence::{Found, Presence, Refused};
 use crate::snapshot::SharedRing;
 use sky_proto::ring::Ring;
 use sky_proto::wire::{self, Flags, Kind, Message, VirtualAddr};
@@ -43,6 +43,9 @@ pub struct ShardConfig {
     pub keepalive: Duration,
     /// Introductions sent to one target per second, at most.
     pub intros_per_second: u8,
+    /// Introductions one caller IP gets towards one target per second, at
+    /// most (a share of the target's).
+    pub intros_per_caller: u8,
     /// The node's first check port, told in `checked` replies (0: none).
     pub check_port: u16,
 }
@@ -52,6 +55,7 @@ impl Default for ShardConfig {
         ShardConfig {
             keepalive: Duration::from_secs(25),
             intros_per_second: 5,
+            intros_per_caller: 2,
             check_port: 0,
         }
     }
@@ -130,10 +134,11 @@ pub enum SentKind {
     NotOwner,
     RingChanged,
     Checked,
+    Refused,
 }
 
 impl SentKind {
-    pub const ALL: [SentKind; 11] = [
+    pub const ALL: [SentKind; 12] = [
         SentKind::Pong,
         SentKind::Cookie,
         SentKind::Registered,
@@ -145,6 +150,7 @@ impl SentKind {
         SentKind::NotOwner,
         SentKind::RingChanged,
         SentKind::Checked,
+        SentKind::Refused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -160,6 +166,7 @@ impl SentKind {
             SentKind::NotOwner => "not_owner",
             SentKind::RingChanged => "ring_changed",
             SentKind::Checked => "checked",
+            SentKind::Refused => "refused",
         }
     }
 
@@ -175,6 +182,7 @@ impl SentKind {
             Kind::NotOwner => SentKind::NotOwner,
             Kind::RingChanged => SentKind::RingChanged,
             Kind::Checked => SentKind::Checked,
+            Kind::Refused => SentKind::Refused,
             _ => SentKind::Introduction,
         }
     }
@@ -191,21 +199,18 @@ pub enum DropReason {
     BadLength,
     /// A valid message, but a reply kind: the sky answers only requests.
     NotARequest,
-    /// A new registration while the presence table is full.
-    TableFull,
     /// The kernel refused a send (engine).
     SendFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::BadVersion,
         DropReason::UnknownKind,
         DropReason::BadLength,
         DropReason::NotARequest,
-        DropReason::TableFull,
         DropReason::SendFailed,
     ];
 
@@ -217,7 +222,6 @@ impl DropReason {
             DropReason::UnknownKind => "unknown_kind",
             DropReason::BadLength => "bad_length",
             DropReason::NotARequest => "not_a_request",
-            DropReason::TableFull => "table_full",
             DropReason::SendFailed => "send_failed",
         }
     }
@@ -244,6 +248,8 @@ pub struct Stats {
     pub sent: [u64; SentKind::ALL.len()],
     pub sent_bytes: [u64; SentKind::ALL.len()],
     pub dropped: [u64; DropReason::ALL.len()],
+    /// Registrations refused, by [`Refused`] reason (`refused` replies).
+    pub refused: [u64; Refused::ALL.len()],
     pub lookups_online: u64,
     pub lookups_offline: u64,
     pub intros_rate_limited: u64,
@@ -435,10 +441,21 @@ impl Shard {
                 if let Some((version, hint)) = self.not_owner(&address) {
                     return self.reply(Message::NotOwner { tag, version, hint }, reply);
                 }
-                match self.presence.register(address, from, flags, expires) {
-                    Err(_) => {
-                        self.stats.record_drop(DropReason::TableFull);
-                        Output::default()
+                match self
+                    .presence
+                    .register(address, from, flags, now_secs, expires)
+                {
+                    Err(why) => {
+                        // Said, not dropped: the client can tell a full or
+                        // refusing node from loss (7 bytes, less than asked).
+                        self.stats.refused[why as usize - 1] += 1;
+                        self.reply(
+                            Message::Refused {
+                                tag,
+                                reason: why as u8,
+                            },
+                            reply,
+                        )
                     }
                     Ok(()) => self.reply(
                         Message::Registered {
@@ -490,10 +507,12 @@ impl Shard {
         buf: &mut [u8],
         reply: &mut [u8],
     ) -> Output {
-        match self
-            .presence
-            .lookup(&target, now_secs, self.config.intros_per_second)
-        {
+        match self.presence.lookup(
+            &target,
+            from.ip(),
+            now_secs,
+            (self.config.intros_per_second, self.config.intros_per_caller),
+        ) {
             Found::Offline => {
                 // Entries a node no longer owns are still answered during
                 // the handoff grace; only a miss asks whether we own it.

@@ -113,7 +113,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Parses exactly `N` bytes of hex.
 pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let text = text.trim();
-    if text.len() != 2 * N || !text.is_ascii() {
+    // Digits only: `from_str_radix` alone would take a sign (`+f`).
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; N];

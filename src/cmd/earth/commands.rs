@@ -61,6 +61,7 @@ pub(super) fn edit(store: &StateDir, request: &Request, out: &mut impl Out) -> u
 /// `add-friend`: decodes the invite and adds it to `state`.
 pub(super) fn add_friend(state: &mut State, name: &str, invite: &str) -> Result<String, String> {
     let invite = Invite::decode(invite).map_err(|e| e.to_string())?;
+    invite.check_at(unix_now()).map_err(|e| e.to_string())?;
     state
         .add_friend(name, invite)
         .map(|()| format!("added {name}"))

@@ -185,7 +185,9 @@ impl Online {
                 0
             }
             Request::AddFriend { name, invite } => {
-                let invite = match sky_earth::invite::Invite::decode(&invite) {
+                let decoded = sky_earth::invite::Invite::decode(&invite)
+                    .and_then(|i| i.check_at(now).map(|()| i));
+                let invite = match decoded {
                     Ok(i) => i,
                     Err(e) => {
                         let code = fail(&mut reply, e.to_string());
@@ -353,6 +355,15 @@ impl App for Online {
                     eprintln!("sky earth: cannot reach {friend}: {why}");
                 }
             }
+            EarthEvent::RegistrationRefused { reason } => eprintln!(
+                "sky earth: a sky node refused to hold our address: {}; trying again",
+                match reason {
+                    1 => "its table is full",
+                    2 => "this IP address holds its share of the table",
+                    3 => "this network holds its share of the table",
+                    _ => "no reason given",
+                }
+            ),
             EarthEvent::KeepaliveShortened { interval } => eprintln!(
                 "sky earth: the NAT forgets idle mappings sooner than the keepalive interval; \
                  keepalives every {} s from now on",

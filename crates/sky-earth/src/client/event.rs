@@ -196,6 +196,13 @@ pub enum Event {
     /// restart: save it, then call [`super::Earth::saved`] (or
     /// [`super::Earth::save_failed`]).
     SaveState,
+    /// A sky node would not hold our address (`reason`: 1 its table is
+    /// full, 2 our IP holds its share of it, 3 our network does). The
+    /// registration is tried again, backing off.
+    RegistrationRefused {
+        /// Why, as the node said.
+        reason: u8,
+    },
     /// Our NAT forgot an idle mapping before the keepalive interval was
     /// up (tested twice): keepalives go every `interval` from now on.
     KeepaliveShortened {

@@ -608,6 +608,12 @@ impl Registrations {
         })
     }
 
+    /// Whether `tag` is a registration we sent `from` and it has not
+    /// answered yet (a `refused` is only believed in answer to one).
+    pub(crate) fn is_pending(&self, from: SocketAddr, tag: Tag) -> bool {
+        self.find_pending(from, tag).is_some()
+    }
+
     /// Whether `tag` is a keepalive we sent `from` (a `ring changed` is
     /// only believed in answer to one).
     pub(crate) fn is_keepalive(&self, from: SocketAddr, tag: Tag) -> bool {

@@ -78,3 +78,53 @@ fn every_device_key_travels_and_the_length_says_how_many() {
     none.keys.clear();
     assert_eq!(Invite::decode(&none.encode()), Err(InviteError::Format));
 }
+
+#[test]
+fn out_of_range_schedules_and_epochs_are_refused() {
+    use crate::ratchet::{MAX_EPOCH, MAX_WALK, MIN_EPOCH, Schedule};
+    use std::time::Duration;
+    let with = |length: Duration, epoch: u64| {
+        let mut i = invite();
+        i.schedule = Schedule {
+            length,
+            phase: Duration::ZERO,
+        };
+        i.epoch = crate::ratchet::Epoch(epoch);
+        Invite::decode(&i.encode())
+    };
+    // The malicious invite: epoch 0 and a one-second epoch.
+    assert_eq!(with(Duration::from_secs(1), 0), Err(InviteError::Schedule));
+    assert_eq!(
+        with(MIN_EPOCH - Duration::from_secs(1), 5),
+        Err(InviteError::Schedule)
+    );
+    assert_eq!(
+        with(MAX_EPOCH + Duration::from_secs(1), 5),
+        Err(InviteError::Schedule)
+    );
+    // Within bounds it decodes; whether its epoch is reachable from now is
+    // `check_at`'s.
+    let ok = with(MIN_EPOCH, 0).unwrap();
+    let now = sky_proto::time::UnixTime::from_secs(1_800_000_000);
+    assert_eq!(
+        ok.check_at(now),
+        Err(InviteError::Epoch),
+        "500 000 epochs back"
+    );
+    let current = ok.schedule.epoch_at(now).0;
+    let recent = with(MIN_EPOCH, current - MAX_WALK).unwrap();
+    assert_eq!(recent.check_at(now), Ok(()));
+    let ahead = with(MIN_EPOCH, current + 2).unwrap();
+    assert_eq!(ahead.check_at(now), Err(InviteError::Epoch));
+}
+
+#[test]
+fn hex_with_a_sign_is_not_hex() {
+    let text = invite().encode();
+    let signed = text.replacen("sky1-0", "sky1-+", 1);
+    if signed != text {
+        assert_eq!(Invite::decode(&signed), Err(InviteError::Format));
+    }
+    assert_eq!(sky_proto::wire::from_hex::<1>("+f"), None);
+    assert_eq!(sky_proto::wire::from_hex::<1>("0f"), Some([15]));
+}

@@ -111,3 +111,13 @@ fn away_from_a_boundary_a_friend_tries_one_address() {
     let middle = schedule.start_of(Epoch(20_050)) + DEFAULT_EPOCH / 2;
     assert_eq!(schedule.lookup_epochs(middle, DEFAULT_OVERLAP).len(), 1);
 }
+
+#[test]
+fn a_walk_beyond_the_bound_answers_none_at_once() {
+    use super::MAX_WALK;
+    let mut chain = Chain::new(Epoch(10), ChainKey::from_bytes([3; 32]));
+    assert!(chain.key_at(Epoch(10 + MAX_WALK + 1)).is_none());
+    assert!(chain.key_at(Epoch(u64::MAX)).is_none());
+    assert!(chain.key_at(Epoch(9)).is_none(), "no going back");
+    assert!(chain.key_at(Epoch(12)).is_some());
+}

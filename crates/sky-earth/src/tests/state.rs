@@ -76,6 +76,33 @@ fn missing_and_corrupt_state_say_so() {
     assert!(matches!(State::load(&dir), Err(StateError::Missing(_))));
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(FILE), "version = 1\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join(FILE), fs::Permissions::from_mode(0o600)).unwrap();
+    }
     assert!(matches!(State::load(&dir), Err(StateError::Corrupt(..))));
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_state_file_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sky-state-exposed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let now = UnixTime::from_secs(1_800_000_000);
+    let state = State::new(
+        Identity::generate([9; 64], DEFAULT_EPOCH, now),
+        Friends::default(),
+    );
+    state.save(&dir).unwrap();
+    let file = dir.join("state.toml");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = State::load(&dir).unwrap_err();
+    assert!(matches!(e, StateError::Exposed(_, 0o644)), "{e}");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(State::load(&dir).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

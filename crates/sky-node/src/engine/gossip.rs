@@ -54,6 +54,10 @@ pub(super) struct Setup {
     pub ring_config: RingConfig,
     /// Seeds probe-target choice and fan-out.
     pub rng_seed: u64,
+    /// The node's identity key secret (gossip datagrams are signed with it).
+    pub secret: [u8; 32],
+    /// A closed sky's member keys.
+    pub closed_sky: Option<std::collections::HashSet<[u8; 32]>>,
 }
 
 /// The gossip loop; returns after a graceful leave once `stop` is set.
@@ -78,9 +82,18 @@ pub(super) fn run(
     }
     let mut gossip = Gossip::new(
         me,
+        setup.secret,
         setup.ring_config,
         setup.rng_seed,
-        GossipConfig::default(),
+        GossipConfig {
+            closed_sky: setup.closed_sky.clone(),
+            ..GossipConfig::default()
+        },
+    );
+    tracing::info!(
+        key = %sky_proto::wire::to_hex(&gossip.identity().key),
+        closed = setup.closed_sky.is_some(),
+        "gossip identity key (list it in the other nodes' closed_sky to admit this one)"
     );
     metrics.set_ring(gossip.ring());
     gossip.join(&setup.seeds, MonoTime::from_duration(origin.elapsed()));
@@ -200,6 +213,9 @@ fn publish(gossip: &mut Gossip, ring: &SharedRing, metrics: &GossipMetrics) {
         ring.store(Arc::new(new));
     }
     metrics.set_members(gossip.member_counts());
+    let refused = gossip.take_refusals();
+    metrics.refused_forged.inc_by(refused.forged);
+    metrics.refused_unproven.inc_by(refused.unproven);
 }
 
 /// The first bump of this run's identity: the wall clock in seconds, so a

@@ -3,6 +3,11 @@
 //!
 //! As in the io_uring engine, an introduction is written over its request
 //! in the receive buffer and sent from there; every array is allocated once.
+//! The clock is read when `recvmmsg` returns and once more after the batch
+//! is sent: every datagram of the batch the core handled is recorded with
+//! that difference.
+//! The socket's drop counter (`SO_RXQ_OVFL`) is read from the batch's last
+//! datagram, which carries the latest count.
 
 #![allow(unsafe_code)]
 
@@ -12,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::PUBLISH_EVERY;
+use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
-use super::sys::RawAddr;
-use crate::metrics::ShardMetrics;
+use super::sys::{self, CONTROL_LEN, ControlBuf, RawAddr};
+use crate::metrics::{EngineStats, ShardMetrics};
 use crate::shard::Core;
 use sky_proto::time::MonoTime;
 
@@ -26,6 +32,7 @@ pub(super) struct MmsgEngine {
     fd: RawFd,
     bufs: Box<[[u8; BUF_SIZE]]>,
     names: Box<[RawAddr]>,
+    controls: Box<[ControlBuf]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     outbox: Outbox,
@@ -51,6 +58,7 @@ impl MmsgEngine {
             fd,
             bufs: vec![[0u8; BUF_SIZE]; BATCH].into_boxed_slice(),
             names: vec![RawAddr::zeroed(); BATCH].into_boxed_slice(),
+            controls: vec![ControlBuf([0; CONTROL_LEN]); BATCH].into_boxed_slice(),
             iovs: vec![empty_iov(); BATCH].into_boxed_slice(),
             hdrs: vec![zeroed_mmsghdr(); BATCH].into_boxed_slice(),
             outbox: Outbox::new(fd, v6, 2 * BATCH),
@@ -63,8 +71,10 @@ impl MmsgEngine {
         metrics: &ShardMetrics,
         stop: &AtomicBool,
         origin: Instant,
+        heartbeat: &Heartbeat,
     ) -> io::Result<()> {
         let mut last_publish = MonoTime::from_duration(origin.elapsed());
+        let mut engine = EngineStats::default();
         while !stop.load(Ordering::Relaxed) {
             for i in 0..BATCH {
                 self.iovs[i] = libc::iovec {
@@ -76,10 +86,13 @@ impl MmsgEngine {
                 h.msg_namelen = RawAddr::CAPACITY;
                 h.msg_iov = &mut self.iovs[i];
                 h.msg_iovlen = 1;
+                h.msg_control = self.controls[i].0.as_mut_ptr().cast();
+                h.msg_controllen = CONTROL_LEN as _;
                 h.msg_flags = 0;
             }
             // SAFETY: every header points into arrays owned by self, sized as
-            // declared; the kernel writes at most msg_namelen and iov_len.
+            // declared; the kernel writes at most msg_namelen, iov_len and
+            // msg_controllen bytes.
             let n = unsafe {
                 libc::recvmmsg(
                     self.fd,
@@ -97,7 +110,16 @@ impl MmsgEngine {
                     _ => return Err(e),
                 }
             }
-            for i in 0..n.max(0) as usize {
+            let n = n.max(0) as usize;
+            if let Some(last) = n.checked_sub(1) {
+                #[allow(clippy::unnecessary_cast)] // a socklen_t on musl
+                let len = (self.hdrs[last].msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
+                if let Some(drops) = sys::rxq_ovfl(&self.controls[last].0[..len]) {
+                    engine.saw_queue_drops(drops);
+                }
+            }
+            let mut handled = 0;
+            for i in 0..n {
                 let len = self.hdrs[i].msg_len as usize;
                 let Some(from) = self.names[i].get() else {
                     continue;
@@ -106,6 +128,7 @@ impl MmsgEngine {
                     shard.drop_oversized(len);
                     continue;
                 }
+                handled += 1;
                 let buf = &mut self.bufs[i];
                 let o = shard.handle_datagram(now, from, buf, len, self.outbox.reply_buf());
                 if let Some(n) = o.reply {
@@ -118,13 +141,20 @@ impl MmsgEngine {
                 }
             }
             self.outbox.flush(shard);
+            if handled > 0 {
+                let sent = MonoTime::from_duration(origin.elapsed());
+                engine
+                    .durations
+                    .record(sent.saturating_duration_since(now), handled);
+            }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
-                metrics.publish(&shard.take_stats());
+                metrics.publish(&shard.take_stats(), &mut engine);
+                heartbeat.beat(now);
                 last_publish = now;
             }
         }
-        metrics.publish(&shard.take_stats());
+        metrics.publish(&shard.take_stats(), &mut engine);
         Ok(())
     }
 }

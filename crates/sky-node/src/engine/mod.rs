@@ -37,18 +37,20 @@ pub mod batch;
 mod check;
 mod control;
 mod gossip;
+mod heartbeat;
 mod mmsg;
 mod outbox;
 pub mod sys;
 mod uring;
+
+use heartbeat::Heartbeat;
+pub use heartbeat::STALL_AFTER;
 
 /// How long a shard may block waiting for datagrams before it looks at the
 /// stop flag and its timers.
 pub const WAKE_EVERY: Duration = Duration::from_millis(100);
 /// How often shards move their counters into Prometheus.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-/// Socket buffer size asked for (the kernel caps it at net.core.*mem_max).
-const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Whether io_uring can run here (what `--engine auto` checks): a ring and a
 /// provided-buffer ring can be created.
@@ -90,6 +92,8 @@ pub enum StartError {
     Random(io::Error),
     /// The NAT check ports (this one and the next) could not be bound.
     Check(u16, io::Error),
+    /// The node's identity key file could not be read or created.
+    Key(std::path::PathBuf, io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -108,6 +112,11 @@ impl fmt::Display for StartError {
             ),
             StartError::Shard(e) => write!(f, "cannot start a packet shard: {e}"),
             StartError::Random(e) => write!(f, "cannot read /dev/urandom: {e}"),
+            StartError::Key(p, e) => write!(
+                f,
+                "cannot read or create the node key {}: {e} (set --node-key FILE)",
+                p.display()
+            ),
             StartError::Check(p, e) => write!(
                 f,
                 "cannot bind the NAT check ports {p} and {}/udp: {e} (set --check PORT or off)",
@@ -133,6 +142,8 @@ pub struct Node {
     metrics: Arc<Metrics>,
     ring: SharedRing,
     gossip_addr: SocketAddr,
+    heartbeats: Arc<[Heartbeat]>,
+    origin: Instant,
 }
 
 impl Node {
@@ -141,7 +152,7 @@ impl Node {
         let secret = Arc::new(NodeSecret::new(
             sys::random_secret().map_err(StartError::Random)?,
         ));
-        let presence = Arc::new(Presence::new(config.capacity));
+        let presence = Arc::new(Presence::with_budgets(config.capacity, config.budgets()));
         let mut shard_config = config.shard_config();
         // Ephemeral check ports are bound first (the shards tell their
         // number); fixed ones after the listen socket, so that a listen
@@ -211,12 +222,15 @@ impl Node {
             EngineChoice::Auto => match uring::probe() {
                 Ok(()) => Engine::Uring,
                 Err(e) => {
-                    tracing::warn!(error = %e, "io_uring unavailable; falling back to recvmmsg");
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring unavailable; falling back to recvmmsg (a seccomp profile or kernel.io_uring_disabled blocks io_uring: deploy/README.md)"
+                    );
                     Engine::Mmsg
                 }
             },
         };
-        let sockets = bind_shard_sockets(config.listen, shards, engine)?;
+        let sockets = bind_shard_sockets(config.listen, shards, engine, config.socket_buffer)?;
         let local_addr = sockets[0]
             .local_addr()
             .ok()
@@ -232,6 +246,12 @@ impl Node {
         let gossip_addr = gossip_socket
             .local_addr()
             .map_err(|e| StartError::Gossip(config.gossip, e))?;
+        let gossip_secret = match &config.node_key {
+            Some(path) => {
+                sys::load_or_create_key(path).map_err(|e| StartError::Key(path.clone(), e))?
+            }
+            None => sys::random_secret().map_err(StartError::Random)?,
+        };
         let gossip_seed = u64::from_le_bytes(
             sys::random_secret().map_err(StartError::Random)?[..8]
                 .try_into()
@@ -243,24 +263,25 @@ impl Node {
         metrics.shards.set(shards as i64);
         metrics.presence_capacity.set(config.capacity as i64);
         let http = match config.metrics {
-            Some(addr) => Some(
-                tiny_http::Server::http(addr)
-                    .map_err(|e| StartError::Metrics(addr, e.to_string()))?,
-            ),
+            Some(addr) => {
+                Some(control::listen(addr).map_err(|e| StartError::Metrics(addr, e.to_string()))?)
+            }
             None => None,
         };
-        let metrics_addr = http.as_ref().and_then(|s| s.server_addr().to_ip());
+        let metrics_addr = http.as_ref().and_then(|l| l.local_addr().ok());
 
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
         let mut threads = Vec::with_capacity(shards + 1);
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+        let heartbeats: Arc<[Heartbeat]> = (0..shards).map(|_| Heartbeat::default()).collect();
 
         for (i, socket) in sockets.into_iter().enumerate() {
             let mut shard = make_core(i, MonoTime::from_duration(origin.elapsed()), &ring, service);
             let shard_metrics = metrics.for_shard(i);
             let stop = stop.clone();
             let ready = ready_tx.clone();
+            let heartbeats = heartbeats.clone();
             let pin = (config.pin_cores && cores > 1).then_some(1 + i % (cores - 1));
             let v6 = local_addr.is_ipv6();
             let spawned = std::thread::Builder::new()
@@ -272,11 +293,13 @@ impl Node {
                         tracing::warn!(shard = i, core, error = %e, "cannot pin shard to its core");
                     }
                     let fd = socket.as_raw_fd();
+                    let beat = &heartbeats[i];
+                    beat.beat(MonoTime::from_duration(origin.elapsed()));
                     let result = match engine {
                         Engine::Uring => match uring::UringEngine::new(fd, v6) {
                             Ok(e) => {
                                 let _ = ready.send(Ok(()));
-                                e.run(&mut shard, &shard_metrics, &stop, origin)
+                                e.run(&mut shard, &shard_metrics, &stop, origin, beat)
                             }
                             Err(e) => {
                                 let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
@@ -286,7 +309,7 @@ impl Node {
                         Engine::Mmsg => {
                             let e = mmsg::MmsgEngine::new(fd, v6);
                             let _ = ready.send(Ok(()));
-                            e.run(&mut shard, &shard_metrics, &stop, origin)
+                            e.run(&mut shard, &shard_metrics, &stop, origin, beat)
                         }
                     };
                     if let Err(e) = &result {
@@ -324,8 +347,7 @@ impl Node {
                     if pin && let Err(e) = sys::pin_to_core(0) {
                         tracing::warn!(error = %e, "cannot pin control thread to core 0");
                     }
-                    control::run(http, &metrics, &presence, &stop, origin, keepalive, handoff);
-                    Ok(())
+                    control::run(http, metrics, presence, &stop, origin, keepalive, handoff)
                 })
                 .map_err(StartError::Shard)?
         };
@@ -343,6 +365,8 @@ impl Node {
             metrics,
             ring,
             gossip_addr,
+            heartbeats,
+            origin,
         };
         if let Some(e) = failure {
             let _ = node.shutdown();
@@ -355,6 +379,8 @@ impl Node {
                 seeds: config.seeds.clone(),
                 ring_config: config.ring,
                 rng_seed: gossip_seed,
+                secret: gossip_secret,
+                closed_sky: config.closed_sky.clone(),
             };
             let ring = node.ring.clone();
             let metrics = node.metrics.for_gossip();
@@ -379,16 +405,9 @@ impl Node {
                 return Err(StartError::Shard(e));
             }
         }
-        tracing::info!(
-            listen = %node.local_addr,
-            advertise = %node.service,
-            gossip = %node.gossip_addr,
-            metrics = %node.metrics_addr.map_or("off".into(), |a| a.to_string()),
-            engine = engine.label(),
-            shards,
-            capacity = config.capacity,
-            "sky node ready"
-        );
+        // No "ready" log here: `sky node` says it once its signal handlers
+        // are installed too, so that whoever acts on it can stop the node
+        // gracefully.
         Ok(node)
     }
 
@@ -432,6 +451,14 @@ impl Node {
         self.gossip_addr
     }
 
+    /// Whether every packet shard has woken within [`STALL_AFTER`]: false
+    /// once one is stuck or its thread has stopped (what `sky node` feeds
+    /// systemd's watchdog on). Reads one atomic per shard.
+    pub fn shards_alive(&self) -> bool {
+        let now = MonoTime::from_duration(self.origin.elapsed());
+        self.heartbeats.iter().all(|h| h.alive(now))
+    }
+
     /// Setting this flag stops the node (e.g. from a signal handler).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
@@ -467,10 +494,15 @@ impl Node {
 /// *without* `SO_REUSEPORT`, so that a port already served by another
 /// process is an error rather than a silent share, and so that port 0
 /// resolves to one port for every shard.
+///
+/// Each socket asks for `buffer` bytes of receive and send buffer (a
+/// warning names what the kernel granted when that is less) and for its
+/// receive-queue drop counter on every datagram (`SO_RXQ_OVFL`).
 fn bind_shard_sockets(
     listen: SocketAddr,
     shards: usize,
     engine: Engine,
+    buffer: usize,
 ) -> Result<Vec<Socket>, StartError> {
     let new_socket = |reuse: bool| -> io::Result<Socket> {
         let s = Socket::new(
@@ -491,17 +523,28 @@ fn bind_shard_sockets(
     probe.bind(&listen.into()).map_err(err)?;
     let addr = probe.local_addr().map_err(err)?;
     drop(probe);
-    (0..shards)
+    let sockets = (0..shards)
         .map(|_| {
             let s = new_socket(true)?;
-            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+            let granted = sys::set_buffers(&s, buffer)?;
+            sys::enable_rxq_ovfl(s.as_raw_fd())?;
             if engine == Engine::Mmsg {
                 s.set_read_timeout(Some(WAKE_EVERY))?;
             }
             s.bind(&addr)?;
-            Ok(s)
+            Ok((s, granted))
         })
         .collect::<io::Result<Vec<_>>>()
-        .map_err(err)
+        .map_err(err)?;
+    let granted = sockets.iter().map(|(_, g)| *g).min().unwrap_or(buffer);
+    if granted < buffer {
+        tracing::warn!(
+            asked = buffer,
+            granted,
+            "the kernel granted smaller socket buffers than asked for; raise \
+             net.core.rmem_max and net.core.wmem_max (deploy/sysctl.d/60-sky.conf) \
+             or lower socket_buffer"
+        );
+    }
+    Ok(sockets.into_iter().map(|(s, _)| s).collect())
 }

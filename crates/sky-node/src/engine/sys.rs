@@ -1,10 +1,13 @@
 //! Small system helpers for the engines: socket addresses as the kernel
-//! wants them, core pinning, the node secret.
+//! wants them, the receive-queue drop counter, core pinning, the node
+//! secret.
 
 #![allow(unsafe_code)]
 
 use std::io::{self, Read};
+use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::RawFd;
 
 /// A socket address in the kernel's layout, big enough for IPv4 and IPv6.
 /// Writing a union field is safe; the kernel reads it through a pointer.
@@ -101,6 +104,84 @@ pub fn decode_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// `SO_RXQ_OVFL` as `asm-generic/socket.h` numbers it (every architecture
+/// but sparc); the libc crate exports it only for some targets.
+const SO_RXQ_OVFL: libc::c_int = 40;
+
+/// Room for the control messages a shard's receive asks for: one
+/// `SO_RXQ_OVFL` (`CMSG_SPACE(4)`, 24 bytes on 64-bit), rounded up.
+pub const CONTROL_LEN: usize = 32;
+
+/// A control-message buffer, aligned as the kernel's `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct ControlBuf(pub [u8; CONTROL_LEN]);
+
+/// Asks the kernel to attach the socket's receive-queue drop counter to
+/// every datagram received once a drop has happened (`SO_RXQ_OVFL`).
+pub fn enable_rxq_ovfl(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads exactly `optlen` bytes from the pointer,
+    // which points at a live c_int of that size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_RXQ_OVFL,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The receive-queue drop counter in a datagram's control messages (as
+/// `recvmsg` or io_uring hand them back), if the kernel attached one: the
+/// socket's drops since it was made, when this datagram was queued. It
+/// attaches none before the first drop. Safe: plain bounded byte reads,
+/// whatever the bytes.
+pub fn rxq_ovfl(control: &[u8]) -> Option<u32> {
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; },
+    // then the data at CMSG_ALIGN(sizeof(struct cmsghdr)); the next header
+    // at CMSG_ALIGN(cmsg_len). The kernel's cmsg_len is a size_t whatever
+    // the C library calls it.
+    const LEN: usize = size_of::<usize>();
+    const LEVEL: usize = offset_of!(libc::cmsghdr, cmsg_level);
+    const TYPE: usize = offset_of!(libc::cmsghdr, cmsg_type);
+    const HEADER: usize = size_of::<libc::cmsghdr>().next_multiple_of(size_of::<usize>());
+    let int = |b: &[u8], at: usize| -> Option<i32> {
+        Some(i32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let mut rest = control;
+    while rest.len() >= HEADER {
+        let len = usize::from_ne_bytes(rest[..LEN].try_into().ok()?);
+        if len < HEADER || len > rest.len() {
+            return None;
+        }
+        if int(rest, LEVEL)? == libc::SOL_SOCKET && int(rest, TYPE)? == SO_RXQ_OVFL {
+            let data = rest.get(HEADER..HEADER + 4)?;
+            return Some(u32::from_ne_bytes(data.try_into().ok()?));
+        }
+        rest = rest.get(len.next_multiple_of(size_of::<usize>())..)?;
+    }
+    None
+}
+
+/// Asks for `size` bytes of receive and send buffer on `socket` and
+/// returns what the kernel granted (the smaller of the two). Linux caps a
+/// request at `net.core.rmem_max` / `wmem_max` and reports double what it
+/// granted (its bookkeeping share), so the grant is half the reading.
+pub fn set_buffers(socket: &socket2::Socket, size: usize) -> io::Result<usize> {
+    socket.set_recv_buffer_size(size)?;
+    socket.set_send_buffer_size(size)?;
+    let granted = socket.recv_buffer_size()?.min(socket.send_buffer_size()?);
+    Ok(granted / 2)
+}
+
 /// Pins the calling thread to `core`. Best effort: the caller logs failure.
 pub fn pin_to_core(core: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET
@@ -129,3 +210,37 @@ pub fn random_secret() -> io::Result<[u8; 32]> {
 #[cfg(test)]
 #[path = "tests/sys.rs"]
 mod tests;
+
+/// The node's identity key secret from `path` (64 hex digits), created
+/// owner-only with fresh randomness when the file does not exist. A file
+/// that others may read is refused: whoever reads it can speak for this
+/// node in gossip.
+pub fn load_or_create_key(path: &std::path::Path) -> io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("readable by others (mode {:o}): chmod 600 it", mode & 0o777),
+                ));
+            }
+            sky_proto::wire::from_hex::<32>(text.trim())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not 64 hex digits"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let secret = random_secret()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            writeln!(file, "{}", sky_proto::wire::to_hex(&secret))?;
+            file.sync_all()?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -12,6 +12,12 @@
 //! once when nothing is sent from it). Replies are written into the
 //! outbox's own small buffers. Everything is allocated before the first
 //! datagram; the steady state allocates nothing.
+//!
+//! Measurement: the clock is read once per wake-up (the `now` the core
+//! sees) and once per flush; the datagrams a flush sends are recorded with
+//! that difference. A datagram's control message may carry the socket's
+//! drop counter (`SO_RXQ_OVFL`), kept as the latest seen; a receive that
+//! completes with `ENOBUFS` (every provided buffer in use) is counted.
 
 #![allow(unsafe_code)]
 
@@ -26,14 +32,16 @@ use io_uring::squeue;
 use io_uring::types::{self, BufRingEntry, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, SubmissionQueue, Submitter};
 
+use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
-use super::sys::{self, RawAddr};
+use super::sys::{self, CONTROL_LEN, RawAddr};
 use super::{PUBLISH_EVERY, WAKE_EVERY};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{EngineStats, ShardMetrics};
 use crate::shard::Core;
 use sky_proto::time::MonoTime;
 
-/// Bytes per provided buffer: recvmsg header, source address, payload.
+/// Bytes per provided buffer: recvmsg header, source address, control
+/// messages, payload.
 const BUF_SIZE: usize = 2048;
 /// Provided buffers per shard (a power of two, at most 32768).
 const BUF_COUNT: u16 = 4096;
@@ -46,8 +54,9 @@ const MAX_CQES_PER_WAKE: usize = 4096;
 const BGID: u16 = 7;
 const RECV: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
-/// io_uring_recvmsg_out header size, then the address the kernel fills.
-const PAYLOAD_OFFSET: usize = 16 + RawAddr::CAPACITY as usize;
+/// io_uring_recvmsg_out header size, then the address and the control
+/// messages the kernel fills.
+const PAYLOAD_OFFSET: usize = 16 + RawAddr::CAPACITY as usize + CONTROL_LEN;
 
 /// Checks that this kernel and sandbox let us create a ring and register a
 /// provided-buffer ring (what `auto` needs to pick this engine).
@@ -169,6 +178,7 @@ impl UringEngine {
         // SAFETY: msghdr is plain data; zeroed is a valid empty header.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_hdr.msg_namelen = RawAddr::CAPACITY;
+        recv_hdr.msg_controllen = CONTROL_LEN as _;
         Ok(UringEngine {
             ring,
             bufring,
@@ -187,6 +197,7 @@ impl UringEngine {
         metrics: &ShardMetrics,
         stop: &AtomicBool,
         origin: Instant,
+        heartbeat: &Heartbeat,
     ) -> io::Result<()> {
         let UringEngine {
             ring,
@@ -205,12 +216,15 @@ impl UringEngine {
         let ts = Timespec::new().nsec(WAKE_EVERY.as_nanos() as u32);
         let args = SubmitArgs::new().timespec(&ts);
         let mut last_publish = MonoTime::from_duration(origin.elapsed());
+        let mut engine = EngineStats::default();
 
         while !stop.load(Ordering::Relaxed) {
             sq.sync();
             wait(&submitter, &args)?;
             let now = MonoTime::from_duration(origin.elapsed());
             let mut rearm = false;
+            // Datagrams taken since the last flush, which sends their answers.
+            let mut batch = Batch { now, datagrams: 0 };
             cq.sync();
             for cqe in (&mut cq).take(MAX_CQES_PER_WAKE) {
                 let flags = cqe.flags();
@@ -221,11 +235,17 @@ impl UringEngine {
                     rearm = true;
                 }
                 let Some(bid) = cqueue::buffer_select(flags) else {
-                    continue; // e.g. ENOBUFS: re-armed below once buffers return
+                    if cqe.result() == -libc::ENOBUFS {
+                        engine.buffers_exhausted += 1;
+                    }
+                    continue; // re-armed below once buffers return
                 };
                 let start = bid as usize * BUF_SIZE;
                 let buf = &mut bufs[start..start + BUF_SIZE];
                 let parsed = RecvMsgOut::parse(buf, recv_hdr).ok().map(|m| {
+                    if let Some(drops) = sys::rxq_ovfl(m.control_data()) {
+                        engine.saw_queue_drops(drops);
+                    }
                     (
                         sys::decode_sockaddr(m.name_data()),
                         m.payload_data().len(),
@@ -246,7 +266,9 @@ impl UringEngine {
                 };
                 if outbox.needs_flush(2) {
                     flush(outbox, held, bufring, bufs, shard);
+                    batch.sent(origin, &mut engine);
                 }
+                batch.datagrams += 1;
                 let start = bid as usize * BUF_SIZE;
                 let payload = &mut bufs[start + PAYLOAD_OFFSET..start + BUF_SIZE];
                 let out = shard.handle_datagram(now, from, payload, len, outbox.reply_buf());
@@ -263,17 +285,19 @@ impl UringEngine {
                 }
             }
             flush(outbox, held, bufring, bufs, shard);
+            batch.sent(origin, &mut engine);
             bufring.publish();
             if rearm {
                 push(&mut sq, &submitter, &recv)?;
             }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
-                metrics.publish(&shard.take_stats());
+                metrics.publish(&shard.take_stats(), &mut engine);
+                heartbeat.beat(now);
                 last_publish = now;
             }
         }
-        metrics.publish(&shard.take_stats());
+        metrics.publish(&shard.take_stats(), &mut engine);
 
         // Cancel the multishot receive and wait until the kernel has let go
         // of it, so the socket (and its port) is released when this thread
@@ -291,6 +315,28 @@ impl UringEngine {
             }
         }
         Ok(())
+    }
+}
+
+/// The datagrams of one wake-up that the core handled and whose answers
+/// wait in the outbox.
+struct Batch {
+    /// The wake-up that took them.
+    now: MonoTime,
+    datagrams: u64,
+}
+
+impl Batch {
+    /// After a flush: records how long its datagrams were in the node
+    /// (one clock read for all of them; none when there were none).
+    fn sent(&mut self, origin: Instant, engine: &mut EngineStats) {
+        if self.datagrams > 0 {
+            let sent = MonoTime::from_duration(origin.elapsed());
+            engine
+                .durations
+                .record(sent.saturating_duration_since(self.now), self.datagrams);
+            self.datagrams = 0;
+        }
     }
 }
 

@@ -29,7 +29,7 @@
 //! learns it was declared down, comes back under a newer bump and replaces
 //! its former self without waiting for the cluster to forget it. The engine
 //! starts the bump from the wall clock, so a restart wins over the identity
-//! it replaces ([`NodeId::win_addr_conflict`]).
+//! it replaces (`NodeId::win_addr_conflict`, foca's `Identity`).
 //!
 //! **What gossip carries.** Gossip datagrams carry only node identities
 //! (the gossip and service endpoints of sky nodes, and a bump) and foca's
@@ -49,36 +49,54 @@
 //! departure first (`departures.rs`); the others report it as
 //! [`MemberState::Left`], not down.
 //!
+//! **Nobody can forge it.** Every datagram is signed with the sender's
+//! identity key, and an identity enters this node's view only after it
+//! proved its gossip endpoint (a cookie round trip) and its service
+//! endpoint (a sky `ping`) to this node (`auth.rs`). Updates about third
+//! nodes are screened before foca sees them (`screen.rs`): nobody but a
+//! node's own failure detector concludes "down", and a member's word about
+//! a stranger only starts our own proof of it.
+//!
 //! **Hostile input.** Garbage is rejected by foca's decoder and counted
-//! ([`Gossip::take_errors`]); nothing here panics on any input (a property
-//! test feeds arbitrary bytes). Gossip is not authenticated: whoever can
-//! reach the gossip port can claim membership, so the port must be open
-//! only to the sky's own nodes.
+//! ([`Gossip::take_errors`]), forged and unproven datagrams separately
+//! ([`Gossip::take_refusals`]); nothing here panics on any input (a
+//! property test feeds arbitrary bytes).
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::{NonZeroU8, NonZeroUsize};
-use std::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::net::SocketAddr;
 
 use sky_proto::time::MonoTime;
 
-use foca::{Foca, Identity, Notification, PostcardCodec, Runtime, State, Timer};
+use foca::{Foca, PostcardCodec, State};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use serde::{Deserialize, Serialize};
 
 use sky_proto::ring::{Ring, RingConfig};
 use sky_proto::wire;
 
+mod auth;
+mod config;
 mod departures;
+mod id;
+mod io;
+mod screen;
 
+pub use config::GossipConfig;
+pub use id::NodeId;
+
+use auth::{Admission, Bucket, COOKIE_MARKER, COOKIE_REPLY_LEN, verify};
+pub use auth::{NodeKey, PROBES_PER_IP, SIG_LEN, public_key_of};
 use departures::{Departed, Departures, Leaving};
+use io::Io;
+use screen::{Known, screen};
 
 /// The first byte of every gossip datagram (`G`), then the ring settings.
 const MARKER: u8 = b'G';
-/// Bytes before foca's message: the marker and the four ring settings.
-pub const PREFIX_LEN: usize = 5;
+/// Bytes before foca's message: the marker, the four ring settings, the
+/// cookie the receiver gave the sender (zeros before it gave one) and the
+/// cookie the sender offers the receiver (`auth.rs`).
+pub const PREFIX_LEN: usize = 21;
 
 /// The ring settings as gossip carries them.
 fn settings_of(c: &RingConfig) -> [u8; 4] {
@@ -91,110 +109,6 @@ pub fn describe_settings(s: [u8; 4]) -> String {
         "replicas {}, prefixes /{} /{}, positions {}",
         s[0], s[1], s[2], s[3]
     )
-}
-
-/// Datagrams queued for sending, at most; beyond it the oldest is dropped
-/// (and counted as an error). The engine drains the queue after every
-/// call, so this only bounds a caller that forgets to.
-const MAX_QUEUED_TRANSMITS: usize = 1024;
-
-/// One sky node as gossip knows it.
-///
-/// Serialized with postcard inside foca's messages: two socket addresses
-/// and a `u16`, nothing else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NodeId {
-    /// Where this node's gossip socket listens; one identity per gossip
-    /// endpoint.
-    pub gossip: SocketAddr,
-    /// Where earth clients reach it: the endpoint that goes into the
-    /// [`Ring`].
-    pub service: SocketAddr,
-    /// Orders the identities of one gossip endpoint; see
-    /// [`NodeId::win_addr_conflict`].
-    pub bump: u16,
-}
-
-impl NodeId {
-    pub fn new(gossip: SocketAddr, service: SocketAddr, bump: u16) -> NodeId {
-        NodeId {
-            gossip: wire::canonical(gossip),
-            service: wire::canonical(service),
-            bump,
-        }
-    }
-
-    /// The identity a seed is announced to before its real identity is
-    /// known: its gossip endpoint, an unspecified service endpoint and bump
-    /// zero. foca accepts an announce addressed to any identity with the
-    /// receiver's gossip endpoint, and the receiver's answer carries its
-    /// real identity. A placeholder never becomes a member; should one ever
-    /// meet a real identity of the same endpoint, the real one wins (as the
-    /// "well-known members" of foca's `bootstrap_with_wellknown` example do).
-    pub fn seed(gossip: SocketAddr) -> NodeId {
-        NodeId {
-            gossip: wire::canonical(gossip),
-            service: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            bump: 0,
-        }
-    }
-
-    /// Whether this is a [`NodeId::seed`] placeholder.
-    pub fn is_placeholder(&self) -> bool {
-        self.service.ip().is_unspecified() && self.service.port() == 0
-    }
-}
-
-/// Serial-number order of bumps (RFC 1982): `a` is newer than `b` when it
-/// is less than half the `u16` space ahead, so the order survives wrapping.
-/// Exactly half-way apart falls back to plain order, keeping the relation
-/// antisymmetric.
-fn bump_order(a: u16, b: u16) -> Ordering {
-    match a.wrapping_sub(b) {
-        0 => Ordering::Equal,
-        d if d < 0x8000 => Ordering::Greater,
-        d if d > 0x8000 => Ordering::Less,
-        _ => a.cmp(&b),
-    }
-}
-
-impl Identity for NodeId {
-    type Addr = SocketAddr;
-
-    /// The next bump: always wins over the identity it replaces.
-    fn renew(&self) -> Option<Self> {
-        Some(NodeId {
-            bump: self.bump.wrapping_add(1),
-            ..*self
-        })
-    }
-
-    /// One identity per gossip endpoint.
-    fn addr(&self) -> SocketAddr {
-        self.gossip
-    }
-
-    /// A real identity beats a placeholder; otherwise the newer bump wins,
-    /// and for equal bumps the larger service endpoint, so that every node
-    /// decides the same way.
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        match (self.is_placeholder(), adversary.is_placeholder()) {
-            (true, _) => false,
-            (false, true) => true,
-            (false, false) => match bump_order(self.bump, adversary.bump) {
-                Ordering::Equal => endpoint_key(self.service) > endpoint_key(adversary.service),
-                o => o == Ordering::Greater,
-            },
-        }
-    }
-}
-
-fn endpoint_key(e: SocketAddr) -> ([u8; 16], u16) {
-    let ip = match e.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    (ip, e.port())
 }
 
 /// How a member looks from here.
@@ -279,6 +193,12 @@ pub enum GossipError {
     /// From a node whose ring settings (replicas, prefixes, positions)
     /// are not ours: these settings.
     OtherSettings([u8; 4]),
+    /// Its signature does not verify under the sender identity's key.
+    Forged,
+    /// From an identity that has not proven its endpoints yet (it was sent
+    /// a cookie, or its service endpoint a ping), or one a closed sky does
+    /// not list.
+    Unproven,
 }
 
 impl GossipError {
@@ -291,167 +211,17 @@ impl GossipError {
     }
 }
 
-/// The SWIM settings, and how often seeds are re-announced to.
-///
-/// The defaults are tuned for the SPEC §6 target — a killed node declared
-/// down by every other node within 5 s — while a loss of 20% of all
-/// datagrams for a minute makes no live node down. The unit tests check
-/// both on a simulated network of 5 nodes in virtual time; the ignored
-/// test `many_seeds` repeats them over 2000 seeds (numbers below).
-///
-/// **Detection of a killed node** takes: the time until some survivor
-/// probes it; one probe period until that probe counts as failed (the
-/// member becomes *suspect*); `suspect_to_down_after`; and the spread of
-/// the *down* update. Each node probes its members round-robin in shuffled
-/// order, one every `probe_period` (400 ms): with 4 survivors each probing
-/// one of 4 members per period, some survivor probes the dead node within
-/// 0.2 s on average and within about one round (1.6 s) in bad cases. Then
-/// 0.4 s to fail, 1.5 s of suspicion, and periodic gossip (every 200 ms
-/// to 3 members) plus piggybacking spread the verdict in a few hundred ms:
-/// ≈ 2.5 s typically, under 4 s at worst. Measured: mean 2.4 s, worst
-/// 3.5 s.
-///
-/// **No false downs under 20% loss.** A probe of a live member fails only
-/// if the direct round trip fails (1 − 0.8² = 0.36) *and* every indirect
-/// probe fails: an indirect probe is 4 datagrams (ping-req, ping, ack,
-/// forwarded ack), failing with 1 − 0.8⁴ ≈ 0.59, and all 3 fail with
-/// 0.59³ ≈ 0.21. So ≈ 7.4% of probes raise a false suspicion: ≈ 55 a
-/// minute among 5 nodes probing 2.5 times a second. A suspicion is
-/// harmless unless the one node whose timer runs hears no refutation for
-/// 1.5 s. Every node that learns the suspicion sends it in
-/// `max_transmissions` (12) datagrams (all lost: 0.2¹² ≈ 4·10⁻⁹), gossip
-/// every 200 ms to 3 of the 4 others brings it to the suspect within a few
-/// hundred ms, and the suspect's raised incarnation then travels back in
-/// every datagram it sends and every datagram of every node that relays
-/// it: some 7 gossip rounds fit in 1.5 s. Measured: one false down in
-/// 2000 one-minute runs, i.e. about one in 10⁵ suspicions. Raising
-/// `suspect_to_down_after` would buy little more (the measured rate hardly
-/// moved between 1.25 s and 2 s) and cost detection time; fewer
-/// `max_transmissions` (8) made it five times worse.
-///
-/// **Partitions heal** three ways: foca announces every 5 s to 2 members
-/// it holds down (`periodic_announce_to_down_members`) and tells a member
-/// it holds down that it is (`notify_down_members`), which makes that
-/// member renew its identity and rejoin; and [`Gossip`] announces every
-/// `seed_announce_every` (2 s) to each seed that is not an active member,
-/// which also retries a join whose first announce was lost. Down members
-/// are remembered for `remove_down_after` (1 h), much longer than the
-/// partitions this must heal. Measured: a 2 + 3 split of 30 s is one view
-/// again within 4.1 s.
-///
-/// **Round trips.** A direct ack is awaited `probe_rtt` (150 ms); the
-/// indirect probes (two round trips) must fit in the rest of the period
-/// (250 ms): fine on loopback and within a continent (RTT ≲ 120 ms). A
-/// sky spread around the globe needs longer periods, and gives up the 5 s
-/// detection target for them.
-#[derive(Clone, Debug)]
-pub struct GossipConfig {
-    /// foca's SWIM parameters.
-    pub swim: foca::Config,
-    /// How often seeds that are not active members are announced to again.
-    pub seed_announce_every: Duration,
-}
-
-impl Default for GossipConfig {
-    fn default() -> Self {
-        let nz = |n: usize| NonZeroUsize::new(n).expect("non-zero");
-        GossipConfig {
-            swim: foca::Config {
-                probe_period: Duration::from_millis(400),
-                probe_rtt: Duration::from_millis(150),
-                num_indirect_probes: nz(3),
-                max_transmissions: NonZeroU8::new(12).expect("non-zero"),
-                suspect_to_down_after: Duration::from_millis(1500),
-                remove_down_after: Some(Duration::from_secs(3600)),
-                // Below the IPv6 minimum MTU (1280) less headers: never
-                // fragmented.
-                max_packet_size: nz(1200),
-                notify_down_members: true,
-                periodic_announce: Some(foca::PeriodicParams {
-                    frequency: Duration::from_secs(10),
-                    num_members: nz(1),
-                }),
-                periodic_announce_to_down_members: Some(foca::PeriodicParams {
-                    frequency: Duration::from_secs(5),
-                    num_members: nz(2),
-                }),
-                periodic_gossip: Some(foca::PeriodicParams {
-                    frequency: Duration::from_millis(200),
-                    num_members: nz(3),
-                }),
-            },
-            seed_announce_every: Duration::from_secs(2),
-        }
-    }
-}
-
-/// A timer foca asked for, at an absolute time.
-struct Scheduled {
-    at: MonoTime,
-    seq: u64,
-    timer: Timer<NodeId>,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Scheduled {}
-
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scheduled {
-    /// By deadline, then in the order foca asked.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-/// foca's [`Runtime`]: queues what foca asks for until the caller polls.
-struct Io {
-    /// The time of the call in progress; `submit_after` is relative to it.
-    now: MonoTime,
-    seq: u64,
-    timers: BinaryHeap<Reverse<Scheduled>>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
-    /// Set by every membership notification; the ring is rebuilt then.
-    membership_changed: bool,
-    dropped_transmits: u64,
-}
-
-impl Runtime<NodeId> for Io {
-    fn notify(&mut self, _notification: Notification<'_, NodeId>) {
-        self.membership_changed = true;
-    }
-
-    fn send_to(&mut self, to: NodeId, data: &[u8]) {
-        if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
-            self.transmits.pop_front();
-            self.dropped_transmits += 1;
-        }
-        self.transmits.push_back((to.gossip, data.to_vec()));
-    }
-
-    fn submit_after(&mut self, timer: Timer<NodeId>, after: Duration) {
-        self.seq += 1;
-        self.timers.push(Reverse(Scheduled {
-            at: self.now + after,
-            seq: self.seq,
-            timer,
-        }));
-    }
-}
-
 /// This node's membership view: foca, its timers and outgoing datagrams,
 /// and the ring the view makes.
 pub struct Gossip {
     foca: Foca<NodeId, PostcardCodec, SmallRng, Departures>,
+    /// Signs every datagram we send.
+    key: NodeKey,
+    /// Cookies, proofs of endpoints, checks, a closed sky (`auth.rs`).
+    admission: Admission,
+    /// Datagrams admission asks to send (cookie replies, pings), sent
+    /// before foca's, with the budget each draws on.
+    proofs: VecDeque<(SocketAddr, Vec<u8>, Spend)>,
     /// The identities that left (shared with foca's broadcast handler).
     departed: Departed,
     /// Our ring settings, in front of every datagram.
@@ -464,19 +234,61 @@ pub struct Gossip {
     next_seed_announce: Option<MonoTime>,
     left: bool,
     errors: u64,
-    stranger_tokens: f64,
-    stranger_refilled: MonoTime,
+    refused: Refusals,
+    /// What may go to strangers: answers to unproven sources, and feeds.
+    strangers: Bucket,
+    /// What may go to identities members told us of, to prove them.
+    vouched: Bucket,
     dropped_to_strangers: u64,
+    /// Our incarnation as our last datagram said it (foca does not tell).
+    my_incarnation: foca::Incarnation,
+}
+
+/// Which budget a datagram draws on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spend {
+    Nothing,
+    Strangers,
+    Vouched,
 }
 
 /// Datagrams a second a node sends to endpoints that are neither members
-/// nor seeds (see [`Gossip::poll_transmit`]).
+/// nor seeds in answer to what they sent (see [`Gossip::poll_transmit`]).
 pub const STRANGER_BUDGET: u32 = 16;
 
+/// Datagrams a second a node sends to prove identities its members told it
+/// of (announces, pings): a node joining a sky of 2 000 proves them all in
+/// about half a minute; a lying member makes it send at most this much to
+/// a third party.
+pub const VOUCHED_BUDGET: u32 = 256;
+
+/// Updates about strangers proven per datagram, at most.
+const PROVE_PER_DATAGRAM: usize = 32;
+
+/// Datagrams refused since the last call, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Signatures that did not verify.
+    pub forged: u64,
+    /// From identities that have not proven their endpoints (they were
+    /// sent a cookie or a ping), or that a closed sky does not list.
+    pub unproven: u64,
+}
+
 impl Gossip {
-    /// A node that knows only itself. `seed` seeds the random choices of
-    /// probe targets and gossip fan-out.
-    pub fn new(me: NodeId, ring_config: RingConfig, seed: u64, config: GossipConfig) -> Gossip {
+    /// A node that knows only itself, signing with `secret`'s identity key
+    /// (`me.key` is set to its public half). `seed` seeds the random
+    /// choices of probe targets and gossip fan-out.
+    pub fn new(
+        me: NodeId,
+        secret: [u8; 32],
+        ring_config: RingConfig,
+        seed: u64,
+        config: GossipConfig,
+    ) -> Gossip {
+        let key = NodeKey::from_secret(secret);
+        let me = me.with_key(key.public());
+        let admission = Admission::new(secret, config.closed_sky.clone());
         let departed = Departed::default();
         let foca = Foca::with_custom_broadcast(
             me,
@@ -487,6 +299,9 @@ impl Gossip {
         );
         Gossip {
             foca,
+            key,
+            admission,
+            proofs: VecDeque::new(),
             departed,
             settings: settings_of(&ring_config),
             io: Io {
@@ -504,9 +319,11 @@ impl Gossip {
             next_seed_announce: None,
             left: false,
             errors: 0,
-            stranger_tokens: f64::from(STRANGER_BUDGET),
-            stranger_refilled: MonoTime::ZERO,
+            refused: Refusals::default(),
+            strangers: Bucket::new(STRANGER_BUDGET),
+            vouched: Bucket::new(VOUCHED_BUDGET),
             dropped_to_strangers: 0,
+            my_incarnation: 0,
         }
     }
 
@@ -531,11 +348,14 @@ impl Gossip {
         self.after_call();
     }
 
-    /// Takes one datagram received on the gossip socket.
+    /// Takes one datagram received on the gossip socket: a gossip datagram,
+    /// a cookie another node gave us, or a node's `pong` to our ping.
     ///
     /// `from` is the datagram's source: a datagram whose sender identity
     /// claims another gossip endpoint is refused ([`GossipError::Spoofed`]),
-    /// because foca sends its answers to the claimed identity.
+    /// because foca sends its answers to the claimed identity. One whose
+    /// signature fails is [`GossipError::Forged`]; one from an identity
+    /// not yet proven is [`GossipError::Unproven`] (and starts its proof).
     pub fn handle_datagram(
         &mut self,
         now: MonoTime,
@@ -543,32 +363,163 @@ impl Gossip {
         bytes: &[u8],
     ) -> Result<(), GossipError> {
         self.io.now = now;
-        let bytes = match bytes.split_first_chunk::<PREFIX_LEN>() {
-            Some(([MARKER, settings @ ..], rest)) => {
-                if *settings != self.settings {
-                    self.errors += 1;
-                    return Err(GossipError::OtherSettings(*settings));
+        let from = wire::canonical(from);
+        match bytes.first() {
+            Some(&COOKIE_MARKER) if bytes.len() == COOKIE_REPLY_LEN => {
+                self.on_cookie(from, bytes);
+                return Ok(());
+            }
+            Some(&wire::VERSION) => {
+                if let Ok(wire::Message::Pong { tag }) = wire::Message::decode(bytes) {
+                    self.on_pong(from, tag);
                 }
-                rest
+                return Ok(());
             }
-            _ => {
-                self.errors += 1;
-                return Err(GossipError::Undecodable);
-            }
+            _ => {}
+        }
+        let result = self.take_gossip(now, from, bytes);
+        match result {
+            Err(GossipError::Forged) => self.refused.forged += 1,
+            Err(GossipError::Unproven) => self.refused.unproven += 1,
+            Err(_) => self.errors += 1,
+            Ok(()) => {}
+        }
+        result
+    }
+
+    fn take_gossip(
+        &mut self,
+        now: MonoTime,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), GossipError> {
+        let Some((signed, sig)) = bytes.split_last_chunk::<SIG_LEN>() else {
+            return Err(GossipError::Undecodable);
         };
-        let mut codec = PostcardCodec;
-        if let Ok(header) = foca::Codec::<NodeId>::decode_header(&mut codec, bytes)
-            && wire::canonical(header.src.gossip) != wire::canonical(from)
-        {
-            self.errors += 1;
+        let (cookie, offer, body) = match signed.split_first_chunk::<PREFIX_LEN>() {
+            Some(([MARKER, a, b, c, d, cookies @ ..], rest)) => {
+                if [*a, *b, *c, *d] != self.settings {
+                    return Err(GossipError::OtherSettings([*a, *b, *c, *d]));
+                }
+                let (cookie, offer) = cookies.split_at(8);
+                let cookie = wire::Cookie(cookie.try_into().unwrap_or_default());
+                let offer = wire::Cookie(offer.try_into().unwrap_or_default());
+                (cookie, offer, rest)
+            }
+            _ => return Err(GossipError::Undecodable),
+        };
+        if body.len() > self.config.swim.max_packet_size.get() {
+            return Err(GossipError::TooBig);
+        }
+        let Ok(header) = foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, body) else {
+            return Err(GossipError::Undecodable);
+        };
+        let src = header.src;
+        if wire::canonical(src.gossip) != from {
             return Err(GossipError::Spoofed);
         }
-        let result = self.foca.handle_data(bytes, &mut self.io);
+        if !self.admission.allowed(&src.key) {
+            return Err(GossipError::Unproven);
+        }
+        // An identity outside our view must prove its endpoints: first
+        // the cookie (cheap, before any signature is checked).
+        let in_view = self.admission.proven(&src)
+            || self.foca.iter_membership_state().any(|m| *m.id() == src);
+        if !in_view && !self.admission.cookie_ok(now, from, cookie) {
+            if let Some(reply) = self.admission.cookie_reply(from, bytes.len()) {
+                self.proofs.push_back((from, reply, Spend::Strangers));
+            }
+            return Err(GossipError::Unproven);
+        }
+        if !verify(&src.key, signed, sig) {
+            return Err(GossipError::Forged);
+        }
+        self.admission.keep_offer(from, offer);
+        if !in_view && !self.admission.gossip_proven(&src) {
+            if let Some((dst, ping)) = self.admission.prove(now, &src) {
+                self.proofs.push_back((dst, ping, Spend::Strangers));
+            }
+            return Err(GossipError::Unproven);
+        }
+        let me = *self.foca.identity();
+        let known = |id: &NodeId| self.known(id);
+        let Ok(screened) = screen(body, &me, self.my_incarnation, known, departures::departing)
+        else {
+            return Err(GossipError::Undecodable);
+        };
+        let result = self.foca.handle_data(&screened.body, &mut self.io);
+        for id in screened.strangers.into_iter().take(PROVE_PER_DATAGRAM) {
+            self.prove_stranger(id);
+        }
         self.after_call();
-        result.map_err(|e| {
+        result.map_err(|e| GossipError::of(&e))
+    }
+
+    /// What this node holds about `id`, for the screen.
+    fn known(&self, id: &NodeId) -> Known {
+        match self.foca.iter_membership_state().find(|m| m.id() == id) {
+            Some(m) => Known::Member {
+                incarnation: m.incarnation(),
+                left: self.departed.left(id),
+            },
+            None => Known::Stranger,
+        }
+    }
+
+    /// A member told us of `id`: ping its service endpoint and announce to
+    /// it, which starts both proofs (it sends us a cookie, we answer with
+    /// it, and it pings our service endpoint; then it announces to us with
+    /// the cookie we offered).
+    fn prove_stranger(&mut self, id: NodeId) {
+        if self.left
+            || !self.admission.allowed(&id.key)
+            || !self.admission.may_announce(self.io.now, &id)
+            || id.gossip == self.foca.identity().gossip
+        {
+            return;
+        }
+        self.prove_vouched(id);
+    }
+
+    /// Pings `id`'s service endpoint (unless it proved it) and announces.
+    fn prove_vouched(&mut self, id: NodeId) {
+        if let Some((dst, ping)) = self.admission.prove(self.io.now, &id) {
+            self.proofs.push_back((dst, ping, Spend::Vouched));
+        }
+        self.announce_to(id);
+    }
+
+    fn announce_to(&mut self, id: NodeId) {
+        self.admission.announcing_to(self.io.now, id);
+        if self.foca.announce(id, &mut self.io).is_err() {
             self.errors += 1;
-            GossipError::of(&e)
-        })
+        }
+    }
+
+    /// A cookie another node gave us: our next datagrams to it carry it;
+    /// an identity we announce to (a seed, one being proven) hears from us
+    /// again at once.
+    fn on_cookie(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&bytes[1..]);
+        let expected = self.seeds.contains(&from) || self.is_member(from);
+        match self.admission.keep_cookie(from, wire::Cookie(c), expected) {
+            Some(Some(id)) => self.announce_to(id),
+            Some(None) if self.seeds.contains(&from) => self.announce_to_seeds(),
+            _ => return,
+        }
+        self.after_call();
+    }
+
+    /// A node's service endpoint answered our ping: its proof is complete,
+    /// the identity is in our view from now on: we announce to it.
+    fn on_pong(&mut self, from: SocketAddr, tag: wire::Tag) {
+        if let Some(id) = self.admission.on_pong(from, tag)
+            && !self.left
+        {
+            self.announce_to(id);
+            self.after_call();
+        }
     }
 
     /// Runs every timer due at `now`.
@@ -588,33 +539,54 @@ impl Gossip {
             self.announce_to_seeds();
             self.next_seed_announce = Some(now + self.config.seed_announce_every);
         }
+        // Identities being proven that did not answer: a datagram of the
+        // exchange was lost; announce again.
+        if !self.left {
+            for id in self.admission.due_announces(now) {
+                self.prove_vouched(id);
+            }
+        }
         self.after_call();
     }
 
     /// When [`Gossip::handle_timeout`] must next be called; `None` before
     /// anything was scheduled.
     pub fn poll_timeout(&self) -> Option<MonoTime> {
-        let timer = self.io.timers.peek().map(|t| t.0.at);
-        match (timer, self.next_seed_announce) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.io.timers.peek().map(|t| t.0.at),
+            self.next_seed_announce,
+            self.admission.next_announce(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next datagram to send: the destination's gossip endpoint and
     /// the payload.
     ///
-    /// `Feed`s (the answer to an announce, the one gossip message much
-    /// larger than what asks for it) and datagrams to endpoints that are
-    /// neither active members nor seeds draw on a small budget,
-    /// [`STRANGER_BUDGET`] a second: an attacker who spoofs its source
-    /// address can make a node send at most that much to a third party,
-    /// whatever it sends. Joins are rare; the budget does not slow them.
+    /// Two budgets bound what this node sends where it was not asked by a
+    /// member. Cookie replies, proof pings, `Feed`s (the answer to an
+    /// announce, much larger than what asks for it) and datagrams to
+    /// endpoints that are neither members, seeds nor identities being
+    /// proven draw on [`STRANGER_BUDGET`] a second: an attacker who spoofs
+    /// its source address can make a node send at most that much to a
+    /// third party, whatever it sends. Announces to identities members told
+    /// us of draw on [`VOUCHED_BUDGET`].
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        let now = self.io.now;
+        while let Some((dst, bytes, spend)) = self.proofs.pop_front() {
+            if self.spend(now, spend) {
+                return Some((dst, bytes));
+            }
+        }
         while let Some((dst, bytes)) = self.io.transmits.pop_front() {
             // Our own encoding: one header read serves both checks.
             let header = foca::Codec::<NodeId>::decode_header(&mut PostcardCodec, &bytes[..]).ok();
             let message = header.as_ref().map(|h| &h.message);
+            if let Some(h) = &header {
+                self.my_incarnation = h.src_incarnation;
+            }
             // foca 2.0.0 sends `TurnUndead` ("you are down") when a suspicion's
             // timer runs out even if the member refuted the suspicion in time
             // (`handle_timer`, `ChangeSuspectToDown`: the message is sent whether
@@ -629,50 +601,55 @@ impl Gossip {
             {
                 continue;
             }
-            let feed = message == Some(&foca::Message::Feed);
-            if (feed || !self.is_known(dst)) && !self.take_stranger_token() {
-                self.dropped_to_strangers += 1;
+            let spend = if message == Some(&foca::Message::Feed) {
+                Spend::Strangers
+            } else if self.seeds.contains(&dst) || self.is_member(dst) {
+                Spend::Nothing
+            } else if self.admission.is_pending(dst) {
+                Spend::Vouched
+            } else {
+                Spend::Strangers
+            };
+            if !self.spend(now, spend) {
                 self.errors += 1;
                 continue;
             }
-            let mut out = Vec::with_capacity(PREFIX_LEN + bytes.len());
+            let mut out = Vec::with_capacity(PREFIX_LEN + bytes.len() + SIG_LEN);
             out.push(MARKER);
             out.extend_from_slice(&self.settings);
+            out.extend_from_slice(&self.admission.cookie_for(dst).0);
+            out.extend_from_slice(&self.admission.offer_for(now, dst).0);
             out.extend_from_slice(&bytes);
+            let sig = self.key.sign(&out);
+            out.extend_from_slice(&sig);
             return Some((dst, out));
         }
         None
     }
 
-    /// Datagrams not sent because the budget for strangers was spent.
+    fn spend(&mut self, now: MonoTime, spend: Spend) -> bool {
+        let ok = match spend {
+            Spend::Nothing => true,
+            Spend::Strangers => self.strangers.take(now),
+            Spend::Vouched => self.vouched.take(now),
+        };
+        if !ok {
+            self.dropped_to_strangers += 1;
+        }
+        ok
+    }
+
+    /// Datagrams not sent because a budget was spent.
     pub fn dropped_to_strangers(&self) -> u64 {
         self.dropped_to_strangers
     }
 
-    fn is_known(&self, dst: SocketAddr) -> bool {
-        let dst = wire::canonical(dst);
-        self.seeds.iter().any(|s| wire::canonical(*s) == dst)
-            || self
-                .foca
-                .iter_members()
-                .any(|m| wire::canonical(m.id().gossip) == dst)
-    }
-
-    /// A token bucket of [`STRANGER_BUDGET`] datagrams a second, as deep.
-    fn take_stranger_token(&mut self) -> bool {
-        let now = self.io.now;
-        let elapsed = now.saturating_duration_since(self.stranger_refilled);
-        let refill = elapsed.as_secs_f64() * f64::from(STRANGER_BUDGET);
-        if refill >= 1.0 {
-            self.stranger_tokens = (self.stranger_tokens + refill).min(f64::from(STRANGER_BUDGET));
-            self.stranger_refilled = now;
-        }
-        if self.stranger_tokens >= 1.0 {
-            self.stranger_tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+    /// Whether `gossip` is the endpoint of a member (any state).
+    fn is_member(&self, gossip: SocketAddr) -> bool {
+        let gossip = wire::canonical(gossip);
+        self.foca
+            .iter_membership_state()
+            .any(|m| m.id().gossip == gossip)
     }
 
     /// Whether foca holds `id` as an active (alive or suspect) member.
@@ -689,7 +666,7 @@ impl Gossip {
         }
         self.io.now = now;
         // Said first, so the others tell a departure from a failure.
-        let leaving = Leaving::of(self.foca.identity()).encode();
+        let leaving = Leaving::signed(self.foca.identity(), &self.key).encode();
         if self.foca.add_broadcast(&leaving).is_err() {
             self.errors += 1;
         }
@@ -755,11 +732,16 @@ impl Gossip {
         counts
     }
 
-    /// Errors since the last call: datagrams refused (garbage, too big,
-    /// refused by foca), timers foca failed on, transmits dropped from a
-    /// full queue.
+    /// Errors since the last call: datagrams refused as undecodable, too
+    /// big, spoofed, of other settings or by foca, timers foca failed on,
+    /// transmits dropped from a full queue or for want of budget.
     pub fn take_errors(&mut self) -> u64 {
         std::mem::take(&mut self.errors) + std::mem::take(&mut self.io.dropped_transmits)
+    }
+
+    /// Datagrams refused as forged or unproven since the last call.
+    pub fn take_refusals(&mut self) -> Refusals {
+        std::mem::take(&mut self.refused)
     }
 
     fn announce_to_seeds(&mut self) {
@@ -786,6 +768,11 @@ impl Gossip {
         if !std::mem::take(&mut self.io.membership_changed) || self.left {
             return;
         }
+        for m in self.foca.iter_membership_state() {
+            self.admission.joined(m.id());
+        }
+        let members: HashSet<NodeId> = self.foca.iter_membership_state().map(|m| *m.id()).collect();
+        self.admission.prune_proven(|id| members.contains(id));
         let me = self.foca.identity().service;
         let ring = Ring::new(
             self.ring.config(),

@@ -40,6 +40,10 @@ fn bad_values_say_which_field() {
         ("prefix_v6 = 129", "prefix_v6"),
         ("positions = 0", "positions"),
         ("handoff_grace_secs = 100000", "handoff_grace_secs"),
+        ("socket_buffer = 1024", "socket_buffer"),
+        ("socket_buffer = 2147483648", "socket_buffer"),
+        ("log_format = \"xml\"", "log_format"),
+        ("closed_sky = [\"abc\"]", "closed_sky"),
         (
             "listen = \"127.0.0.1:7700\"\ngossip = \"127.0.0.1:7700\"",
             "gossip",
@@ -161,4 +165,60 @@ fn gossip_and_check_ports_follow_the_listen_port() {
     // No room above: ephemeral rather than a wrapped port.
     let c = at("127.0.0.1:65534");
     assert_eq!((c.gossip.port(), c.check), (65535, Some(0)));
+}
+
+#[test]
+fn log_format_is_text_unless_json_is_asked_for() {
+    let resolve = |toml: &str| {
+        toml::from_str::<FileConfig>(toml)
+            .unwrap()
+            .resolve()
+            .unwrap()
+    };
+    assert_eq!(resolve("").log_format, LogFormat::Text);
+    assert_eq!(resolve("log_format = \"json\"").log_format, LogFormat::Json);
+    assert_eq!("json".parse(), Ok(LogFormat::Json));
+    assert_eq!("text".parse(), Ok(LogFormat::Text));
+    assert!(
+        "JSON"
+            .parse::<LogFormat>()
+            .unwrap_err()
+            .contains("text or json")
+    );
+}
+
+/// The node asks for the socket buffer the shipped sysctl file allows, no
+/// more (the kernel would cap it) and no less (the sysctl would be wasted).
+#[test]
+fn the_default_socket_buffer_is_what_the_sysctl_file_allows() {
+    let sysctl = include_str!("../../../../deploy/sysctl.d/60-sky.conf");
+    for key in ["net.core.rmem_max", "net.core.wmem_max"] {
+        let value: usize = sysctl
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key} in 60-sky.conf"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(value, DEFAULT_SOCKET_BUFFER, "{key}");
+    }
+    assert_eq!(Config::default().socket_buffer, DEFAULT_SOCKET_BUFFER);
+    let file = FileConfig {
+        socket_buffer: Some(1 << 20),
+        ..Default::default()
+    };
+    assert_eq!(file.resolve().unwrap().socket_buffer, 1 << 20);
+}
+
+#[test]
+fn a_closed_sky_is_a_list_of_hex_keys() {
+    let key = "a8e4daf0b4a690eb98ad96e85fdd519fc6fe51edae904c5f385cb1b96e3faaaf";
+    let c = toml::from_str::<FileConfig>(&format!("closed_sky = [\"{key}\"]"))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let keys = c.closed_sky.expect("a closed sky");
+    assert_eq!(keys.len(), 1);
+    assert!(keys.contains(&sky_proto::wire::from_hex::<32>(key).unwrap()));
+    assert_eq!(Config::default().closed_sky, None, "open by default");
 }

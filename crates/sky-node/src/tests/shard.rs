@@ -241,8 +241,19 @@ fn introductions_beyond_the_rate_limit_are_not_sent() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(introduced, 5);
-    assert_eq!(p.shard.take_stats().intros_rate_limited, 15);
+    // One caller gets its share of the target's 5 a second.
+    assert_eq!(introduced, 2);
+    assert_eq!(p.shard.take_stats().intros_rate_limited, 18);
+    // Callers from four more places share the rest: 3 more, then none.
+    let mut more = 0;
+    for i in 1..=4 {
+        let from = format!("198.51.100.{}:2000", 10 + i);
+        let cookie = p.cookie(&from);
+        let (_, intro) = p.send(&from, lookup(cookie, addr_of([1; 16])));
+        let (_, again) = p.send(&from, lookup(cookie, addr_of([1; 16])));
+        more += usize::from(intro.is_some()) + usize::from(again.is_some());
+    }
+    assert_eq!(more, 3, "the target's allowance caps them all");
 }
 
 #[test]

@@ -83,6 +83,7 @@ mod basics {
                     caller,
                     hint,
                 }),
+            (tag.clone(), any::<u8>()).prop_map(|(tag, reason)| Message::Refused { tag, reason }),
             (tag.clone(), cookie.clone(), any::<u8>())
                 .prop_map(|(tag, cookie, flags)| Message::Check { tag, cookie, flags }),
             (tag.clone(), any::<u16>(), arb_endpoint()).prop_map(|(tag, check_port, endpoint)| {
@@ -196,7 +197,7 @@ mod basics {
 
     #[test]
     fn unassigned_kinds_are_unknown() {
-        for k in [0x08u8, 0x8c, 0x00, 0x80, 0xff] {
+        for k in [0x08u8, 0x8d, 0x00, 0x80, 0xff] {
             assert_eq!(Message::decode(&[VERSION, k]), Err(Error::UnknownKind));
         }
     }

@@ -176,6 +176,14 @@ pub enum Message {
         /// The node's ring version.
         version: u32,
     },
+    /// Answers a `Register` the node will not hold: why (1 the table is
+    /// full, 2 the source IP holds its share, 3 its prefix does).
+    Refused {
+        /// The request's tag.
+        tag: Tag,
+        /// Why.
+        reason: u8,
+    },
     /// Answers `Check`: the source endpoint as this node saw it.
     Checked {
         /// The request's tag.
@@ -244,6 +252,10 @@ impl Message {
                 tag: p.tag(),
                 check_port: read_u16(&b[field::CHECKED_PORT]),
                 endpoint: p.read_endpoint(field::CHECKED_ENDPOINT.start),
+            },
+            Kind::Refused => Message::Refused {
+                tag: p.tag(),
+                reason: b[field::REFUSED_REASON],
             },
             Kind::Pong => Message::Pong { tag: p.tag() },
             Kind::Cookie => Message::CookieReply {
@@ -317,6 +329,7 @@ impl Message {
             Message::RingChanged { .. } => Kind::RingChanged,
             Message::Check { .. } => Kind::Check,
             Message::Checked { .. } => Kind::Checked,
+            Message::Refused { .. } => Kind::Refused,
         }
     }
 
@@ -339,7 +352,8 @@ impl Message {
             | Message::NotOwner { tag, .. }
             | Message::RingChanged { tag, .. }
             | Message::Check { tag, .. }
-            | Message::Checked { tag, .. } => Some(tag),
+            | Message::Checked { tag, .. }
+            | Message::Refused { tag, .. } => Some(tag),
             Message::Introduction { .. } => None,
         }
     }
@@ -416,6 +430,10 @@ impl Message {
                 write_request_header(b, tag, cookie);
                 b[field::CHECK_FLAGS] = flags;
                 b[field::CHECK_FLAGS + 1..].fill(0);
+            }
+            Message::Refused { tag, reason } => {
+                b[field::TAG].copy_from_slice(&tag.0);
+                b[field::REFUSED_REASON] = reason;
             }
             Message::Checked {
                 tag,

@@ -108,6 +108,8 @@ pub(crate) mod field {
     pub(crate) const NOT_OWNER_VERSION: Range<usize> = 6..10;
     pub(crate) const NOT_OWNER_HINT: RangeFrom<usize> = 10..;
     pub(crate) const RING_VERSION: Range<usize> = 6..10;
+    /// Why a registration was refused.
+    pub(crate) const REFUSED_REASON: usize = 6;
     /// The node's first check port (0: no check service).
     pub(crate) const CHECKED_PORT: Range<usize> = 6..8;
     pub(crate) const CHECKED_ENDPOINT: RangeFrom<usize> = 8..;
@@ -163,6 +165,8 @@ pub enum Kind {
     RingChanged = 0x8a,
     /// `0x8b`: checked (the observed endpoint).
     Checked = 0x8b,
+    /// `0x8c`: refused (a registration, and why).
+    Refused = 0x8c,
 }
 
 /// The lengths a datagram of one kind may have.
@@ -177,7 +181,7 @@ enum Lengths {
 
 impl Kind {
     /// Every kind, in wire order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Ping,
         Kind::Register,
         Kind::Keepalive,
@@ -196,6 +200,7 @@ impl Kind {
         Kind::NotOwner,
         Kind::RingChanged,
         Kind::Checked,
+        Kind::Refused,
     ];
 
     /// The kind byte 1 names, if any.
@@ -231,6 +236,7 @@ impl Kind {
             Kind::RingChanged => Fixed(field::RING_VERSION.end),
             Kind::Check => Fixed(field::CHECK_LEN),
             Kind::Checked => with_endpoint(field::CHECKED_ENDPOINT.start),
+            Kind::Refused => Fixed(field::REFUSED_REASON + 1),
         }
     }
 

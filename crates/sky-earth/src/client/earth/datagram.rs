@@ -131,6 +131,9 @@ impl Earth {
             reply @ Message::Checked { .. } => {
                 self.nat.on_checked(now, io, socket, from, reply);
             }
+            Message::Refused { tag, reason } if self.registrations.is_pending(from, tag) => {
+                io.event(Event::RegistrationRefused { reason });
+            }
             Message::NotRegistered { tag } => {
                 self.registrations.on_not_registered(now, io, from, tag)
             }
