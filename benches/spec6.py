@@ -94,7 +94,10 @@ def node(engine="uring", shards=None, capacity=1_000_000, address=NODE, keepaliv
     # may take 7701 from a node running on this machine.
     argv = [SKY, "node", "--listen", address, "--metrics", "off", "--engine", engine,
             "--intros-per-second", "255", "--capacity", str(capacity),
-            "--keepalive-secs", str(keepalive), "--gossip", "127.0.0.1:0", "--check", "0"]
+            "--keepalive-secs", str(keepalive), "--gossip", "127.0.0.1:0", "--check", "0",
+            # Every registration comes from this one IP: its per-source
+            # budget is the whole table.
+            "--max-per-ip", str(capacity), "--max-per-prefix", str(capacity)]
     if shards:
         argv += ["--shards", str(shards)]
     return Server(argv, address=address)

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use sky_node::config::{Config, EngineChoice};
 use sky_node::engine::Node;
-use sky_node::presence::Found;
 use sky_proto::ring::RingConfig;
 use sky_proto::wire::VirtualAddr;
 
@@ -198,10 +197,9 @@ fn member(i: usize) -> VirtualAddr {
     VirtualAddr::from_token(&sky_lab::bench::token(i))
 }
 
-/// Whether `node`'s presence table holds `address` (alive at any time;
-/// a zero allowance introduces nobody).
+/// Whether `node`'s presence table holds `address` (alive at any time).
 fn holds(node: &Node, address: &VirtualAddr) -> bool {
-    matches!(node.presence().lookup(address, 0, 0), Found::Online { .. })
+    node.presence().peek(address, 0).is_some()
 }
 
 // The modes run in this order: lookup-online registers the population in

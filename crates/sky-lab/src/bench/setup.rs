@@ -191,7 +191,7 @@ impl<'a> Generator<'a> {
             let total = self.counts.sent;
             if self.counts.malformed > 0 {
                 return Err(BenchError::Setup(format!(
-                    "{} of {total} registrations were refused (not owner?): did the sky's ring change during setup?",
+                    "{} of {total} registrations were refused: is the node's per-source budget (--max-per-ip, --max-per-prefix) below the population, or did the sky's ring change during setup?",
                     self.counts.malformed
                 )));
             }
