@@ -15,6 +15,7 @@ mod end_to_end;
 mod fairness;
 mod gossip;
 mod hostile;
+mod hostile_gossip;
 mod metrics;
 mod nat;
 mod notify;
