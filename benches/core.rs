@@ -11,10 +11,12 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use sky_node::keys::NodeSecret;
 use sky_node::presence::{Budgets, Presence};
+use sky_node::probe::AddrSecret;
 use sky_node::shard::{Shard, ShardConfig};
 use sky_proto::time::MonoTime;
 use sky_proto::wire::{
-    Cookie, Flags, IntroKey, MAX_MESSAGE_LEN, Mac, Message, Tag, Token, VirtualAddr,
+    self, AddrKey, Cookie, Flags, IntroKey, MAX_MESSAGE_LEN, Mac, Message, Signature, Tag,
+    VirtualAddr,
 };
 
 fn messages() -> Vec<(&'static str, Message)> {
@@ -29,7 +31,8 @@ fn messages() -> Vec<(&'static str, Message)> {
                 tag,
                 cookie,
                 flags: Flags(1),
-                token: Token([3; 16]),
+                key: AddrKey([3; 32]),
+                sig: Signature([8; 64]),
             },
         ),
         (
@@ -98,7 +101,8 @@ fn wire(c: &mut Criterion) {
 }
 
 /// One shard core, 1 000 registered addresses, handling each kind of
-/// steady-state request from a validated source.
+/// steady-state request from a validated source (a registration again
+/// from where it is: a refresh, no signature checked).
 fn shard(c: &mut Criterion) {
     let secret = Arc::new(NodeSecret::new([1; 32]));
     let presence = Arc::new(Presence::with_budgets(1 << 20, Budgets::unlimited()));
@@ -108,15 +112,19 @@ fn shard(c: &mut Criterion) {
     };
     let mut shard = Shard::new(secret, presence, config, MonoTime::ZERO);
     let from: SocketAddr = "192.0.2.1:4000".parse().unwrap();
-    let now = MonoTime::from_secs(10);
+    // Registering 1 000 new addresses takes 1 000 signature checks: the
+    // source's budget of them spreads those over the seconds before `now`.
+    let now = MonoTime::from_secs(20);
+    let per_second = u32::from(sky_node::proof::CHECKS_PER_SOURCE);
     let mut buf = [0u8; 2048];
     let mut reply = [0u8; MAX_MESSAGE_LEN];
     let send = |shard: &mut Shard,
+                at: MonoTime,
                 msg: Message,
                 buf: &mut [u8; 2048],
                 reply: &mut [u8; MAX_MESSAGE_LEN]| {
         let n = msg.emit(buf);
-        shard.handle_datagram(now, from, buf, n, reply)
+        shard.handle_datagram(at, from, buf, n, reply)
     };
     let probe = Message::Keepalive {
         ring: 0,
@@ -124,23 +132,29 @@ fn shard(c: &mut Criterion) {
         cookie: Cookie::default(),
         address: VirtualAddr::default(),
     };
-    let _ = send(&mut shard, probe, &mut buf, &mut reply);
+    let _ = send(&mut shard, MonoTime::ZERO, probe, &mut buf, &mut reply);
     let cookie = match Message::decode(&reply[..14]) {
         Ok(Message::CookieReply { cookie, .. }) => cookie,
         other => panic!("{other:?}"),
     };
+    let member = |i: u32| {
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        AddrSecret::from_seed(seed)
+    };
     for i in 0..1000u32 {
-        let mut token = [0u8; 16];
-        token[..4].copy_from_slice(&i.to_le_bytes());
-        let reg = Message::Register {
-            tag: Tag([0; 4]),
-            cookie,
-            flags: Flags(0),
-            token: Token(token),
-        };
-        let _ = send(&mut shard, reg, &mut buf, &mut reply);
+        let reg = member(i).register(Tag([0; 4]), cookie, Flags(0));
+        let at = MonoTime::from_secs(u64::from(1 + i / per_second));
+        let _ = send(&mut shard, at, reg, &mut buf, &mut reply);
+        assert!(
+            matches!(
+                Message::decode(&reply[..46]),
+                Ok(Message::Registered { .. })
+            ),
+            "registration {i}"
+        );
     }
-    let online = VirtualAddr::from_token(&Token([0; 16]));
+    let online = member(0).address();
     let tag = Tag([1; 4]);
     let cases = [
         ("ping", Message::Ping { tag, cookie }),
@@ -173,15 +187,7 @@ fn shard(c: &mut Criterion) {
                 hint: [0x5e; 16],
             },
         ),
-        (
-            "register_again",
-            Message::Register {
-                tag,
-                cookie,
-                flags: Flags(0),
-                token: Token([0; 16]),
-            },
-        ),
+        ("register_again", member(0).register(tag, cookie, Flags(0))),
         (
             "no_cookie",
             Message::Lookup {
@@ -218,10 +224,11 @@ fn presence(c: &mut Criterion) {
         &[1_000]
     };
     let ep: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+    // Any 32 bytes make an address (no key pair: the table checks nothing).
     let address = |i: usize| {
-        let mut t = [0u8; 16];
+        let mut t = [0u8; 32];
         t[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        VirtualAddr::from_token(&Token(t))
+        VirtualAddr::from_key(&AddrKey(t))
     };
     let mut g = c.benchmark_group("presence");
     g.throughput(Throughput::Elements(1));
@@ -259,5 +266,22 @@ fn presence(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, wire, shard, presence);
+/// The check of a registration's signature that creating or moving an
+/// entry takes (and every unregister): what a refresh saves.
+fn proof(c: &mut Criterion) {
+    let secret = AddrSecret::from_seed([7; 32]);
+    let statement = wire::register_statement(&Cookie([2; 8]), Flags(0));
+    let sig = secret.sign_register(&Cookie([2; 8]), Flags(0));
+    let mut g = c.benchmark_group("proof");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("verify", |b| {
+        b.iter(|| sky_node::proof::verify(black_box(&secret.key()), &statement, &sig))
+    });
+    g.bench_function("sign", |b| {
+        b.iter(|| secret.sign_register(black_box(&Cookie([2; 8])), Flags(0)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, wire, shard, presence, proof);
 criterion_main!(benches);

@@ -91,6 +91,7 @@ def node(address, shards, engine):
                   "--shards", str(shards), "--intros-per-second", "255",
                   "--capacity", "1000000", "--keepalive-secs", "600",
                   "--max-per-ip", "1000000", "--max-per-prefix", "1000000",
+                  "--checks-per-source", "65535",
                   "--gossip", "127.0.0.1:0", "--check", "0"], address)
 
 

@@ -97,7 +97,9 @@ def node(engine="uring", shards=None, capacity=1_000_000, address=NODE, keepaliv
             "--keepalive-secs", str(keepalive), "--gossip", "127.0.0.1:0", "--check", "0",
             # Every registration comes from this one IP: its per-source
             # budget is the whole table.
-            "--max-per-ip", str(capacity), "--max-per-prefix", str(capacity)]
+            "--max-per-ip", str(capacity), "--max-per-prefix", str(capacity),
+            # ... and each new address costs one of its signature checks.
+            "--checks-per-source", "65535"]
     if shards:
         argv += ["--shards", str(shards)]
     return Server(argv, address=address)

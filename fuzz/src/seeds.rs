@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 
 use sky_earth::invite::Invite;
 use sky_node::gossip::{Gossip, GossipConfig, NodeId};
+use sky_node::probe::AddrSecret;
 use sky_proto::ring::RingConfig;
 use sky_proto::time::MonoTime;
 use sky_proto::wire::{
-    Cookie, Flags, IntroKey, MAX_DATAGRAM_LEN, Mac, Message, Tag, Token, VirtualAddr,
+    AddrKey, Cookie, Flags, IntroKey, MAX_DATAGRAM_LEN, Mac, Message, Signature, Tag, VirtualAddr,
     emit_members_page,
 };
 
@@ -57,7 +58,8 @@ pub fn every_message() -> Vec<(String, Message)> {
                 tag: TAG,
                 cookie,
                 flags: Flags(Flags::METERED),
-                token: Token([0x22; 16]),
+                key: AddrKey([0x22; 32]),
+                sig: Signature([0x66; 64]),
             },
         ),
         (
@@ -84,7 +86,8 @@ pub fn every_message() -> Vec<(String, Message)> {
             Message::Unregister {
                 tag: TAG,
                 cookie,
-                token: Token([0x22; 16]),
+                key: AddrKey([0x22; 32]),
+                sig: Signature([0x66; 64]),
             },
         ),
         (
@@ -302,23 +305,27 @@ fn shard_record(out: &mut Vec<u8>, source: u8, step: u8, flags: u8, msg: &Messag
 
 fn shard_datagram() -> Vec<(String, Vec<u8>)> {
     let zero = Cookie::default();
-    let register = |token| Message::Register {
+    // The key field holds a seed: the sign flag (8) makes it a key pair
+    // and signs (the harness, after writing the cookie).
+    let register = |seed: u8| Message::Register {
         tag: TAG,
         cookie: zero,
         flags: Flags(Flags::METERED),
-        token: Token(token),
+        key: AddrKey([seed; 32]),
+        sig: Signature::default(),
     };
-    let lookup = |token| Message::Lookup {
+    let address = |seed: u8| AddrSecret::from_seed([seed; 32]).address();
+    let lookup = |seed| Message::Lookup {
         tag: TAG,
         cookie: zero,
-        target: VirtualAddr::from_token(&Token(token)),
+        target: address(seed),
         caller: VirtualAddr([0x33; 16]),
         hint: [0x44; 16],
     };
-    let keepalive = |token, ring| Message::Keepalive {
+    let keepalive = |seed, ring| Message::Keepalive {
         tag: TAG,
         cookie: zero,
-        address: VirtualAddr::from_token(&Token(token)),
+        address: address(seed),
         ring,
     };
     let members = Message::Members {
@@ -328,26 +335,29 @@ fn shard_datagram() -> Vec<(String, Vec<u8>)> {
         len: 200,
     };
     let with_cookie = 1;
+    let signed = with_cookie | 8;
 
-    // Standalone: register (cookie asked first, then given), keepalive,
-    // lookup from a second source (introduction), members, unregister.
+    // Standalone: register (cookie asked first, then given; unsigned, then
+    // signed), refresh, keepalive, lookup from a second source
+    // (introduction), a move to another source, members, unregister
+    // (unsigned, then signed).
     let mut standalone = vec![0u8];
-    shard_record(&mut standalone, 0, 1, 0, &register([1; 16]));
-    shard_record(&mut standalone, 0, 1, with_cookie, &register([1; 16]));
-    shard_record(&mut standalone, 0, 130, with_cookie, &keepalive([1; 16], 0));
-    shard_record(&mut standalone, 2, 1, with_cookie, &lookup([1; 16]));
+    shard_record(&mut standalone, 0, 1, 0, &register(1));
+    shard_record(&mut standalone, 0, 1, with_cookie, &register(1));
+    shard_record(&mut standalone, 0, 1, signed, &register(1));
+    shard_record(&mut standalone, 0, 1, signed, &register(1));
+    shard_record(&mut standalone, 0, 130, with_cookie, &keepalive(1, 0));
+    shard_record(&mut standalone, 2, 1, with_cookie, &lookup(1));
+    shard_record(&mut standalone, 1, 1, signed, &register(1));
     shard_record(&mut standalone, 1, 1, with_cookie, &members);
-    shard_record(
-        &mut standalone,
-        0,
-        1,
-        with_cookie,
-        &Message::Unregister {
-            tag: TAG,
-            cookie: zero,
-            token: Token([1; 16]),
-        },
-    );
+    let unregister = Message::Unregister {
+        tag: TAG,
+        cookie: zero,
+        key: AddrKey([1; 32]),
+        sig: Signature::default(),
+    };
+    shard_record(&mut standalone, 1, 1, with_cookie, &unregister);
+    shard_record(&mut standalone, 1, 1, signed, &unregister);
     shard_record(
         &mut standalone,
         3,
@@ -364,15 +374,15 @@ fn shard_datagram() -> Vec<(String, Vec<u8>)> {
     let mut ring = vec![1u8];
     shard_record(&mut ring, 1, 1, with_cookie, &members);
     for t in 0..4u8 {
-        shard_record(&mut ring, 0, 1, with_cookie, &register([t; 16]));
-        shard_record(&mut ring, 0, 1, with_cookie, &keepalive([t; 16], 1));
-        shard_record(&mut ring, 2, 1, with_cookie, &lookup([t; 16]));
+        shard_record(&mut ring, 0, 1, signed, &register(t));
+        shard_record(&mut ring, 0, 1, with_cookie, &keepalive(t, 1));
+        shard_record(&mut ring, 2, 1, with_cookie, &lookup(t));
     }
 
     // A full table, a tight buffer, garbage and a reply kind.
     let mut full = vec![2u8];
     for t in 0..3u8 {
-        shard_record(&mut full, t, 1, with_cookie | 2, &register([t; 16]));
+        shard_record(&mut full, t, 1, signed | 2, &register(t));
     }
     shard_record(&mut full, 6, 1, 4, &Message::Pong { tag: TAG });
     full.extend_from_slice(&[7, 0, 0, 1]);

@@ -9,7 +9,11 @@
 //! flags byte (bit 0: write the source's valid cookie into the request,
 //! so the fuzzer gets past the cookie check; bit 1: a buffer exactly as
 //! long as the datagram instead of the engine's 2048 bytes; bit 2: call
-//! `handle_timeout` first), and the datagram.
+//! `handle_timeout` first; bit 3: in a `register` or `unregister` of its
+//! length, read the key field as the seed of a key pair and write that
+//! pair's public key and its signature of the statement, cookie and flags
+//! as they stand after bit 0, so the fuzzer gets past the signature
+//! check), and the datagram.
 //!
 //! For every datagram:
 //! - **never a reflector**: without a valid cookie for its source, the
@@ -27,6 +31,7 @@ use std::sync::Arc;
 
 use sky_node::keys::{CookieJar, NodeSecret};
 use sky_node::presence::Presence;
+use sky_node::probe::AddrSecret;
 use sky_node::shard::{Shard, ShardConfig};
 use sky_node::snapshot;
 use sky_proto::ring::{Ring, RingConfig};
@@ -104,6 +109,9 @@ pub fn run(data: &[u8]) {
             let cookie = jar.issue(&from);
             buf[6..14].copy_from_slice(&cookie.0);
         }
+        if flags & 8 != 0 {
+            sign(&mut buf[..len]);
+        }
         let cookie_ok = len >= 14 && jar.check(&from, &Cookie(buf[6..14].try_into().unwrap()));
         let request = buf[..len].to_vec();
         let canonical_from = wire::canonical(from);
@@ -162,4 +170,24 @@ pub fn run(data: &[u8]) {
             }
         }
     }
+}
+
+/// Signs a `register` or `unregister` in place with the key pair whose seed
+/// its key field holds (flags bit 3); anything else is left as it is.
+pub fn sign(datagram: &mut [u8]) {
+    let signed = match Message::decode(datagram) {
+        Ok(Message::Register {
+            tag,
+            cookie,
+            flags,
+            key,
+            ..
+        }) => AddrSecret::from_seed(key.0).register(tag, cookie, flags),
+        Ok(Message::Unregister {
+            tag, cookie, key, ..
+        }) => AddrSecret::from_seed(key.0).unregister(tag, cookie),
+        _ => return,
+    };
+    let n = signed.emit(datagram);
+    debug_assert_eq!(n, datagram.len());
 }

@@ -40,6 +40,11 @@ pub(crate) struct NodeArgs {
     /// Introductions per target per second.
     #[arg(long, env = "SKY_INTROS_PER_SECOND")]
     intros_per_second: Option<u8>,
+    /// Signature checks one source IP (IPv6: /64) may spend per second on
+    /// each shard, for registrations that create or move an address and
+    /// for unregisters [default: 64].
+    #[arg(long, env = "SKY_CHECKS_PER_SOURCE")]
+    checks_per_source: Option<u16>,
     /// UDP address for gossip with other sky nodes [default: the listen IP,
     /// the listen port plus one (7701); port 0 when the listen port is 0].
     #[arg(long, env = "SKY_GOSSIP", value_name = "HOST:PORT")]
@@ -247,6 +252,7 @@ fn merged_config(args: &NodeArgs) -> Result<Config, ConfigError> {
         capacity: args.capacity,
         keepalive_secs: args.keepalive_secs,
         intros_per_second: args.intros_per_second,
+        checks_per_source: args.checks_per_source,
         gossip: args.gossip.clone(),
         check: args.check.clone(),
         advertise: args.advertise.clone(),

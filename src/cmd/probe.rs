@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
-use sky_node::probe::{self, Client, Incoming, Lookup, ProbeError};
-use sky_proto::wire::{self, Token, VirtualAddr};
+use sky_node::probe::{self, AddrSecret, Client, Incoming, Lookup, ProbeError};
+use sky_proto::wire::{self, VirtualAddr};
 
 #[derive(Subcommand)]
 pub(crate) enum ProbeCommand {
@@ -19,14 +19,20 @@ pub(crate) enum ProbeCommand {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
-    /// Register a token's address, print it and the observed endpoint, and
-    /// hold it (printing introductions) for --hold seconds.
+    /// Register the address of a key (from --seed or --name), print it and
+    /// the observed endpoint, and hold it (printing introductions) for
+    /// --hold seconds. The registration and the unregister are signed.
+    #[command(group = clap::ArgGroup::new("secret").required(true))]
     Register {
         #[command(flatten)]
         target: Target,
-        /// 16-byte registration token, hex.
-        #[arg(long, value_name = "HEX")]
-        token: String,
+        /// The address key's 32-byte private seed, hex (64 digits).
+        #[arg(long, value_name = "HEX", group = "secret")]
+        seed: Option<String>,
+        /// Derive the seed from a name instead: anyone who knows the name
+        /// holds the address.
+        #[arg(long, value_name = "NAME", group = "secret")]
+        name: Option<String>,
         /// Seconds to stay registered, sending keepalives.
         #[arg(long, default_value_t = 0)]
         hold: u64,
@@ -192,22 +198,34 @@ pub(crate) fn main(cmd: ProbeCommand) -> ExitCode {
             Err(e) => no_answer(e),
         },
         ProbeCommand::Register {
-            token,
+            seed,
+            name,
             hold,
             metered,
             ..
         } => {
-            let Some(token) = wire::from_hex::<16>(&token).map(Token) else {
-                return fail("--token must be 32 hex digits".into());
+            let secret = match (seed, name) {
+                (Some(seed), _) => match wire::from_hex::<32>(&seed) {
+                    Some(seed) => AddrSecret::from_seed(seed),
+                    None => return fail("--seed must be 64 hex digits".into()),
+                },
+                (None, Some(name)) => AddrSecret::from_name(&name),
+                (None, None) => return fail("give --seed or --name".into()),
             };
-            println!("address {}", VirtualAddr::from_token(&token).to_hex());
-            let reg = match client.register(token, metered) {
+            println!("address {}", secret.address().to_hex());
+            let reg = match client.register(&secret, metered) {
                 Ok(r) => r,
                 Err(e) => return no_answer(e),
             };
             println!("registered {}", reg.observed);
             let _ = std::io::stdout().flush();
-            hold_registration(&mut client, token, metered, reg, Duration::from_secs(hold))
+            hold_registration(
+                &mut client,
+                &secret,
+                metered,
+                reg,
+                Duration::from_secs(hold),
+            )
         }
     }
 }
@@ -215,7 +233,7 @@ pub(crate) fn main(cmd: ProbeCommand) -> ExitCode {
 /// Keeps a registration alive for `hold`, printing what arrives.
 fn hold_registration(
     client: &mut Client,
-    token: Token,
+    secret: &AddrSecret,
     metered: bool,
     reg: probe::Registration,
     hold: Duration,
@@ -232,7 +250,7 @@ fn hold_registration(
             }
             Ok(Some(Incoming::Forged)) => eprintln!("sky probe: rejected a forged introduction"),
             Ok(Some(Incoming::NotRegistered)) => {
-                if let Err(e) = client.register(token, metered) {
+                if let Err(e) = client.register(secret, metered) {
                     eprintln!("sky probe: re-registration failed: {e}");
                     return ExitCode::from(2);
                 }
@@ -253,7 +271,7 @@ fn hold_registration(
         }
     }
     if !hold.is_zero() {
-        let _ = client.unregister(token);
+        let _ = client.unregister(secret);
     }
     ExitCode::SUCCESS
 }

@@ -260,15 +260,15 @@ fn probe_register_lookup_and_introduction_through_the_cli() {
         ],
         &[],
     );
-    let token = "00112233445566778899aabbccddeeff";
+    let seed = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     let holder = Command::new(SKY)
         .args([
             "probe",
             "register",
             "--sky",
             "127.0.0.1:7791",
-            "--token",
-            token,
+            "--seed",
+            seed,
             "--hold",
             "2",
         ])
@@ -277,10 +277,10 @@ fn probe_register_lookup_and_introduction_through_the_cli() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let address = sky_proto::wire::VirtualAddr::from_token(&sky_proto::wire::Token(
-        sky_proto::wire::from_hex::<16>(token).unwrap(),
-    ))
-    .to_hex();
+    let address =
+        sky_node::probe::AddrSecret::from_seed(sky_proto::wire::from_hex::<32>(seed).unwrap())
+            .address()
+            .to_hex();
     let caller = "0123456789abcdef0123456789abcdef";
     let lookup = sky(&[
         "probe",
@@ -352,8 +352,8 @@ fn probes_give_up_with_exit_2_when_nothing_answers() {
             &addr,
             "--timeout",
             "0.3",
-            "--token",
-            "00000000000000000000000000000000",
+            "--name",
+            "nobody",
         ],
     ] {
         let o = sky(&args);
@@ -436,8 +436,9 @@ fn a_port_already_served_is_a_clear_error_not_a_silent_share() {
 /// about an earth node reaches the log, and nothing is written to disk.
 #[test]
 fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
+    use sky_node::probe::AddrSecret;
     use sky_node::probe::Client;
-    use sky_proto::wire::{Token, VirtualAddr};
+    use sky_proto::wire::VirtualAddr;
 
     let dir = std::env::temp_dir().join(format!("sky-privacy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -474,12 +475,13 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
     let sky: std::net::SocketAddr = "127.0.0.1:7793".parse().unwrap();
     let mut alice = Client::new(sky, Duration::from_secs(2)).unwrap();
     let mut bob = Client::new(sky, Duration::from_secs(2)).unwrap();
-    let token = Token([0x77; 16]);
-    let reg = alice.register(token, true).unwrap();
+    let seed = [0x77; 32];
+    let secret = AddrSecret::from_seed(seed);
+    let reg = alice.register(&secret, true).unwrap();
     let caller = VirtualAddr([0x99; 16]);
     bob.lookup(reg.address, caller).unwrap();
     bob.lookup(VirtualAddr([0x55; 16]), caller).unwrap();
-    alice.unregister(token).unwrap();
+    alice.unregister(&secret).unwrap();
     let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     garbage.send_to(b"\x01\x02garbage", sky).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -503,7 +505,8 @@ fn no_earth_endpoint_or_address_reaches_the_log_or_the_disk() {
         garbage.local_addr().unwrap().port().to_string(),
         reg.address.to_hex(),
         caller.to_hex(),
-        sky_proto::wire::to_hex(&token.0),
+        sky_proto::wire::to_hex(&seed),
+        sky_proto::wire::to_hex(&secret.key().0),
     ];
     for s in &secrets {
         assert!(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sky_node::config::{Config, EngineChoice};
 use sky_node::engine::Node;
+use sky_node::probe::AddrSecret;
 use sky_proto::wire::{Cookie, MAX_MESSAGE_LEN, Message, Tag};
 
 /// How long a test waits to be sure that no datagram is coming.
@@ -89,9 +90,33 @@ pub(crate) fn drain(socket: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
 }
 
 /// Sends `bytes` and returns the first datagram back (within `QUIET`).
+/// A socket on `ip` (another loopback address: another source), waiting
+/// at most 300 ms for an answer.
+pub(crate) fn socket_on(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s
+}
+
+/// A node with two shards started from `config`.
+pub(crate) fn two_shard_node(config: Config) -> Node {
+    Node::start(&Config {
+        shards: Some(2),
+        ..config
+    })
+    .expect("node starts")
+}
+
 pub(crate) fn exchange(socket: &UdpSocket, node: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     socket.send_to(bytes, node).unwrap();
     recv(socket).map(|(d, _)| d)
+}
+
+/// The address key pair of seed `[b; 32]`: tests name their addresses by
+/// a byte (deriving one costs about 15 µs).
+pub(crate) fn secret(b: u8) -> AddrSecret {
+    AddrSecret::from_seed([b; 32])
 }
 
 pub(crate) fn emit(msg: Message) -> Vec<u8> {

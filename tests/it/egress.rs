@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sky_node::engine::Node;
 use sky_proto::ring::{Ring, RingConfig};
-use sky_proto::wire::{self, Cookie, Flags, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{self, Cookie, Flags, Message, Tag, VirtualAddr};
 
 use crate::common::*;
 
@@ -85,19 +85,11 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
     );
     let tc = cookie(&target, sky);
     let cc = cookie(&caller, sky);
-    let token = Token([0xee; 16]);
-    let address = VirtualAddr::from_token(&token);
+    let key = secret(0xee);
+    let address = key.address();
     got.insert(
         "registered".into(),
-        reply_len(
-            &target,
-            Message::Register {
-                tag,
-                cookie: tc,
-                flags: Flags(0),
-                token,
-            },
-        ),
+        reply_len(&target, key.register(tag, tc, Flags(0))),
     );
     got.insert(
         "keepalive".into(),
@@ -142,14 +134,7 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
     );
     got.insert(
         "unregister".into(),
-        reply_len(
-            &target,
-            Message::Unregister {
-                tag,
-                cookie: tc,
-                token,
-            },
-        ),
+        reply_len(&target, key.unregister(tag, tc)),
     );
     // A registration the node will not hold: the source at its budget
     // (the test nodes allow 8 entries per IP).
@@ -157,15 +142,7 @@ fn measure(node: &Node) -> BTreeMap<String, usize> {
     let fc = cookie(&flood, sky);
     let mut refused = 0;
     for i in 0..16u8 {
-        let len = reply_len(
-            &flood,
-            Message::Register {
-                tag,
-                cookie: fc,
-                flags: Flags(0),
-                token: Token([i; 16]),
-            },
-        );
+        let len = reply_len(&flood, secret(i).register(tag, fc, Flags(0)));
         if len != 46 && len != 58 {
             refused = len;
             break;
@@ -203,24 +180,19 @@ fn measure_in_a_sky(node: &Node, got: &mut BTreeMap<String, usize>) {
     let client = socket_for(sky);
     let cookie = cookie(&client, sky);
     let tag = Tag([2; 4]);
-    let token_where = |owned: bool| {
+    let key_where = |owned: bool| {
         (0..=255u8)
-            .map(|i| Token([i; 16]))
-            .find(|t| ring.is_owner(me, &VirtualAddr::from_token(t)) == owned)
-            .expect("a token")
+            .map(secret)
+            .find(|k| ring.is_owner(me, &k.address()) == owned)
+            .expect("a key")
     };
-    let register = |token| Message::Register {
-        tag,
-        cookie,
-        flags: Flags(0),
-        token,
-    };
+    let register = |key: &sky_node::probe::AddrSecret| key.register(tag, cookie, Flags(0));
     got.insert(
         "not_owner".into(),
-        reply_len(&client, register(token_where(false))),
+        reply_len(&client, register(&key_where(false))),
     );
-    let owned = token_where(true);
-    assert!(reply_len(&client, register(owned)) > 0, "registered");
+    let owned = key_where(true);
+    assert!(reply_len(&client, register(&owned)) > 0, "registered");
     got.insert(
         "ring_changed".into(),
         reply_len(
@@ -228,7 +200,7 @@ fn measure_in_a_sky(node: &Node, got: &mut BTreeMap<String, usize>) {
             Message::Keepalive {
                 tag,
                 cookie,
-                address: VirtualAddr::from_token(&owned),
+                address: owned.address(),
                 ring: ring.version() ^ 1,
             },
         ),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sky_node::engine::Node;
 use sky_node::probe::{Client, Incoming, Lookup};
-use sky_proto::wire::{Mac, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{Mac, Message, Tag, VirtualAddr};
 
 use crate::common::*;
 
@@ -20,10 +20,10 @@ fn register_then_lookup_says_online_and_introduces_the_caller() {
         let node = start(engine);
         let mut alice = client(&node);
         let mut bob = client(&node);
-        let token = Token([0xa1; 16]);
-        let reg = alice.register(token, true).unwrap();
+        let key = secret(0xa1);
+        let reg = alice.register(&key, true).unwrap();
         assert_eq!(reg.observed, alice.local_addr().unwrap(), "{engine:?}");
-        assert_eq!(reg.address, VirtualAddr::from_token(&token));
+        assert_eq!(reg.address, key.address());
 
         let bob_addr = VirtualAddr([0xb0; 16]);
         match bob.lookup(reg.address, bob_addr).unwrap() {
@@ -57,7 +57,7 @@ fn lookup_of_unregistered_or_expired_address_says_offline() {
             "{engine:?}"
         );
 
-        let reg = alice.register(Token([0xa2; 16]), false).unwrap();
+        let reg = alice.register(&secret(0xa2), false).unwrap();
         assert!(matches!(
             bob.lookup(reg.address, never).unwrap(),
             Lookup::Online { .. }
@@ -79,8 +79,8 @@ fn keepalive_produces_no_datagram_and_keeps_the_address_online() {
         let sky = node.local_addr();
         let mut alice = client(&node);
         let mut bob = client(&node);
-        let token = Token([0xa3; 16]);
-        let reg = alice.register(token, false).unwrap();
+        let key = secret(0xa3);
+        let reg = alice.register(&key, false).unwrap();
 
         // The same keepalive from a raw socket that holds a cookie but no
         // registration is told to register; from the registrant, silence.
@@ -127,8 +127,8 @@ fn unregister_makes_the_address_offline() {
         let node = start(engine);
         let mut alice = client(&node);
         let mut bob = client(&node);
-        let token = Token([0xa4; 16]);
-        let reg = alice.register(token, false).unwrap();
+        let key = secret(0xa4);
+        let reg = alice.register(&key, false).unwrap();
         assert!(matches!(
             bob.lookup(reg.address, reg.address).unwrap(),
             Lookup::Online { .. }
@@ -137,7 +137,7 @@ fn unregister_makes_the_address_offline() {
             alice.receive(TIMEOUT).unwrap(),
             Some(Incoming::Introduction { .. })
         ));
-        alice.unregister(token).unwrap();
+        alice.unregister(&key).unwrap();
         assert_eq!(
             alice.receive(QUIET).unwrap(),
             None,
@@ -158,7 +158,7 @@ fn forged_introduction_is_rejected_by_the_client() {
         let node = start(engine);
         let sky = node.local_addr();
         let mut alice = client(&node);
-        alice.register(Token([0xa5; 16]), false).unwrap();
+        alice.register(&secret(0xa5), false).unwrap();
         let attacker = socket_for(sky);
         let forged = emit(Message::Introduction {
             caller: VirtualAddr([0xee; 16]),
@@ -177,11 +177,8 @@ fn forged_introduction_is_rejected_by_the_client() {
 
         // A genuine one still passes afterwards.
         let mut bob = client(&node);
-        bob.lookup(
-            VirtualAddr::from_token(&Token([0xa5; 16])),
-            VirtualAddr([0xb1; 16]),
-        )
-        .unwrap();
+        bob.lookup(secret(0xa5).address(), VirtualAddr([0xb1; 16]))
+            .unwrap();
         assert!(matches!(
             alice.receive(TIMEOUT).unwrap(),
             Some(Incoming::Introduction { .. })
@@ -200,7 +197,7 @@ fn ipv6_clients_are_served() {
         let node = Node::start(&config(engine, "[::1]:0")).unwrap();
         let mut alice = client(&node);
         let mut bob = client(&node);
-        let reg = alice.register(Token([0xa6; 16]), false).unwrap();
+        let reg = alice.register(&secret(0xa6), false).unwrap();
         assert_eq!(reg.observed, alice.local_addr().unwrap());
         match bob.lookup(reg.address, VirtualAddr([0xb6; 16])).unwrap() {
             Lookup::Online { endpoint, .. } => assert_eq!(endpoint, alice.local_addr().unwrap()),
@@ -223,7 +220,7 @@ fn shards_of_one_node_share_cookies_and_presence() {
         let addresses: Vec<_> = clients
             .iter_mut()
             .enumerate()
-            .map(|(i, c)| c.register(Token([i as u8; 16]), false).unwrap().address)
+            .map(|(i, c)| c.register(&secret(i as u8), false).unwrap().address)
             .collect();
         for (i, c) in clients.iter_mut().enumerate() {
             let target = addresses[(i + 1) % addresses.len()];

@@ -184,8 +184,9 @@ fn a_killed_sky_node_is_dropped_from_the_ring() {
 fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
     use std::sync::Arc;
 
+    use sky_node::probe::AddrSecret;
     use sky_proto::ring::Ring;
-    use sky_proto::wire::{Flags, Message, Tag, Token, VirtualAddr};
+    use sky_proto::wire::{Flags, Message, Tag, VirtualAddr};
 
     let config = Config {
         shards: Some(1),
@@ -204,27 +205,19 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
             .map(|i| SocketAddr::from(([127, 0, 0, i], 7700)))
             .chain([me]),
     );
-    let token_where = |owned: bool| {
+    let key_where = |owned: bool| {
         (0..=255u8)
-            .map(|i| Token([i; 16]))
-            .find(|t| ring.is_owner(me, &VirtualAddr::from_token(t)) == owned)
-            .expect("a token")
+            .map(secret)
+            .find(|k| ring.is_owner(me, &k.address()) == owned)
+            .expect("a key")
     };
-    let (kept, moved) = (token_where(true), token_where(false));
+    let (kept, moved) = (key_where(true), key_where(false));
     let client = socket_for(me);
     let cookie = cookie(&client, me);
     let tag = Tag([3; 4]);
-    for token in [kept, moved] {
+    for key in [&kept, &moved] {
         client
-            .send_to(
-                &emit(Message::Register {
-                    tag,
-                    cookie,
-                    flags: Flags(0),
-                    token,
-                }),
-                me,
-            )
+            .send_to(&emit(key.register(tag, cookie, Flags(0))), me)
             .unwrap();
         let replies = drain(&client);
         assert!(
@@ -235,11 +228,11 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
             "{replies:?}"
         );
     }
-    let lookup = |token: Token| {
+    let lookup = |key: &AddrSecret| {
         let msg = Message::Lookup {
             tag,
             cookie,
-            target: VirtualAddr::from_token(&token),
+            target: key.address(),
             caller: VirtualAddr::default(),
             hint: [0; 16],
         };
@@ -254,11 +247,11 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
     node.ring().store(Arc::new(ring.clone()));
     let changed = Instant::now();
     assert!(
-        matches!(lookup(moved), Message::Online { .. }),
+        matches!(lookup(&moved), Message::Online { .. }),
         "answered during the grace"
     );
     let dropped_at = loop {
-        match lookup(moved) {
+        match lookup(&moved) {
             Message::NotOwner { hint, version, .. } => {
                 assert_eq!(version, ring.version());
                 assert_ne!(hint, me);
@@ -278,7 +271,7 @@ fn entries_no_longer_owned_are_answered_until_the_grace_then_dropped() {
         "dropped before the grace: {dropped_at:?}"
     );
     assert!(
-        matches!(lookup(kept), Message::Online { .. }),
+        matches!(lookup(&kept), Message::Online { .. }),
         "an owned entry stays"
     );
     let metrics = scrape(&node);

@@ -4,7 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use sky_node::probe::Client;
-use sky_proto::wire::{self, Cookie, Flags, MAX_MESSAGE_LEN, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{
+    self, AddrKey, Cookie, Flags, MAX_MESSAGE_LEN, Message, Signature, Tag, VirtualAddr,
+};
 
 use crate::common::*;
 
@@ -13,12 +15,7 @@ fn every_request(cookie: Cookie) -> Vec<Message> {
     let tag = Tag([7; 4]);
     vec![
         Message::Ping { tag, cookie },
-        Message::Register {
-            tag,
-            cookie,
-            flags: Flags(0),
-            token: Token([1; 16]),
-        },
+        secret(1).register(tag, cookie, Flags(0)),
         Message::Keepalive {
             ring: 0,
             tag,
@@ -32,11 +29,7 @@ fn every_request(cookie: Cookie) -> Vec<Message> {
             caller: VirtualAddr([2; 16]),
             hint: [0; 16],
         },
-        Message::Unregister {
-            tag,
-            cookie,
-            token: Token([1; 16]),
-        },
+        secret(1).unregister(tag, cookie),
     ]
 }
 
@@ -47,7 +40,7 @@ fn a_source_without_a_valid_cookie_gets_back_no_more_than_it_sent() {
         let sky = node.local_addr();
         // A registered target, so that a lookup *would* introduce.
         let mut target = Client::new(sky, QUIET * 4).unwrap();
-        target.register(Token([1; 16]), false).unwrap();
+        target.register(&secret(1), false).unwrap();
 
         let other = socket_for(sky);
         let stolen = cookie(&other, sky); // valid, but for another source
@@ -101,17 +94,32 @@ fn nothing_is_sent_to_an_address_read_from_a_payload() {
         let attacker = socket_for(sky);
         let cookie = cookie(&attacker, sky);
         let mut requests = every_request(cookie);
+        // A key and a signature made of the endpoint (refused: forged), and
+        // a genuine key whose seed is made of it (registered here).
+        let (mut key, mut sig) = ([0u8; 32], [0u8; 64]);
+        for (i, b) in key.iter_mut().chain(sig.iter_mut()).enumerate() {
+            *b = smuggled[i % smuggled.len()];
+        }
+        let genuine = sky_node::probe::AddrSecret::from_seed(key);
         requests.extend([
             Message::Register {
                 tag: Tag([0; 4]),
                 cookie,
                 flags: Flags(0xff),
-                token: Token(smuggled),
+                key: AddrKey(key),
+                sig: Signature(sig),
             },
+            Message::Unregister {
+                tag: Tag([0; 4]),
+                cookie,
+                key: AddrKey(key),
+                sig: Signature(sig),
+            },
+            genuine.register(Tag([0; 4]), cookie, Flags(0xff)),
             Message::Lookup {
                 tag: Tag([0; 4]),
                 cookie,
-                target: VirtualAddr::from_token(&Token(smuggled)),
+                target: genuine.address(),
                 caller: VirtualAddr(smuggled),
                 hint: smuggled,
             },
@@ -292,8 +300,9 @@ fn garbage_truncations_wrong_versions_and_oversized_datagrams_are_dropped_by_rea
 
 #[test]
 fn replies_fit_the_largest_message() {
-    // Every reply buffer in the engines is MAX_MESSAGE_LEN bytes, and an
-    // introduction is written over the lookup it answers.
+    // Every reply buffer in the engines is MAX_MESSAGE_LEN bytes (the
+    // longest request, a register), and an introduction is written over
+    // the lookup it answers.
     let ep6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
     let reg = Message::Registered {
         tag: Tag([0; 4]),
@@ -316,5 +325,7 @@ fn replies_fit_the_largest_message() {
         hint: [0; 16],
     };
     assert!(intro.buffer_len() <= lookup.buffer_len());
-    assert_eq!(lookup.buffer_len(), MAX_MESSAGE_LEN);
+    let register = secret(1).register(Tag([0; 4]), Cookie::default(), Flags(0));
+    assert_eq!(register.buffer_len(), MAX_MESSAGE_LEN);
+    assert!(lookup.buffer_len() <= MAX_MESSAGE_LEN);
 }

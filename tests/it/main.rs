@@ -19,5 +19,6 @@ mod hostile_gossip;
 mod metrics;
 mod nat;
 mod notify;
+mod registrations;
 mod sdk;
 mod workspace;

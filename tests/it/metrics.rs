@@ -19,7 +19,7 @@ use sky_node::presence::Presence;
 use sky_node::probe::Client;
 use sky_node::shard::{Core, Output, Stats};
 use sky_proto::time::MonoTime;
-use sky_proto::wire::{Cookie, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{Cookie, Message, Tag, VirtualAddr};
 
 use crate::cli::{EPHEMERAL, NodeProcess};
 use crate::common::*;
@@ -50,7 +50,7 @@ fn busy_node_metrics() -> Vec<(String, BTreeSet<String>)> {
         let sky = node.local_addr();
         let mut alice = Client::new(sky, QUIET * 4).unwrap();
         let mut bob = Client::new(sky, QUIET * 4).unwrap();
-        let reg = alice.register(Token([0xab; 16]), true).unwrap();
+        let reg = alice.register(&secret(0xab), true).unwrap();
         bob.lookup(reg.address, VirtualAddr([0xcd; 16])).unwrap();
         bob.lookup(VirtualAddr([0xef; 16]), VirtualAddr([0xcd; 16]))
             .unwrap();
@@ -355,7 +355,7 @@ fn the_time_in_node_histogram_counts_every_handled_datagram_once() {
         let node = start(engine);
         let sky = node.local_addr();
         let mut alice = Client::new(sky, QUIET * 4).unwrap();
-        let reg = alice.register(Token([0x5a; 16]), true).unwrap();
+        let reg = alice.register(&secret(0x5a), true).unwrap();
         for _ in 0..20 {
             alice.lookup(reg.address, VirtualAddr([1; 16])).unwrap();
         }
@@ -824,7 +824,7 @@ fn dashboard_and_alert_queries_run_on_a_live_prometheus() {
     let sky = node.local_addr();
     let prometheus = Prometheus::start(node.metrics_addr().unwrap());
     let mut alice = Client::new(sky, QUIET * 4).unwrap();
-    let reg = alice.register(Token([0x3c; 16]), true).unwrap();
+    let reg = alice.register(&secret(0x3c), true).unwrap();
     // Traffic while Prometheus takes its first scrapes, until it has a few
     // (rates need two samples).
     let end = Instant::now() + Duration::from_secs(60);

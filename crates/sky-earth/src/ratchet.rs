@@ -2,22 +2,23 @@
 //! `docs/PROTOCOL.md`, "Earth: the ratchet").
 //!
 //! ```text
-//! ck[e+1]  = BLAKE3.derive_key("sky v1 chain ratchet", ck[e])
-//! token[e] = BLAKE3.derive_key("sky v1 registration token", ck[e])[0..16]
-//! token[e,d] = BLAKE3.derive_key("sky v1 device token", ck[e] || d)[0..16]   (device d ≥ 1)
-//! addr[e]  = BLAKE3.derive_key("sky v1 virtual address", token[e])[0..16]
-//! phase    = u64_le(BLAKE3.derive_key("sky v1 epoch phase", ck[origin])[0..8]) mod R
-//! epoch(t) = floor((t - phase) / R)          (t: seconds since the Unix epoch)
+//! ck[e+1]    = BLAKE3.derive_key("sky v1 chain ratchet", ck[e])
+//! seed[e,d]  = BLAKE3.derive_key("sky v1 address key", ck[e] || d)      (device d, 0 first)
+//! pk[e,d]    = the Ed25519 public key of the key pair whose seed is seed[e,d]
+//! addr[e,d]  = BLAKE3.derive_key("sky v1 virtual address", pk[e,d])[0..16]
+//! phase      = u64_le(BLAKE3.derive_key("sky v1 epoch phase", ck[origin])[0..8]) mod R
+//! epoch(t)   = floor((t - phase) / R)        (t: seconds since the Unix epoch)
 //! ```
 //!
-//! Whoever holds `ck[e]` computes every later key, token and address; the
-//! ratchet is one-way, so nobody computes an earlier one, and a sky node,
-//! which sees only tokens and addresses, computes none.
+//! Whoever holds `ck[e]` computes every later key, key pair and address;
+//! the ratchet is one-way, so nobody computes an earlier one, and a sky
+//! node, which sees only public keys, signatures and addresses, computes
+//! none — nor can it sign for an address it has seen registered.
 //!
 //! ```compile_fail
 //! // A chain key never becomes a wire type: the sky cannot be handed one.
 //! let ck = sky_earth::ratchet::ChainKey::from_bytes([0; 32]);
-//! let token: sky_proto::wire::Token = ck.into();
+//! let key: sky_proto::wire::AddrKey = ck.into();
 //! ```
 
 use std::fmt;
@@ -25,7 +26,75 @@ use std::time::Duration;
 
 use sky_proto::time::UnixTime;
 
-use sky_proto::wire::{Token, VirtualAddr};
+use ed25519_dalek::Signer;
+use sky_proto::wire::{self, AddrKey, Cookie, Flags, Signature, VirtualAddr};
+
+/// The key pair of one address (one epoch, one device): its public half
+/// and its hash, the address, are what the sky sees; the private half
+/// signs registrations and unregisters, so that nobody who only saw them
+/// can move or drop the address. Its `Debug` shows nothing.
+#[derive(Clone)]
+pub struct AddressKey {
+    signing: ed25519_dalek::SigningKey,
+    public: AddrKey,
+    address: VirtualAddr,
+}
+
+impl fmt::Debug for AddressKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AddressKey(..)")
+    }
+}
+
+impl PartialEq for AddressKey {
+    fn eq(&self, other: &AddressKey) -> bool {
+        self.public == other.public
+    }
+}
+
+impl Eq for AddressKey {}
+
+impl AddressKey {
+    /// The key pair whose seed is `seed` (a scalar multiplication: about
+    /// 15 µs; [`Chain`] keeps the few it needs).
+    pub fn from_seed(seed: [u8; 32]) -> AddressKey {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let public = AddrKey(signing.verifying_key().to_bytes());
+        AddressKey {
+            signing,
+            address: VirtualAddr::from_key(&public),
+            public,
+        }
+    }
+
+    /// The public half, as `register` carries it.
+    pub fn public(&self) -> AddrKey {
+        self.public
+    }
+
+    /// The address: the hash of the public half.
+    pub fn address(&self) -> VirtualAddr {
+        self.address
+    }
+
+    /// The signature a `register` with `cookie` and `flags` carries.
+    pub fn sign_register(&self, cookie: &Cookie, flags: Flags) -> Signature {
+        Signature(
+            self.signing
+                .sign(&wire::register_statement(cookie, flags))
+                .to_bytes(),
+        )
+    }
+
+    /// The signature an `unregister` with `cookie` carries.
+    pub fn sign_unregister(&self, cookie: &Cookie) -> Signature {
+        Signature(
+            self.signing
+                .sign(&wire::unregister_statement(cookie))
+                .to_bytes(),
+        )
+    }
+}
 
 /// A user's secret chain key for one epoch. Its `Debug` shows nothing.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,35 +121,20 @@ impl ChainKey {
         ChainKey(blake3::derive_key("sky v1 chain ratchet", &self.0))
     }
 
-    /// The registration token of this key's epoch.
-    pub fn token(&self) -> Token {
-        let hash = blake3::derive_key("sky v1 registration token", &self.0);
-        let mut t = [0u8; 16];
-        t.copy_from_slice(&hash[..16]);
-        Token(t)
-    }
-
-    /// The virtual address of this key's epoch (the hash of its token, as
-    /// the sky checks it).
-    pub fn address(&self) -> VirtualAddr {
-        VirtualAddr::from_token(&self.token())
-    }
-
-    /// The registration token of device `device` of the user in this key's
-    /// epoch: device 0's is [`ChainKey::token`]; every other device has its
-    /// own, so no device's registration takes another's address, and the
-    /// sky cannot tell two devices' addresses from two users'.
-    pub fn device_token(&self, device: u8) -> Token {
-        if device == 0 {
-            return self.token();
-        }
+    /// The address key pair of device `device` of the user in this key's
+    /// epoch: every device has its own, so no device's registration takes
+    /// another's address, and the sky cannot tell two devices' addresses
+    /// from two users'.
+    pub fn address_key(&self, device: u8) -> AddressKey {
         let mut input = [0u8; 33];
         input[..32].copy_from_slice(&self.0);
         input[32] = device;
-        let hash = blake3::derive_key("sky v1 device token", &input);
-        let mut t = [0u8; 16];
-        t.copy_from_slice(&hash[..16]);
-        Token(t)
+        AddressKey::from_seed(blake3::derive_key("sky v1 address key", &input))
+    }
+
+    /// Device 0's address in this key's epoch.
+    pub fn address(&self) -> VirtualAddr {
+        self.address_key(0).address()
     }
 
     /// The user's phase offset in `[0, length)`, derived from the key the
@@ -163,7 +217,14 @@ pub struct Chain {
     origin_key: ChainKey,
     latest: Epoch,
     latest_key: ChainKey,
+    /// The address keys computed last (each costs a scalar
+    /// multiplication): at most [`KEPT_KEYS`], newest last.
+    keys: Vec<(Epoch, u8, AddressKey)>,
 }
+
+/// Address keys a [`Chain`] keeps: three epochs (a lookup near a boundary
+/// tries both neighbours) of a few devices.
+const KEPT_KEYS: usize = 12;
 
 impl Chain {
     /// The chain whose key at `origin` is `key`.
@@ -173,6 +234,7 @@ impl Chain {
             latest: origin,
             latest_key: key.clone(),
             origin_key: key,
+            keys: Vec::new(),
         }
     }
 
@@ -203,25 +265,31 @@ impl Chain {
         Some(self.latest_key.clone())
     }
 
-    /// The registration token of `epoch` (`None` before the origin).
-    pub fn token_at(&mut self, epoch: Epoch) -> Option<Token> {
-        self.key_at(epoch).map(|k| k.token())
-    }
-
-    /// The virtual address of `epoch` (`None` before the origin).
+    /// Device 0's virtual address in `epoch` (`None` before the origin).
     pub fn address_at(&mut self, epoch: Epoch) -> Option<VirtualAddr> {
-        self.key_at(epoch).map(|k| k.address())
+        self.device_address_at(epoch, 0)
     }
 
-    /// Device `device`'s registration token in `epoch`.
-    pub fn device_token_at(&mut self, epoch: Epoch, device: u8) -> Option<Token> {
-        self.key_at(epoch).map(|k| k.device_token(device))
+    /// Device `device`'s address key pair in `epoch`.
+    pub fn address_key_at(&mut self, epoch: Epoch, device: u8) -> Option<AddressKey> {
+        if let Some((_, _, k)) = self
+            .keys
+            .iter()
+            .find(|(e, d, _)| *e == epoch && *d == device)
+        {
+            return Some(k.clone());
+        }
+        let key = self.key_at(epoch)?.address_key(device);
+        if self.keys.len() == KEPT_KEYS {
+            self.keys.remove(0);
+        }
+        self.keys.push((epoch, device, key.clone()));
+        Some(key)
     }
 
     /// Device `device`'s virtual address in `epoch`.
     pub fn device_address_at(&mut self, epoch: Epoch, device: u8) -> Option<VirtualAddr> {
-        self.device_token_at(epoch, device)
-            .map(|t| VirtualAddr::from_token(&t))
+        self.address_key_at(epoch, device).map(|k| k.address())
     }
 }
 

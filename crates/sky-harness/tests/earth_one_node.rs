@@ -452,8 +452,8 @@ fn cover_traffic_registers_random_addresses_and_drops_them() {
     let mut cover_sources: std::collections::HashMap<_, std::collections::HashSet<_>> =
         Default::default();
     for (from, m) in net.sky_log.as_ref().unwrap() {
-        if let Message::Register { token, .. } = m {
-            let address = VirtualAddr::from_token(token);
+        if let Message::Register { key, .. } = m {
+            let address = VirtualAddr::from_key(key);
             if address == own {
                 own_sources.insert(*from);
             } else {

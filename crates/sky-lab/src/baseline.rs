@@ -3,11 +3,12 @@
 //! destinations — so that `sky bench` can measure the node against what the
 //! same engine does with nothing to decide.
 //!
-//! It reads only the kind byte. Each request kind gets its node-shaped
-//! answer: a zero cookie is answered with a 14-byte cookie; `ping` with a
-//! 6-byte `pong`; `register` with a 46-byte `registered`; `lookup` with a
-//! 13-byte `online` to the caller plus a 32-byte introduction, or a
-//! 6-byte `offline` when the lookup names no target endpoint. The baseline
+//! It reads only the kind byte and the length. Each request kind gets its
+//! node-shaped answer: a zero cookie is answered with a 14-byte cookie;
+//! `ping` with a 6-byte `pong`; `register` (111 bytes: key and signature,
+//! never checked) with a 46-byte `registered`; `lookup` with a 13-byte
+//! `online` to the caller plus a 48-byte introduction, or a 6-byte
+//! `offline` when the lookup names no target endpoint. The baseline
 //! has no presence table, so it sends the introduction to the endpoint that
 //! `sky bench` writes into the first six bytes of the lookup's `caller`
 //! field (the target it registered). This is a benchmark tool for loopback:
@@ -45,7 +46,9 @@ impl Core for Baseline {
         }
         match buf[1] {
             k if k == Kind::Ping as u8 => answer(buf, reply, Kind::Pong, 6),
-            k if k == Kind::Register as u8 => {
+            // A signed register (key and signature: 111 bytes) is answered
+            // unchecked: no signature is verified here, as no entry is kept.
+            k if k == Kind::Register as u8 && len == Kind::Register.min_len() => {
                 let out = answer(buf, reply, Kind::Registered, 46);
                 if let SocketAddr::V4(v4) = wire::canonical(from) {
                     reply[40..44].copy_from_slice(&v4.ip().octets());

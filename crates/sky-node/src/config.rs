@@ -97,6 +97,10 @@ pub struct Config {
     pub capacity: usize,
     pub keepalive: Duration,
     pub intros_per_second: u8,
+    /// Signature checks one source (IPv4 address, IPv6 /64) may spend per
+    /// second on each shard: registrations that create or move an entry,
+    /// and unregisters ([`crate::proof`]).
+    pub checks_per_source: u16,
     /// UDP address of the gossip socket (membership among sky nodes).
     pub gossip: SocketAddr,
     /// Gossip addresses of sky nodes to join through; empty: a sky of one
@@ -192,6 +196,7 @@ impl Default for Config {
             capacity: 1_000_000,
             keepalive,
             intros_per_second: 5,
+            checks_per_source: crate::proof::CHECKS_PER_SOURCE,
             gossip: default_gossip(listen),
             seeds: Vec::new(),
             ring,
@@ -223,6 +228,7 @@ pub struct FileConfig {
     pub capacity: Option<usize>,
     pub keepalive_secs: Option<u64>,
     pub intros_per_second: Option<u8>,
+    pub checks_per_source: Option<u16>,
     pub gossip: Option<String>,
     pub seeds: Option<Vec<String>>,
     pub replicas: Option<u8>,
@@ -276,6 +282,7 @@ impl FileConfig {
             capacity: other.capacity.or(self.capacity),
             keepalive_secs: other.keepalive_secs.or(self.keepalive_secs),
             intros_per_second: other.intros_per_second.or(self.intros_per_second),
+            checks_per_source: other.checks_per_source.or(self.checks_per_source),
             gossip: other.gossip.or(self.gossip),
             seeds: other.seeds.or(self.seeds),
             replicas: other.replicas.or(self.replicas),
@@ -332,6 +339,11 @@ impl FileConfig {
         let intros_per_second = match self.intros_per_second {
             None => d.intros_per_second,
             Some(0) => return Err(ConfigError("intros_per_second: must be at least 1".into())),
+            Some(n) => n,
+        };
+        let checks_per_source = match self.checks_per_source {
+            None => d.checks_per_source,
+            Some(0) => return Err(ConfigError("checks_per_source: must be at least 1".into())),
             Some(n) => n,
         };
         let gossip = match self.gossip {
@@ -454,6 +466,7 @@ impl FileConfig {
             capacity,
             keepalive,
             intros_per_second,
+            checks_per_source,
             gossip,
             seeds,
             ring,
@@ -527,6 +540,7 @@ impl Config {
             keepalive: self.keepalive,
             intros_per_second: self.intros_per_second,
             intros_per_caller: (self.intros_per_second / 2).max(1),
+            checks_per_source: self.checks_per_source,
             // An ephemeral port is told once bound (`Node::start`).
             check_port: self.check.unwrap_or(0),
         }

@@ -32,5 +32,6 @@ pub mod keys;
 pub mod metrics;
 pub mod presence;
 pub mod probe;
+pub mod proof;
 pub mod shard;
 pub mod snapshot;

@@ -163,13 +163,22 @@ pub enum Refused {
     SourceLimit = 2,
     /// The source's prefix holds its share.
     PrefixLimit = 3,
+    /// The registration would create or move an entry, and the source has
+    /// spent its signature checks for this second (the shard's, not the
+    /// table's: [`crate::proof`]).
+    ProofBudget = 4,
+    /// The registration would create or move an entry, and its signature
+    /// does not verify (the shard's).
+    Forged = 5,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 3] = [
+    pub const ALL: [Refused; 5] = [
         Refused::TableFull,
         Refused::SourceLimit,
         Refused::PrefixLimit,
+        Refused::ProofBudget,
+        Refused::Forged,
     ];
 
     /// The metric label.
@@ -178,6 +187,8 @@ impl Refused {
             Refused::TableFull => "table_full",
             Refused::SourceLimit => "source_limit",
             Refused::PrefixLimit => "prefix_limit",
+            Refused::ProofBudget => "proof_budget",
+            Refused::Forged => "forged",
         }
     }
 }
@@ -412,9 +423,9 @@ impl Presence {
 
     /// Registers or re-registers `address` at `endpoint` until `expires`
     /// (`now_secs`: the time, for reclaiming expired entries). A
-    /// re-registration may move the address to a new endpoint (the token
-    /// proves ownership); one to another source IP counts against that
-    /// source's budget.
+    /// re-registration may move the address to a new endpoint (the caller
+    /// has checked the address key's signature); one to another source IP
+    /// counts against that source's budget.
     pub fn register(
         &self,
         address: VirtualAddr,
@@ -468,6 +479,43 @@ impl Presence {
         Ok(())
     }
 
+    /// A registration that moves nothing: if `address` is alive at exactly
+    /// `endpoint`, takes the new flags and expiry and returns true (no
+    /// proof needed: the address stays where its owner put it). False:
+    /// the registration would create or move the entry.
+    pub fn renew(
+        &self,
+        address: &VirtualAddr,
+        endpoint: SocketAddr,
+        flags: Flags,
+        now_secs: u32,
+        expires: u32,
+    ) -> bool {
+        self.extend(address, endpoint, Some(flags), now_secs, expires)
+    }
+
+    /// Extends `address` (and takes `flags`, if any) if it is alive at
+    /// exactly `endpoint`.
+    fn extend(
+        &self,
+        address: &VirtualAddr,
+        endpoint: SocketAddr,
+        flags: Option<Flags>,
+        now_secs: u32,
+        expires: u32,
+    ) -> bool {
+        match self.map.get_mut(&Key::of(address)) {
+            Some(mut e) if e.alive_at(now_secs) && e.endpoint() == wire::canonical(endpoint) => {
+                if let Some(f) = flags {
+                    e.set_metered(f.metered());
+                }
+                e.expires = expires.to_le_bytes();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A keepalive: extends the entry if it is alive and registered at
     /// `endpoint`. False means the client must register again.
     pub fn refresh(
@@ -477,13 +525,7 @@ impl Presence {
         now_secs: u32,
         expires: u32,
     ) -> bool {
-        match self.map.get_mut(&Key::of(address)) {
-            Some(mut e) if e.alive_at(now_secs) && e.endpoint() == wire::canonical(endpoint) => {
-                e.expires = expires.to_le_bytes();
-                true
-            }
-            _ => false,
-        }
+        self.extend(address, endpoint, None, now_secs, expires)
     }
 
     /// Whether `address` is online at `now_secs`, and where (reads only:

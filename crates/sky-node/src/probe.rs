@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::engine::sys;
 use sky_proto::intro::{self, IntroError};
 use sky_proto::ring::RingConfig;
-use sky_proto::wire::{self, Cookie, Flags, IntroKey, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{
+    self, AddrKey, Cookie, Flags, IntroKey, Message, Signature, Tag, VirtualAddr,
+};
 
 /// Why a probe failed.
 #[derive(Debug)]
@@ -32,6 +34,10 @@ pub enum ProbeError {
         version: u32,
         hint: SocketAddr,
     },
+    /// The node refused a registration; `reason` as `refused` carries it
+    /// (4: too many signature checks from this source, try later; 5: the
+    /// signature does not prove the address).
+    Refused(u8),
 }
 
 impl fmt::Display for ProbeError {
@@ -44,6 +50,17 @@ impl fmt::Display for ProbeError {
                 f,
                 "not an owner of this address in ring {version:08x}; its first owner is {hint}"
             ),
+            ProbeError::Refused(reason) => {
+                let why = match reason {
+                    1 => "the table is full",
+                    2 => "this IP holds its share",
+                    3 => "this prefix holds its share",
+                    4 => "too many signature checks from this source: try later",
+                    5 => "the signature does not prove the address",
+                    _ => "unknown reason",
+                };
+                write!(f, "refused ({reason}: {why})")
+            }
         }
     }
 }
@@ -119,6 +136,87 @@ pub fn resolve(sky: &str) -> io::Result<SocketAddr> {
     })
 }
 
+/// The private half of an address key (Ed25519): what registers, moves
+/// and drops the address of its public half. Its `Debug` prints nothing.
+#[derive(Clone)]
+pub struct AddrSecret {
+    signing: ed25519_dalek::SigningKey,
+    key: AddrKey,
+}
+
+impl fmt::Debug for AddrSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AddrSecret(..)")
+    }
+}
+
+impl AddrSecret {
+    /// The key pair of a 32-byte seed (about 15 µs: derive it once).
+    pub fn from_seed(seed: [u8; 32]) -> AddrSecret {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let key = AddrKey(signing.verifying_key().to_bytes());
+        AddrSecret { signing, key }
+    }
+
+    /// The key pair whose seed is a hash of `name`: anyone who knows the
+    /// name holds the address, so it is for tests and probes only.
+    pub fn from_name(name: &str) -> AddrSecret {
+        AddrSecret::from_seed(Self::seed_of_name(name))
+    }
+
+    /// The seed [`AddrSecret::from_name`] uses.
+    pub fn seed_of_name(name: &str) -> [u8; 32] {
+        blake3::derive_key("sky v1 probe address seed", name.as_bytes())
+    }
+
+    /// The public half.
+    pub fn key(&self) -> AddrKey {
+        self.key
+    }
+
+    /// The address it registers.
+    pub fn address(&self) -> VirtualAddr {
+        VirtualAddr::from_key(&self.key)
+    }
+
+    /// Its signature over the statement of a `register` with `cookie` and
+    /// `flags` (about 15 µs).
+    pub fn sign_register(&self, cookie: &Cookie, flags: Flags) -> Signature {
+        self.sign(&wire::register_statement(cookie, flags))
+    }
+
+    /// Its signature over the statement of an `unregister` with `cookie`.
+    pub fn sign_unregister(&self, cookie: &Cookie) -> Signature {
+        self.sign(&wire::unregister_statement(cookie))
+    }
+
+    /// A signed `register`.
+    pub fn register(&self, tag: Tag, cookie: Cookie, flags: Flags) -> Message {
+        Message::Register {
+            tag,
+            cookie,
+            flags,
+            key: self.key,
+            sig: self.sign_register(&cookie, flags),
+        }
+    }
+
+    /// A signed `unregister`.
+    pub fn unregister(&self, tag: Tag, cookie: Cookie) -> Message {
+        Message::Unregister {
+            tag,
+            cookie,
+            key: self.key,
+            sig: self.sign_unregister(&cookie),
+        }
+    }
+
+    fn sign(&self, statement: &[u8]) -> Signature {
+        use ed25519_dalek::Signer;
+        Signature(self.signing.sign(statement).to_bytes())
+    }
+}
+
 pub struct Client {
     socket: UdpSocket,
     sky: SocketAddr,
@@ -178,15 +276,16 @@ impl Client {
         Ok(rtt)
     }
 
-    pub fn register(&mut self, token: Token, metered: bool) -> Result<Registration, ProbeError> {
+    /// Registers `secret`'s address (signed with the cookie each attempt
+    /// carries).
+    pub fn register(
+        &mut self,
+        secret: &AddrSecret,
+        metered: bool,
+    ) -> Result<Registration, ProbeError> {
         let flags = Flags(if metered { Flags::METERED } else { 0 });
         let reg = self.request(
-            |tag, cookie| Message::Register {
-                tag,
-                cookie,
-                flags,
-                token,
-            },
+            |tag, cookie| secret.register(tag, cookie, flags),
             |msg, _, _| match msg {
                 Message::Registered {
                     keepalive_secs,
@@ -194,6 +293,7 @@ impl Client {
                     observed,
                     ..
                 } => Some(Ok((keepalive_secs, intro_key, observed))),
+                Message::Refused { reason, .. } => Some(Err(ProbeError::Refused(reason))),
                 _ => None,
             },
         )?;
@@ -202,7 +302,7 @@ impl Client {
             self.intro_keys.push(intro_key);
         }
         Ok(Registration {
-            address: VirtualAddr::from_token(&token),
+            address: secret.address(),
             observed,
             keepalive: Duration::from_secs(keepalive_secs.into()),
         })
@@ -219,13 +319,10 @@ impl Client {
         })
     }
 
-    pub fn unregister(&mut self, token: Token) -> io::Result<()> {
+    /// Drops `secret`'s address (signed; no reply).
+    pub fn unregister(&mut self, secret: &AddrSecret) -> io::Result<()> {
         let tag = self.tag();
-        self.send(Message::Unregister {
-            tag,
-            cookie: self.cookie,
-            token,
-        })
+        self.send(secret.unregister(tag, self.cookie))
     }
 
     pub fn lookup(

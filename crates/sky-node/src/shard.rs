@@ -31,6 +31,7 @@ use sky_proto::time::MonoTime;
 
 use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
 use crate::presence::{Found, Presence, Refused};
+use crate::proof::{self, CheckBudget};
 use crate::snapshot::SharedRing;
 use sky_proto::ring::Ring;
 use sky_proto::wire::{self, Flags, Kind, Message, VirtualAddr};
@@ -46,6 +47,8 @@ pub struct ShardConfig {
     /// Introductions one caller IP gets towards one target per second, at
     /// most (a share of the target's).
     pub intros_per_caller: u8,
+    /// Signature checks one source may spend per second ([`proof`]).
+    pub checks_per_source: u16,
     /// The node's first check port, told in `checked` replies (0: none).
     pub check_port: u16,
 }
@@ -56,6 +59,7 @@ impl Default for ShardConfig {
             keepalive: Duration::from_secs(25),
             intros_per_second: 5,
             intros_per_caller: 2,
+            checks_per_source: proof::CHECKS_PER_SOURCE,
             check_port: 0,
         }
     }
@@ -201,10 +205,13 @@ pub enum DropReason {
     NotARequest,
     /// The kernel refused a send (engine).
     SendFailed,
+    /// An `unregister` whose signature does not verify, or that came past
+    /// its source's budget of signature checks.
+    Unproven,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::BadVersion,
@@ -212,6 +219,7 @@ impl DropReason {
         DropReason::BadLength,
         DropReason::NotARequest,
         DropReason::SendFailed,
+        DropReason::Unproven,
     ];
 
     pub fn label(self) -> &'static str {
@@ -223,6 +231,7 @@ impl DropReason {
             DropReason::BadLength => "bad_length",
             DropReason::NotARequest => "not_a_request",
             DropReason::SendFailed => "send_failed",
+            DropReason::Unproven => "unproven",
         }
     }
 
@@ -316,6 +325,7 @@ pub struct Shard {
     secret: Arc<NodeSecret>,
     cookies: CookieJar,
     intro_keys: IntroKeys,
+    checks: CheckBudget,
     presence: Arc<Presence>,
     config: ShardConfig,
     stats: Stats,
@@ -335,6 +345,7 @@ impl Shard {
         Shard {
             cookies: CookieJar::new(&secret, now),
             intro_keys: IntroKeys::new(&secret),
+            checks: CheckBudget::new(config.checks_per_source),
             secret,
             presence,
             config,
@@ -436,15 +447,30 @@ impl Shard {
         let now_secs = secs(now.as_duration());
         let expires = now_secs.saturating_add(3 * secs(self.config.keepalive));
         match msg {
-            Message::Register { flags, token, .. } => {
-                let address = VirtualAddr::from_token(&token);
+            Message::Register {
+                flags, key, sig, ..
+            } => {
+                let address = VirtualAddr::from_key(&key);
                 if let Some((version, hint)) = self.not_owner(&address) {
                     return self.reply(Message::NotOwner { tag, version, hint }, reply);
                 }
-                match self
+                // The common path: alive at this very endpoint, nothing
+                // moves, nothing to prove. Creating or moving an entry
+                // takes the key's signature over this source's cookie.
+                let outcome = if self
                     .presence
-                    .register(address, from, flags, now_secs, expires)
+                    .renew(&address, from, flags, now_secs, expires)
                 {
+                    Ok(())
+                } else if !self.checks.take(from.ip(), now_secs) {
+                    Err(Refused::ProofBudget)
+                } else if !proof::verify(&key, &wire::register_statement(&cookie, flags), &sig) {
+                    Err(Refused::Forged)
+                } else {
+                    self.presence
+                        .register(address, from, flags, now_secs, expires)
+                };
+                match outcome {
                     Err(why) => {
                         // Said, not dropped: the client can tell a full or
                         // refusing node from loss (7 bytes, less than asked).
@@ -487,8 +513,15 @@ impl Shard {
                 hint,
                 ..
             } => self.lookup(tag, (target, caller, hint), from, now_secs, buf, reply),
-            Message::Unregister { token, .. } => {
-                self.presence.remove(&VirtualAddr::from_token(&token));
+            Message::Unregister { key, sig, .. } => {
+                // From any source, but only by the key's holder.
+                if self.checks.take(from.ip(), now_secs)
+                    && proof::verify(&key, &wire::unregister_statement(&cookie), &sig)
+                {
+                    self.presence.remove(&VirtualAddr::from_key(&key));
+                } else {
+                    self.stats.record_drop(DropReason::Unproven);
+                }
                 Output::default()
             }
             Message::Members { start, len, .. } => self.members_page(tag, start, len, from, buf),

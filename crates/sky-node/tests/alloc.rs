@@ -18,9 +18,10 @@ use sky_node::config::{Config, EngineChoice};
 use sky_node::engine::Node;
 use sky_node::keys::NodeSecret;
 use sky_node::presence::Presence;
+use sky_node::probe::AddrSecret;
 use sky_node::shard::{Shard, ShardConfig};
 use sky_proto::time::MonoTime;
-use sky_proto::wire::{Cookie, Flags, MAX_MESSAGE_LEN, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{Cookie, Flags, Kind, MAX_MESSAGE_LEN, Message, Tag, VirtualAddr};
 
 struct Counting;
 
@@ -60,31 +61,44 @@ fn emit(msg: Message, buf: &mut [u8]) -> usize {
     msg.emit(buf)
 }
 
+/// Addresses registered (from one source: the warm-up's new registrations
+/// each take a signature check, within the source's budget for a second).
 const POPULATION: u8 = 64;
+const _: () = assert!(POPULATION as u16 <= sky_node::proof::CHECKS_PER_SOURCE);
 
-/// The steady-state mix for one client: ping, register again, keepalive,
-/// lookup of an online and an offline address.
-fn steady_mix(cookie: Cookie, i: u8) -> [Message; 5] {
+/// The population's key pairs (derived and signed before counting: the
+/// client's work, not the node's).
+fn population() -> Vec<AddrSecret> {
+    (0..POPULATION)
+        .map(|i| AddrSecret::from_seed([i; 32]))
+        .collect()
+}
+
+/// The steady-state mix for every client: ping, register again (signed;
+/// from where it is, so a refresh), keepalive, lookup of an online and an
+/// offline address.
+fn steady_mixes(population: &[AddrSecret], cookie: Cookie) -> Vec<[Message; 5]> {
+    (0..POPULATION)
+        .map(|i| steady_mix(population, cookie, i))
+        .collect()
+}
+
+fn steady_mix(population: &[AddrSecret], cookie: Cookie, i: u8) -> [Message; 5] {
     let tag = Tag([i; 4]);
-    let token = Token([i; 16]);
+    let key = &population[usize::from(i)];
     [
         Message::Ping { tag, cookie },
-        Message::Register {
-            tag,
-            cookie,
-            flags: Flags(0),
-            token,
-        },
+        key.register(tag, cookie, Flags(0)),
         Message::Keepalive {
             ring: 0,
             tag,
             cookie,
-            address: VirtualAddr::from_token(&token),
+            address: key.address(),
         },
         Message::Lookup {
             tag,
             cookie,
-            target: VirtualAddr::from_token(&Token([(i + 1) % POPULATION; 16])),
+            target: population[usize::from((i + 1) % POPULATION)].address(),
             caller: VirtualAddr([i; 16]),
             hint: [i; 16],
         },
@@ -132,10 +146,12 @@ fn core_steady_state_allocations() -> u64 {
         Ok(Message::CookieReply { cookie, .. }) => cookie,
         other => panic!("{other:?}"),
     };
+    let population = population();
+    let mixes = steady_mixes(&population, cookie);
     let mut run = |rounds: usize| {
         for r in 0..rounds {
-            for i in 0..POPULATION {
-                for msg in steady_mix(cookie, i) {
+            for mix in &mixes {
+                for &msg in mix {
                     let n = emit(msg, &mut buf);
                     let now = now + Duration::from_millis(r as u64);
                     let _ = shard.handle_datagram(now, from, &mut buf, n, &mut reply);
@@ -146,6 +162,101 @@ fn core_steady_state_allocations() -> u64 {
     run(2); // warm-up: the table holds the population
     let before = allocations();
     run(200); // 64 000 datagrams
+    let during = allocations() - before;
+    let _ = shard.take_stats();
+    during
+}
+
+/// What the shard core allocates on the paths that check a signature: a
+/// new address registered, moved to another source, unregistered, and a
+/// registration whose signature does not verify (refused).
+fn core_proof_allocations() -> u64 {
+    let secret = Arc::new(NodeSecret::new([1; 32]));
+    let presence = Arc::new(Presence::new(1 << 16));
+    let mut shard = Shard::new(secret, presence, ShardConfig::default(), MonoTime::ZERO);
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "192.0.2.1:4000".parse().unwrap(),
+        "192.0.2.2:4000".parse().unwrap(),
+    );
+    let mut buf = [0u8; 2048];
+    let mut reply = [0u8; MAX_MESSAGE_LEN];
+    let start = MonoTime::from_secs(10);
+    let mut cookie_of = |from| {
+        let probe = Message::Keepalive {
+            ring: 0,
+            tag: Tag([0; 4]),
+            cookie: Cookie::default(),
+            address: VirtualAddr::default(),
+        };
+        let n = emit(probe, &mut buf);
+        let _ = shard.handle_datagram(start, from, &mut buf, n, &mut reply);
+        match Message::decode(&reply[..14]) {
+            Ok(Message::CookieReply { cookie, .. }) => cookie,
+            other => panic!("{other:?}"),
+        }
+    };
+    let (ca, cb) = (cookie_of(a), cookie_of(b));
+    let key = AddrSecret::from_seed([0xab; 32]);
+    let tag = Tag([1; 4]);
+    let forged = match key.register(tag, ca, Flags(0)) {
+        Message::Register {
+            tag,
+            cookie,
+            flags,
+            key,
+            mut sig,
+        } => {
+            sig.0[0] ^= 1;
+            Message::Register {
+                tag,
+                cookie,
+                flags,
+                key,
+                sig,
+            }
+        }
+        _ => unreachable!(),
+    };
+    // Registered at a, moved to b, dropped from b; a forgery from a. Each
+    // round a second later: 4 checks of each source's budget at most.
+    // (source, datagram, the reply's kind and refusal reason)
+    type Step = (SocketAddr, Message, Option<(Kind, u8)>);
+    let round: [Step; 4] = [
+        (
+            a,
+            key.register(tag, ca, Flags(0)),
+            Some((Kind::Registered, 0)),
+        ),
+        (
+            b,
+            key.register(tag, cb, Flags(0)),
+            Some((Kind::Registered, 0)),
+        ),
+        (b, key.unregister(tag, cb), None),
+        // Refused: forged (reason 5).
+        (a, forged, Some((Kind::Refused, 5))),
+    ];
+    let mut run = |rounds: u64| {
+        for r in 0..rounds {
+            let now = start + Duration::from_secs(r);
+            for (from, msg, expected) in round {
+                let n = emit(msg, &mut buf);
+                let out = shard.handle_datagram(now, from, &mut buf, n, &mut reply);
+                let got = out.reply.map(|len| {
+                    let reason = if reply[1] == Kind::Refused as u8 {
+                        reply[len - 1]
+                    } else {
+                        0
+                    };
+                    (Kind::from_byte(reply[1]).expect("a kind"), reason)
+                });
+                assert_eq!(got, expected, "{:?} in round {r}", msg.kind());
+            }
+        }
+    };
+    run(2); // warm-up
+    let before = allocations();
+    run(100); // 400 datagrams, 400 signature checks
     let during = allocations() - before;
     let _ = shard.take_stats();
     during
@@ -187,13 +298,15 @@ fn engine_steady_state_allocations(engine: EngineChoice) -> u64 {
         Ok(Message::CookieReply { cookie, .. }) => cookie,
         other => panic!("{other:?}"),
     };
+    let population = population();
+    let mixes = steady_mixes(&population, cookie);
     // Every reply and introduction comes back to this one socket (it is
     // caller and target). Send a mix, then read until the node answers the
     // last ping, so every datagram was handled before we count again.
     let mut run = |rounds: u32| {
         for _ in 0..rounds {
-            for i in 0..POPULATION {
-                for msg in steady_mix(cookie, i) {
+            for mix in &mixes {
+                for &msg in mix {
                     let n = emit(msg, &mut out);
                     socket.send_to(&out[..n], sky).unwrap();
                 }
@@ -232,6 +345,11 @@ fn zero_heap_allocations_per_datagram_in_steady_state() {
     assert_eq!(
         core, 0,
         "the shard core allocated {core} times for 64 000 datagrams"
+    );
+    let proofs = core_proof_allocations();
+    assert_eq!(
+        proofs, 0,
+        "the shard core allocated {proofs} times checking 400 signatures"
     );
 
     let mut engines = vec![EngineChoice::Mmsg];

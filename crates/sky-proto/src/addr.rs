@@ -1,5 +1,5 @@
-//! The values every sky message carries: virtual addresses, tokens, tags,
-//! cookies, introduction keys and MACs (byte newtypes whose `Debug` never
+//! The values every sky message carries: virtual addresses, address keys
+//! and their signatures, tags, cookies, introduction keys and MACs (byte newtypes whose `Debug` never
 //! prints a secret or an earth address), registration flags, and endpoints
 //! (an IP address and a port, 6 or 18 bytes on the wire).
 
@@ -14,8 +14,14 @@ pub const ENDPOINT_V6_LEN: usize = 18;
 macro_rules! bytes_newtype {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub [u8; $len]);
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name([0; $len])
+            }
+        }
 
         impl $name {
             /// Its length on the wire.
@@ -44,9 +50,18 @@ bytes_newtype!(
     16
 );
 bytes_newtype!(
-    /// The registration token whose hash is a virtual address.
-    Token,
-    16
+    /// The public half of an address's key pair (Ed25519): the address is
+    /// its hash, and only the holder of the private half can register,
+    /// move or unregister it. Its `Debug` prints nothing: it names an
+    /// address as surely as the address does.
+    AddrKey,
+    32
+);
+bytes_newtype!(
+    /// An Ed25519 signature by an address key over a statement
+    /// ([`crate::wire::register_statement`]).
+    Signature,
+    64
 );
 bytes_newtype!(
     /// A client-chosen request tag, echoed in the reply.
@@ -78,7 +93,7 @@ macro_rules! redacted_debug {
         }
     )*};
 }
-redacted_debug!(VirtualAddr, Token, Cookie, IntroKey, Mac);
+redacted_debug!(VirtualAddr, AddrKey, Signature, Cookie, IntroKey, Mac);
 
 impl fmt::Debug for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,15 +102,15 @@ impl fmt::Debug for Tag {
 }
 
 impl VirtualAddr {
-    /// The address a token registers: the first 16 bytes of a
-    /// domain-separated BLAKE3 hash of the token. Knowing the address does
-    /// not give the token.
-    pub fn from_token(token: &Token) -> VirtualAddr {
+    /// The address an address key registers: the first 16 bytes of a
+    /// domain-separated BLAKE3 hash of the public key. The address commits
+    /// to the key; knowing the address does not give it.
+    pub fn from_key(key: &AddrKey) -> VirtualAddr {
         // `derive_key` hashes its context string on every call; the hasher
         // keyed with it is made once and cloned (one compression, not two).
         static CONTEXT: std::sync::LazyLock<blake3::Hasher> =
             std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key("sky v1 virtual address"));
-        let hash = CONTEXT.clone().update(&token.0).finalize();
+        let hash = CONTEXT.clone().update(&key.0).finalize();
         VirtualAddr::read(&hash.as_bytes()[..16])
     }
 

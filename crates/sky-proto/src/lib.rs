@@ -3,7 +3,7 @@
 //!
 //! - [`wire`]: every sky message (checked view [`wire::Packet`] and parsed
 //!   [`wire::Message`]), the layout of `docs/PROTOCOL.md`;
-//! - [`addr`]: the values messages carry (virtual addresses, tokens, tags,
+//! - [`addr`]: the values messages carry (virtual addresses, address keys, tags,
 //!   cookies, keys, endpoints), whose `Debug` never prints a secret;
 //! - [`intro`]: the introduction MAC and the client's check of it;
 //! - [`frame`]: the earth-to-earth frames (punch, handshake messages,
@@ -28,5 +28,5 @@ pub mod ring;
 pub mod time;
 pub mod wire;
 
-pub use addr::{Cookie, Flags, IntroKey, Mac, Tag, Token, VirtualAddr};
+pub use addr::{AddrKey, Cookie, Flags, IntroKey, Mac, Signature, Tag, VirtualAddr};
 pub use time::{MonoTime, UnixTime};

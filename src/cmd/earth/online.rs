@@ -361,6 +361,8 @@ impl App for Online {
                     1 => "its table is full",
                     2 => "this IP address holds its share of the table",
                     3 => "this network holds its share of the table",
+                    4 => "this IP address has spent its signature checks for now",
+                    5 => "our signature did not verify",
                     _ => "no reason given",
                 }
             ),

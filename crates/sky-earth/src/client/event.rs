@@ -197,8 +197,9 @@ pub enum Event {
     /// [`super::Earth::save_failed`]).
     SaveState,
     /// A sky node would not hold our address (`reason`: 1 its table is
-    /// full, 2 our IP holds its share of it, 3 our network does). The
-    /// registration is tried again, backing off.
+    /// full, 2 our IP holds its share of it, 3 our network does, 4 our IP
+    /// has spent its signature checks for this second, 5 our signature did
+    /// not verify). The registration is tried again, backing off.
     RegistrationRefused {
         /// Why, as the node said.
         reason: u8,

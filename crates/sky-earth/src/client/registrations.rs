@@ -15,14 +15,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sky_proto::time::UnixTime;
-use sky_proto::wire::{Flags, Message, Tag, Token, VirtualAddr};
+use sky_proto::wire::{Flags, Message, Tag, VirtualAddr};
 
 use super::config::{Config, Overlap};
 use super::event::{Event, RegistrationInfo, SocketId};
 use super::io::Io;
 use super::members::Members;
 use super::timers::{RegId, Timer};
-use crate::ratchet::{Epoch, Schedule};
+use crate::ratchet::{AddressKey, Epoch, Schedule};
 
 /// One address the client keeps registered: the user's own of an epoch,
 /// or a random cover address; registered with each of its owners.
@@ -30,7 +30,8 @@ struct Registration {
     id: RegId,
     /// The socket it is registered from (a cover registration has its own).
     via: SocketId,
-    token: Token,
+    /// Signs its registrations and unregisters.
+    key: AddressKey,
     address: VirtualAddr,
     kind: RegKind,
     owners: Vec<OwnerReg>,
@@ -200,31 +201,31 @@ impl Registrations {
         now: UnixTime,
         io: &mut Io,
         members: &Members,
-        wanted: &[(Epoch, Token)],
+        wanted: &[(Epoch, AddressKey)],
         schedule: Schedule,
         start: Start,
     ) {
         let mut dropped = Vec::new();
         self.regs.retain(|r| {
             let keep = match r.kind {
-                RegKind::Own(_) => wanted.iter().any(|(_, t)| *t == r.token),
+                RegKind::Own(_) => wanted.iter().any(|(_, k)| *k == r.key),
                 RegKind::Cover => true,
             };
             if !keep {
                 let owners = r.owners.iter().map(|o| o.node).collect::<Vec<_>>();
-                dropped.push((r.id, r.via, r.token, owners));
+                dropped.push((r.id, r.via, r.key.clone(), owners));
             }
             keep
         });
-        for (id, via, token, owners) in dropped {
+        for (id, via, key, owners) in dropped {
             cancel_timers(io, id);
             for node in owners {
-                unregister(io, via, node, token);
+                unregister(io, via, node, &key);
             }
         }
-        for &(epoch, token) in wanted {
-            if !self.regs.iter().any(|r| r.token == token) {
-                self.start(now, io, members, token, RegKind::Own(epoch), start);
+        for (epoch, key) in wanted {
+            if !self.regs.iter().any(|r| r.key == *key) {
+                self.start(now, io, members, key.clone(), RegKind::Own(*epoch), start);
             }
         }
         match self.next_boundary(schedule) {
@@ -270,8 +271,7 @@ impl Registrations {
         if !online {
             return;
         }
-        let mut token = [0u8; 16];
-        token.copy_from_slice(&io.rng.bytes()[..16]);
+        let key = AddressKey::from_seed(io.rng.bytes());
         let (shortest, longest) = COVER_HOLD;
         let hold = shortest + (longest - shortest).mul_f64(io.rng.unit());
         // Its own socket: nothing ties it to the user's own registration.
@@ -284,21 +284,21 @@ impl Registrations {
             via,
             after: Duration::ZERO,
         };
-        let id = self.start(now, io, members, Token(token), RegKind::Cover, start);
+        let id = self.start(now, io, members, key, RegKind::Cover, start);
         io.timers.set(Timer::CoverEnd(id), now + hold);
     }
 
     /// Whether an own address other than `wanted`'s is registered (the
     /// client crosses an epoch boundary, or reset its chain).
-    pub(crate) fn own_other_than(&self, wanted: &[(Epoch, Token)]) -> bool {
-        self.regs.iter().any(|r| {
-            matches!(r.kind, RegKind::Own(_)) && !wanted.iter().any(|(_, t)| *t == r.token)
-        })
+    pub(crate) fn own_other_than(&self, wanted: &[(Epoch, AddressKey)]) -> bool {
+        self.regs
+            .iter()
+            .any(|r| matches!(r.kind, RegKind::Own(_)) && !wanted.iter().any(|(_, k)| *k == r.key))
     }
 
     /// Whether an own address of an epoch not in `wanted` is registered
     /// (the client crosses an epoch boundary).
-    pub(crate) fn own_of_another_epoch(&self, wanted: &[(Epoch, Token)]) -> bool {
+    pub(crate) fn own_of_another_epoch(&self, wanted: &[(Epoch, AddressKey)]) -> bool {
         self.regs
             .iter()
             .any(|r| matches!(r.kind, RegKind::Own(e) if !wanted.iter().any(|(w, _)| *w == e)))
@@ -315,7 +315,7 @@ impl Registrations {
             let reg = self.regs.remove(i);
             cancel_timers(io, id);
             for o in &reg.owners {
-                unregister(io, reg.via, o.node, reg.token);
+                unregister(io, reg.via, o.node, &reg.key);
             }
             if reg.via != io.main {
                 io.release(reg.via);
@@ -327,7 +327,7 @@ impl Registrations {
     pub(crate) fn clear(&mut self, io: &mut Io) {
         for reg in std::mem::take(&mut self.regs) {
             for o in &reg.owners {
-                unregister(io, reg.via, o.node, reg.token);
+                unregister(io, reg.via, o.node, &reg.key);
             }
             cancel_timers(io, reg.id);
             if reg.kind == RegKind::Cover {
@@ -342,17 +342,17 @@ impl Registrations {
         now: UnixTime,
         io: &mut Io,
         members: &Members,
-        token: Token,
+        key: AddressKey,
         kind: RegKind,
         start: Start,
     ) -> RegId {
         self.next_id += 1;
         let id = self.next_id;
-        let address = VirtualAddr::from_token(&token);
+        let address = key.address();
         self.regs.push(Registration {
             id,
             via: start.via,
-            token,
+            key,
             address,
             kind,
             owners: Vec::new(),
@@ -394,7 +394,7 @@ impl Registrations {
             return;
         }
         io.timers.set(Timer::Owner(reg.id, node), now + self.retry);
-        send_register(io, reg.via, node, tag, reg.token, flags);
+        send_register(io, reg.via, node, tag, &reg.key, flags);
     }
 
     /// Brings `reported` and the silence timer up to date after the owners'
@@ -419,7 +419,8 @@ impl Registrations {
         for i in 0..self.regs.len() {
             let owners = members.owners_of(&self.regs[i].address);
             let reg = &mut self.regs[i];
-            let (id, via, token) = (reg.id, reg.via, reg.token);
+            let (id, via) = (reg.id, reg.via);
+            let key = reg.key.clone();
             let mut gone = Vec::new();
             reg.owners.retain(|o| {
                 let keep = owners.contains(&o.node);
@@ -434,7 +435,7 @@ impl Registrations {
                 .collect();
             for node in gone {
                 io.timers.cancel(Timer::Owner(id, node));
-                unregister(io, via, node, token);
+                unregister(io, via, node, &key);
             }
             for node in new {
                 self.register_with(now, io, i, node, false, false);
@@ -457,7 +458,8 @@ impl Registrations {
         let Some(reg) = self.regs.iter_mut().find(|r| r.id == id) else {
             return;
         };
-        let (via, token, address) = (reg.via, reg.token, reg.address);
+        let (via, address) = (reg.via, reg.address);
+        let key = reg.key.clone();
         let Some(o) = reg.owners.iter_mut().find(|o| o.node == node) else {
             return;
         };
@@ -467,7 +469,7 @@ impl Registrations {
                 io.timers
                     .set(Timer::Owner(id, node), now + waited.clamp(retry, cap));
                 let tag = *tag;
-                send_register(io, via, node, tag, token, flags);
+                send_register(io, via, node, tag, &key, flags);
             }
             RegState::Active {
                 interval,
@@ -511,7 +513,7 @@ impl Registrations {
         for reg in self.regs.iter().filter(|r| r.via == socket) {
             for o in reg.owners.iter().filter(|o| o.node == node) {
                 if o.pending_tag() == Some(tag) {
-                    send_register(io, socket, node, tag, reg.token, flags);
+                    send_register(io, socket, node, tag, &reg.key, flags);
                 } else if o.keepalive_tag() == Some(tag) {
                     send_keepalive(io, socket, node, tag, reg.address, ring);
                 }
@@ -638,7 +640,7 @@ impl Registrations {
         let (retry, flags) = (self.retry, self.flags());
         for i in 0..self.regs.len() {
             let reg = &mut self.regs[i];
-            let (id, via, token) = (reg.id, reg.via, reg.token);
+            let (id, via) = (reg.id, reg.via);
             for o in reg.owners.iter_mut().filter(|o| o.node == node) {
                 if (!any || o.keepalive_tag() == Some(tag))
                     && matches!(o.state, RegState::Active { .. })
@@ -646,7 +648,7 @@ impl Registrations {
                     let tag = io.rng.tag();
                     o.state = RegState::Pending { tag, first: now };
                     io.timers.set(Timer::Owner(id, node), now + retry);
-                    send_register(io, via, node, tag, token, flags);
+                    send_register(io, via, node, tag, &reg.key, flags);
                 }
             }
             self.settle(now, io, i);
@@ -700,14 +702,17 @@ fn send_register(
     via: SocketId,
     node: SocketAddr,
     tag: Tag,
-    token: Token,
+    key: &AddressKey,
     flags: Flags,
 ) {
+    // Signed over the cookie it goes with: worth nothing from another
+    // source, at another node, or once the cookie has expired.
     io.request(via, node, |cookie| Message::Register {
         tag,
         cookie,
         flags,
-        token,
+        key: key.public(),
+        sig: key.sign_register(&cookie, flags),
     });
 }
 
@@ -729,11 +734,12 @@ fn send_keepalive(
 
 /// Unregistering costs the node nothing to answer: there is no reply, and
 /// none is waited for.
-pub(crate) fn unregister(io: &mut Io, via: SocketId, node: SocketAddr, token: Token) {
+pub(crate) fn unregister(io: &mut Io, via: SocketId, node: SocketAddr, key: &AddressKey) {
     let tag = io.tag();
     io.request(via, node, |cookie| Message::Unregister {
         tag,
         cookie,
-        token,
+        key: key.public(),
+        sig: key.sign_unregister(&cookie),
     });
 }

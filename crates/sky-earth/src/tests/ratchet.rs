@@ -24,12 +24,23 @@ fn a_friend_holding_epoch_e_computes_the_owners_addresses_for_e_to_e_plus_100() 
             own.address_at(epoch),
             "epoch {epoch:?}"
         );
-        assert_eq!(friend.token_at(epoch), own.token_at(epoch));
-        // What the sky checks: the address is the hash of the token.
-        let token = own.token_at(epoch).unwrap();
-        assert_eq!(
-            VirtualAddr::from_token(&token),
-            own.address_at(epoch).unwrap()
+        let key = own.address_key_at(epoch, 0).unwrap();
+        assert_eq!(friend.address_key_at(epoch, 0), Some(key.clone()));
+        // What the sky checks: the address is the hash of the public key,
+        // and a registration's signature verifies under it.
+        assert_eq!(VirtualAddr::from_key(&key.public()), key.address());
+        assert_eq!(key.address(), own.address_at(epoch).unwrap());
+        let cookie = sky_proto::wire::Cookie([3; 8]);
+        let flags = sky_proto::wire::Flags(1);
+        let sig = key.sign_register(&cookie, flags);
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.public().0).unwrap();
+        let statement = sky_proto::wire::register_statement(&cookie, flags);
+        let ed = ed25519_dalek::Signature::from_bytes(&sig.0);
+        assert!(vk.verify_strict(&statement, &ed).is_ok());
+        let other = sky_proto::wire::register_statement(&sky_proto::wire::Cookie([4; 8]), flags);
+        assert!(
+            vk.verify_strict(&other, &ed).is_err(),
+            "bound to the cookie"
         );
     }
 }
@@ -42,11 +53,11 @@ fn nothing_computes_an_earlier_epoch_from_a_later_key() {
     assert_eq!(friend.key_at(Epoch(e.0 - 1)), None);
     // Walking forward from e never meets e-1's address or token.
     let before = own.address_at(Epoch(e.0 - 1)).unwrap();
-    let before_token = own.token_at(Epoch(e.0 - 1)).unwrap();
+    let before_key = own.address_key_at(Epoch(e.0 - 1), 0).unwrap();
     for i in 0..=100 {
         let epoch = Epoch(e.0 + i);
         assert_ne!(friend.address_at(epoch), Some(before));
-        assert_ne!(friend.token_at(epoch), Some(before_token));
+        assert_ne!(friend.address_key_at(epoch, 0), Some(before_key.clone()));
     }
 }
 

@@ -11,6 +11,7 @@ use sky_node::engine::batch::{self, RecvBatch, SendBatch};
 use sky_proto::hint::HINT_LEN;
 use sky_proto::wire::{self, Cookie, Kind, Message, Tag, VirtualAddr};
 
+use super::keys::Proofs;
 use super::report::Counts;
 use super::stun::{stun_request, stun_response};
 use super::targets::{Slice, Targets};
@@ -32,7 +33,19 @@ pub(super) struct Inflight {
     seq: u32,
     expect: Expect,
     sent: Instant,
+    /// The node it went to.
+    node: u16,
+    /// Setup's registrations: which ([`NO_ITEM`] otherwise).
+    item: u32,
 }
+
+/// An operation that is not one of setup's registrations.
+pub(super) const NO_ITEM: usize = u32::MAX as usize;
+
+/// How long a socket waits before it sends a node another registration
+/// that takes a signature check, after that node refused one for want of
+/// checks (the budget is per source and second).
+const BACKOFF: Duration = Duration::from_secs(1);
 
 /// One client socket, its cookie from each node, and its requests in
 /// flight (to any node: a reply is matched by its tag).
@@ -51,7 +64,16 @@ pub(super) struct Generator<'a> {
     /// The thread's population members, and the endpoint each was
     /// registered from (by slice index).
     pub(super) slice: Slice,
+    /// The slice's keys, and its registrations signed.
+    pub(super) proofs: Proofs,
     pub(super) homes: Vec<SocketAddr>,
+    /// Setup only: which registrations (by item) were answered, and when
+    /// the last one was.
+    pub(super) registered: Vec<bool>,
+    pub(super) progress: Instant,
+    /// Setup only: by `socket * nodes + node`, when that socket may send
+    /// that node registrations again (after a `refused` reason 4).
+    pub(super) backoff: Vec<Instant>,
     pub(super) rng: Rng,
     pub(super) seq: u32,
     pub(super) counts: Counts,
@@ -104,8 +126,9 @@ impl Generator<'_> {
         let ping = (Message::Ping { tag, cookie }, Expect::Pong);
         match mode {
             Mode::Ping | Mode::Stun | Mode::Mixed => ping,
-            Mode::Register => match self.slice.owned_by(&mut self.rng, node) {
-                Some(j) => (self.register_msg(c, node, j), Expect::Registered),
+            // A member that lives on this socket: a refresh, never a move.
+            Mode::Register => match self.slice.owned_by(&mut self.rng, node, c) {
+                Some((j, k)) => (self.register_msg(c, node, j, k), Expect::Registered),
                 None => ping,
             },
             Mode::LookupOnline => {
@@ -258,6 +281,7 @@ impl Generator<'_> {
         node: usize,
         msg: Message,
         expect: Expect,
+        item: usize,
     ) -> io::Result<bool> {
         let seq = self.next_seq();
         let mut out = [0u8; wire::MAX_MESSAGE_LEN];
@@ -276,6 +300,8 @@ impl Generator<'_> {
             seq,
             expect,
             sent: Instant::now(),
+            node: node as u16,
+            item: item as u32,
         });
         Ok(true)
     }
@@ -316,6 +342,8 @@ impl Generator<'_> {
                 seq: seqs[k],
                 expect: expects[k],
                 sent: now,
+                node: node as u16,
+                item: NO_ITEM as u32,
             });
         }
         Ok(done)
@@ -365,6 +393,10 @@ impl Generator<'_> {
                     }
                     return;
                 }
+                Ok(Message::Refused { tag, reason: 4 }) if !self.measuring => {
+                    self.held_back(c, u32::from_be_bytes(tag.0), now);
+                    return;
+                }
                 Ok(m) => match (m.tag(), expect_of(&m)) {
                     (Some(tag), Some(e)) => {
                         introduced =
@@ -393,6 +425,12 @@ impl Generator<'_> {
         }
         self.counts.answered += 1;
         self.counts.reply_bytes += len as u64;
+        if let Some(done) = self.registered.get_mut(f.item as usize) {
+            if !*done {
+                self.progress = now;
+            }
+            *done = true;
+        }
         if introduced && self.measuring {
             self.intros_due += 1;
         }
@@ -401,6 +439,28 @@ impl Generator<'_> {
             .as_micros()
             .min(HISTOGRAM_US as u128) as usize;
         self.histogram[us] += 1;
+    }
+
+    /// Setup's registration `seq` from socket `c` was refused for want of
+    /// signature checks: hold the socket back from that node for a while.
+    fn held_back(&mut self, c: usize, seq: u32, now: Instant) {
+        let inflight = &mut self.clients[c].inflight;
+        let Some(pos) = inflight.iter().position(|f| f.seq == seq) else {
+            return;
+        };
+        let f = inflight.swap_remove(pos);
+        if f.expect != Expect::Registered {
+            self.counts.malformed += 1;
+            return;
+        }
+        self.counts.later += 1;
+        if let Some(done) = self.registered.get_mut(f.item as usize) {
+            *done = false; // it expired meanwhile: not a refresh after all
+        }
+        let nodes = self.targets.nodes.len();
+        if let Some(until) = self.backoff.get_mut(c * nodes + usize::from(f.node)) {
+            *until = now + BACKOFF;
+        }
     }
 
     /// Requests in flight longer than the timeout are lost.
@@ -464,13 +524,15 @@ fn with_tag(msg: Message, seq: u32) -> Message {
         Message::Register {
             cookie,
             flags,
-            token,
+            key,
+            sig,
             ..
         } => Message::Register {
             tag,
             cookie,
             flags,
-            token,
+            key,
+            sig,
         },
         Message::Keepalive {
             cookie, address, ..

@@ -6,9 +6,9 @@
 //! flight per socket (closed loop) or paces them at `rate` per second (open
 //! loop, still bounded by the window), and stops by itself after `duration`.
 //! Before measuring it fetches a cookie per socket and registers the
-//! population it will look up. Every answer is checked: a reply must have
-//! the kind its request expects and its tag; anything else (a `not owner`
-//! among them) counts as malformed. The report gives operations answered
+//! population it will look up or register. Every answer is checked: a
+//! reply must have the kind its request expects and its tag; anything else
+//! (a `not owner` or a `refused` among them) counts as malformed. The report gives operations answered
 //! per second, loss, round-trip percentiles, and bytes per operation
 //! (request, reply and introduction separately).
 //!
@@ -18,6 +18,17 @@
 //! address from different sockets (each would move the other's
 //! registration). They set up (`setup.rs`: cookies, registrations), meet at
 //! a barrier, and measure for the same `duration`; the report sums them.
+//!
+//! **Keys.** Member `i`'s address is that of an Ed25519 key pair from a
+//! deterministic seed ([`seed`]). Creating or moving a registration
+//! takes a signature, which a node checks (tens of µs, and a budget of
+//! checks per source and second, whose refusals setup waits out);
+//! refreshing one where it is does not. So member `j` of a thread's slice
+//! is always registered from one socket, its home (`j % clients`), setup
+//! signs each registration once with that socket's cookie (`keys.rs`, on
+//! every core, before the thread is pinned), and the measured loop reuses
+//! the signatures: in `register` mode every operation is a refresh, and
+//! the generator never signs while it measures.
 //!
 //! **A sky.** Before anything the target's members page is read
 //! (`targets.rs`). A member of a sky of several is loaded as the sky: every
@@ -39,6 +50,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 mod generator;
+mod keys;
 mod report;
 mod setup;
 mod stun;
@@ -48,7 +60,7 @@ pub use report::{BenchError, Latency, Report};
 
 use generator::{Generator, Measured, Progress};
 use report::Counts;
-use sky_proto::wire::Token;
+use sky_node::probe::AddrSecret;
 use targets::Targets;
 
 /// What each operation is.
@@ -97,7 +109,7 @@ pub struct BenchConfig {
     /// Generator threads, each with its own sockets and its own slice of
     /// the population (at most `clients`).
     pub threads: usize,
-    /// Pin thread `t` to core `pin + t`.
+    /// Pin thread `t` to core `pin + t` (once it has set up).
     pub pin: Option<usize>,
     /// Addresses registered before measuring (and registered, in `register`).
     pub population: usize,
@@ -142,13 +154,20 @@ const HISTOGRAM_US: usize = 100_000;
 /// Longest idle wait between loop turns.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 
-/// The token of population member `i` (deterministic, so a run can be
-/// repeated, and a test can find the addresses a run registered).
-pub fn token(i: usize) -> Token {
-    let mut t = [0u8; 16];
+/// The address-key seed of population member `i` (deterministic, so a
+/// run can be repeated, and a test can find the addresses a run
+/// registered).
+pub fn seed(i: usize) -> [u8; 32] {
+    let mut t = [0u8; 32];
     t[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    t[8..].copy_from_slice(b"sky-bnch");
-    Token(t)
+    t[8..16].copy_from_slice(b"sky-bnch");
+    t
+}
+
+/// Population member `i`'s key pair (about 15 µs to derive); its address
+/// is `secret(i).address()`.
+pub fn secret(i: usize) -> AddrSecret {
+    AddrSecret::from_seed(seed(i))
 }
 
 /// One generator thread's share of a run.
@@ -201,8 +220,9 @@ pub fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
                             failed,
                             arrived: false,
                         };
-                        let ready = pin(cfg, t)
-                            .and_then(|()| Generator::set_up(cfg, targets, Share::of(cfg, t)));
+                        // Pinned once set up: setup derives keys on every core.
+                        let ready = Generator::set_up(cfg, targets, Share::of(cfg, t))
+                            .and_then(|ready| pin(cfg, t).map(|()| ready));
                         if !arrive.wait(ready.is_ok()) {
                             return ready.map(|_| None);
                         }

@@ -56,6 +56,9 @@ pub(super) struct Counts {
     pub(super) reply_bytes: u64,
     pub(super) intros: u64,
     pub(super) intro_bytes: u64,
+    /// Setup's registrations refused for want of signature checks (sent
+    /// again later).
+    pub(super) later: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -68,6 +71,7 @@ impl std::ops::AddAssign for Counts {
         self.reply_bytes += o.reply_bytes;
         self.intros += o.intros;
         self.intro_bytes += o.intro_bytes;
+        self.later += o.later;
     }
 }
 

@@ -1,23 +1,29 @@
 //! Before measuring, in each generator thread: its sockets, a cookie per
-//! socket from every node, and its slice of the population registered
-//! with each address's owners.
+//! socket from every node, its slice of the population's keys (and their
+//! registrations signed, `keys.rs`), and the slice registered with each
+//! address's owners.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use sky_node::engine::batch::{RecvBatch, SendBatch};
-use sky_proto::wire::{self, Cookie, Flags, Message, Tag, VirtualAddr};
+use sky_proto::wire::{self, Cookie, Message, Tag, VirtualAddr};
 
 use super::generator::{Client, Expect, Generator};
+use super::keys::{self, Plan, Proofs};
 use super::report::Counts;
 use super::targets::{Slice, Targets};
-use super::{BATCH, BUF, BenchConfig, BenchError, HISTOGRAM_US, IDLE_WAIT, Mode, Share, token};
+use super::{BATCH, BUF, BenchConfig, BenchError, HISTOGRAM_US, IDLE_WAIT, Mode, Share};
 use crate::rng::Rng;
 
+/// Setup gives up when no new registration was answered for this long
+/// (plus the request timeout).
+const STALL: Duration = Duration::from_secs(10);
+
 impl<'a> Generator<'a> {
-    /// Opens the thread's sockets, fetches their cookies and registers its
-    /// slice of the population; returns the generator and how long that
-    /// took.
+    /// Opens the thread's sockets, fetches their cookies, derives its slice
+    /// of the population's keys and registers them; returns the generator
+    /// and how long that took.
     pub(super) fn set_up(
         cfg: &'a BenchConfig,
         targets: &'a Targets,
@@ -46,11 +52,7 @@ impl<'a> Generator<'a> {
                 inflight: Vec::with_capacity(cfg.window),
             });
         }
-        // Registrations need an address's owners only in a sky; lookups
-        // always name one.
-        let addresses = matches!(cfg.mode, Mode::LookupOnline | Mode::Mixed)
-            || (cfg.mode == Mode::Register && targets.is_sky());
-        let slice = Slice::new(targets, share.population.clone(), addresses);
+        let sockets = clients.len();
         // Thread 0 draws what a single-threaded run always drew.
         let labels: &[u64] = if share.thread == 0 {
             &[]
@@ -59,8 +61,12 @@ impl<'a> Generator<'a> {
         };
         let mut g = Generator {
             clients,
-            slice,
+            slice: Slice::new(targets, share.population.clone(), Vec::new(), sockets),
+            proofs: Proofs::default(),
             homes: Vec::new(),
+            registered: Vec::new(),
+            progress: setup,
+            backoff: Vec::new(),
             rng: Rng::stream(0x5eed, labels),
             seq: 0,
             counts: Counts::default(),
@@ -77,10 +83,36 @@ impl<'a> Generator<'a> {
         if g.cfg.mode != Mode::Stun {
             g.fetch_cookies()?;
         }
-        // With `registered`, an earlier run registered the same addresses;
-        // their introductions go to that run's ports.
-        if matches!(g.cfg.mode, Mode::LookupOnline | Mode::Mixed) && !g.cfg.registered {
+        // Which modes need the population's addresses, register it now
+        // (with `registered`, an earlier run registered the same addresses;
+        // their introductions go to that run's ports), and register it
+        // while measuring (keys and signatures kept).
+        let addresses = matches!(
+            g.cfg.mode,
+            Mode::LookupOnline | Mode::Mixed | Mode::Register
+        );
+        let register = addresses && !g.cfg.registered;
+        let keep = matches!(g.cfg.mode, Mode::Mixed | Mode::Register);
+        if addresses {
+            let cookies: Vec<Vec<Cookie>> = g.clients.iter().map(|c| c.cookies.clone()).collect();
+            let plan = Plan {
+                keys: keep,
+                sign: (register || keep).then_some(&cookies[..]),
+            };
+            // Every core the process may use (the thread is not pinned
+            // yet), shared among the generator threads.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let workers = (cores / cfg.threads).max(1);
+            let (addresses, proofs) =
+                keys::derive(targets, g.share.population.clone(), &plan, workers);
+            g.slice = Slice::new(targets, g.share.population.clone(), addresses, sockets);
+            g.proofs = proofs;
+        }
+        if register {
             g.register_population()?;
+        }
+        if !keep {
+            g.proofs.clear();
         }
         Ok((g, setup.elapsed().as_secs_f64()))
     }
@@ -138,17 +170,39 @@ impl<'a> Generator<'a> {
 
     /// Registers every address of the slice with each of its owners, from
     /// its home socket (slice index `j` lives on socket `j % clients`),
-    /// pipelined. If any registration is lost, the whole slice is sent
-    /// again (a repeat only refreshes an entry), at most three passes.
+    /// pipelined, in passes until every registration is answered. A
+    /// `refused` for want of signature checks (reason 4: the source spent
+    /// its budget for this second) holds that socket back from that node
+    /// for a second, and the next pass sends it again; a registration
+    /// answered is sent again in every later pass too (a refresh, which
+    /// takes no check), so that none expires while the others wait for the
+    /// budget. Lost ones are sent again at most three passes; setup gives
+    /// up when no new registration was answered for [`STALL`].
     fn register_population(&mut self) -> Result<(), BenchError> {
         let n = self.slice.addresses.len();
+        let per = Proofs::per_member(self.targets);
         let started = Instant::now();
         self.homes = (0..n)
             .map(|j| self.clients[j % self.clients.len()].socket.local_addr())
             .collect::<std::io::Result<_>>()?;
-        let limit = Duration::from_secs(120).max(Duration::from_micros(40 * n as u64));
-        for pass in 1..=3 {
+        // Slots past an address's owners are never sent: done already.
+        self.registered = vec![true; n * per];
+        for (j, address) in self.slice.addresses.iter().enumerate() {
+            let owners = self.targets.owners(address).as_slice().len();
+            self.registered[j * per..j * per + owners].fill(false);
+        }
+        self.backoff = vec![started; self.clients.len() * self.targets.nodes.len()];
+        // New registrations come as fast as the nodes' budgets of
+        // signature checks allow: setup gives up only when none came for a
+        // while.
+        let stall = STALL + self.cfg.timeout;
+        self.progress = started;
+        let mut lossy = 0;
+        loop {
             self.counts = Counts::default();
+            // Registrations held back this pass (their socket's budget at
+            // that node is spent).
+            let mut held_back = 0u64;
             // The next registration to send: slice index, and which of its
             // owners.
             let (mut j, mut k) = (0usize, 0usize);
@@ -157,22 +211,31 @@ impl<'a> Generator<'a> {
                 if j >= n && self.clients.iter().all(|c| c.inflight.is_empty()) {
                     break;
                 }
-                if started.elapsed() > limit {
+                let now = Instant::now();
+                if now.duration_since(self.progress) > stall {
+                    let pending = self.registered.iter().filter(|&&d| !d).count();
                     return Err(BenchError::Setup(format!(
-                        "{} of {n} addresses registered with their owners in {limit:?}; the sky is not keeping up",
-                        self.counts.answered
+                        "{pending} registrations of {n} addresses with their owners unanswered, none answered for {stall:?}: the sky is not keeping up"
                     )));
                 }
-                let before = self.counts.answered;
+                let before = self.counts.answered + self.counts.later;
                 let mut sent_any = false;
                 while let Some(o) = owners {
                     if let Some(&node) = o.as_slice().get(k) {
                         let c = j % self.clients.len();
+                        let item = j * per + k;
+                        if !self.registered[item]
+                            && now < self.backoff[c * self.targets.nodes.len() + node]
+                        {
+                            held_back += 1;
+                            k += 1;
+                            continue;
+                        }
                         if self.clients[c].inflight.len() >= self.cfg.window {
                             break;
                         }
-                        let msg = self.register_msg(c, node, j);
-                        if !self.send_one(c, node, msg, Expect::Registered)? {
+                        let msg = self.register_msg(c, node, j, k);
+                        if !self.send_one(c, node, msg, Expect::Registered, item)? {
                             break; // socket buffer full: the next turn sends it
                         }
                         sent_any = true;
@@ -184,7 +247,7 @@ impl<'a> Generator<'a> {
                 }
                 self.receive_all()?;
                 self.expire(Instant::now());
-                if !sent_any && self.counts.answered == before {
+                if !sent_any && self.counts.answered + self.counts.later == before {
                     self.idle_wait(IDLE_WAIT);
                 }
             }
@@ -195,11 +258,20 @@ impl<'a> Generator<'a> {
                     self.counts.malformed
                 )));
             }
-            if self.counts.lost == 0 {
+            if self.registered.iter().all(|&d| d) {
                 self.counts = Counts::default();
+                self.registered = Vec::new();
                 return Ok(());
             }
-            if pass == 3 {
+            if held_back > 0 || self.counts.later > 0 {
+                // Wait for the first socket held back to be let go.
+                let now = Instant::now();
+                let next = self.backoff.iter().filter(|&&b| b > now).min();
+                std::thread::sleep(next.map_or(Duration::ZERO, |&b| b - now));
+                continue;
+            }
+            lossy += 1;
+            if lossy == 3 {
                 break;
             }
         }
@@ -209,13 +281,18 @@ impl<'a> Generator<'a> {
         )))
     }
 
-    /// The registration of slice member `j` to `node`, from socket `c`.
-    pub(super) fn register_msg(&self, c: usize, node: usize, j: usize) -> Message {
+    /// The registration of slice member `j` to `node`, its `k`-th owner,
+    /// from socket `c`: signed at setup with that socket's cookie (signed
+    /// again only if the cookie changed).
+    pub(super) fn register_msg(&mut self, c: usize, node: usize, j: usize, k: usize) -> Message {
+        let cookie = self.clients[c].cookies[node];
+        let (key, sig) = self.proofs.register(j, k, cookie);
         Message::Register {
             tag: Tag([0; 4]),
-            cookie: self.clients[c].cookies[node],
-            flags: Flags(0),
-            token: token(self.slice.range.start + j),
+            cookie,
+            flags: keys::FLAGS,
+            key,
+            sig,
         }
     }
 }

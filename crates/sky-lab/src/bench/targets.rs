@@ -21,7 +21,7 @@ use sky_node::probe;
 use sky_proto::ring::{MAX_REPLICAS, Ring};
 use sky_proto::wire::VirtualAddr;
 
-use super::{BenchError, token};
+use super::BenchError;
 use crate::rng::Rng;
 
 /// How long the target may take to send its members page before it is
@@ -185,28 +185,38 @@ fn first_owner_arcs(ring: &Ring, index: &HashMap<SocketAddr, usize>, nodes: usiz
 pub(super) struct Slice {
     pub(super) range: Range<usize>,
     pub(super) addresses: Vec<VirtualAddr>,
+    /// Registrations per member, at most ([`super::keys::Proofs::per_member`]).
+    per_member: usize,
+    /// The thread's sockets: member `j` lives on socket `j % sockets`.
+    sockets: usize,
+    /// With a sky, `owned[node * sockets + c]`: the registrations with
+    /// `node` of the members that live on socket `c`, each as
+    /// `j * per_member + k` (`node` is member `j`'s `k`-th owner).
     owned: Vec<Vec<u32>>,
+    /// With a sky, `first[node]`: the members whose first owner is `node`.
     first: Vec<Vec<u32>>,
 }
 
 impl Slice {
-    /// Population members `range`; their addresses only if `addresses`
-    /// (the modes that register or look them up).
-    pub(super) fn new(targets: &Targets, range: Range<usize>, addresses: bool) -> Slice {
-        let addresses: Vec<VirtualAddr> = if addresses {
-            range
-                .clone()
-                .map(|i| VirtualAddr::from_token(&token(i)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut owned = vec![Vec::new(); targets.nodes.len()];
-        let mut first = vec![Vec::new(); targets.nodes.len()];
+    /// Population members `range`, whose addresses are `addresses` (empty
+    /// in the modes that neither register nor look them up), on `sockets`
+    /// sockets.
+    pub(super) fn new(
+        targets: &Targets,
+        range: Range<usize>,
+        addresses: Vec<VirtualAddr>,
+        sockets: usize,
+    ) -> Slice {
+        let per_member = super::keys::Proofs::per_member(targets);
+        let sockets = sockets.max(1);
+        let mut owned = Vec::new();
+        let mut first = Vec::new();
         if targets.is_sky() {
+            owned = vec![Vec::new(); targets.nodes.len() * sockets];
+            first = vec![Vec::new(); targets.nodes.len()];
             for (j, address) in addresses.iter().enumerate() {
                 for (k, &n) in targets.owners(address).as_slice().iter().enumerate() {
-                    owned[n].push(j as u32);
+                    owned[n * sockets + j % sockets].push((j * per_member + k) as u32);
                     if k == 0 {
                         first[n].push(j as u32);
                     }
@@ -216,34 +226,57 @@ impl Slice {
         Slice {
             range,
             addresses,
+            per_member,
+            sockets,
             owned,
             first,
         }
     }
 
-    /// A population member (slice index) `node` owns, for a registration.
-    pub(super) fn owned_by(&self, rng: &mut Rng, node: usize) -> Option<usize> {
-        self.pick(rng, &self.owned[node])
+    /// A registration with `node` of a population member that lives on
+    /// socket `socket` (so that registering it again there only refreshes
+    /// it): its slice index `j`, and `k` for `node`, its `k`-th owner.
+    pub(super) fn owned_by(
+        &self,
+        rng: &mut Rng,
+        node: usize,
+        socket: usize,
+    ) -> Option<(usize, usize)> {
+        if self.owned.is_empty() {
+            // One node: members socket, socket + sockets, ...
+            let len = self.addresses.len();
+            if socket >= len {
+                return None;
+            }
+            let count = (len - 1 - socket) / self.sockets + 1;
+            let j = socket + rng.below(count as u64) as usize * self.sockets;
+            return Some((j, 0));
+        }
+        let among = &self.owned[node * self.sockets + socket];
+        if among.is_empty() {
+            return None;
+        }
+        let item = among[rng.below(among.len() as u64) as usize] as usize;
+        Some((item / self.per_member, item % self.per_member))
     }
 
     /// A population member (slice index) whose first owner is `node`, for
     /// a lookup.
     pub(super) fn first_owned_by(&self, rng: &mut Rng, node: usize) -> Option<usize> {
-        self.pick(rng, &self.first[node])
-    }
-
-    /// Uniform among `among`, or, against one node, among the whole slice.
-    fn pick(&self, rng: &mut Rng, among: &[u32]) -> Option<usize> {
-        let (len, among) = if self.owned.len() > 1 {
-            (among.len(), Some(among))
+        let len = if self.first.is_empty() {
+            self.range.len()
         } else {
-            (self.range.len(), None)
+            self.first[node].len()
         };
         if len == 0 {
             return None;
         }
         let k = rng.below(len as u64) as usize;
-        Some(among.map_or(k, |a| a[k] as usize))
+        Some(if self.first.is_empty() {
+            k
+        } else {
+            self.first[node][k] as usize
+        })
     }
 }
 

@@ -105,3 +105,49 @@ fn a_thread_that_fails_before_the_barrier_releases_the_others() {
     });
     assert_eq!(started, [false, false, false]);
 }
+
+#[test]
+fn member_keys_are_derived_alike_on_any_number_of_workers_and_sign_their_home_cookie() {
+    use sky_proto::wire::{self, Cookie};
+
+    let t = targets::Targets::alone("127.0.0.1:7700".parse().unwrap());
+    // Two sockets, one node: member j's registration carries socket j % 2's
+    // cookie.
+    let cookies = vec![vec![Cookie([1; 8])], vec![Cookie([2; 8])]];
+    let plan = keys::Plan {
+        keys: true,
+        sign: Some(&cookies),
+    };
+    let range = 5000..5000 + 9000;
+    let (one, _) = keys::derive(&t, range.clone(), &plan, 1);
+    let (four, mut proofs) = keys::derive(&t, range.clone(), &plan, 4);
+    assert_eq!(one, four);
+    for j in [0, 1, 4095, 4096, 8999] {
+        assert_eq!(four[j], secret(range.start + j).address());
+        let cookie = cookies[j % 2][0];
+        let (key, sig) = proofs.register(j, 0, cookie);
+        assert_eq!(key, secret(range.start + j).key());
+        let statement = wire::register_statement(&cookie, keys::FLAGS);
+        assert!(
+            sky_node::proof::verify(&key, &statement, &sig),
+            "member {j}"
+        );
+        // Another cookie (a new one for that socket): signed again.
+        let other = Cookie([3; 8]);
+        let (_, again) = proofs.register(j, 0, other);
+        assert_ne!(again, sig);
+        let statement = wire::register_statement(&other, keys::FLAGS);
+        assert!(sky_node::proof::verify(&key, &statement, &again));
+    }
+    // Without signatures nothing but the addresses.
+    let bare = keys::Plan {
+        keys: false,
+        sign: None,
+    };
+    let (addresses, mut proofs) = keys::derive(&t, 0..3, &bare, 2);
+    assert_eq!(addresses[2], secret(2).address());
+    let (key, sig) = proofs.register(2, 0, Cookie([1; 8]));
+    assert_eq!(key, secret(2).key());
+    let statement = wire::register_statement(&Cookie([1; 8]), keys::FLAGS);
+    assert!(sky_node::proof::verify(&key, &statement, &sig));
+}

@@ -6,7 +6,13 @@ use sky_proto::ring::{Ring, RingConfig};
 use sky_proto::wire::VirtualAddr;
 
 use super::{Slice, Targets};
+use crate::bench::secret;
 use crate::rng::Rng;
+
+/// The addresses of population members `range`.
+fn addresses(range: std::ops::Range<usize>) -> Vec<VirtualAddr> {
+    range.map(|i| secret(i).address()).collect()
+}
 
 fn sky(ips: &[&str], prefix_v4: u8) -> Targets {
     let config = RingConfig {
@@ -61,15 +67,23 @@ fn offline_addresses_cover_a_nodes_share_of_the_ring() {
 fn a_slice_knows_which_node_owns_each_member() {
     let t = sky(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], 32);
     let ring = ring_of(&t);
-    let slice = Slice::new(&t, 100..400, true);
+    let slice = Slice::new(&t, 100..400, addresses(100..400), 4);
     assert_eq!(slice.addresses.len(), 300);
     let mut rng = Rng::stream(3, &[]);
     let mut copies = 0;
     for n in 0..t.nodes.len() {
-        copies += slice.owned[n].len();
+        for c in 0..4 {
+            copies += slice.owned[n * 4 + c].len();
+            for _ in 0..100 {
+                // Registered from its home socket only, with the owner's
+                // rank among its owners.
+                let (j, k) = slice.owned_by(&mut rng, n, c).unwrap();
+                assert_eq!(j % 4, c);
+                let owners = ring.owners(&slice.addresses[j]);
+                assert_eq!(owners.as_slice().nth(k), Some(t.nodes[n]));
+            }
+        }
         for _ in 0..500 {
-            let j = slice.owned_by(&mut rng, n).unwrap();
-            assert!(ring.owners(&slice.addresses[j]).contains(t.nodes[n]));
             let j = slice.first_owned_by(&mut rng, n).unwrap();
             assert_eq!(ring.owners(&slice.addresses[j]).first(), Some(t.nodes[n]));
         }
@@ -90,7 +104,21 @@ fn alone_everything_goes_to_the_target_as_before() {
     assert!(!t.is_sky());
     let a = VirtualAddr([7; 16]);
     assert_eq!(t.owners(&a).as_slice(), &[0]);
-    let slice = Slice::new(&t, 0..10, true);
+    let slice = Slice::new(&t, 0..10, addresses(0..10), 3);
+    // Registrations from socket 1: members 1, 4 and 7, each at some time.
+    let mut r0 = Rng::stream(4, &[]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        seen.insert(slice.owned_by(&mut r0, 0, 1).unwrap());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [(1, 0), (4, 0), (7, 0)]
+    );
+    assert_eq!(
+        Slice::new(&t, 0..2, addresses(0..2), 3).owned_by(&mut r0, 0, 2),
+        None
+    );
     // The same draws a single-threaded run always made: below(len).
     let (mut r1, mut r2) = (Rng::stream(5, &[]), Rng::stream(5, &[]));
     for _ in 0..100 {

@@ -1,7 +1,8 @@
 //! Tests of `shard`.
 
 use super::*;
-use sky_proto::wire::{Cookie, IntroKey, MAX_MESSAGE_LEN, Tag, Token};
+use ed25519_dalek::Signer;
+use sky_proto::wire::{AddrKey, Cookie, IntroKey, MAX_MESSAGE_LEN, Signature, Tag};
 
 /// A node with one shard on virtual time, and a client helper.
 struct Pair {
@@ -77,12 +78,38 @@ impl Pair {
     }
 }
 
-fn register(cookie: Cookie, token: [u8; 16]) -> Message {
+/// The address key pair of test user `seed`.
+fn signing(seed: [u8; 16]) -> ed25519_dalek::SigningKey {
+    let mut s = [0u8; 32];
+    s[..16].copy_from_slice(&seed);
+    ed25519_dalek::SigningKey::from_bytes(&s)
+}
+
+fn key_of(seed: [u8; 16]) -> AddrKey {
+    AddrKey(signing(seed).verifying_key().to_bytes())
+}
+
+/// A registration of `seed`'s address, signed over `cookie`.
+fn register(cookie: Cookie, seed: [u8; 16]) -> Message {
+    let flags = Flags(Flags::METERED);
+    let sig = signing(seed).sign(&wire::register_statement(&cookie, flags));
     Message::Register {
         tag: Tag([1; 4]),
         cookie,
-        flags: Flags(Flags::METERED),
-        token: Token(token),
+        flags,
+        key: key_of(seed),
+        sig: Signature(sig.to_bytes()),
+    }
+}
+
+/// An unregister of `seed`'s address, signed over `cookie`.
+fn unregister(cookie: Cookie, seed: [u8; 16]) -> Message {
+    let sig = signing(seed).sign(&wire::unregister_statement(&cookie));
+    Message::Unregister {
+        tag: Tag([0; 4]),
+        cookie,
+        key: key_of(seed),
+        sig: Signature(sig.to_bytes()),
     }
 }
 
@@ -96,8 +123,8 @@ fn lookup(cookie: Cookie, target: [u8; 16]) -> Message {
     }
 }
 
-fn addr_of(token: [u8; 16]) -> [u8; 16] {
-    VirtualAddr::from_token(&Token(token)).0
+fn addr_of(seed: [u8; 16]) -> [u8; 16] {
+    VirtualAddr::from_key(&key_of(seed)).0
 }
 
 const ALICE: &str = "192.0.2.1:1000";
@@ -214,12 +241,7 @@ fn unregister_makes_the_address_offline() {
     let mut p = Pair::new();
     p.register(ALICE, [1; 16]);
     let cookie = p.cookie(ALICE);
-    let un = Message::Unregister {
-        tag: Tag([0; 4]),
-        cookie,
-        token: Token([1; 16]),
-    };
-    assert_eq!(p.send(ALICE, un), (None, None));
+    assert_eq!(p.send(ALICE, unregister(cookie, [1; 16])), (None, None));
     let cookie = p.cookie(BOB);
     let (reply, _) = p.send(BOB, lookup(cookie, addr_of([1; 16])));
     assert!(matches!(reply, Some(Message::Offline { .. })));
@@ -271,11 +293,7 @@ fn every_reply_before_a_valid_cookie_is_no_larger_than_the_request() {
             address: VirtualAddr([1; 16]),
         },
         lookup(cookie, [1; 16]),
-        Message::Unregister {
-            tag,
-            cookie,
-            token: Token([1; 16]),
-        },
+        unregister(cookie, [1; 16]),
     ] {
         let mut buf = [0u8; BUF];
         let len = msg.emit(&mut buf);
@@ -313,6 +331,183 @@ fn every_drop_is_counted_by_reason() {
     }
     assert_eq!(stats.dropped[DropReason::Oversized as usize], 1);
     assert_eq!(stats.received[RecvKind::Invalid as usize], 6);
+}
+
+/// Where a lookup from a third place says `seed`'s address is.
+fn online_at(p: &mut Pair, seed: [u8; 16]) -> Option<SocketAddr> {
+    let from = "203.0.113.77:7777";
+    let cookie = p.cookie(from);
+    match p.send(from, lookup(cookie, addr_of(seed))).0 {
+        Some(Message::Online { endpoint, .. }) => Some(endpoint),
+        _ => None,
+    }
+}
+
+fn refused(reply: Option<Message>) -> Option<u8> {
+    match reply {
+        Some(Message::Refused { reason, .. }) => Some(reason),
+        _ => None,
+    }
+}
+
+const MALLORY: &str = "203.0.113.66:6666";
+
+#[test]
+fn a_captured_registration_moves_nothing_from_another_endpoint_or_node_or_later() {
+    let mut p = Pair::new();
+    let cookie = p.cookie(ALICE);
+    let captured = register(cookie, [1; 16]);
+    assert!(matches!(
+        p.send(ALICE, captured).0,
+        Some(Message::Registered { .. })
+    ));
+    // Replayed as is from elsewhere: the cookie is Alice's, so only a
+    // cookie comes back.
+    assert!(matches!(
+        p.send(MALLORY, captured).0,
+        Some(Message::CookieReply { .. })
+    ));
+    // With Mallory's own cookie the signature no longer verifies.
+    let Message::Register {
+        key, sig, flags, ..
+    } = captured
+    else {
+        unreachable!()
+    };
+    let mine = p.cookie(MALLORY);
+    let moved = Message::Register {
+        tag: Tag([9; 4]),
+        cookie: mine,
+        flags,
+        key,
+        sig,
+    };
+    assert_eq!(refused(p.send(MALLORY, moved).0), Some(5), "forged");
+    assert_eq!(online_at(&mut p, [1; 16]), Some(ALICE.parse().unwrap()));
+    // Nor can it unregister with what it saw.
+    let un = unregister(cookie, [1; 16]);
+    assert!(matches!(
+        p.send(MALLORY, un).0,
+        Some(Message::CookieReply { .. })
+    ));
+    let Message::Unregister { key, sig, .. } = un else {
+        unreachable!()
+    };
+    let replayed = Message::Unregister {
+        tag: Tag([0; 4]),
+        cookie: mine,
+        key,
+        sig,
+    };
+    assert_eq!(p.send(MALLORY, replayed), (None, None));
+    assert_eq!(online_at(&mut p, [1; 16]), Some(ALICE.parse().unwrap()));
+    assert_eq!(
+        p.shard.take_stats().dropped[DropReason::Unproven as usize],
+        1,
+        "the replay with another's cookie; the first got a cookie"
+    );
+    // At another node (another secret), the same.
+    let mut other = Pair {
+        shard: Shard::new(
+            Arc::new(NodeSecret::new([4; 32])),
+            Arc::new(Presence::new(1000)),
+            ShardConfig::default(),
+            MonoTime::ZERO,
+        ),
+        now: MonoTime::from_secs(1),
+    };
+    assert!(matches!(
+        other.send(MALLORY, captured).0,
+        Some(Message::CookieReply { .. })
+    ));
+    let theirs = other.cookie(MALLORY);
+    let elsewhere = Message::Register {
+        tag: Tag([9; 4]),
+        cookie: theirs,
+        flags,
+        key,
+        sig,
+    };
+    assert_eq!(refused(other.send(MALLORY, elsewhere).0), Some(5));
+    assert_eq!(online_at(&mut other, [1; 16]), None);
+    // Later: once the entry has expired and the cookie with it, the very
+    // datagram from Alice's own endpoint earns only a fresh cookie.
+    p.now = MonoTime::from_secs(1 + 11 * 60);
+    assert!(matches!(
+        p.send(ALICE, captured).0,
+        Some(Message::CookieReply { .. })
+    ));
+    assert_eq!(online_at(&mut p, [1; 16]), None);
+}
+
+#[test]
+fn a_refresh_where_the_address_is_needs_no_check_and_a_move_does() {
+    let mut p = Pair::new();
+    p.register(ALICE, [1; 16]);
+    let cookie = p.cookie(ALICE);
+    let Message::Register { key, flags, .. } = register(cookie, [1; 16]) else {
+        unreachable!()
+    };
+    // Far more re-registrations than the checks a source may spend in a
+    // second, from where the address is: no check, all registered.
+    let unsigned = |cookie| Message::Register {
+        tag: Tag([3; 4]),
+        cookie,
+        flags,
+        key,
+        sig: Signature([0; 64]),
+    };
+    for _ in 0..3 * proof::CHECKS_PER_SOURCE {
+        assert!(matches!(
+            p.send(ALICE, unsigned(cookie)).0,
+            Some(Message::Registered { .. })
+        ));
+    }
+    // A move to Alice's new endpoint needs her signature, and gets it.
+    let rebound = "192.0.2.1:1001";
+    let cookie = p.cookie(rebound);
+    assert_eq!(refused(p.send(rebound, unsigned(cookie)).0), Some(5));
+    assert!(matches!(
+        p.send(rebound, register(cookie, [1; 16])).0,
+        Some(Message::Registered { .. })
+    ));
+    assert_eq!(online_at(&mut p, [1; 16]), Some(rebound.parse().unwrap()));
+    let stats = p.shard.take_stats();
+    assert_eq!(stats.refused[Refused::Forged as usize - 1], 1);
+}
+
+#[test]
+fn a_flood_of_bogus_proofs_spends_only_its_sources_checks() {
+    let mut p = Pair::new();
+    let cookie = p.cookie(MALLORY);
+    let mut reasons = [0usize; 6];
+    for i in 0..200u32 {
+        let mut seed = [7u8; 16];
+        seed[..4].copy_from_slice(&i.to_be_bytes());
+        let Message::Register { key, flags, .. } = register(cookie, seed) else {
+            unreachable!()
+        };
+        let bogus = Message::Register {
+            tag: Tag([5; 4]),
+            cookie,
+            flags,
+            key,
+            sig: Signature([0x42; 64]),
+        };
+        let reason = refused(p.send(MALLORY, bogus).0).expect("refused, said");
+        reasons[reason as usize] += 1;
+    }
+    let checks = usize::from(proof::CHECKS_PER_SOURCE);
+    assert_eq!(reasons[5], checks, "checked, forged");
+    assert_eq!(reasons[4], 200 - checks, "not checked: over budget");
+    // Another source is checked as ever; the next second Mallory is too.
+    p.register(ALICE, [1; 16]);
+    p.now = MonoTime::from_secs(2);
+    let again = register(cookie, [8; 16]);
+    assert!(matches!(
+        p.send(MALLORY, again).0,
+        Some(Message::Registered { .. })
+    ));
 }
 
 mod dht {

@@ -19,17 +19,29 @@ mod basics {
         let tag = any::<[u8; 4]>().prop_map(Tag);
         let cookie = any::<[u8; 8]>().prop_map(Cookie);
         let addr = any::<[u8; 16]>().prop_map(VirtualAddr);
-        let token = any::<[u8; 16]>().prop_map(Token);
+        let key = any::<[u8; 32]>().prop_map(AddrKey);
+        let sig = (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(a, b)| {
+            let mut s = [0u8; 64];
+            s[..32].copy_from_slice(&a);
+            s[32..].copy_from_slice(&b);
+            Signature(s)
+        });
         prop_oneof![
             (tag.clone(), cookie.clone()).prop_map(|(tag, cookie)| Message::Ping { tag, cookie }),
-            (tag.clone(), cookie.clone(), any::<u8>(), token.clone()).prop_map(
-                |(tag, cookie, f, token)| Message::Register {
+            (
+                tag.clone(),
+                cookie.clone(),
+                any::<u8>(),
+                key.clone(),
+                sig.clone()
+            )
+                .prop_map(|(tag, cookie, f, key, sig)| Message::Register {
                     tag,
                     cookie,
                     flags: Flags(f),
-                    token
-                }
-            ),
+                    key,
+                    sig,
+                }),
             (tag.clone(), cookie.clone(), addr.clone(), any::<u32>()).prop_map(
                 |(tag, cookie, address, ring)| Message::Keepalive {
                     tag,
@@ -93,8 +105,14 @@ mod basics {
                     endpoint,
                 }
             }),
-            (tag.clone(), cookie.clone(), token)
-                .prop_map(|(tag, cookie, token)| Message::Unregister { tag, cookie, token }),
+            (tag.clone(), cookie.clone(), key, sig).prop_map(|(tag, cookie, key, sig)| {
+                Message::Unregister {
+                    tag,
+                    cookie,
+                    key,
+                    sig,
+                }
+            }),
             tag.clone().prop_map(|tag| Message::Pong { tag }),
             (tag.clone(), cookie).prop_map(|(tag, cookie)| Message::CookieReply { tag, cookie }),
             (tag.clone(), any::<u16>(), any::<[u8; 32]>(), arb_endpoint()).prop_map(
@@ -171,10 +189,23 @@ mod basics {
     }
 
     #[test]
-    fn address_is_the_documented_derive_key_of_the_token() {
-        let token = Token([7; 16]);
-        let expected = blake3::derive_key("sky v1 virtual address", &token.0);
-        assert_eq!(VirtualAddr::from_token(&token).0, expected[..16]);
+    fn address_is_the_documented_derive_key_of_the_key() {
+        let key = AddrKey([7; 32]);
+        let expected = blake3::derive_key("sky v1 virtual address", &key.0);
+        assert_eq!(VirtualAddr::from_key(&key).0, expected[..16]);
+    }
+
+    #[test]
+    fn statements_bind_the_domain_the_cookie_and_the_flags() {
+        let c = Cookie([9; 8]);
+        let r = register_statement(&c, Flags(1));
+        assert_eq!(&r[..16], b"sky v1 register\0");
+        assert_eq!(&r[16..24], &[9; 8]);
+        assert_eq!(r[24], 1);
+        let u = unregister_statement(&c);
+        assert_eq!(&u[..17], b"sky v1 unregister");
+        assert_eq!(&u[17..], &[9; 8]);
+        assert_ne!(r, u);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    Cookie, ENDPOINT_V4_LEN, Error, Flags, IntroKey, Kind, MAX_DATAGRAM_LEN, Mac, Packet, Tag,
-    Token, VirtualAddr, endpoint_len, field,
+    AddrKey, Cookie, ENDPOINT_V4_LEN, Error, Flags, IntroKey, Kind, MAX_DATAGRAM_LEN, Mac, Packet,
+    Signature, Tag, VirtualAddr, endpoint_len, field,
 };
 use crate::addr::encode_endpoint;
 use crate::hint::HINT_LEN;
@@ -23,7 +23,7 @@ pub enum Message {
         /// The cookie this node gave the source, or zeros.
         cookie: Cookie,
     },
-    /// Registers the address of `token` at the source endpoint.
+    /// Registers the address of `key` at the source endpoint.
     Register {
         /// Echoed in the reply.
         tag: Tag,
@@ -31,8 +31,11 @@ pub enum Message {
         cookie: Cookie,
         /// Bit 0: metered.
         flags: Flags,
-        /// The registration token; the address is its hash.
-        token: Token,
+        /// The address key; the address is its hash.
+        key: AddrKey,
+        /// `key`'s signature over [`super::register_statement`] of the
+        /// cookie and flags.
+        sig: Signature,
     },
     /// Keeps `address` alive; no reply when it is registered here.
     Keepalive {
@@ -58,14 +61,17 @@ pub enum Message {
         /// The caller's sealed hint for the target, passed on unread.
         hint: [u8; HINT_LEN],
     },
-    /// Drops the address of `token`; no reply.
+    /// Drops the address of `key`; no reply.
     Unregister {
         /// Not echoed (there is no reply).
         tag: Tag,
         /// The cookie this node gave the source, or zeros.
         cookie: Cookie,
-        /// The token whose address goes.
-        token: Token,
+        /// The key whose address goes.
+        key: AddrKey,
+        /// `key`'s signature over [`super::unregister_statement`] of the
+        /// cookie.
+        sig: Signature,
     },
     /// Asks for the members from index `start`; `len` is the whole
     /// datagram's length (zero padding after `start`), which bounds the page.
@@ -217,7 +223,8 @@ impl Message {
                 tag: p.tag(),
                 cookie: p.cookie(),
                 flags: Flags(b[field::REGISTER_FLAGS]),
-                token: Token::read(&b[field::REGISTER_TOKEN]),
+                key: AddrKey::read(&b[field::REGISTER_KEY]),
+                sig: Signature::read(&b[field::REGISTER_SIG]),
             },
             Kind::Keepalive => Message::Keepalive {
                 tag: p.tag(),
@@ -235,7 +242,8 @@ impl Message {
             Kind::Unregister => Message::Unregister {
                 tag: p.tag(),
                 cookie: p.cookie(),
-                token: Token::read(&b[field::UNREGISTER_TOKEN]),
+                key: AddrKey::read(&b[field::UNREGISTER_KEY]),
+                sig: Signature::read(&b[field::UNREGISTER_SIG]),
             },
             Kind::Members => Message::Members {
                 tag: p.tag(),
@@ -398,11 +406,13 @@ impl Message {
                 tag,
                 cookie,
                 flags,
-                token,
+                key,
+                sig,
             } => {
                 write_request_header(b, tag, cookie);
                 b[field::REGISTER_FLAGS] = flags.0;
-                b[field::REGISTER_TOKEN].copy_from_slice(&token.0);
+                b[field::REGISTER_KEY].copy_from_slice(&key.0);
+                b[field::REGISTER_SIG].copy_from_slice(&sig.0);
             }
             Message::Keepalive {
                 tag,
@@ -444,9 +454,15 @@ impl Message {
                 b[field::CHECKED_PORT].copy_from_slice(&check_port.to_be_bytes());
                 encode_endpoint(&endpoint, &mut b[field::CHECKED_ENDPOINT]);
             }
-            Message::Unregister { tag, cookie, token } => {
+            Message::Unregister {
+                tag,
+                cookie,
+                key,
+                sig,
+            } => {
                 write_request_header(b, tag, cookie);
-                b[field::UNREGISTER_TOKEN].copy_from_slice(&token.0);
+                b[field::UNREGISTER_KEY].copy_from_slice(&key.0);
+                b[field::UNREGISTER_SIG].copy_from_slice(&sig.0);
             }
             Message::Members {
                 tag, cookie, start, ..

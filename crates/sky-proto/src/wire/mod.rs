@@ -35,8 +35,8 @@ use std::net::SocketAddr;
 
 use crate::addr::encode_endpoint;
 pub use crate::addr::{
-    Cookie, ENDPOINT_V4_LEN, ENDPOINT_V6_LEN, Flags, IntroKey, Mac, Tag, Token, VirtualAddr,
-    canonical, decode_endpoint, endpoint_len, from_hex, to_hex,
+    AddrKey, Cookie, ENDPOINT_V4_LEN, ENDPOINT_V6_LEN, Flags, IntroKey, Mac, Signature, Tag,
+    VirtualAddr, canonical, decode_endpoint, endpoint_len, from_hex, to_hex,
 };
 
 mod message;
@@ -56,9 +56,29 @@ pub const REQUEST_HEADER_LEN: usize = 14;
 /// Length of the header every tagged reply carries: version, kind, tag.
 pub const REPLY_HEADER_LEN: usize = 6;
 
-/// The longest message v1 defines (a lookup; an introduction of an IPv6
-/// caller, written over it, is 60).
-pub const MAX_MESSAGE_LEN: usize = 62;
+/// The longest message v1 defines but a members request or page (a
+/// register: key and signature).
+pub const MAX_MESSAGE_LEN: usize = 111;
+
+/// What a `register` signs: a domain, the cookie (which binds this node,
+/// the source's IP and port, and a 5-minute generation) and the flags. A
+/// captured registration therefore proves nothing from another source, at
+/// another node, or ten minutes later.
+pub fn register_statement(cookie: &Cookie, flags: Flags) -> [u8; 25] {
+    let mut s = [0u8; 25];
+    s[..16].copy_from_slice(b"sky v1 register\0");
+    s[16..24].copy_from_slice(&cookie.0);
+    s[24] = flags.0;
+    s
+}
+
+/// What an `unregister` signs: a domain and the cookie.
+pub fn unregister_statement(cookie: &Cookie) -> [u8; 25] {
+    let mut s = [0u8; 25];
+    s[..17].copy_from_slice(b"sky v1 unregister");
+    s[17..25].copy_from_slice(&cookie.0);
+    s
+}
 
 /// Byte offsets of every field, by message kind.
 pub(crate) mod field {
@@ -74,7 +94,8 @@ pub(crate) mod field {
 
     // Request bodies.
     pub(crate) const REGISTER_FLAGS: usize = 14;
-    pub(crate) const REGISTER_TOKEN: Range<usize> = 15..31;
+    pub(crate) const REGISTER_KEY: Range<usize> = 15..47;
+    pub(crate) const REGISTER_SIG: Range<usize> = 47..111;
     pub(crate) const KEEPALIVE_ADDRESS: Range<usize> = 14..30;
     /// The ring version the client holds (0: none).
     pub(crate) const KEEPALIVE_RING: Range<usize> = 30..34;
@@ -82,7 +103,8 @@ pub(crate) mod field {
     pub(crate) const LOOKUP_CALLER: Range<usize> = 30..46;
     /// The caller's sealed hint, passed on unread ([`crate::hint`]).
     pub(crate) const LOOKUP_HINT: Range<usize> = 46..62;
-    pub(crate) const UNREGISTER_TOKEN: Range<usize> = 14..30;
+    pub(crate) const UNREGISTER_KEY: Range<usize> = 14..46;
+    pub(crate) const UNREGISTER_SIG: Range<usize> = 46..110;
     /// Index of the first member wanted; padding follows.
     pub(crate) const MEMBERS_START: Range<usize> = 14..16;
     /// Bit 0: answer from the other check port. Padding follows up to
@@ -220,10 +242,10 @@ impl Kind {
             |base| Lengths::Endpoint(base + ENDPOINT_V4_LEN, base + ENDPOINT_V6_LEN);
         match self {
             Kind::Ping => Fixed(REQUEST_HEADER_LEN),
-            Kind::Register => Fixed(field::REGISTER_TOKEN.end),
+            Kind::Register => Fixed(field::REGISTER_SIG.end),
             Kind::Keepalive => Fixed(field::KEEPALIVE_RING.end),
             Kind::Lookup => Fixed(field::LOOKUP_HINT.end),
-            Kind::Unregister => Fixed(field::UNREGISTER_TOKEN.end),
+            Kind::Unregister => Fixed(field::UNREGISTER_SIG.end),
             // At least as long as a page header: no page outgrows its request.
             Kind::Members => AtLeast(field::PAGE_ENTRIES.start),
             Kind::Pong | Kind::NotRegistered | Kind::Offline => Fixed(REPLY_HEADER_LEN),

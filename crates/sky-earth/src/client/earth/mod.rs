@@ -529,7 +529,7 @@ impl Earth {
         let chain = &mut self.state.identity.chain;
         let wanted: Vec<_> = epochs
             .iter()
-            .filter_map(|&e| chain.device_token_at(e, device).map(|t| (e, t)))
+            .filter_map(|&e| chain.address_key_at(e, device).map(|k| (e, k)))
             .collect();
         let mut start = Start {
             via: self.io.main,
