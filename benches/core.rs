@@ -245,6 +245,12 @@ fn presence(c: &mut Criterion) {
                 table.lookup(&addresses[i], ep.ip(), 10, (255, 255))
             })
         });
+        g.bench_function(format!("peek/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                table.peek(&addresses[i], 10)
+            })
+        });
         g.bench_function(format!("refresh/{n}"), |b| {
             b.iter(|| {
                 i = (i + 7919) % n;
@@ -262,6 +268,33 @@ fn presence(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("sweep_scan/{n}"), |b| b.iter(|| table.sweep(10)));
         g.throughput(Throughput::Elements(1));
+        drop(table);
+        // The table v1 was: a DashMap (256 lock shards, SipHash) of the
+        // same 12-byte keys and 24-byte entries, read under a shard lock.
+        let map: dashmap::DashMap<[u8; 12], [u8; 24], std::hash::RandomState> =
+            dashmap::DashMap::with_hasher_and_shard_amount(Default::default(), 256);
+        let key = |a: &VirtualAddr| {
+            let mut k = [0u8; 12];
+            k.copy_from_slice(&a.0[..12]);
+            k
+        };
+        for a in &addresses {
+            map.insert(key(a), [1; 24]);
+        }
+        g.bench_function(format!("dashmap_lookup/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                map.get(&key(&addresses[i])).map(|e| e[0])
+            })
+        });
+        g.bench_function(format!("dashmap_refresh/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                if let Some(mut e) = map.get_mut(&key(&addresses[i])) {
+                    e[20] = e[20].wrapping_add(1);
+                }
+            })
+        });
     }
     g.finish();
 }

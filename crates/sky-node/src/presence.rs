@@ -1,14 +1,17 @@
 //! The presence table: virtual address → where that earth node is now.
 //!
-//! Shared by every shard of a node: a [`DashMap`] split into
-//! [`TABLE_SHARDS`] locks, hashed with std's `RandomState` (SipHash-1-3 with
-//! per-process random keys: addresses are attacker-chosen, so bucket
-//! collisions must not be).
+//! Shared by every shard of a node: a fixed table of buckets ([`table`]),
+//! allocated once for the capacity and hashed with std's `RandomState`
+//! (SipHash-1-3 with per-process random keys: addresses are
+//! attacker-chosen, so bucket collisions must not be). Lookups, keepalives
+//! and renewals take no lock; creating, moving and removing entries take
+//! the table's one writer lock.
 //!
 //! **Soft state.** An entry expires `3 × keepalive` after its last register or
 //! keepalive (SPEC §3). An expired entry is treated as absent at once and
 //! removed by [`Presence::sweep`], which the control thread runs every
-//! keepalive interval; the sweep locks one table shard at a time.
+//! keepalive interval; the sweep holds the writer lock for a few thousand
+//! buckets at a time, and readers never wait for it.
 //!
 //! **Capacity, budgets and eviction rule.** The table holds at most
 //! `capacity` live entries, and no source can hold more than its share: at
@@ -21,29 +24,30 @@
 //! never count: before it refuses, the table reclaims every expired entry
 //! (a sweep, at most once a second). Nothing live is ever evicted to make
 //! room: a flood of fresh registrations cannot push online users out, and
-//! one source or prefix cannot fill the table. The counts are relaxed
-//! atomics, so concurrent shards may overshoot a limit by at most one entry
-//! each.
+//! one source or prefix cannot fill the table. New entries are admitted
+//! under the writer lock, so the counts are exact.
 //!
-//! **Memory.** One entry is a 12-byte key plus a 24-byte [`Entry`], plus
-//! the hash table's control byte and spare buckets (at 10^7 entries the
-//! table has 2^24 buckets: 37 / 0.6 ≈ 62 bytes an entry). Nothing is
-//! written to disk.
+//! **Memory.** A slot is 40 bytes (sequence, 12-byte key, address, port,
+//! state, expiry), and the table has capacity / 0.9 of them, all allocated
+//! at start: 44 bytes an entry at capacity. Nothing is written to disk.
 //!
 //! Time here is whole seconds since the engine's origin, passed in: this
 //! module reads no clock.
 
 use std::hash::RandomState;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
 use sky_proto::ring::Ring;
 use sky_proto::wire::{self, Flags, VirtualAddr};
 
-/// Lock shards of the table. Many small locks keep both packet shards and
-/// the sweep from waiting on each other.
+mod table;
+
+use table::{Table, Value};
+
+/// Lock shards of the per-source counts.
 pub const TABLE_SHARDS: usize = 256;
 
 /// The table's key: the first 12 bytes of a virtual address.
@@ -64,92 +68,65 @@ impl Key {
     }
 }
 
-/// A presence entry, packed to 24 bytes.
-#[derive(Debug)]
-pub struct Entry {
-    /// IPv6 or IPv4-mapped address.
-    ip: [u8; 16],
-    port: [u8; 2],
-    /// Second at which the entry expires.
-    expires: [u8; 4],
-    /// Bit 15: metered. Bits 8..15: the introduction window (low 7 bits of
-    /// the second). Bits 0..8: introductions sent in that window.
-    state: AtomicU16,
-}
-
+/// Bit 15 of an entry's state: metered. Bits 8..15: the introduction
+/// window (low 7 bits of the second). Bits 0..8: introductions sent in
+/// that window.
 const METERED: u16 = 0x8000;
 
-impl Entry {
-    fn new(endpoint: SocketAddr, flags: Flags, expires: u32) -> Entry {
-        let mut e = Entry {
-            ip: [0; 16],
-            port: [0; 2],
-            expires: expires.to_le_bytes(),
-            state: AtomicU16::new(if flags.metered() { METERED } else { 0 }),
-        };
-        e.set_endpoint(endpoint);
-        e
+fn ip16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl Value {
+    fn new(endpoint: SocketAddr, flags: Flags, expires: u32) -> Value {
+        Value {
+            ip: ip16(endpoint.ip()),
+            port: endpoint.port(),
+            state: if flags.metered() { METERED } else { 0 },
+            expires,
+        }
     }
 
-    fn set_endpoint(&mut self, endpoint: SocketAddr) {
-        self.ip = match endpoint.ip() {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        self.port = endpoint.port().to_be_bytes();
-    }
-
-    fn set_metered(&mut self, metered: bool) {
-        let state = self.state.get_mut();
-        *state = (*state & !METERED) | if metered { METERED } else { 0 };
-    }
-
-    pub fn endpoint(&self) -> SocketAddr {
-        let ip = Ipv6Addr::from(self.ip);
+    fn endpoint(&self) -> SocketAddr {
         wire::canonical(SocketAddr::new(
-            IpAddr::V6(ip),
-            u16::from_be_bytes(self.port),
+            IpAddr::V6(Ipv6Addr::from(self.ip)),
+            self.port,
         ))
     }
 
     fn flags(&self) -> Flags {
-        let metered = self.state.load(Ordering::Relaxed) & METERED != 0;
-        Flags(if metered { Flags::METERED } else { 0 })
-    }
-
-    fn expires(&self) -> u32 {
-        u32::from_le_bytes(self.expires)
+        Flags(if self.state & METERED != 0 {
+            Flags::METERED
+        } else {
+            0
+        })
     }
 
     fn alive_at(&self, now_secs: u32) -> bool {
-        now_secs < self.expires()
+        now_secs < self.expires
     }
+}
 
-    /// Takes one introduction from this second's allowance.
-    fn take_introduction(&self, now_secs: u32, per_second: u8) -> bool {
-        let window = (now_secs & 0x7f) as u16;
-        let mut seen = self.state.load(Ordering::Relaxed);
-        // Bounded: a lost race means another shard just introduced to the
-        // same target; after a few we call it rate-limited.
-        for _ in 0..4 {
-            let metered = seen & METERED;
-            let next = if (seen >> 8) & 0x7f != window {
-                metered | (window << 8) | 1
-            } else if (seen & 0xff) < u16::from(per_second) {
-                seen + 1
-            } else {
-                return false;
-            };
-            match self
-                .state
-                .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(now) => seen = now,
-            }
-        }
-        false
+/// `state` with one introduction taken from this second's allowance, or
+/// `None` if it is spent.
+fn take_introduction(state: u16, now_secs: u32, per_second: u8) -> Option<u16> {
+    let window = (now_secs & 0x7f) as u16;
+    let metered = state & METERED;
+    if (state >> 8) & 0x7f != window {
+        Some(metered | (window << 8) | 1)
+    } else if (state & 0xff) < u16::from(per_second) {
+        Some(state + 1)
+    } else {
+        None
     }
+}
+
+/// `state` with the metered bit of `flags`.
+fn with_flags(state: u16, flags: Flags) -> u16 {
+    (state & !METERED) | if flags.metered() { METERED } else { 0 }
 }
 
 /// Why a registration was refused (the `reason` of its `refused` reply
@@ -274,7 +251,7 @@ pub enum Found {
 }
 
 pub struct Presence {
-    map: DashMap<Key, Entry, RandomState>,
+    table: Table,
     len: AtomicUsize,
     capacity: usize,
     budgets: Budgets,
@@ -292,10 +269,8 @@ pub struct Presence {
 const PAIR_SLOTS: usize = 1 << 16;
 
 impl Presence {
-    /// A table for at most `capacity` entries. It starts small and grows
-    /// with the load (sizing it for `capacity` up front was measured: the
-    /// allocator and transparent huge pages made most of it resident at
-    /// once, 240 MiB for an empty 10^7 table).
+    /// A table for at most `capacity` entries, allocated now (44 bytes an
+    /// entry: 44 MB for the default 10^6).
     pub fn new(capacity: usize) -> Presence {
         Presence::with_budgets(capacity, Budgets::for_capacity(capacity))
     }
@@ -303,11 +278,7 @@ impl Presence {
     /// A table with explicit per-source budgets.
     pub fn with_budgets(capacity: usize, budgets: Budgets) -> Presence {
         Presence {
-            map: DashMap::with_capacity_and_hasher_and_shard_amount(
-                capacity.min(1 << 16),
-                RandomState::new(),
-                TABLE_SHARDS,
-            ),
+            table: Table::new(capacity),
             len: AtomicUsize::new(0),
             capacity,
             budgets,
@@ -380,32 +351,23 @@ impl Presence {
         Ok(())
     }
 
-    /// Whether a new entry from `ip` may be added: room and budget, after
-    /// reclaiming expired entries (at most once a second) if needed.
-    fn admit(&self, ip: &[u8; 16], now_secs: u32) -> Result<(), Refused> {
-        let check = || {
-            if self.len() >= self.capacity {
-                return Err(Refused::TableFull);
-            }
-            self.within_budgets(ip)
-        };
-        match check() {
-            Ok(()) => Ok(()),
-            Err(refused) => {
-                let last = self.reclaimed.load(Ordering::Relaxed);
-                let due = last == u32::MAX || now_secs.saturating_sub(last) >= 1;
-                if due
-                    && self
-                        .reclaimed
-                        .compare_exchange(last, now_secs, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                    && self.sweep(now_secs) > 0
-                {
-                    return check();
-                }
-                Err(refused)
-            }
+    /// Whether a new entry from `ip` may be added: room and budget.
+    fn room_for(&self, ip: &[u8; 16]) -> Result<(), Refused> {
+        if self.len() >= self.capacity {
+            return Err(Refused::TableFull);
         }
+        self.within_budgets(ip)
+    }
+
+    /// Whether expired entries may be reclaimed on demand now (at most
+    /// once a second), and claims that turn.
+    fn reclaim_due(&self, now_secs: u32) -> bool {
+        let last = self.reclaimed.load(Ordering::Relaxed);
+        let due = last == u32::MAX || now_secs.saturating_sub(last) >= 1;
+        due && self
+            .reclaimed
+            .compare_exchange(last, now_secs, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub fn capacity(&self) -> usize {
@@ -435,48 +397,46 @@ impl Presence {
         expires: u32,
     ) -> Result<(), Refused> {
         let key = Key::of(&address);
-        let ip = Entry::new(endpoint, flags, 0).ip;
-        let moving = match self.map.get_mut(&key) {
-            Some(mut e) if e.ip == ip => {
-                e.set_endpoint(endpoint);
-                e.set_metered(flags.metered());
-                e.expires = expires.to_le_bytes();
+        let new = Value::new(endpoint, flags, expires);
+        for attempt in 0..2 {
+            let w = self.table.write();
+            if let Some(old) = w.get(&key.0) {
+                if old.ip != new.ip {
+                    // To another source IP: within that source's budgets.
+                    self.within_budgets(&new.ip)?;
+                }
+                w.update(
+                    &key.0,
+                    &Value {
+                        state: with_flags(old.state, flags),
+                        ..new
+                    },
+                );
+                drop(w);
+                if old.ip != new.ip {
+                    self.count(&old.ip, false);
+                    self.count(&new.ip, true);
+                }
                 return Ok(());
             }
-            Some(_) => true,
-            None => false,
-        };
-        if moving {
-            // To another source IP: within that source's budgets.
-            self.within_budgets(&ip)?;
-            if let Some(mut e) = self.map.get_mut(&key) {
-                let old = e.ip;
-                e.set_endpoint(endpoint);
-                e.set_metered(flags.metered());
-                e.expires = expires.to_le_bytes();
-                drop(e);
-                self.count(&old, false);
-                self.count(&ip, true);
-                return Ok(());
+            let refused = match self.room_for(&new.ip) {
+                Ok(()) if w.insert(&key.0, &new) => {
+                    self.len.fetch_add(1, Ordering::Relaxed);
+                    self.count(&new.ip, true);
+                    return Ok(());
+                }
+                // Both of its buckets full, even after moves: the table is
+                // as good as full for this address.
+                Ok(()) => Refused::TableFull,
+                Err(refused) => refused,
+            };
+            drop(w);
+            // Expired entries never count: reclaim them and try once more.
+            if attempt > 0 || !self.reclaim_due(now_secs) || self.sweep(now_secs) == 0 {
+                return Err(refused);
             }
         }
-        self.admit(&ip, now_secs)?;
-        match self.map.entry(key) {
-            dashmap::Entry::Occupied(mut o) => {
-                // Another shard inserted it since our look.
-                let old = o.get().ip;
-                *o.get_mut() = Entry::new(endpoint, flags, expires);
-                drop(o);
-                self.count(&old, false);
-                self.count(&ip, true);
-            }
-            dashmap::Entry::Vacant(v) => {
-                v.insert(Entry::new(endpoint, flags, expires));
-                self.len.fetch_add(1, Ordering::Relaxed);
-                self.count(&ip, true);
-            }
-        }
-        Ok(())
+        Err(Refused::TableFull)
     }
 
     /// A registration that moves nothing: if `address` is alive at exactly
@@ -495,7 +455,8 @@ impl Presence {
     }
 
     /// Extends `address` (and takes `flags`, if any) if it is alive at
-    /// exactly `endpoint`.
+    /// exactly `endpoint`. No lock: one atomic store (and a
+    /// compare-exchange for the flags).
     fn extend(
         &self,
         address: &VirtualAddr,
@@ -504,16 +465,28 @@ impl Presence {
         now_secs: u32,
         expires: u32,
     ) -> bool {
-        match self.map.get_mut(&Key::of(address)) {
-            Some(mut e) if e.alive_at(now_secs) && e.endpoint() == wire::canonical(endpoint) => {
-                if let Some(f) = flags {
-                    e.set_metered(f.metered());
-                }
-                e.expires = expires.to_le_bytes();
-                true
+        let key = Key::of(address);
+        let endpoint = wire::canonical(endpoint);
+        // A slot rewritten under us (an entry moved between buckets) is
+        // looked up again; a few tries.
+        for _ in 0..4 {
+            let Some(found) = self.table.find(&key.0) else {
+                return false;
+            };
+            if !found.value.alive_at(now_secs) || found.value.endpoint() != endpoint {
+                return false;
             }
-            _ => false,
+            if let Some(f) = flags
+                && found.value.flags() != f
+            {
+                self.table
+                    .update_state(&found, |st| Some(with_flags(st, f)));
+            }
+            if self.table.set_expires(&found, expires) {
+                return true;
+            }
         }
+        false
     }
 
     /// A keepalive: extends the entry if it is alive and registered at
@@ -531,8 +504,8 @@ impl Presence {
     /// Whether `address` is online at `now_secs`, and where (reads only:
     /// takes no introduction).
     pub fn peek(&self, address: &VirtualAddr, now_secs: u32) -> Option<SocketAddr> {
-        match self.map.get(&Key::of(address)) {
-            Some(e) if e.alive_at(now_secs) => Some(e.endpoint()),
+        match self.table.find(&Key::of(address).0) {
+            Some(f) if f.value.alive_at(now_secs) => Some(f.value.endpoint()),
             _ => None,
         }
     }
@@ -550,12 +523,14 @@ impl Presence {
         limits: (u8, u8),
     ) -> Found {
         let key = Key::of(target);
-        match self.map.get(&key) {
-            Some(e) if e.alive_at(now_secs) => Found::Online {
-                endpoint: e.endpoint(),
-                flags: e.flags(),
+        match self.table.find(&key.0) {
+            Some(f) if f.value.alive_at(now_secs) => Found::Online {
+                endpoint: f.value.endpoint(),
+                flags: f.value.flags(),
                 introduce: self.take_pair(caller, &key, now_secs, limits.1)
-                    && e.take_introduction(now_secs, limits.0),
+                    && self
+                        .table
+                        .update_state(&f, |st| take_introduction(st, now_secs, limits.0)),
             },
             _ => Found::Offline,
         }
@@ -563,8 +538,9 @@ impl Presence {
 
     /// Drops `address`. Returns whether it was present.
     pub fn remove(&self, address: &VirtualAddr) -> bool {
-        match self.map.remove(&Key::of(address)) {
-            Some((_, e)) => {
+        let removed = self.table.write().remove(&Key::of(address).0);
+        match removed {
+            Some(e) => {
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 self.count(&e.ip, false);
                 true
@@ -580,44 +556,27 @@ impl Presence {
     /// keeps.
     pub fn retain_owned(&self, ring: &Ring, me: SocketAddr) -> usize {
         let me = wire::canonical(me);
-        let mut dropped = 0;
-        let mut gone = Vec::new();
-        self.map.retain(|k, e| {
+        self.retain(|key, _| {
             let mut position = [0u8; 8];
-            position.copy_from_slice(&k.0[..8]);
-            let keep = ring
-                .owners_of_position(u64::from_be_bytes(position))
-                .contains(me);
-            dropped += usize::from(!keep);
-            if !keep {
-                gone.push(e.ip);
-            }
-            keep
-        });
-        for ip in &gone {
-            self.count(ip, false);
-        }
-        self.len.fetch_sub(dropped, Ordering::Relaxed);
-        dropped
+            position.copy_from_slice(&key[..8]);
+            ring.owners_of_position(u64::from_be_bytes(position))
+                .contains(me)
+        })
     }
 
     /// Removes every entry expired at `now_secs`; returns how many.
     pub fn sweep(&self, now_secs: u32) -> usize {
-        let mut expired = 0;
+        self.retain(|_, e| e.alive_at(now_secs))
+    }
+
+    fn retain(&self, keep: impl FnMut(&[u8; 12], &Value) -> bool) -> usize {
         let mut gone = Vec::new();
-        self.map.retain(|_, e| {
-            let keep = e.alive_at(now_secs);
-            expired += usize::from(!keep);
-            if !keep {
-                gone.push(e.ip);
-            }
-            keep
-        });
+        let removed = self.table.retain(keep, |e| gone.push(e.ip));
         for ip in &gone {
             self.count(ip, false);
         }
-        self.len.fetch_sub(expired, Ordering::Relaxed);
-        expired
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 }
 

@@ -1,0 +1,445 @@
+//! The presence table's storage: buckets of [`SLOTS`] slots, allocated
+//! once for the table's capacity, which readers search without any lock.
+//!
+//! **Placement.** A key (keyed-hashed with std's `RandomState`, so nobody
+//! can aim at a bucket) has two buckets and lives in a slot of one of
+//! them; an insert takes the emptier, and when both are full moves one
+//! resident to its other bucket (one or two moves deep, "cuckoo" style).
+//! The table is sized so that at capacity 90% of its slots are taken:
+//! [`LOAD`].
+//!
+//! **Readers never wait for a writer.** Each slot has a sequence word: odd
+//! while a writer rewrites it, otherwise a version and an occupied bit. A
+//! reader copies a slot and checks that its sequence did not change
+//! (a seqlock, with every field an atomic so that a racing copy is merely
+//! stale, never undefined); a lookup touches at most two buckets. Moves
+//! between buckets bump a table-wide counter, and a reader that found
+//! nothing while it changed looks again. Keepalives and introductions
+//! change a found entry in place with one atomic store or compare-exchange
+//! and no lock.
+//!
+//! **Writers** (a new entry, a move to another endpoint, a removal, the
+//! sweep) take one mutex: they are the rare operations (a registration
+//! that creates an entry has just checked a signature, about 50 µs), and
+//! one writer at a time keeps inserts free of duplicates and moves simple.
+//! The sweep takes it for a few thousand buckets at a time.
+//!
+//! **Memory.** A slot is 40 bytes (sequence 4, key 12, IPv6 address 16,
+//! port and state 4, expiry 4); at capacity 40 / 0.9 ≈ 44 bytes an entry,
+//! all of it allocated at start (no doubling, no allocation afterwards).
+
+use std::hash::{BuildHasher, RandomState};
+use std::hint::spin_loop;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Slots per bucket.
+pub(super) const SLOTS: usize = 8;
+/// The share of slots taken when the table holds its capacity.
+pub(super) const LOAD: f64 = 0.9;
+/// Lock-free looks before a reader that keeps missing while entries move
+/// takes the writer lock.
+const OPTIMISTIC_TRIES: usize = 64;
+/// Buckets the sweep handles per hold of the writer lock.
+const SWEEP_CHUNK: usize = 4096;
+
+const WRITING: u32 = 1;
+const OCCUPIED: u32 = 2;
+
+/// A table key: 12 bytes (`presence::Key`).
+pub(super) type Key = [u8; 12];
+
+/// What a slot holds besides its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Value {
+    /// IPv6, or IPv4-mapped.
+    pub ip: [u8; 16],
+    pub port: u16,
+    /// Owned by `presence` (metered bit, introduction window and count).
+    pub state: u16,
+    /// Second at which the entry expires.
+    pub expires: u32,
+}
+
+struct Bucket {
+    seq: [AtomicU32; SLOTS],
+    key: [[AtomicU32; 3]; SLOTS],
+    /// IP (4 words), port << 16 | state, expires.
+    val: [[AtomicU32; 6]; SLOTS],
+}
+
+impl Bucket {
+    fn new() -> Bucket {
+        Bucket {
+            seq: std::array::from_fn(|_| AtomicU32::new(0)),
+            key: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
+            val: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
+        }
+    }
+
+    fn occupied(&self, s: usize) -> bool {
+        self.seq[s].load(Ordering::Acquire) & OCCUPIED != 0
+    }
+
+    fn free(&self) -> Option<usize> {
+        (0..SLOTS).find(|&s| !self.occupied(s))
+    }
+
+    fn free_count(&self) -> usize {
+        (0..SLOTS).filter(|&s| !self.occupied(s)).count()
+    }
+
+    fn read_key(&self, s: usize) -> [u32; 3] {
+        std::array::from_fn(|i| self.key[s][i].load(Ordering::Relaxed))
+    }
+
+    fn read_value(&self, s: usize) -> Value {
+        let w: [u32; 6] = std::array::from_fn(|i| self.val[s][i].load(Ordering::Relaxed));
+        let mut ip = [0u8; 16];
+        for (i, word) in w[..4].iter().enumerate() {
+            ip[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        Value {
+            ip,
+            port: (w[4] >> 16) as u16,
+            state: w[4] as u16,
+            expires: w[5],
+        }
+    }
+
+    /// Rewrites slot `s` (the caller holds the writer lock): `None`
+    /// empties it.
+    fn write(&self, s: usize, entry: Option<(&[u32; 3], &Value)>) {
+        let before = self.seq[s].load(Ordering::Relaxed);
+        self.seq[s].store(before | WRITING, Ordering::Relaxed);
+        fence(Ordering::Release);
+        if let Some((key, v)) = entry {
+            for (cell, word) in self.key[s].iter().zip(key) {
+                cell.store(*word, Ordering::Relaxed);
+            }
+            for i in 0..4 {
+                let mut word = [0u8; 4];
+                word.copy_from_slice(&v.ip[4 * i..4 * i + 4]);
+                self.val[s][i].store(u32::from_ne_bytes(word), Ordering::Relaxed);
+            }
+            self.val[s][4].store(
+                u32::from(v.port) << 16 | u32::from(v.state),
+                Ordering::Relaxed,
+            );
+            self.val[s][5].store(v.expires, Ordering::Relaxed);
+        }
+        let occupied = if entry.is_some() { OCCUPIED } else { 0 };
+        self.seq[s].store(
+            ((before >> 2).wrapping_add(1) << 2) | occupied,
+            Ordering::Release,
+        );
+    }
+}
+
+fn words(key: &Key) -> [u32; 3] {
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]])
+    })
+}
+
+fn bytes(words: &[u32; 3]) -> Key {
+    let mut key = [0u8; 12];
+    for (i, w) in words.iter().enumerate() {
+        key[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    key
+}
+
+/// An entry a reader found: where it is, the version it was read at, and
+/// what it held then.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Found {
+    bucket: usize,
+    slot: usize,
+    seq: u32,
+    pub value: Value,
+}
+
+pub(super) struct Table {
+    buckets: Box<[Bucket]>,
+    hasher: RandomState,
+    /// Odd while entries move between buckets; a reader that missed while
+    /// it changed looks again.
+    moves: AtomicU64,
+    writer: Mutex<()>,
+}
+
+impl Table {
+    /// A table with room for `capacity` entries at [`LOAD`].
+    pub(super) fn new(capacity: usize) -> Table {
+        let buckets = ((capacity as f64 / (SLOTS as f64 * LOAD)).ceil() as usize).max(2);
+        Table {
+            buckets: (0..buckets).map(|_| Bucket::new()).collect(),
+            hasher: RandomState::new(),
+            moves: AtomicU64::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// Slots in all.
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> usize {
+        self.buckets.len() * SLOTS
+    }
+
+    /// The two buckets of `key` (distinct).
+    fn buckets_of(&self, key: &[u32; 3]) -> (usize, usize) {
+        let h = self.hasher.hash_one(key);
+        let n = self.buckets.len() as u64;
+        let b1 = (((h & 0xffff_ffff) * n) >> 32) as usize;
+        let b2 = (((h >> 32) * n) >> 32) as usize;
+        (b1, if b2 == b1 { (b1 + 1) % n as usize } else { b2 })
+    }
+
+    fn other_bucket(&self, key: &[u32; 3], b: usize) -> usize {
+        let (b1, b2) = self.buckets_of(key);
+        if b == b1 { b2 } else { b1 }
+    }
+
+    /// A consistent copy of slot `s` of bucket `b` if it holds `key`.
+    fn read_if(&self, b: usize, s: usize, key: &[u32; 3]) -> Option<Found> {
+        let bucket = &self.buckets[b];
+        // One word first, without the sequence: almost every slot is
+        // someone else's. (A slot being rewritten with our key at this
+        // instant orders this look before that write, as below.)
+        if bucket.key[s][0].load(Ordering::Relaxed) != key[0] {
+            return None;
+        }
+        loop {
+            let seq = bucket.seq[s].load(Ordering::Acquire);
+            if seq & WRITING != 0 {
+                spin_loop();
+                continue;
+            }
+            // Not ours (or empty): a racing insert of ours is ordered
+            // after this look.
+            if seq & OCCUPIED == 0 || bucket.read_key(s) != *key {
+                return None;
+            }
+            let value = bucket.read_value(s);
+            fence(Ordering::Acquire);
+            if bucket.seq[s].load(Ordering::Relaxed) == seq {
+                return Some(Found {
+                    bucket: b,
+                    slot: s,
+                    seq,
+                    value,
+                });
+            }
+        }
+    }
+
+    /// Finds `key` without a lock. A miss while entries moved between
+    /// buckets is looked at again; only a reader that keeps missing through
+    /// [`OPTIMISTIC_TRIES`] bursts of moves (a writer inserting into a
+    /// table at its capacity without pause) takes the writer lock to look
+    /// once more, so that a present entry is never reported absent.
+    pub(super) fn find(&self, key: &Key) -> Option<Found> {
+        let key = words(key);
+        let (b1, b2) = self.buckets_of(&key);
+        let scan = || {
+            [b1, b2]
+                .into_iter()
+                .find_map(|b| (0..SLOTS).find_map(|s| self.read_if(b, s, &key)))
+        };
+        for _ in 0..OPTIMISTIC_TRIES {
+            let before = self.moves.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                if let Some(found) = scan() {
+                    return Some(found);
+                }
+                fence(Ordering::Acquire);
+                if self.moves.load(Ordering::Relaxed) == before {
+                    return None;
+                }
+            }
+            spin_loop();
+        }
+        let _w = self.write();
+        scan()
+    }
+
+    /// Sets a found entry's expiry; false if the slot no longer holds what
+    /// was found (the caller looks again; the store may then have landed on
+    /// the entry now there: soft state, at most one keepalive's worth).
+    pub(super) fn set_expires(&self, found: &Found, expires: u32) -> bool {
+        let bucket = &self.buckets[found.bucket];
+        bucket.val[found.slot][5].store(expires, Ordering::Relaxed);
+        bucket.seq[found.slot].load(Ordering::Acquire) == found.seq
+    }
+
+    /// Changes a found entry's state with `f` (compare-exchange, a few
+    /// tries); false if `f` declined, the slot changed, or the tries ran
+    /// out.
+    pub(super) fn update_state(&self, found: &Found, f: impl Fn(u16) -> Option<u16>) -> bool {
+        let bucket = &self.buckets[found.bucket];
+        let cell = &bucket.val[found.slot][4];
+        let mut seen = cell.load(Ordering::Relaxed);
+        for _ in 0..4 {
+            if (seen >> 16) as u16 != found.value.port {
+                return false;
+            }
+            let Some(next) = f(seen as u16) else {
+                return false;
+            };
+            let next = (seen & 0xffff_0000) | u32::from(next);
+            match cell.compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return bucket.seq[found.slot].load(Ordering::Acquire) == found.seq,
+                Err(now) => seen = now,
+            }
+        }
+        false
+    }
+
+    /// The writer lock: inserts, moves, removals.
+    pub(super) fn write(&self) -> Writer<'_> {
+        Writer {
+            table: self,
+            _guard: self.writer.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Removes every entry for which `keep` says false, calling `gone` with
+    /// each; holds the writer lock for [`SWEEP_CHUNK`] buckets at a time.
+    pub(super) fn retain(
+        &self,
+        mut keep: impl FnMut(&Key, &Value) -> bool,
+        mut gone: impl FnMut(&Value),
+    ) -> usize {
+        let mut removed = 0;
+        for chunk in (0..self.buckets.len()).step_by(SWEEP_CHUNK) {
+            let _w = self.write();
+            for bucket in &self.buckets[chunk..(chunk + SWEEP_CHUNK).min(self.buckets.len())] {
+                for s in 0..SLOTS {
+                    if !bucket.occupied(s) {
+                        continue;
+                    }
+                    let value = bucket.read_value(s);
+                    if !keep(&bytes(&bucket.read_key(s)), &value) {
+                        bucket.write(s, None);
+                        gone(&value);
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// The writer lock, held.
+pub(super) struct Writer<'a> {
+    table: &'a Table,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Writer<'_> {
+    fn locate(&self, key: &[u32; 3]) -> Option<(usize, usize)> {
+        let (b1, b2) = self.table.buckets_of(key);
+        [b1, b2].into_iter().find_map(|b| {
+            let bucket = &self.table.buckets[b];
+            (0..SLOTS)
+                .find(|&s| bucket.occupied(s) && bucket.read_key(s) == *key)
+                .map(|s| (b, s))
+        })
+    }
+
+    /// What `key` holds, if present.
+    pub(super) fn get(&self, key: &Key) -> Option<Value> {
+        let (b, s) = self.locate(&words(key))?;
+        Some(self.table.buckets[b].read_value(s))
+    }
+
+    /// Rewrites the entry of `key` (present: see [`Writer::get`]).
+    pub(super) fn update(&self, key: &Key, value: &Value) {
+        let k = words(key);
+        if let Some((b, s)) = self.locate(&k) {
+            self.table.buckets[b].write(s, Some((&k, value)));
+        }
+    }
+
+    /// Removes `key`; what it held.
+    pub(super) fn remove(&self, key: &Key) -> Option<Value> {
+        let (b, s) = self.locate(&words(key))?;
+        let bucket = &self.table.buckets[b];
+        let value = bucket.read_value(s);
+        bucket.write(s, None);
+        Some(value)
+    }
+
+    /// Inserts `key` (absent: see [`Writer::get`]); false when neither of
+    /// its buckets has room even after moving residents two deep.
+    pub(super) fn insert(&self, key: &Key, value: &Value) -> bool {
+        let t = self.table;
+        let k = words(key);
+        let (b1, b2) = t.buckets_of(&k);
+        let b = if t.buckets[b1].free_count() >= t.buckets[b2].free_count() {
+            b1
+        } else {
+            b2
+        };
+        if let Some(s) = t.buckets[b].free() {
+            t.buckets[b].write(s, Some((&k, value)));
+            return true;
+        }
+        // A path of moves: a resident of b1 or b2 (v) to its other bucket,
+        // or a resident of that one (w) on to its own other bucket first.
+        for vb in [b1, b2] {
+            for vs in 0..SLOTS {
+                let vk = t.buckets[vb].read_key(vs);
+                let alt = t.other_bucket(&vk, vb);
+                if let Some(fs) = t.buckets[alt].free() {
+                    self.moving(|| {
+                        self.relocate((vb, vs), (alt, fs));
+                        t.buckets[vb].write(vs, Some((&k, value)));
+                    });
+                    return true;
+                }
+                for ws in 0..SLOTS {
+                    let wk = t.buckets[alt].read_key(ws);
+                    let alt2 = t.other_bucket(&wk, alt);
+                    if alt2 == vb {
+                        continue;
+                    }
+                    if let Some(fs) = t.buckets[alt2].free() {
+                        self.moving(|| {
+                            self.relocate((alt, ws), (alt2, fs));
+                            self.relocate((vb, vs), (alt, ws));
+                            t.buckets[vb].write(vs, Some((&k, value)));
+                        });
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Copies slot `from` to slot `to` (which it then occupies twice, until
+    /// `from` is overwritten).
+    fn relocate(&self, from: (usize, usize), to: (usize, usize)) {
+        let t = self.table;
+        let key = t.buckets[from.0].read_key(from.1);
+        let value = t.buckets[from.0].read_value(from.1);
+        t.buckets[to.0].write(to.1, Some((&key, &value)));
+    }
+
+    /// Runs `moves` with the table's move counter odd.
+    fn moving(&self, moves: impl FnOnce()) {
+        let m = &self.table.moves;
+        let before = m.load(Ordering::Relaxed);
+        m.store(before + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        moves();
+        m.store(before + 2, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/table.rs"]
+mod tests;
