@@ -2,9 +2,10 @@
 //! its friends through the sky, and to reach them directly.
 //!
 //! A user holds a secret chain key that ratchets forward every epoch; from
-//! it come the epoch's registration token and virtual address. Friends hold
-//! the chain too (an invite), so they can compute where the user is
-//! reachable today; the sky sees only tokens and addresses. The client
+//! it come the epoch's address key pair and virtual address (the hash of
+//! the public key). Friends hold the chain too (an invite), so they can
+//! compute where the user is reachable today; the sky sees only public
+//! keys, signatures over its own cookies, and addresses. The client
 //! registers its address with the sky nodes that own it, looks friends up,
 //! punches a UDP path through both NATs when the sky introduces them, and
 //! authenticates the friend with a Noise-IK-shaped handshake before any
@@ -21,8 +22,8 @@
 //!   reset, behind `handle_datagram` / `handle_timeout` / `poll_transmit` /
 //!   `poll_event` / `poll_timeout`;
 //! - [`driver`]: a std driver for it (one UDP socket, the wall clock);
-//! - [`ratchet`]: chain keys, the one-way ratchet per epoch, tokens and
-//!   virtual addresses, the epoch schedule with its per-user phase;
+//! - [`ratchet`]: chain keys, the one-way ratchet per epoch, address key
+//!   pairs and virtual addresses, the epoch schedule with its per-user phase;
 //! - [`invite`]: the copy-pasteable string a friend needs;
 //! - [`identity`]: the user's chain and X25519 key pair, the friend list;
 //! - [`state`]: all of it on disk, owner-only, replaced atomically;
@@ -70,8 +71,8 @@
 //!
 //! **Separation from the sky.** Chain keys live only in this crate, and no
 //! sky-side crate depends on it (`sky-node` cannot name a chain key); a
-//! [`ratchet::ChainKey`] converts into no wire type: the sky sees tokens
-//! and addresses, never the key they come from.
+//! [`ratchet::ChainKey`] converts into no wire type: the sky sees public
+//! keys and addresses, never the chain key they come from.
 
 pub mod client;
 pub mod driver;

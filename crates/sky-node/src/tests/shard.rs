@@ -544,12 +544,12 @@ mod dht {
         (p, shared, view)
     }
 
-    /// A token whose address node 1 owns (`true`) or not.
+    /// A test seed whose address node 1 owns (`true`) or not.
     fn token(view: &Ring, owned: bool) -> [u8; 16] {
         (0..=255u8)
             .map(|i| [i; 16])
             .find(|t| view.is_owner(node(1), &VirtualAddr(addr_of(*t))) == owned)
-            .expect("some token")
+            .expect("some seed")
     }
 
     #[test]
