@@ -1,6 +1,6 @@
 //! The presence table: virtual address → where that earth node is now.
 //!
-//! Shared by every shard of a node: a fixed table of buckets ([`table`]),
+//! Shared by every shard of a node: a fixed table of buckets (`table.rs`),
 //! allocated once for the capacity and hashed with std's `RandomState`
 //! (SipHash-1-3 with per-process random keys: addresses are
 //! attacker-chosen, so bucket collisions must not be). Lookups, keepalives
