@@ -96,16 +96,8 @@ fn the_baseline_answers_like_a_node() {
         let baseline = sky_lab::baseline::start(&config).unwrap();
         let target = baseline.local_addr().to_string();
         for mode in ["ping", "register", "lookup-online", "mixed"] {
-            let r = smoke(&target, mode);
-            if mode == "lookup-online" {
-                // Same sizes, same destinations as the node.
-                assert_eq!(r["introductions"], r["answered"], "{r}");
-                assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(13.0));
-                assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(48.0));
-            }
-            if mode == "register" {
-                assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(46.0));
-            }
+            // Same sizes, same destinations as the node.
+            answers_like_a_node(mode, &smoke(&target, mode));
         }
         baseline.shutdown().unwrap();
     }
@@ -177,14 +169,9 @@ fn sky_bench_stun_mode_against_coturn() {
     assert_eq!(r["request_bytes_per_op"].as_f64(), Some(20.0));
 }
 
-/// Checks a `--threads 2` run in `mode` against `nodes` nodes.
-fn threads_smoke(target: SocketAddr, mode: &str, nodes: u64) -> serde_json::Value {
-    let r = smoke_with(&target.to_string(), mode, &["--threads", "2"]);
-    assert_eq!(r["threads"], 2, "{r}");
-    assert_eq!(r["nodes"], nodes, "{mode}: {r}");
+/// Every online lookup introduced, and each answer the node's size.
+fn answers_like_a_node(mode: &str, r: &serde_json::Value) {
     if mode == "lookup-online" {
-        // Each lookup at the target's first owner, each introduction to
-        // the socket of the thread that registered it.
         assert_eq!(r["introductions"], r["answered"], "{r}");
         assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(13.0));
         assert_eq!(r["introduction_bytes_per_op"].as_f64(), Some(48.0));
@@ -192,6 +179,16 @@ fn threads_smoke(target: SocketAddr, mode: &str, nodes: u64) -> serde_json::Valu
     if mode == "register" {
         assert_eq!(r["reply_bytes_per_op"].as_f64(), Some(46.0));
     }
+}
+
+/// Checks a `--threads 2` run in `mode` against `nodes` nodes.
+fn threads_smoke(target: SocketAddr, mode: &str, nodes: u64) -> serde_json::Value {
+    let r = smoke_with(&target.to_string(), mode, &["--threads", "2"]);
+    assert_eq!(r["threads"], 2, "{r}");
+    assert_eq!(r["nodes"], nodes, "{mode}: {r}");
+    // Each lookup at the target's first owner, each introduction to the
+    // socket of the thread that registered it.
+    answers_like_a_node(mode, &r);
     r
 }
 

@@ -106,27 +106,32 @@ fn gossip_of(node: &NodeProcess) -> String {
         .to_string()
 }
 
+/// A `sky node` process of one shard on `ip` (ephemeral ports, every IP its
+/// own operator, no metrics, no check ports), with `extra` arguments.
+fn process_on(ip: &str, extra: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+    let (listen, gossip) = (format!("{ip}:0"), format!("{ip}:0"));
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--gossip",
+        &gossip,
+        "--check",
+        "0",
+        "--metrics",
+        "off",
+        "--prefix-v4",
+        "32",
+        "--shards",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    NodeProcess::start(&args, env)
+}
+
 /// Starts two `sky node` processes on 127.0.0.1 and .2, the second seeded
 /// with the first (through `SKY_SEEDS`), and waits until both see both.
 fn two_processes() -> (NodeProcess, NodeProcess) {
-    let node = |ip: &str, env: &[(&str, &str)]| {
-        let (listen, gossip) = (format!("{ip}:0"), format!("{ip}:0"));
-        let args = [
-            "--listen",
-            &listen,
-            "--gossip",
-            &gossip,
-            "--check",
-            "0",
-            "--metrics",
-            "off",
-            "--prefix-v4",
-            "32",
-            "--shards",
-            "1",
-        ];
-        NodeProcess::start(&args, env)
-    };
+    let node = |ip: &str, env: &[(&str, &str)]| process_on(ip, &[], env);
     let mut first = node("127.0.0.1", &[]);
     let seed = gossip_of(&first);
     let mut second = node("127.0.0.2", &[("SKY_SEEDS", seed.as_str())]);
@@ -314,24 +319,7 @@ fn a_graceful_leave_shows_as_left_never_down() {
 #[test]
 fn nodes_with_other_ring_settings_refuse_each_other_loudly() {
     let node = |ip: &str, replicas: &str, env: &[(&str, &str)]| {
-        let (listen, gossip) = (format!("{ip}:0"), format!("{ip}:0"));
-        let args = [
-            "--listen",
-            &listen,
-            "--gossip",
-            &gossip,
-            "--check",
-            "0",
-            "--metrics",
-            "off",
-            "--prefix-v4",
-            "32",
-            "--shards",
-            "1",
-            "--replicas",
-            replicas,
-        ];
-        NodeProcess::start(&args, env)
+        process_on(ip, &["--replicas", replicas], env)
     };
     let mut first = node("127.0.0.1", "2", &[]);
     let seed = gossip_of(&first);
