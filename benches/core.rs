@@ -269,15 +269,15 @@ fn presence(c: &mut Criterion) {
         g.bench_function(format!("sweep_scan/{n}"), |b| b.iter(|| table.sweep(10)));
         g.throughput(Throughput::Elements(1));
         drop(table);
-        // The table v1 was: a DashMap (256 lock shards, SipHash) of the
-        // same 12-byte keys and 24-byte entries, read under a shard lock.
-        let map: dashmap::DashMap<[u8; 12], [u8; 24], std::hash::RandomState> =
-            dashmap::DashMap::with_hasher_and_shard_amount(Default::default(), 256);
         let key = |a: &VirtualAddr| {
             let mut k = [0u8; 12];
             k.copy_from_slice(&a.0[..12]);
             k
         };
+        // The table v1 was: a DashMap (256 lock shards, SipHash) of the
+        // same 12-byte keys and 24-byte entries, read under a shard lock.
+        let map: dashmap::DashMap<[u8; 12], [u8; 24], std::hash::RandomState> =
+            dashmap::DashMap::with_hasher_and_shard_amount(Default::default(), 256);
         for a in &addresses {
             map.insert(key(a), [1; 24]);
         }
@@ -295,6 +295,52 @@ fn presence(c: &mut Criterion) {
                 }
             })
         });
+        drop(map);
+        // papaya: lock-free reads under an epoch guard; a value is
+        // immutable, so a refresh is an update that allocates a new one.
+        let map: papaya::HashMap<[u8; 12], [u8; 24], std::hash::RandomState> =
+            papaya::HashMap::with_capacity_and_hasher(n, Default::default());
+        for a in &addresses {
+            map.pin().insert(key(a), [1; 24]);
+        }
+        g.bench_function(format!("papaya_lookup/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                map.pin().get(&key(&addresses[i])).map(|e| e[0])
+            })
+        });
+        g.bench_function(format!("papaya_refresh/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                map.pin().update(key(&addresses[i]), |e| {
+                    let mut e = *e;
+                    e[20] = e[20].wrapping_add(1);
+                    e
+                });
+            })
+        });
+        drop(map);
+        // scc: buckets with a per-bucket lock for writers.
+        let map: scc::HashMap<[u8; 12], [u8; 24], std::hash::RandomState> =
+            scc::HashMap::with_capacity_and_hasher(n, Default::default());
+        for a in &addresses {
+            let _ = map.insert_sync(key(a), [1; 24]);
+        }
+        g.bench_function(format!("scc_lookup/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                map.read_sync(&key(&addresses[i]), |_, e| e[0])
+            })
+        });
+        g.bench_function(format!("scc_refresh/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 7919) % n;
+                map.update_sync(&key(&addresses[i]), |_, e| {
+                    e[20] = e[20].wrapping_add(1);
+                })
+            })
+        });
+        drop(map);
     }
     g.finish();
 }

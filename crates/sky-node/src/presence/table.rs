@@ -10,13 +10,24 @@
 //!
 //! **Readers never wait for a writer.** Each slot has a sequence word: odd
 //! while a writer rewrites it, otherwise a version and an occupied bit. A
-//! reader copies a slot and checks that its sequence did not change
-//! (a seqlock, with every field an atomic so that a racing copy is merely
-//! stale, never undefined); a lookup touches at most two buckets. Moves
-//! between buckets bump a table-wide counter, and a reader that found
-//! nothing while it changed looks again. Keepalives and introductions
-//! change a found entry in place with one atomic store or compare-exchange
-//! and no lock.
+//! reader copies a slot and checks that its sequence did not change (a
+//! seqlock, with every field an atomic so that a racing copy is merely
+//! stale, never undefined); a slot being rewritten is skipped, never waited
+//! on. That is safe because a writer never rewrites the only copy of a live
+//! entry: a changed entry is written whole into a free slot of its buckets
+//! and the old slot is cleared after, and a move between buckets copies
+//! first too. Every write of such a move bumps a table-wide counter after
+//! it, and a reader that found nothing while the counter changed looks
+//! again; a reader that found nothing while it did not change has seen
+//! every entry (a writer paused in the middle of a write leaves the copy
+//! it is replacing in place). Keepalives and introductions change a found
+//! entry in place with one atomic store or compare-exchange and no lock.
+//!
+//! One exception, written here so that nobody relies on more: a changed
+//! entry whose two buckets are full even after moves (a table at its
+//! capacity around that key) is rewritten in place, with the counter odd;
+//! a reader of that key then retries, and after [`OPTIMISTIC_TRIES`] takes
+//! the writer lock, as does a reader overtaken by that many moves in a row.
 //!
 //! **Writers** (a new entry, a move to another endpoint, a removal, the
 //! sweep) take one mutex: they are the rare operations (a registration
@@ -38,7 +49,7 @@ pub(super) const SLOTS: usize = 8;
 /// The share of slots taken when the table holds its capacity.
 pub(super) const LOAD: f64 = 0.9;
 /// Lock-free looks before a reader that keeps missing while entries move
-/// takes the writer lock.
+/// (or while its entry is rewritten in place) takes the writer lock.
 const OPTIMISTIC_TRIES: usize = 64;
 /// Buckets the sweep handles per hold of the writer lock.
 const SWEEP_CHUNK: usize = 4096;
@@ -61,19 +72,30 @@ pub(super) struct Value {
     pub expires: u32,
 }
 
+/// One cache line of sequence words and each slot's first key word (what
+/// a lookup scans), then the slots' records, two to a line: a lookup that
+/// misses a bucket reads one line of it, one that hits reads two.
+#[repr(C, align(64))]
 struct Bucket {
     seq: [AtomicU32; SLOTS],
-    key: [[AtomicU32; 3]; SLOTS],
-    /// IP (4 words), port << 16 | state, expires.
-    val: [[AtomicU32; 6]; SLOTS],
+    /// Key word 0 of each slot.
+    tag: [AtomicU32; SLOTS],
+    /// Key words 1 and 2, IP (4 words), port << 16 | state, expires.
+    rec: [[AtomicU32; 8]; SLOTS],
 }
+
+/// Where in a record the value's words start, and its port-and-state and
+/// expiry words.
+const VALUE: usize = 2;
+const PORT_STATE: usize = 6;
+const EXPIRES: usize = 7;
 
 impl Bucket {
     fn new() -> Bucket {
         Bucket {
             seq: std::array::from_fn(|_| AtomicU32::new(0)),
-            key: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
-            val: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
+            tag: std::array::from_fn(|_| AtomicU32::new(0)),
+            rec: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
         }
     }
 
@@ -90,11 +112,15 @@ impl Bucket {
     }
 
     fn read_key(&self, s: usize) -> [u32; 3] {
-        std::array::from_fn(|i| self.key[s][i].load(Ordering::Relaxed))
+        [
+            self.tag[s].load(Ordering::Relaxed),
+            self.rec[s][0].load(Ordering::Relaxed),
+            self.rec[s][1].load(Ordering::Relaxed),
+        ]
     }
 
     fn read_value(&self, s: usize) -> Value {
-        let w: [u32; 6] = std::array::from_fn(|i| self.val[s][i].load(Ordering::Relaxed));
+        let w: [u32; 6] = std::array::from_fn(|i| self.rec[s][VALUE + i].load(Ordering::Relaxed));
         let mut ip = [0u8; 16];
         for (i, word) in w[..4].iter().enumerate() {
             ip[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
@@ -111,22 +137,31 @@ impl Bucket {
     /// empties it.
     fn write(&self, s: usize, entry: Option<(&[u32; 3], &Value)>) {
         let before = self.seq[s].load(Ordering::Relaxed);
-        self.seq[s].store(before | WRITING, Ordering::Relaxed);
+        // Release: a reader that sees this slot busy also sees the move
+        // counter as it was bumped before (see `Table::find`).
+        self.seq[s].store(before | WRITING, Ordering::Release);
         fence(Ordering::Release);
+        #[cfg(test)]
+        if entry.is_none() {
+            tests::pause_point();
+        }
         if let Some((key, v)) = entry {
-            for (cell, word) in self.key[s].iter().zip(key) {
-                cell.store(*word, Ordering::Relaxed);
-            }
+            self.tag[s].store(key[0], Ordering::Relaxed);
+            self.rec[s][0].store(key[1], Ordering::Relaxed);
+            self.rec[s][1].store(key[2], Ordering::Relaxed);
+            // Half written: the key new, the value still the old one.
+            #[cfg(test)]
+            tests::pause_point();
             for i in 0..4 {
                 let mut word = [0u8; 4];
                 word.copy_from_slice(&v.ip[4 * i..4 * i + 4]);
-                self.val[s][i].store(u32::from_ne_bytes(word), Ordering::Relaxed);
+                self.rec[s][VALUE + i].store(u32::from_ne_bytes(word), Ordering::Relaxed);
             }
-            self.val[s][4].store(
+            self.rec[s][PORT_STATE].store(
                 u32::from(v.port) << 16 | u32::from(v.state),
                 Ordering::Relaxed,
             );
-            self.val[s][5].store(v.expires, Ordering::Relaxed);
+            self.rec[s][EXPIRES].store(v.expires, Ordering::Relaxed);
         }
         let occupied = if entry.is_some() { OCCUPIED } else { 0 };
         self.seq[s].store(
@@ -163,8 +198,9 @@ pub(super) struct Found {
 pub(super) struct Table {
     buckets: Box<[Bucket]>,
     hasher: RandomState,
-    /// Odd while entries move between buckets; a reader that missed while
-    /// it changed looks again.
+    /// Bumped by 2 after every write that moves or replaces a live entry,
+    /// odd during an in-place rewrite; a reader that missed while it
+    /// changed looks again.
     moves: AtomicU64,
     writer: Mutex<()>,
 }
@@ -201,47 +237,49 @@ impl Table {
         if b == b1 { b2 } else { b1 }
     }
 
-    /// A consistent copy of slot `s` of bucket `b` if it holds `key`.
+    /// A consistent copy of slot `s` of bucket `b` if it holds `key`; None
+    /// if it does not, or if the slot is being rewritten (never waited on:
+    /// see the module's doc for why that loses no entry).
     fn read_if(&self, b: usize, s: usize, key: &[u32; 3]) -> Option<Found> {
         let bucket = &self.buckets[b];
         // One word first, without the sequence: almost every slot is
         // someone else's. (A slot being rewritten with our key at this
         // instant orders this look before that write, as below.)
-        if bucket.key[s][0].load(Ordering::Relaxed) != key[0] {
+        if bucket.tag[s].load(Ordering::Relaxed) != key[0] {
             return None;
         }
-        loop {
-            let seq = bucket.seq[s].load(Ordering::Acquire);
-            if seq & WRITING != 0 {
-                spin_loop();
-                continue;
-            }
-            // Not ours (or empty): a racing insert of ours is ordered
-            // after this look.
-            if seq & OCCUPIED == 0 || bucket.read_key(s) != *key {
-                return None;
-            }
-            let value = bucket.read_value(s);
-            fence(Ordering::Acquire);
-            if bucket.seq[s].load(Ordering::Relaxed) == seq {
-                return Some(Found {
-                    bucket: b,
-                    slot: s,
-                    seq,
-                    value,
-                });
-            }
+        let seq = bucket.seq[s].load(Ordering::Acquire);
+        // Busy, or not ours (or empty): a racing write of ours is ordered
+        // after this look.
+        if seq & WRITING != 0 || seq & OCCUPIED == 0 || bucket.read_key(s) != *key {
+            return None;
         }
+        let value = bucket.read_value(s);
+        fence(Ordering::Acquire);
+        (bucket.seq[s].load(Ordering::Relaxed) == seq).then_some(Found {
+            bucket: b,
+            slot: s,
+            seq,
+            value,
+        })
     }
 
-    /// Finds `key` without a lock. A miss while entries moved between
-    /// buckets is looked at again; only a reader that keeps missing through
-    /// [`OPTIMISTIC_TRIES`] bursts of moves (a writer inserting into a
-    /// table at its capacity without pause) takes the writer lock to look
-    /// once more, so that a present entry is never reported absent.
+    /// Finds `key` without a lock and without waiting for a writer in
+    /// progress. A miss while the move counter changed (an entry was
+    /// copied or cleared during the look) is looked at again; a miss with
+    /// the counter even and unchanged is final. Only a reader that keeps
+    /// missing through [`OPTIMISTIC_TRIES`] looks (a writer moving entries
+    /// without pause, or the in-place rewrite of the module's doc) takes
+    /// the writer lock to look once more, so that a present entry is never
+    /// reported absent.
     pub(super) fn find(&self, key: &Key) -> Option<Found> {
         let key = words(key);
         let (b1, b2) = self.buckets_of(&key);
+        // Both buckets' tag lines at once: their cache misses overlap.
+        std::hint::black_box((
+            self.buckets[b1].tag[0].load(Ordering::Relaxed),
+            self.buckets[b2].tag[0].load(Ordering::Relaxed),
+        ));
         let scan = || {
             [b1, b2]
                 .into_iter()
@@ -249,14 +287,12 @@ impl Table {
         };
         for _ in 0..OPTIMISTIC_TRIES {
             let before = self.moves.load(Ordering::Acquire);
-            if before & 1 == 0 {
-                if let Some(found) = scan() {
-                    return Some(found);
-                }
-                fence(Ordering::Acquire);
-                if self.moves.load(Ordering::Relaxed) == before {
-                    return None;
-                }
+            if let Some(found) = scan() {
+                return Some(found);
+            }
+            fence(Ordering::Acquire);
+            if before & 1 == 0 && self.moves.load(Ordering::Relaxed) == before {
+                return None;
             }
             spin_loop();
         }
@@ -269,7 +305,7 @@ impl Table {
     /// the entry now there: soft state, at most one keepalive's worth).
     pub(super) fn set_expires(&self, found: &Found, expires: u32) -> bool {
         let bucket = &self.buckets[found.bucket];
-        bucket.val[found.slot][5].store(expires, Ordering::Relaxed);
+        bucket.rec[found.slot][EXPIRES].store(expires, Ordering::Relaxed);
         bucket.seq[found.slot].load(Ordering::Acquire) == found.seq
     }
 
@@ -278,7 +314,7 @@ impl Table {
     /// out.
     pub(super) fn update_state(&self, found: &Found, f: impl Fn(u16) -> Option<u16>) -> bool {
         let bucket = &self.buckets[found.bucket];
-        let cell = &bucket.val[found.slot][4];
+        let cell = &bucket.rec[found.slot][PORT_STATE];
         let mut seen = cell.load(Ordering::Relaxed);
         for _ in 0..4 {
             if (seen >> 16) as u16 != found.value.port {
@@ -355,11 +391,25 @@ impl Writer<'_> {
         Some(self.table.buckets[b].read_value(s))
     }
 
-    /// Rewrites the entry of `key` (present: see [`Writer::get`]).
+    /// Rewrites the entry of `key` (present: see [`Writer::get`]): the new
+    /// copy goes into a free slot of its buckets and the old slot is
+    /// cleared after, so that a reader always finds one whole copy.
     pub(super) fn update(&self, key: &Key, value: &Value) {
+        let t = self.table;
         let k = words(key);
-        if let Some((b, s)) = self.locate(&k) {
-            self.table.buckets[b].write(s, Some((&k, value)));
+        let Some((b, s)) = self.locate(&k) else {
+            return;
+        };
+        if let Some((fb, fs)) = self.room(&k) {
+            self.step(fb, fs, Some((&k, value)));
+            self.step(b, s, None);
+        } else {
+            // Both buckets full even after moves: in place, the counter
+            // odd meanwhile (readers of this key retry: the module's doc).
+            let m = &t.moves;
+            m.fetch_add(1, Ordering::Relaxed);
+            t.buckets[b].write(s, Some((&k, value)));
+            m.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -375,30 +425,42 @@ impl Writer<'_> {
     /// Inserts `key` (absent: see [`Writer::get`]); false when neither of
     /// its buckets has room even after moving residents two deep.
     pub(super) fn insert(&self, key: &Key, value: &Value) -> bool {
-        let t = self.table;
         let k = words(key);
-        let (b1, b2) = t.buckets_of(&k);
+        match self.room(&k) {
+            Some((b, s)) => {
+                self.table.buckets[b].write(s, Some((&k, value)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A free slot in one of `k`'s buckets (the emptier), making one by
+    /// moving residents other than `k` on to their other buckets, one or two
+    /// deep ("cuckoo" moves), if both are full. None: no room even so.
+    fn room(&self, k: &[u32; 3]) -> Option<(usize, usize)> {
+        let t = self.table;
+        let (b1, b2) = t.buckets_of(k);
         let b = if t.buckets[b1].free_count() >= t.buckets[b2].free_count() {
             b1
         } else {
             b2
         };
         if let Some(s) = t.buckets[b].free() {
-            t.buckets[b].write(s, Some((&k, value)));
-            return true;
+            return Some((b, s));
         }
         // A path of moves: a resident of b1 or b2 (v) to its other bucket,
         // or a resident of that one (w) on to its own other bucket first.
         for vb in [b1, b2] {
             for vs in 0..SLOTS {
                 let vk = t.buckets[vb].read_key(vs);
+                if vk == *k {
+                    continue;
+                }
                 let alt = t.other_bucket(&vk, vb);
                 if let Some(fs) = t.buckets[alt].free() {
-                    self.moving(|| {
-                        self.relocate((vb, vs), (alt, fs));
-                        t.buckets[vb].write(vs, Some((&k, value)));
-                    });
-                    return true;
+                    self.relocate((vb, vs), (alt, fs));
+                    return Some((vb, vs));
                 }
                 for ws in 0..SLOTS {
                     let wk = t.buckets[alt].read_key(ws);
@@ -407,36 +469,31 @@ impl Writer<'_> {
                         continue;
                     }
                     if let Some(fs) = t.buckets[alt2].free() {
-                        self.moving(|| {
-                            self.relocate((alt, ws), (alt2, fs));
-                            self.relocate((vb, vs), (alt, ws));
-                            t.buckets[vb].write(vs, Some((&k, value)));
-                        });
-                        return true;
+                        self.relocate((alt, ws), (alt2, fs));
+                        self.relocate((vb, vs), (alt, ws));
+                        return Some((vb, vs));
                     }
                 }
             }
         }
-        false
+        None
     }
 
-    /// Copies slot `from` to slot `to` (which it then occupies twice, until
-    /// `from` is overwritten).
+    /// Moves slot `from` to the free slot `to`: copied first, then
+    /// cleared, each write followed by a bump of the move counter.
     fn relocate(&self, from: (usize, usize), to: (usize, usize)) {
         let t = self.table;
         let key = t.buckets[from.0].read_key(from.1);
         let value = t.buckets[from.0].read_value(from.1);
-        t.buckets[to.0].write(to.1, Some((&key, &value)));
+        self.step(to.0, to.1, Some((&key, &value)));
+        self.step(from.0, from.1, None);
     }
 
-    /// Runs `moves` with the table's move counter odd.
-    fn moving(&self, moves: impl FnOnce()) {
-        let m = &self.table.moves;
-        let before = m.load(Ordering::Relaxed);
-        m.store(before + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        moves();
-        m.store(before + 2, Ordering::Release);
+    /// One write of a move or replacement, then the counter bump that tells
+    /// a reader who missed during it to look again.
+    fn step(&self, b: usize, s: usize, entry: Option<(&[u32; 3], &Value)>) {
+        self.table.buckets[b].write(s, entry);
+        self.table.moves.fetch_add(2, Ordering::Release);
     }
 }
 

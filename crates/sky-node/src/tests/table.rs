@@ -4,8 +4,27 @@
 #![allow(clippy::disallowed_methods)] // readers and writers on plain threads
 
 use super::*;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::time::Duration;
+
+thread_local! {
+    /// Called by this thread's slot writes (a writer a test pauses).
+    static PAUSE: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+}
+
+/// Where `Bucket::write` lets a test pause it: after the slot is marked
+/// busy (for a write of an entry, once its key is written and its value
+/// is still the old one).
+pub(super) fn pause_point() {
+    PAUSE.with(|p| {
+        if let Some(f) = p.borrow_mut().as_mut() {
+            f();
+        }
+    });
+}
 
 fn key(i: u32) -> Key {
     let mut k = [0u8; 12];
@@ -82,8 +101,8 @@ fn a_table_takes_its_whole_capacity_and_finds_every_entry() {
 
 /// Readers on two threads look up entries that are never removed while a
 /// writer fills the table to its capacity and beyond (so residents move
-/// between buckets), removes and re-inserts others, and a third thread
-/// refreshes: a reader always finds every stable entry, and every copy it
+/// between buckets), changes some of them, removes and re-inserts others,
+/// and a third thread refreshes: a reader always finds every stable entry, and every copy it
 /// gets is whole. Bounded: a fixed number of rounds.
 #[test]
 fn readers_never_miss_a_stable_entry_or_see_a_torn_one_while_writers_work() {
@@ -132,6 +151,10 @@ fn readers_never_miss_a_stable_entry_or_see_a_torn_one_while_writers_work() {
     let mut moved_ok = 0;
     for round in 0..20u32 {
         let w = t.write();
+        // Stable entries change too (a new copy, then the old cleared).
+        for i in (round..STABLE).step_by(37) {
+            w.update(&key(i), &value(i, round + 2));
+        }
         for i in 0..(CAPACITY as u32 - STABLE) {
             let k = STABLE + (i + round * 977) % (CAPACITY as u32 * 2);
             if w.get(&key(k)).is_none() && w.insert(&key(k), &value(k, 1)) {
@@ -153,4 +176,146 @@ fn readers_never_miss_a_stable_entry_or_see_a_torn_one_while_writers_work() {
     for i in 0..STABLE {
         assert!(consistent(i, &t.find(&key(i)).unwrap().value));
     }
+}
+
+enum Writer {
+    Paused,
+    Done,
+}
+
+/// Runs `op` under the writer lock on a thread whose `n`th slot write
+/// pauses until `resume` says go; tells `events` when it pauses and when
+/// it is done.
+fn pausing_writer(
+    t: &Arc<Table>,
+    n: usize,
+    op: impl FnOnce(&super::Writer<'_>) + Send + 'static,
+) -> (
+    mpsc::Receiver<Writer>,
+    mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (events, rx) = mpsc::channel();
+    let (resume, wait) = mpsc::channel::<()>();
+    let t = t.clone();
+    let thread = std::thread::spawn(move || {
+        let paused = events.clone();
+        let mut writes = 0;
+        PAUSE.with(|p| {
+            *p.borrow_mut() = Some(Box::new(move || {
+                writes += 1;
+                if writes == n {
+                    paused.send(Writer::Paused).unwrap();
+                    wait.recv().unwrap();
+                }
+            }))
+        });
+        op(&t.write());
+        PAUSE.with(|p| *p.borrow_mut() = None);
+        events.send(Writer::Done).unwrap();
+    });
+    (rx, resume, thread)
+}
+
+/// A writer paused in the middle of each slot write of an update into a
+/// free slot, an update and an insert that first move residents to their
+/// other buckets, and a removal never keeps a lookup waiting: while it is
+/// still paused, every other entry is found whole, the entry it changes is
+/// found whole (as it was or as it will be), and an absent key is absent.
+/// (The check waits for the lookups at most a minute, then lets the writer
+/// go so the test ends: what it asserts is the order, lookups answered
+/// before the writer went on.)
+#[test]
+fn a_lookup_never_waits_for_a_writer_paused_in_the_middle_of_a_write() {
+    const CAPACITY: u32 = 2_000;
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Case {
+        UpdateWithRoom,
+        UpdateWithMoves,
+        InsertWithMoves,
+        Removal,
+    }
+    // A fresh table at its capacity for every pause, and the key the case
+    // changes (in buckets with room, or in two full ones).
+    let setup = |case: Case| {
+        let t = Arc::new(Table::new(CAPACITY as usize));
+        let w = t.write();
+        for i in 0..CAPACITY {
+            assert!(w.insert(&key(i), &value(i, 1)));
+        }
+        drop(w);
+        let full = |i: u32| {
+            let (b1, b2) = t.buckets_of(&words(&key(i)));
+            t.buckets[b1].free_count() == 0 && t.buckets[b2].free_count() == 0
+        };
+        let changed = match case {
+            Case::UpdateWithRoom | Case::Removal => (0..CAPACITY).find(|&i| !full(i)),
+            Case::UpdateWithMoves => (0..CAPACITY).find(|&i| full(i)),
+            Case::InsertWithMoves => (CAPACITY..CAPACITY * 100).find(|&i| full(i)),
+        };
+        (t.clone(), changed.expect("a key for the case"))
+    };
+    let mut pauses = 0;
+    for case in [
+        Case::UpdateWithRoom,
+        Case::UpdateWithMoves,
+        Case::InsertWithMoves,
+        Case::Removal,
+    ] {
+        for n in 1.. {
+            let (t, changed) = setup(case);
+            let (events, resume, writer) = pausing_writer(&t, n, move |w| match case {
+                Case::UpdateWithRoom | Case::UpdateWithMoves => {
+                    w.update(&key(changed), &value(changed, 2))
+                }
+                Case::InsertWithMoves => assert!(w.insert(&key(changed), &value(changed, 2))),
+                Case::Removal => assert!(w.remove(&key(changed)).is_some()),
+            });
+            if let Writer::Done = events.recv().unwrap() {
+                writer.join().unwrap();
+                assert!(n > 1, "{case:?}: no write at all");
+                // Afterwards, the change is there, whole.
+                match t.find(&key(changed)) {
+                    Some(f) => assert_eq!(f.value, value(changed, 2), "{case:?}"),
+                    None => assert_eq!(case, Case::Removal),
+                }
+                break;
+            }
+            pauses += 1;
+            let (answers, answered) = mpsc::channel();
+            let checker = {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..CAPACITY {
+                        let f = t.find(&key(i));
+                        if i != changed {
+                            let f = f.unwrap_or_else(|| panic!("{case:?}, write {n}: missed {i}"));
+                            assert!(consistent(i, &f.value), "{case:?}: torn {i}");
+                        } else if case != Case::Removal {
+                            // Updates: as it was or as it will be, whole.
+                            let f = f.unwrap_or_else(|| panic!("{case:?}, write {n}: missed it"));
+                            assert!(consistent(i, &f.value), "{case:?}: torn {i}");
+                        }
+                    }
+                    if case == Case::InsertWithMoves {
+                        let f = t.find(&key(changed));
+                        assert!(f.is_none_or(|f| consistent(changed, &f.value)));
+                    }
+                    assert!(t.find(&key(u32::MAX)).is_none());
+                    answers.send(()).unwrap();
+                })
+            };
+            let in_time = answered.recv_timeout(Duration::from_secs(60)).is_ok();
+            resume.send(()).unwrap();
+            checker.join().unwrap();
+            assert!(
+                in_time,
+                "{case:?}: a lookup waited for the writer paused at write {n}"
+            );
+            assert!(matches!(events.recv().unwrap(), Writer::Done));
+            writer.join().unwrap();
+        }
+    }
+    // Each case paused at least once; the moves more than once.
+    assert!(pauses >= 8, "{pauses} pauses");
 }
