@@ -12,6 +12,7 @@ mod dht;
 mod earth_live;
 mod egress;
 mod end_to_end;
+mod engines;
 mod fairness;
 mod gossip;
 mod hostile;

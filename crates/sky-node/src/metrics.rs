@@ -33,6 +33,7 @@ use sky_proto::ring::Ring;
 
 pub const BUILD_INFO: &str = "sky_build_info";
 pub const ENGINE_INFO: &str = "sky_engine_info";
+pub const ENGINE_PROBE: &str = "sky_engine_probe_datagrams_per_second";
 pub const SHARDS: &str = "sky_shards";
 pub const DATAGRAMS_RECEIVED: &str = "sky_datagrams_received_total";
 pub const RECEIVED_BYTES: &str = "sky_received_bytes_total";
@@ -91,6 +92,7 @@ pub struct Metrics {
     pub presence_capacity: IntGauge,
     pub presence_expired: IntCounter,
     engine: IntGaugeVec,
+    engine_probe: IntGaugeVec,
     pub shards: IntGauge,
     members: IntGaugeVec,
     ring_version: IntGauge,
@@ -162,6 +164,17 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(engine.clone())).expect("unique metric");
+        let engine_probe = IntGaugeVec::new(
+            Opts::new(
+                ENGINE_PROBE,
+                "Datagrams a second each packet engine answered on the loopback in the \
+                 start-up measurement of --engine auto (absent under a fixed engine).",
+            ),
+            &["engine"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(engine_probe.clone()))
+            .expect("unique metric");
         let members = IntGaugeVec::new(
             Opts::new(
                 MEMBERS,
@@ -226,6 +239,7 @@ impl Metrics {
                 "Presence entries removed because they expired.",
             ),
             engine,
+            engine_probe,
             shards: gauge(&r, SHARDS, "Packet shards running."),
             members,
             ring_version: gauge(
@@ -353,6 +367,13 @@ impl Metrics {
     /// Marks `engine` ("uring" or "mmsg") as the one running.
     pub fn set_engine(&self, engine: &str) {
         self.engine.with_label_values(&[engine]).set(1);
+    }
+
+    /// What `--engine auto` measured `engine` ("uring" or "mmsg") at.
+    pub fn set_engine_probe(&self, engine: &str, datagrams_per_second: f64) {
+        self.engine_probe
+            .with_label_values(&[engine])
+            .set(datagrams_per_second.round() as i64);
     }
 
     /// The counters one shard publishes into. Resolved once, so publishing

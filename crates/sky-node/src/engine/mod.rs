@@ -34,6 +34,7 @@ use sky_proto::ring::Ring;
 use sky_proto::time::MonoTime;
 
 pub mod batch;
+pub mod calibrate;
 mod check;
 mod control;
 mod gossip;
@@ -213,6 +214,7 @@ impl Node {
     ) -> Result<Node, StartError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = config.shard_count(cores);
+        let mut measured = None;
         let engine = match config.engine {
             EngineChoice::Mmsg => Engine::Mmsg,
             EngineChoice::Uring => {
@@ -220,7 +222,26 @@ impl Node {
                 Engine::Uring
             }
             EngineChoice::Auto => match uring::probe() {
-                Ok(()) => Engine::Uring,
+                Ok(()) => match calibrate::measure() {
+                    Ok(m) => {
+                        tracing::info!(
+                            uring_datagrams_per_second = m.uring.round() as u64,
+                            mmsg_datagrams_per_second = m.mmsg.round() as u64,
+                            took_ms = m.took.as_millis() as u64,
+                            engine = m.faster().label(),
+                            "measured both packet engines on the loopback; running the faster"
+                        );
+                        measured = Some(m);
+                        m.faster()
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            "cannot measure the packet engines on the loopback; running io_uring"
+                        );
+                        Engine::Uring
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(
                         error = %e,
@@ -260,6 +281,9 @@ impl Node {
 
         let metrics = Arc::new(Metrics::new());
         metrics.set_engine(engine.label());
+        if let Some(m) = measured {
+            m.export(&metrics);
+        }
         metrics.shards.set(shards as i64);
         metrics.presence_capacity.set(config.capacity as i64);
         let http = match config.metrics {

@@ -244,3 +244,28 @@ pub fn load_or_create_key(path: &std::path::Path) -> io::Result<[u8; 32]> {
         Err(e) => Err(e),
     }
 }
+
+/// Sends `copies` (at most 64) datagrams of `payload` on the connected
+/// socket `fd` with one `sendmmsg`; how many the kernel took.
+pub fn send_copies(fd: RawFd, payload: &[u8], copies: usize) -> io::Result<usize> {
+    const MAX: usize = 64;
+    let copies = copies.min(MAX);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: mmsghdr is plain data; all-zero is an empty header.
+    let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+    for h in &mut hdrs[..copies] {
+        h.msg_hdr.msg_iov = &mut iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first `copies` headers each point at one live iovec over
+    // `payload`, which the kernel only reads; no name (a connected socket).
+    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), copies as libc::c_uint, 0) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
