@@ -3,7 +3,7 @@
 //! operator or an on-path observer would, with every byte the user sent.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sky_node::config::EngineChoice;
 use sky_node::engine::Node;
@@ -21,41 +21,15 @@ fn ask(s: &UdpSocket, node: SocketAddr, msg: Message) -> Option<Message> {
 
 /// The same request under another cookie (what an attacker who captured
 /// it can build: everything but a signature over its own cookie).
-fn with_cookie(msg: Message, cookie: Cookie) -> Message {
-    match msg {
-        Message::Register {
-            tag,
-            flags,
-            key,
-            sig,
-            ..
-        } => Message::Register {
-            tag,
-            cookie,
-            flags,
-            key,
-            sig,
-        },
-        Message::Unregister { tag, key, sig, .. } => Message::Unregister {
-            tag,
-            cookie,
-            key,
-            sig,
-        },
-        other => other,
-    }
+fn with_cookie(mut msg: Message, cookie: Cookie) -> Message {
+    *msg.cookie_mut().expect("a request") = cookie;
+    msg
 }
 
-/// Waits (bounded) until the node's metrics show `series` at `at_least`.
+/// The value of `series` once the node's metrics show it at `at_least`
+/// (or after `wait_for_sample` gives up).
 fn counted(n: &Node, series: &str, at_least: f64) -> f64 {
-    let end = Instant::now() + Duration::from_secs(3);
-    loop {
-        let v = sample(&scrape(n), series);
-        if v >= at_least || Instant::now() > end {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sample(&wait_for_sample(n, series, at_least), series)
 }
 
 /// A user registers at two nodes (as with an address's two owners) and

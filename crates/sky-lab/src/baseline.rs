@@ -76,12 +76,6 @@ impl Core for Baseline {
         }
     }
 
-    fn handle_timeout(&mut self, _now: MonoTime) {}
-
-    fn take_stats(&mut self) -> Stats {
-        std::mem::take(&mut self.stats)
-    }
-
     fn stats_mut(&mut self) -> &mut Stats {
         &mut self.stats
     }

@@ -288,8 +288,12 @@ pub trait Core: Send + 'static {
         len: usize,
         reply: &mut [u8],
     ) -> Output;
-    fn handle_timeout(&mut self, now: MonoTime);
-    fn take_stats(&mut self) -> Stats;
+    /// Timers (a core without any need not say so).
+    fn handle_timeout(&mut self, _now: MonoTime) {}
+    /// The counters since the last call, emptied.
+    fn take_stats(&mut self) -> Stats {
+        std::mem::take(self.stats_mut())
+    }
     fn stats_mut(&mut self) -> &mut Stats;
     /// A datagram the kernel truncated (larger than the engine's buffers).
     fn drop_oversized(&mut self, len: usize);

@@ -517,46 +517,12 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / batch::clock_ticks_per_second() as f64)
 }
 
-fn with_tag(msg: Message, seq: u32) -> Message {
-    let tag = Tag(seq.to_be_bytes());
-    match msg {
-        Message::Ping { cookie, .. } => Message::Ping { tag, cookie },
-        Message::Register {
-            cookie,
-            flags,
-            key,
-            sig,
-            ..
-        } => Message::Register {
-            tag,
-            cookie,
-            flags,
-            key,
-            sig,
-        },
-        Message::Keepalive {
-            cookie, address, ..
-        } => Message::Keepalive {
-            ring: 0,
-            tag,
-            cookie,
-            address,
-        },
-        Message::Lookup {
-            cookie,
-            target,
-            caller,
-            hint,
-            ..
-        } => Message::Lookup {
-            tag,
-            cookie,
-            target,
-            caller,
-            hint,
-        },
-        other => other,
+/// `msg` numbered `seq` (its tag), as every request the generator sends.
+fn with_tag(mut msg: Message, seq: u32) -> Message {
+    if let Some(tag) = msg.tag_mut() {
+        *tag = Tag(seq.to_be_bytes());
     }
+    msg
 }
 
 fn expect_of(m: &Message) -> Option<Expect> {

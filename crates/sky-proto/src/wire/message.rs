@@ -366,6 +366,35 @@ impl Message {
         }
     }
 
+    /// The tag of a request, to change (a sender numbering its requests).
+    pub fn tag_mut(&mut self) -> Option<&mut Tag> {
+        match self {
+            Message::Ping { tag, .. }
+            | Message::Register { tag, .. }
+            | Message::Keepalive { tag, .. }
+            | Message::Lookup { tag, .. }
+            | Message::Unregister { tag, .. }
+            | Message::Members { tag, .. }
+            | Message::Check { tag, .. } => Some(tag),
+            _ => None,
+        }
+    }
+
+    /// The cookie of a request, to change (a request sent again under
+    /// another cookie).
+    pub fn cookie_mut(&mut self) -> Option<&mut Cookie> {
+        match self {
+            Message::Ping { cookie, .. }
+            | Message::Register { cookie, .. }
+            | Message::Keepalive { cookie, .. }
+            | Message::Lookup { cookie, .. }
+            | Message::Unregister { cookie, .. }
+            | Message::Members { cookie, .. }
+            | Message::Check { cookie, .. } => Some(cookie),
+            _ => None,
+        }
+    }
+
     /// The number of bytes `emit` writes.
     /// A members request is as long as its `len` (at least its minimum); a
     /// members page header is 18 bytes (its entries are not part of the
