@@ -28,7 +28,8 @@ pub(crate) struct NodeArgs {
     /// Packet engine.
     #[arg(long, env = "SKY_ENGINE", value_name = "auto|uring|mmsg")]
     engine: Option<EngineChoice>,
-    /// Pin shards to cores.
+    /// Pin each shard to a CPU of those the process was given (the first
+    /// runs control and gossip).
     #[arg(long, env = "SKY_PIN_CORES", value_name = "true|false")]
     pin_cores: Option<bool>,
     /// Presence table capacity, in entries.

@@ -92,7 +92,8 @@ pub struct Config {
     /// Packet shards; `None` means one per core but one, at least one.
     pub shards: Option<usize>,
     pub engine: EngineChoice,
-    /// Pin each shard to its own core (core 0 is left for control).
+    /// Pin each shard to a CPU of its own, of those the process was given
+    /// (the first is left for control and gossip).
     pub pin_cores: bool,
     /// Presence table capacity, in entries.
     pub capacity: usize,

@@ -1,4 +1,4 @@
-//! The gossip thread (`sky-gossip`, core 0 beside the control thread):
+//! The gossip thread (`sky-gossip`, on the first CPU beside the control thread):
 //! one UDP socket, the wall clock, and the sans-IO [`Gossip`] core. Each new
 //! ring it makes is swapped into the node's [`SharedRing`], which shards
 //! read without waiting.

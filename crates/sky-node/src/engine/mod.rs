@@ -1,10 +1,11 @@
 //! The engine: sockets, threads, the clock and every `unsafe` line.
 //!
 //! [`Node::start`] binds one `SO_REUSEPORT` UDP socket per packet shard on
-//! the same address, starts a thread per shard (pinned to cores 1..=N) that
+//! the same address, starts a thread per shard (pinned to the second and
+//! later CPUs the process was given) that
 //! drives a sans-IO [`Shard`] with the chosen packet engine, a control
-//! thread (core 0) that serves `/metrics`, sweeps expired presence and
-//! hands off entries after ring changes, and a gossip thread (core 0) that
+//! thread (the first CPU) that serves `/metrics`, sweeps expired presence and
+//! hands off entries after ring changes, and a gossip thread (the first CPU) that
 //! runs membership and swaps each new ring into the shards' snapshot, and
 //! two NAT check threads on two ports of their own (`check.rs`).
 //! [`Node::shutdown`] stops them all; each notices within [`WAKE_EVERY`],
@@ -214,6 +215,16 @@ impl Node {
     ) -> Result<Node, StartError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = config.shard_count(cores);
+        // The CPUs this process was given (all of them, or what taskset, a
+        // cgroup cpuset or a container's --cpuset-cpus left it): control and
+        // gossip on the first, shard i on the (i + 1)th, wrapping; with one
+        // CPU nothing is pinned.
+        let allowed = match config.pin_cores {
+            true => sys::allowed_cores().unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let first_cpu = (allowed.len() > 1).then(|| allowed[0]);
+        let shard_cpu = |i: usize| first_cpu.map(|_| allowed[1 + i % (allowed.len() - 1)]);
         let mut measured = None;
         let engine = match config.engine {
             EngineChoice::Mmsg => Engine::Mmsg,
@@ -306,7 +317,7 @@ impl Node {
             let stop = stop.clone();
             let ready = ready_tx.clone();
             let heartbeats = heartbeats.clone();
-            let pin = (config.pin_cores && cores > 1).then_some(1 + i % (cores - 1));
+            let pin = shard_cpu(i);
             let v6 = local_addr.is_ipv6();
             let spawned = std::thread::Builder::new()
                 .name(format!("sky-shard-{i}"))
@@ -354,7 +365,7 @@ impl Node {
                 Err(_) => failure = Some(io::Error::other("a shard thread exited during start")),
             }
         }
-        let pin = config.pin_cores && cores > 1;
+        let pin = first_cpu;
         let control = {
             let presence = presence.clone();
             let metrics = metrics.clone();
@@ -368,8 +379,10 @@ impl Node {
             std::thread::Builder::new()
                 .name("sky-control".into())
                 .spawn(move || {
-                    if pin && let Err(e) = sys::pin_to_core(0) {
-                        tracing::warn!(error = %e, "cannot pin control thread to core 0");
+                    if let Some(core) = pin
+                        && let Err(e) = sys::pin_to_core(core)
+                    {
+                        tracing::warn!(core, error = %e, "cannot pin control thread to its core");
                     }
                     control::run(http, metrics, presence, &stop, origin, keepalive, handoff)
                 })
@@ -412,8 +425,10 @@ impl Node {
             std::thread::Builder::new()
                 .name("sky-gossip".into())
                 .spawn(move || {
-                    if pin && let Err(e) = sys::pin_to_core(0) {
-                        tracing::warn!(error = %e, "cannot pin gossip thread to core 0");
+                    if let Some(core) = pin
+                        && let Err(e) = sys::pin_to_core(core)
+                    {
+                        tracing::warn!(core, error = %e, "cannot pin gossip thread to its core");
                     }
                     let result = gossip::run(gossip_socket, setup, &ring, &metrics, &stop, origin);
                     if let Err(e) = &result {

@@ -184,20 +184,43 @@ pub fn set_buffers(socket: &socket2::Socket, size: usize) -> io::Result<usize> {
 
 /// Pins the calling thread to `core`. Best effort: the caller logs failure.
 pub fn pin_to_core(core: usize) -> io::Result<()> {
+    set_allowed_cores(&[core])
+}
+
+/// Confines the calling thread to `cores` (what `taskset` does).
+pub fn set_allowed_cores(cores: &[usize]) -> io::Result<()> {
+    if cores.is_empty() || cores.iter().any(|&c| c >= libc::CPU_SETSIZE as usize) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET
-    // writes within it for core < CPU_SETSIZE (checked), and
+    // writes within it for core < CPU_SETSIZE (checked above), and
     // sched_setaffinity(0, ..) reads it for the calling thread only.
     unsafe {
-        if core >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
+        for &core in cores {
+            libc::CPU_SET(core, &mut set);
+        }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
     Ok(())
+}
+
+/// The CPUs the calling thread may run on, in order: what `taskset`, a
+/// cgroup cpuset or `podman --cpuset-cpus` gave the process.
+pub fn allowed_cores() -> io::Result<Vec<usize>> {
+    // SAFETY: as above; sched_getaffinity(0, ..) writes the calling
+    // thread's mask into `set`, and CPU_ISSET reads within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect())
+    }
 }
 
 /// 32 bytes from the kernel's random source.
