@@ -444,7 +444,7 @@ fn ping(tag: u8) -> Vec<u8> {
     })
 }
 
-/// SO_RXQ_OVFL: what the kernel drops on a full receive queue reaches
+/// What the kernel drops on a full receive queue reaches
 /// `sky_receive_queue_dropped_datagrams_total{shard}` exactly — the same
 /// count the kernel shows in /proc/net/udp — on both engines. The core
 /// stalls on its first datagram while 20 000 more arrive at a socket of
@@ -476,7 +476,7 @@ fn kernel_receive_queue_drops_are_counted_per_shard() {
             client.send_to(&flood, sky).unwrap();
         }
         go_on.send(()).unwrap();
-        // Until a last ping is answered: it carries the final count.
+        // Until a last ping is answered: the flood is over.
         let last = UdpSocket::bind("127.0.0.1:0").unwrap();
         last.set_read_timeout(Some(QUIET)).unwrap();
         let answered = (0..50).any(|_| {

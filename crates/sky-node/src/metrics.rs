@@ -304,7 +304,7 @@ impl Metrics {
                 &r,
                 RECEIVE_QUEUE_DROPPED,
                 "Datagrams the kernel dropped because a packet shard's socket receive queue was \
-                 full (SO_RXQ_OVFL), by shard; told by the next datagram that arrives.",
+                 full, by shard (the kernel's count, read every 100 ms).",
                 "shard",
             ),
             buffers_exhausted: counter_vec(
@@ -548,7 +548,7 @@ pub struct EngineStats {
     pub durations: Durations,
     /// Datagrams whose `io_uring` receive completed with `ENOBUFS`.
     pub buffers_exhausted: u64,
-    /// The socket's receive-queue drop counter (`SO_RXQ_OVFL`) as last seen,
+    /// The socket's receive-queue drop counter (`SO_MEMINFO`) as last read,
     /// and as last published: the kernel counts since the socket was made,
     /// in a `u32` that wraps.
     queue_drops_seen: u32,
@@ -556,9 +556,7 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
-    /// The socket's drop counter, as a received datagram's `SO_RXQ_OVFL`
-    /// control message carries it (the count when that datagram was
-    /// queued; later datagrams carry later counts).
+    /// The socket's drop counter as the engine read it (`SO_MEMINFO`).
     pub fn saw_queue_drops(&mut self, total: u32) {
         self.queue_drops_seen = total;
     }

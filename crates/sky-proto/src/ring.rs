@@ -158,6 +158,10 @@ pub struct Ring {
     members: Vec<Member>,
     points: Vec<Point>,
     version: u32,
+    /// Distinct operators (prefixes) among the members: an address never
+    /// has more owners, so the owner walk stops there instead of visiting
+    /// every point of a ring with fewer operators than replicas.
+    operators: usize,
 }
 
 /// Up to [`MAX_REPLICAS`] owners, without allocating.
@@ -227,11 +231,15 @@ impl Ring {
         // Member index breaks ties: two endpoints on one IP share points.
         points.sort_by_key(|p| (p.position, p.member));
         let version = version_of(&config, &members);
+        let mut prefixes: Vec<[u8; 16]> = members.iter().map(|m| m.prefix).collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
         Ring {
             config,
             members,
             points,
             version,
+            operators: prefixes.len(),
         }
     }
 
@@ -276,7 +284,9 @@ impl Ring {
             return owners;
         }
         let start = self.points.partition_point(|p| p.position < position);
-        let want = usize::from(self.config.replicas).min(MAX_REPLICAS);
+        let want = usize::from(self.config.replicas)
+            .min(MAX_REPLICAS)
+            .min(self.operators);
         for i in 0..n {
             let m = &self.members[self.points[(start + i) % n].member as usize];
             if prefixes[..owners.len].contains(&m.prefix) {

@@ -6,8 +6,7 @@
 //! The clock is read when `recvmmsg` returns and once more after the batch
 //! is sent: every datagram of the batch the core handled is recorded with
 //! that difference.
-//! The socket's drop counter (`SO_RXQ_OVFL`) is read from the batch's last
-//! datagram, which carries the latest count.
+//! The socket's drop counter is read when the counters are published.
 
 #![allow(unsafe_code)]
 
@@ -16,10 +15,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::PUBLISH_EVERY;
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
-use super::sys::{self, CONTROL_LEN, ControlBuf, RawAddr};
+use super::sys::RawAddr;
+use super::{PUBLISH_EVERY, publish};
 use crate::metrics::{EngineStats, ShardMetrics};
 use crate::shard::Core;
 use sky_proto::time::MonoTime;
@@ -32,7 +31,6 @@ pub(super) struct MmsgEngine {
     fd: RawFd,
     bufs: Box<[[u8; BUF_SIZE]]>,
     names: Box<[RawAddr]>,
-    controls: Box<[ControlBuf]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     outbox: Outbox,
@@ -58,7 +56,6 @@ impl MmsgEngine {
             fd,
             bufs: vec![[0u8; BUF_SIZE]; BATCH].into_boxed_slice(),
             names: vec![RawAddr::zeroed(); BATCH].into_boxed_slice(),
-            controls: vec![ControlBuf([0; CONTROL_LEN]); BATCH].into_boxed_slice(),
             iovs: vec![empty_iov(); BATCH].into_boxed_slice(),
             hdrs: vec![zeroed_mmsghdr(); BATCH].into_boxed_slice(),
             outbox: Outbox::new(fd, v6, 2 * BATCH),
@@ -86,13 +83,11 @@ impl MmsgEngine {
                 h.msg_namelen = RawAddr::CAPACITY;
                 h.msg_iov = &mut self.iovs[i];
                 h.msg_iovlen = 1;
-                h.msg_control = self.controls[i].0.as_mut_ptr().cast();
-                h.msg_controllen = CONTROL_LEN as _;
                 h.msg_flags = 0;
             }
             // SAFETY: every header points into arrays owned by self, sized as
-            // declared; the kernel writes at most msg_namelen, iov_len and
-            // msg_controllen bytes.
+            // declared, without control messages; the kernel writes at most
+            // msg_namelen and iov_len bytes.
             let n = unsafe {
                 libc::recvmmsg(
                     self.fd,
@@ -111,13 +106,6 @@ impl MmsgEngine {
                 }
             }
             let n = n.max(0) as usize;
-            if let Some(last) = n.checked_sub(1) {
-                #[allow(clippy::unnecessary_cast)] // a socklen_t on musl
-                let len = (self.hdrs[last].msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
-                if let Some(drops) = sys::rxq_ovfl(&self.controls[last].0[..len]) {
-                    engine.saw_queue_drops(drops);
-                }
-            }
             let mut handled = 0;
             for i in 0..n {
                 let len = self.hdrs[i].msg_len as usize;
@@ -149,12 +137,12 @@ impl MmsgEngine {
             }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
-                metrics.publish(&shard.take_stats(), &mut engine);
+                publish(metrics, shard, &mut engine, self.fd);
                 heartbeat.beat(now);
                 last_publish = now;
             }
         }
-        metrics.publish(&shard.take_stats(), &mut engine);
+        publish(metrics, shard, &mut engine, self.fd);
         Ok(())
     }
 }

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -27,7 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, EngineChoice};
 use crate::keys::NodeSecret;
-use crate::metrics::Metrics;
+use crate::metrics::{EngineStats, Metrics, ShardMetrics};
 use crate::presence::Presence;
 use crate::shard::{Core, Shard};
 use crate::snapshot::{self, SharedRing};
@@ -529,14 +529,23 @@ impl Node {
     }
 }
 
+/// Moves a shard's counters into the node's metrics, with its socket's
+/// receive-queue drop counter as the kernel counts it now.
+fn publish(metrics: &ShardMetrics, shard: &mut impl Core, engine: &mut EngineStats, fd: RawFd) {
+    if let Ok(drops) = sys::socket_drops(fd) {
+        engine.saw_queue_drops(drops);
+    }
+    metrics.publish(&shard.take_stats(), engine);
+}
+
 /// One socket per shard on the same address. The address is first bound
 /// *without* `SO_REUSEPORT`, so that a port already served by another
 /// process is an error rather than a silent share, and so that port 0
 /// resolves to one port for every shard.
 ///
 /// Each socket asks for `buffer` bytes of receive and send buffer (a
-/// warning names what the kernel granted when that is less) and for its
-/// receive-queue drop counter on every datagram (`SO_RXQ_OVFL`).
+/// warning names what the kernel granted when that is less), and sets
+/// Don't Fragment (`sys::set_dont_fragment`).
 fn bind_shard_sockets(
     listen: SocketAddr,
     shards: usize,
@@ -566,7 +575,7 @@ fn bind_shard_sockets(
         .map(|_| {
             let s = new_socket(true)?;
             let granted = sys::set_buffers(&s, buffer)?;
-            sys::enable_rxq_ovfl(s.as_raw_fd())?;
+            sys::set_dont_fragment(s.as_raw_fd(), listen.is_ipv6())?;
             if engine == Engine::Mmsg {
                 s.set_read_timeout(Some(WAKE_EVERY))?;
             }

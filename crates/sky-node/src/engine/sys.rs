@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use std::io::{self, Read};
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::RawFd;
 
@@ -104,71 +104,37 @@ pub fn decode_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-/// `SO_RXQ_OVFL` as `asm-generic/socket.h` numbers it (every architecture
-/// but sparc); the libc crate exports it only for some targets.
-const SO_RXQ_OVFL: libc::c_int = 40;
-
-/// Room for the control messages a shard's receive asks for: one
-/// `SO_RXQ_OVFL` (`CMSG_SPACE(4)`, 24 bytes on 64-bit), rounded up.
-pub const CONTROL_LEN: usize = 32;
-
-/// A control-message buffer, aligned as the kernel's `cmsghdr`.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-pub struct ControlBuf(pub [u8; CONTROL_LEN]);
-
-/// Asks the kernel to attach the socket's receive-queue drop counter to
-/// every datagram received once a drop has happened (`SO_RXQ_OVFL`).
-pub fn enable_rxq_ovfl(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads exactly `optlen` bytes from the pointer,
-    // which points at a live c_int of that size.
+/// The socket's receive-queue drop counter: datagrams the kernel dropped
+/// because the queue was full, since the socket was made (the `drops`
+/// column of `/proc/net/udp`, in a `u32` that wraps), read with
+/// `SO_MEMINFO`. The engines read it when they publish their counters
+/// (every 100 ms), not per datagram: asking the kernel to attach it to
+/// each datagram (`SO_RXQ_OVFL`) cost 3% of a shard's time answering
+/// pings, in `__sock_recv_cmsgs`, measured with perf.
+pub fn socket_drops(fd: RawFd) -> io::Result<u32> {
+    // SK_MEMINFO_VARS is 9 since Linux 4.6; a newer kernel that grows the
+    // array writes only what `len` allows.
+    let mut info = [0u32; 9];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that long and alive, and stores the written length in `len`.
     let r = unsafe {
-        libc::setsockopt(
+        libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            SO_RXQ_OVFL,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
         )
     };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    if r != 0 {
+        return Err(io::Error::last_os_error());
     }
-}
-
-/// The receive-queue drop counter in a datagram's control messages (as
-/// `recvmsg` or io_uring hand them back), if the kernel attached one: the
-/// socket's drops since it was made, when this datagram was queued. It
-/// attaches none before the first drop. Safe: plain bounded byte reads,
-/// whatever the bytes.
-pub fn rxq_ovfl(control: &[u8]) -> Option<u32> {
-    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; },
-    // then the data at CMSG_ALIGN(sizeof(struct cmsghdr)); the next header
-    // at CMSG_ALIGN(cmsg_len). The kernel's cmsg_len is a size_t whatever
-    // the C library calls it.
-    const LEN: usize = size_of::<usize>();
-    const LEVEL: usize = offset_of!(libc::cmsghdr, cmsg_level);
-    const TYPE: usize = offset_of!(libc::cmsghdr, cmsg_type);
-    const HEADER: usize = size_of::<libc::cmsghdr>().next_multiple_of(size_of::<usize>());
-    let int = |b: &[u8], at: usize| -> Option<i32> {
-        Some(i32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-    };
-    let mut rest = control;
-    while rest.len() >= HEADER {
-        let len = usize::from_ne_bytes(rest[..LEN].try_into().ok()?);
-        if len < HEADER || len > rest.len() {
-            return None;
-        }
-        if int(rest, LEVEL)? == libc::SOL_SOCKET && int(rest, TYPE)? == SO_RXQ_OVFL {
-            let data = rest.get(HEADER..HEADER + 4)?;
-            return Some(u32::from_ne_bytes(data.try_into().ok()?));
-        }
-        rest = rest.get(len.next_multiple_of(size_of::<usize>())..)?;
+    let drops = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (drops + 1) * size_of::<u32>() {
+        return Err(io::Error::other("SO_MEMINFO without a drop counter"));
     }
-    None
+    Ok(info[drops])
 }
 
 /// Asks for `size` bytes of receive and send buffer on `socket` and
@@ -180,6 +146,48 @@ pub fn set_buffers(socket: &socket2::Socket, size: usize) -> io::Result<usize> {
     socket.set_send_buffer_size(size)?;
     let granted = socket.recv_buffer_size()?.min(socket.send_buffer_size()?);
     Ok(granted / 2)
+}
+
+/// Sets Don't Fragment on what the socket sends to IPv4 peers without
+/// following path-MTU discovery (`IP_PMTUDISC_PROBE`, as QUIC stacks do).
+/// Every sky datagram is far below any path's MTU, and a datagram marked DF
+/// needs no IP identification: without it the kernel computes one per
+/// datagram from a shared table of counters (`__ip_select_ident`, 3% of a
+/// shard's time answering pings, measured with perf).
+pub fn set_dont_fragment(fd: RawFd, v6: bool) -> io::Result<()> {
+    let set = |level, name, probe: libc::c_int| {
+        // SAFETY: setsockopt reads exactly `optlen` bytes from the pointer,
+        // which points at a live c_int of that size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const probe).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // An IPv6 socket sends to IPv4 peers (v4-mapped) through the IPv4
+    // path, which reads the IPv4 option.
+    set(
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )?;
+    if v6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+    }
+    Ok(())
 }
 
 /// Pins the calling thread to `core`. Best effort: the caller logs failure.

@@ -15,9 +15,9 @@
 //!
 //! Measurement: the clock is read once per wake-up (the `now` the core
 //! sees) and once per flush; the datagrams a flush sends are recorded with
-//! that difference. A datagram's control message may carry the socket's
-//! drop counter (`SO_RXQ_OVFL`), kept as the latest seen; a receive that
-//! completes with `ENOBUFS` (every provided buffer in use) is counted.
+//! that difference. A receive that completes with `ENOBUFS` (every provided
+//! buffer in use) is counted; the socket's drop counter is read when the
+//! counters are published.
 
 #![allow(unsafe_code)]
 
@@ -34,14 +34,13 @@ use io_uring::{IoUring, SubmissionQueue, Submitter};
 
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
-use super::sys::{self, CONTROL_LEN, RawAddr};
-use super::{PUBLISH_EVERY, WAKE_EVERY};
+use super::sys::{self, RawAddr};
+use super::{PUBLISH_EVERY, WAKE_EVERY, publish};
 use crate::metrics::{EngineStats, ShardMetrics};
 use crate::shard::Core;
 use sky_proto::time::MonoTime;
 
-/// Bytes per provided buffer: recvmsg header, source address, control
-/// messages, payload.
+/// Bytes per provided buffer: recvmsg header, source address, payload.
 const BUF_SIZE: usize = 2048;
 /// Provided buffers per shard (a power of two, at most 32768).
 const BUF_COUNT: u16 = 4096;
@@ -54,9 +53,9 @@ const MAX_CQES_PER_WAKE: usize = 4096;
 const BGID: u16 = 7;
 const RECV: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
-/// io_uring_recvmsg_out header size, then the address and the control
-/// messages the kernel fills.
-const PAYLOAD_OFFSET: usize = 16 + RawAddr::CAPACITY as usize + CONTROL_LEN;
+/// io_uring_recvmsg_out header size, then the address the kernel fills
+/// (no control messages are asked for).
+const PAYLOAD_OFFSET: usize = 16 + RawAddr::CAPACITY as usize;
 
 /// Checks that this kernel and sandbox let us create a ring and register a
 /// provided-buffer ring (what `auto` needs to pick this engine).
@@ -178,7 +177,6 @@ impl UringEngine {
         // SAFETY: msghdr is plain data; zeroed is a valid empty header.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_hdr.msg_namelen = RawAddr::CAPACITY;
-        recv_hdr.msg_controllen = CONTROL_LEN as _;
         Ok(UringEngine {
             ring,
             bufring,
@@ -243,9 +241,6 @@ impl UringEngine {
                 let start = bid as usize * BUF_SIZE;
                 let buf = &mut bufs[start..start + BUF_SIZE];
                 let parsed = RecvMsgOut::parse(buf, recv_hdr).ok().map(|m| {
-                    if let Some(drops) = sys::rxq_ovfl(m.control_data()) {
-                        engine.saw_queue_drops(drops);
-                    }
                     (
                         sys::decode_sockaddr(m.name_data()),
                         m.payload_data().len(),
@@ -292,12 +287,12 @@ impl UringEngine {
             }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 shard.handle_timeout(now);
-                metrics.publish(&shard.take_stats(), &mut engine);
+                publish(metrics, shard, &mut engine, *fd);
                 heartbeat.beat(now);
                 last_publish = now;
             }
         }
-        metrics.publish(&shard.take_stats(), &mut engine);
+        publish(metrics, shard, &mut engine, *fd);
 
         // Cancel the multishot receive and wait until the kernel has let go
         // of it, so the socket (and its port) is released when this thread
