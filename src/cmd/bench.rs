@@ -50,16 +50,30 @@ pub(crate) struct BenchArgs {
     /// The population is already registered (by an earlier run): skip setup.
     #[arg(long)]
     registered: bool,
+    /// Look up the synthetic population a `--serve-node --prefill` node
+    /// holds (no keys, no setup).
+    #[arg(long)]
+    synthetic: bool,
+    /// Spread the client sockets over this many loopback IPs (127.0.0.1
+    /// and up), as many callers would: each caller IP gets a bounded number
+    /// of introductions per target and second.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    source_ips: u8,
     /// Serve the no-logic baseline on --listen instead of generating load.
     #[arg(long)]
     serve_baseline: bool,
-    /// Baseline: UDP address.
+    /// Serve a real node on --listen whose table holds the synthetic
+    /// population 0..PREFILL, filled in process (for lookups at 10^7
+    /// entries; `--synthetic` looks them up).
+    #[arg(long, value_name = "PREFILL", conflicts_with = "serve_baseline")]
+    serve_node: Option<usize>,
+    /// Served node or baseline: UDP address.
     #[arg(long, default_value = "127.0.0.1:7799")]
     listen: String,
-    /// Baseline: packet shards (0: one per core but one).
+    /// Served node or baseline: packet shards (0: one per core but one).
     #[arg(long, default_value_t = 0)]
     shards: usize,
-    /// Baseline: packet engine.
+    /// Served node or baseline: packet engine.
     #[arg(long, default_value = "auto")]
     engine: EngineChoice,
 }
@@ -69,13 +83,29 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         eprintln!("sky bench: {msg}");
         ExitCode::from(2)
     };
-    if args.serve_baseline {
+    if args.serve_baseline || args.serve_node.is_some() {
+        let prefill = args.serve_node.unwrap_or(0);
+        // A prefilled node: room for its population and 1% more, every
+        // entry admitted from one endpoint, lookups introduced as often as
+        // a node allows (255 a second per target).
+        let capacity = prefill + prefill / 100 + 1024;
+        let file = match args.serve_node {
+            Some(_) => FileConfig {
+                capacity: Some(capacity),
+                max_per_ip: Some(capacity as u32),
+                max_per_prefix: Some(capacity as u32),
+                intros_per_second: Some(u8::MAX),
+                check: Some("0".into()),
+                ..FileConfig::default()
+            },
+            None => FileConfig::default(),
+        };
         let mut config = match (FileConfig {
             listen: Some(args.listen.clone()),
             metrics: Some("off".into()),
             shards: Some(args.shards),
             engine: Some(args.engine),
-            ..FileConfig::default()
+            ..file
         })
         .resolve()
         {
@@ -85,12 +115,22 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         // The baseline runs a (lonely) gossip thread like a node, on an
         // ephemeral port: it must not take a node's 7701 on this machine.
         config.gossip.set_port(0);
-        let node = match sky_lab::baseline::start(&config) {
+        let (what, node) = match args.serve_node {
+            Some(n) => (
+                "node",
+                sky_lab::bench::serve_prefilled(&config, n).map_err(|e| e.to_string()),
+            ),
+            None => (
+                "baseline",
+                sky_lab::baseline::start(&config).map_err(|e| e.to_string()),
+            ),
+        };
+        let node = match node {
             Ok(n) => n,
-            Err(e) => return fail(e.to_string()),
+            Err(e) => return fail(e),
         };
         eprintln!(
-            "sky bench: baseline serving {} ({} engine, {} shards)",
+            "sky bench: {what} serving {} ({} engine, {} shards, {prefill} entries)",
             node.local_addr(),
             node.engine().label(),
             node.shards()
@@ -131,6 +171,8 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         progress: !args.json,
         server_pid: args.server_pid,
         registered: args.registered,
+        synthetic: args.synthetic,
+        source_ips: args.source_ips,
         ..Default::default()
     };
     match sky_lab::bench::run(config) {

@@ -290,3 +290,30 @@ fn sky_bench_threads_load_a_sky_of_three_registering_at_exactly_the_owners() {
         node.shutdown().unwrap();
     }
 }
+
+/// A node filled in process (`sky bench --serve-node`) answers the
+/// synthetic population's lookups online and introduces each (from four
+/// loopback IPs), on both engines: what spec6.py's lookups at 10^7 entries
+/// measure.
+#[test]
+fn synthetic_lookups_of_a_prefilled_node_are_all_online() {
+    let _heavy = heavy();
+    for engine in engines() {
+        let mut config = config(engine, "127.0.0.1:0");
+        config.metrics = None;
+        config.capacity = 4096;
+        config.max_per_ip = Some(4096);
+        config.max_per_prefix = Some(4096);
+        config.intros_per_second = u8::MAX;
+        let node = sky_lab::bench::serve_prefilled(&config, POPULATION).unwrap();
+        assert_eq!(node.presence().len(), POPULATION);
+        let target = node.local_addr().to_string();
+        let r = smoke_with(
+            &target,
+            "lookup-online",
+            &["--synthetic", "--source-ips", "4"],
+        );
+        assert_eq!(r["introduced"], r["answered"], "{engine:?}: {r}");
+        node.shutdown().unwrap();
+    }
+}

@@ -79,10 +79,6 @@ pub(super) struct Generator<'a> {
     pub(super) counts: Counts,
     pub(super) histogram: Vec<u32>,
     pub(super) measuring: bool,
-    /// Introductions announced by `online` replies while measuring: the
-    /// drain waits for them too (they come on other sockets, maybe later
-    /// than the replies).
-    pub(super) intros_due: u64,
     /// The node the next batch goes to.
     pub(super) next_node: usize,
     // sendmmsg / recvmmsg arrays, allocated once.
@@ -251,7 +247,7 @@ impl Generator<'_> {
         // rest as lost.
         let drain_end = Instant::now() + self.cfg.timeout;
         while (self.clients.iter().any(|c| !c.inflight.is_empty())
-            || self.counts.intros < self.intros_due)
+            || (!self.cfg.synthetic && self.counts.intros < self.counts.introduced))
             && Instant::now() < drain_end
         {
             if !self.receive_all()? {
@@ -432,7 +428,7 @@ impl Generator<'_> {
             *done = true;
         }
         if introduced && self.measuring {
-            self.intros_due += 1;
+            self.counts.introduced += 1;
         }
         let us = now
             .duration_since(f.sent)

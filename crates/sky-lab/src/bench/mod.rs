@@ -36,6 +36,19 @@
 //! first owner, pings round the members, a cookie per socket from every
 //! node. Against one node nothing differs from a single node's run.
 //!
+//! **A prefilled node.** Ten million signed registrations through a socket
+//! take a node's core over two hours of signature checks, and deriving ten
+//! million key pairs takes the generator as long again. To measure lookups
+//! in a table that large, [`serve_prefilled`] starts a real node whose
+//! table was filled in process with [`synthetic_address`]es, and the
+//! generator (`synthetic`) looks those up without keys or setup.
+//!
+//! **Source IPs.** A node allows each caller IP a bounded number of
+//! introductions per target and second; over a small population one IP
+//! exhausts it and its lookups are answered without one (less work than
+//! a real mix of callers). `source_ips` spreads the sockets over that
+//! many loopback IPs (127.0.0.1, .2, ...).
+//!
 //! For the ceiling (`--serve-baseline`, see [`crate::baseline`]) the lookup's
 //! `caller` field carries the target's endpoint in its first six bytes.
 
@@ -61,6 +74,7 @@ pub use report::{BenchError, Latency, Report};
 use generator::{Generator, Measured, Progress};
 use report::Counts;
 use sky_node::probe::AddrSecret;
+use sky_proto::wire::{AddrKey, VirtualAddr};
 use targets::Targets;
 
 /// What each operation is.
@@ -125,6 +139,12 @@ pub struct BenchConfig {
     /// skip the setup (for repeated runs against 10^7 entries). The node
     /// must keep the entries alive that long (`--keepalive-secs`).
     pub registered: bool,
+    /// The population is [`synthetic_address`]`(i)`, held by a node that
+    /// [`serve_prefilled`] filled: no keys, no setup (lookups only).
+    pub synthetic: bool,
+    /// Client sockets spread over this many loopback IPv4 addresses
+    /// (127.0.0.1 and up; against an IPv4 loopback node only).
+    pub source_ips: u8,
 }
 
 impl Default for BenchConfig {
@@ -143,6 +163,8 @@ impl Default for BenchConfig {
             progress: true,
             server_pid: None,
             registered: false,
+            synthetic: false,
+            source_ips: 1,
         }
     }
 }
@@ -168,6 +190,34 @@ pub fn seed(i: usize) -> [u8; 32] {
 /// is `secret(i).address()`.
 pub fn secret(i: usize) -> AddrSecret {
     AddrSecret::from_seed(seed(i))
+}
+
+/// Population member `i`'s address in a synthetic population (see the
+/// module's doc): the address of its seed taken as a public key, no key
+/// pair behind it (one hash, not a key derivation).
+pub fn synthetic_address(i: usize) -> VirtualAddr {
+    VirtualAddr::from_key(&AddrKey(seed(i)))
+}
+
+/// A real node (`Node::start_on`) whose presence table holds the synthetic
+/// population `0..population` before it serves: each entry at endpoint
+/// 127.0.0.1:9 (nobody listens: introductions to it are sent and dropped,
+/// as they are to an earlier run's closed ports), alive until the node
+/// stops. The configuration's per-source budgets must admit them.
+pub fn serve_prefilled(
+    config: &sky_node::config::Config,
+    population: usize,
+) -> Result<sky_node::engine::Node, String> {
+    use sky_node::presence::Presence;
+    let presence = Presence::with_budgets(config.capacity, config.budgets());
+    let endpoint: SocketAddr = "127.0.0.1:9".parse().expect("literal");
+    for i in 0..population {
+        presence
+            .register(synthetic_address(i), endpoint, keys::FLAGS, 0, u32::MAX)
+            .map_err(|why| format!("entry {i} of {population} refused: {why:?}"))?;
+    }
+    sky_node::engine::Node::start_on(config, std::sync::Arc::new(presence))
+        .map_err(|e| e.to_string())
 }
 
 /// One generator thread's share of a run.
@@ -271,6 +321,13 @@ fn check(cfg: &BenchConfig) -> Result<(), BenchError> {
     if cfg.rate.is_some_and(|r| r < cfg.threads as u64) {
         return bad("--rate must be at least --threads");
     }
+    if cfg.synthetic && !matches!(cfg.mode, Mode::LookupOnline | Mode::LookupOffline) {
+        return bad("--synthetic looks up a prefilled population: lookup modes only");
+    }
+    let v4_loopback = matches!(cfg.target, SocketAddr::V4(a) if a.ip().is_loopback());
+    if cfg.source_ips > 1 && !v4_loopback {
+        return bad("--source-ips needs a node on an IPv4 loopback address");
+    }
     Ok(())
 }
 
@@ -358,6 +415,7 @@ fn report(
         request_bytes_per_op: c.request_bytes as f64 / c.sent.max(1) as f64,
         reply_bytes_per_op: c.reply_bytes as f64 / answered,
         introductions: c.intros,
+        introduced: c.introduced,
         introduction_bytes_per_op: c.intro_bytes as f64 / answered,
         server_cpu: measured.first().and_then(|(m, _)| m.server_cpu),
     }

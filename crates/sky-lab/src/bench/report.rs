@@ -56,6 +56,9 @@ pub(super) struct Counts {
     pub(super) reply_bytes: u64,
     pub(super) intros: u64,
     pub(super) intro_bytes: u64,
+    /// Lookups answered as introduced (the introduction is due to the
+    /// target's endpoint: the generator's own sockets, but for `synthetic`).
+    pub(super) introduced: u64,
     /// Setup's registrations refused for want of signature checks (sent
     /// again later).
     pub(super) later: u64,
@@ -71,6 +74,7 @@ impl std::ops::AddAssign for Counts {
         self.reply_bytes += o.reply_bytes;
         self.intros += o.intros;
         self.intro_bytes += o.intro_bytes;
+        self.introduced += o.introduced;
         self.later += o.later;
     }
 }
@@ -101,6 +105,9 @@ pub struct Report {
     pub request_bytes_per_op: f64,
     pub reply_bytes_per_op: f64,
     pub introductions: u64,
+    /// Lookups the node said it introduced (the rest it answered with
+    /// `not introduced`: the caller's allowance for that target was spent).
+    pub introduced: u64,
     pub introduction_bytes_per_op: f64,
     /// CPU the server process used while measuring, in cores (with
     /// `server_pid`): below 1.0 per shard, the generator was the limit.

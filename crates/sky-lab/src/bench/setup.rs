@@ -40,7 +40,16 @@ impl<'a> Generator<'a> {
         .parse()
         .expect("literal");
         let mut clients = Vec::with_capacity(share.clients);
-        for _ in 0..share.clients.max(1) {
+        for i in 0..share.clients.max(1) {
+            let mut local = local;
+            if let SocketAddr::V4(v4) = &mut local
+                && loopback
+            {
+                // 127.0.0.1, .2, ...: socket i of thread t on the
+                // (t + i)-th, so that every thread spreads its own.
+                let n = (share.thread + i) % usize::from(cfg.source_ips.max(1));
+                v4.set_ip(std::net::Ipv4Addr::from(u32::from(*v4.ip()) + n as u32));
+            }
             let socket = UdpSocket::bind(local)?;
             socket.set_nonblocking(true)?;
             let s2 = socket2::SockRef::from(&socket);
@@ -72,7 +81,6 @@ impl<'a> Generator<'a> {
             counts: Counts::default(),
             histogram: vec![0; HISTOGRAM_US + 1],
             measuring: false,
-            intros_due: 0,
             next_node: 0,
             out: SendBatch::new(BATCH, wire::MAX_MESSAGE_LEN),
             inbox: RecvBatch::new(BATCH, BUF),
@@ -91,9 +99,17 @@ impl<'a> Generator<'a> {
             g.cfg.mode,
             Mode::LookupOnline | Mode::Mixed | Mode::Register
         );
-        let register = addresses && !g.cfg.registered;
+        let register = addresses && !g.cfg.registered && !g.cfg.synthetic;
         let keep = matches!(g.cfg.mode, Mode::Mixed | Mode::Register);
-        if addresses {
+        if addresses && g.cfg.synthetic {
+            let addresses = g.share.population.clone().map(super::synthetic_address);
+            g.slice = Slice::new(
+                targets,
+                g.share.population.clone(),
+                addresses.collect(),
+                sockets,
+            );
+        } else if addresses {
             let cookies: Vec<Vec<Cookie>> = g.clients.iter().map(|c| c.cookies.clone()).collect();
             let plan = Plan {
                 keys: keep,
