@@ -64,3 +64,34 @@ fn the_node_key_is_created_owner_only_kept_and_refused_when_others_may_read_it()
     assert!(load_or_create_key(&path).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Shard sockets of both families take Don't Fragment without path-MTU
+/// discovery (an IPv6 socket also for the IPv4 peers it reaches mapped).
+#[test]
+fn dont_fragment_is_set_on_both_families() {
+    use std::os::fd::AsRawFd;
+    let get = |fd, level, name| {
+        let mut v: libc::c_int = -1;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`.
+        let r = unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        v
+    };
+    let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    set_dont_fragment(v4.as_raw_fd(), false).unwrap();
+    assert_eq!(
+        get(v4.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+        libc::IP_PMTUDISC_PROBE
+    );
+    let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    set_dont_fragment(v6.as_raw_fd(), true).unwrap();
+    assert_eq!(
+        get(v6.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+        libc::IP_PMTUDISC_PROBE
+    );
+    assert_eq!(
+        get(v6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+        libc::IPV6_PMTUDISC_PROBE
+    );
+}
