@@ -50,8 +50,8 @@ pub(crate) struct BenchArgs {
     /// The population is already registered (by an earlier run): skip setup.
     #[arg(long)]
     registered: bool,
-    /// Look up the synthetic population a `--serve-node --prefill` node
-    /// holds (no keys, no setup).
+    /// Look up the synthetic population a `--serve-node` node holds (no
+    /// keys, no setup).
     #[arg(long)]
     synthetic: bool,
     /// Spread the client sockets over this many loopback IPs (127.0.0.1
@@ -89,11 +89,14 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         // entry admitted from one endpoint, lookups introduced as often as
         // a node allows (255 a second per target).
         let capacity = prefill + prefill / 100 + 1024;
+        let Ok(budget) = u32::try_from(capacity) else {
+            return fail("--serve-node: more entries than a per-source budget counts (u32)".into());
+        };
         let file = match args.serve_node {
             Some(_) => FileConfig {
                 capacity: Some(capacity),
-                max_per_ip: Some(capacity as u32),
-                max_per_prefix: Some(capacity as u32),
+                max_per_ip: Some(budget),
+                max_per_prefix: Some(budget),
                 intros_per_second: Some(u8::MAX),
                 check: Some("0".into()),
                 ..FileConfig::default()
@@ -117,11 +120,11 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
         config.gossip.set_port(0);
         let (what, node) = match args.serve_node {
             Some(n) => (
-                "node",
-                sky_lab::bench::serve_prefilled(&config, n).map_err(|e| e.to_string()),
+                format!("a node of {n} entries"),
+                sky_lab::bench::serve_prefilled(&config, n),
             ),
             None => (
-                "baseline",
+                "baseline".into(),
                 sky_lab::baseline::start(&config).map_err(|e| e.to_string()),
             ),
         };
@@ -130,7 +133,7 @@ pub(crate) fn main(args: BenchArgs) -> ExitCode {
             Err(e) => return fail(e),
         };
         eprintln!(
-            "sky bench: {what} serving {} ({} engine, {} shards, {prefill} entries)",
+            "sky bench: {what} serving {} ({} engine, {} shards)",
             node.local_addr(),
             node.engine().label(),
             node.shards()
