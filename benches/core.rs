@@ -264,6 +264,31 @@ fn presence(c: &mut Criterion) {
                 table.remove(&fresh)
             })
         });
+        // A lookup while another thread inserts and removes entries as fast
+        // as it can (registrations arriving on another shard): what the
+        // writers' shared words cost the readers. Bounded: the writer stops
+        // when the benchmark is done, or after 10^8 pairs.
+        if n == 1_000 {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut j = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && j < 100_000_000 {
+                        let a = address(usize::MAX / 4 + j % 64);
+                        let _ = table.register(a, ep, Flags(0), 0, 1000);
+                        table.remove(&a);
+                        j += 1;
+                    }
+                });
+                g.bench_function(format!("lookup_while_writing/{n}"), |b| {
+                    b.iter(|| {
+                        i = (i + 7919) % n;
+                        table.lookup(&addresses[i], ep.ip(), 10, (255, 255))
+                    })
+                });
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
         // The sweep's cost per entry scanned (nothing expires).
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("sweep_scan/{n}"), |b| b.iter(|| table.sweep(10)));

@@ -252,7 +252,9 @@ pub enum Found {
 
 pub struct Presence {
     table: Table,
-    len: AtomicUsize,
+    /// Written by every insert and removal: a line of its own (as the
+    /// table's writer words: `table::Line`).
+    len: table::Line<AtomicUsize>,
     capacity: usize,
     budgets: Budgets,
     /// Entries held per source IP and per prefix.
@@ -279,7 +281,7 @@ impl Presence {
     pub fn with_budgets(capacity: usize, budgets: Budgets) -> Presence {
         Presence {
             table: Table::new(capacity),
-            len: AtomicUsize::new(0),
+            len: table::Line(AtomicUsize::new(0)),
             capacity,
             budgets,
             sources: DashMap::with_hasher_and_shard_amount(RandomState::new(), TABLE_SHARDS),

@@ -201,8 +201,24 @@ pub(super) struct Table {
     /// Bumped by 2 after every write that moves or replaces a live entry,
     /// odd during an in-place rewrite; a reader that missed while it
     /// changed looks again.
-    moves: AtomicU64,
-    writer: Mutex<()>,
+    moves: Line<AtomicU64>,
+    writer: Line<Mutex<()>>,
+}
+
+/// A value on a cache line of its own. The words writers write (the move
+/// counter, the writer lock) sat on the line of the bucket pointer and the
+/// hash keys that every lookup reads, so every insert on one core evicted
+/// that line from every reader's cache: a lookup while another thread
+/// inserts and removes took 117 ns against 69 ns alone (`cargo bench --bench
+/// core -- presence/lookup_while_writing`).
+#[repr(align(64))]
+pub(super) struct Line<T>(pub(super) T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl Table {
@@ -212,8 +228,8 @@ impl Table {
         Table {
             buckets: (0..buckets).map(|_| Bucket::new()).collect(),
             hasher: RandomState::new(),
-            moves: AtomicU64::new(0),
-            writer: Mutex::new(()),
+            moves: Line(AtomicU64::new(0)),
+            writer: Line(Mutex::new(())),
         }
     }
 
