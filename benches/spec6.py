@@ -123,7 +123,7 @@ def baseline(engine="uring", shards=0):
 
 
 def bench(server, target, mode, duration, population=1000, rate=None, one_at_a_time=False,
-          registered=False, synthetic=False, source_ips=None):
+          synthetic=False, source_ips=None):
     """Runs sky bench; the report includes the server's CPU while measuring.
     Paced runs (latency) use 4 sockets, so the generator's own loop stays
     short; peak runs use 32. Lookups come from 16 loopback IPs: a node
@@ -140,8 +140,6 @@ def bench(server, target, mode, duration, population=1000, rate=None, one_at_a_t
         argv += ["--rate", str(int(rate)), "--clients", "4", "--window", "64"]
     if one_at_a_time:
         argv += ["--clients", "1", "--window", "1"]
-    if registered:
-        argv += ["--registered"]
     if synthetic:
         argv += ["--synthetic"]
     if source_ips > 1:

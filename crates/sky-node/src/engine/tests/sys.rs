@@ -65,10 +65,11 @@ fn the_node_key_is_created_owner_only_kept_and_refused_when_others_may_read_it()
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Shard sockets of both families take Don't Fragment without path-MTU
-/// discovery (an IPv6 socket also for the IPv4 peers it reaches mapped).
+/// The node's shard sockets, as the engine binds them, take Don't Fragment
+/// without path-MTU discovery on both families (an IPv6 socket also for
+/// the IPv4 peers it reaches mapped).
 #[test]
-fn dont_fragment_is_set_on_both_families() {
+fn shard_sockets_of_both_families_carry_dont_fragment() {
     use std::os::fd::AsRawFd;
     let get = |fd, level, name| {
         let mut v: libc::c_int = -1;
@@ -78,20 +79,25 @@ fn dont_fragment_is_set_on_both_families() {
         assert_eq!(r, 0, "{}", io::Error::last_os_error());
         v
     };
-    let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    set_dont_fragment(v4.as_raw_fd(), false).unwrap();
-    assert_eq!(
-        get(v4.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
-        libc::IP_PMTUDISC_PROBE
-    );
-    let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
-    set_dont_fragment(v6.as_raw_fd(), true).unwrap();
-    assert_eq!(
-        get(v6.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
-        libc::IP_PMTUDISC_PROBE
-    );
-    assert_eq!(
-        get(v6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
-        libc::IPV6_PMTUDISC_PROBE
-    );
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let listen: SocketAddr = listen.parse().unwrap();
+        let sockets =
+            crate::engine::bind_shard_sockets(listen, 2, crate::engine::Engine::Mmsg, 4096)
+                .unwrap();
+        assert_eq!(sockets.len(), 2);
+        for s in &sockets {
+            let fd = s.as_raw_fd();
+            assert_eq!(
+                get(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+                libc::IP_PMTUDISC_PROBE,
+                "{listen}"
+            );
+            if listen.is_ipv6() {
+                assert_eq!(
+                    get(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+                    libc::IPV6_PMTUDISC_PROBE
+                );
+            }
+        }
+    }
 }
