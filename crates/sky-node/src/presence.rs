@@ -47,6 +47,18 @@ mod table;
 
 use table::{Table, Value};
 
+/// Cache lines to prefetch (null: none); see [`Presence::lines_of`].
+pub type Lines = [*const u8; 3];
+
+/// Which lines [`Presence::lines_of`] names: those a datagram's handling
+/// reads first, or (a little later, when those are in the cache) the ones
+/// they lead to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ahead {
+    First,
+    Second,
+}
+
 /// Lock shards of the per-source counts.
 pub const TABLE_SHARDS: usize = 256;
 
@@ -295,13 +307,7 @@ impl Presence {
     /// this second (`per_second`). Slots are shared by keyed hash, so two
     /// pairs rarely, and never predictably, share one.
     fn take_pair(&self, caller: IpAddr, target: &Key, now_secs: u32, per_second: u8) -> bool {
-        use std::hash::BuildHasher;
-        let ip = match caller {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        let slot = self.pair_hasher.hash_one((ip, target.0)) as usize & (PAIR_SLOTS - 1);
-        let cell = &self.pairs[slot];
+        let cell = &self.pairs[self.pair_slot(caller, target)];
         let window = now_secs & 0xffff;
         let mut seen = cell.load(Ordering::Relaxed);
         for _ in 0..4 {
@@ -318,6 +324,12 @@ impl Presence {
             }
         }
         false
+    }
+
+    /// The counter of (`caller`, `target`) in `pairs`.
+    fn pair_slot(&self, caller: IpAddr, target: &Key) -> usize {
+        use std::hash::BuildHasher;
+        self.pair_hasher.hash_one((ip16(caller), target.0)) as usize & (PAIR_SLOTS - 1)
     }
 
     /// The per-source budgets.
@@ -536,6 +548,40 @@ impl Presence {
             },
             _ => Found::Offline,
         }
+    }
+
+    /// The table's buckets: where they start and their size in bytes.
+    pub fn memory(&self) -> (*const u8, usize) {
+        self.table.memory()
+    }
+
+    /// The cache lines that handling a keepalive or lookup of the address
+    /// in `named` (the bytes [`wire::named_address`] found) will read, for
+    /// an engine to prefetch ([`Core::lines_ahead`](crate::shard::Core::lines_ahead)):
+    /// at [`Ahead::First`], the tag lines of its two buckets and, for a
+    /// lookup from `caller`, the caller's introduction counter for it; at
+    /// [`Ahead::Second`], once those are in the cache, the record lines of
+    /// the slots whose tag matches.
+    pub fn lines_of(&self, named: &[u8], lookup_from: Option<IpAddr>, ahead: Ahead) -> Lines {
+        let mut lines = [std::ptr::null(); 3];
+        let Some(key) = named.get(..12).and_then(|k| <[u8; 12]>::try_from(k).ok()) else {
+            return lines;
+        };
+        match ahead {
+            Ahead::First => {
+                let [b1, b2] = self.table.lines_of(&key);
+                lines = [b1, b2, std::ptr::null()];
+                if let Some(caller) = lookup_from {
+                    lines[2] =
+                        std::ptr::from_ref(&self.pairs[self.pair_slot(caller, &Key(key))]).cast();
+                }
+            }
+            Ahead::Second => {
+                let [r1, r2] = self.table.record_lines_of(&key);
+                lines = [r1, r2, std::ptr::null()];
+            }
+        }
+        lines
     }
 
     /// Drops `address`. Returns whether it was present.

@@ -30,6 +30,7 @@ use std::time::Duration;
 use sky_proto::time::MonoTime;
 
 use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
+pub use crate::presence::{Ahead, Lines};
 use crate::presence::{Found, Presence, Refused};
 use crate::proof::{self, CheckBudget};
 use crate::snapshot::SharedRing;
@@ -297,7 +298,26 @@ pub trait Core: Send + 'static {
     fn stats_mut(&mut self) -> &mut Stats;
     /// A datagram the kernel truncated (larger than the engine's buffers).
     fn drop_oversized(&mut self, len: usize);
+    /// The memory that handling a datagram from `from`, which the engine
+    /// will hand to [`Core::handle_datagram`] soon (a few datagrams from
+    /// now, in the same wake-up), reads: the presence table's lines, for
+    /// the engine to prefetch so that their misses overlap with the
+    /// handling of the datagrams before it. Asked twice per datagram: for
+    /// [`Ahead::First`] ([`FIRST_AHEAD`] datagrams before its turn) and
+    /// [`Ahead::Second`] ([`SECOND_AHEAD`] before), whose lines are found
+    /// through the first ones. A hint: nothing is changed, and an engine
+    /// may ignore it.
+    fn lines_ahead(&self, _datagram: &[u8], _from: SocketAddr, _ahead: Ahead) -> Lines {
+        [std::ptr::null(); 3]
+    }
 }
+
+/// How many datagrams ahead of its turn an engine asks a core for a
+/// datagram's [`Ahead::First`] lines: far enough that a miss to memory is
+/// over by then, near enough that the lines are still in the cache.
+pub const FIRST_AHEAD: usize = 4;
+/// ... and for its [`Ahead::Second`] lines.
+pub const SECOND_AHEAD: usize = 2;
 
 impl Core for Shard {
     fn handle_datagram(
@@ -321,6 +341,15 @@ impl Core for Shard {
     }
     fn drop_oversized(&mut self, len: usize) {
         Shard::drop_oversized(self, len)
+    }
+    fn lines_ahead(&self, datagram: &[u8], from: SocketAddr, ahead: Ahead) -> Lines {
+        match wire::named_address(datagram) {
+            Some((kind, named)) => {
+                let caller = (kind == Kind::Lookup).then(|| from.ip());
+                self.presence.lines_of(named, caller, ahead)
+            }
+            None => [std::ptr::null(); 3],
+        }
     }
 }
 

@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
-use super::sys::RawAddr;
+use super::sys::{self, RawAddr};
 use super::{PUBLISH_EVERY, publish};
 use crate::metrics::{EngineStats, ShardMetrics};
-use crate::shard::Core;
+use crate::shard::{Ahead, Core, FIRST_AHEAD, SECOND_AHEAD};
 use sky_proto::time::MonoTime;
 
 /// Datagrams per `recvmmsg`.
@@ -106,8 +106,20 @@ impl MmsgEngine {
                 }
             }
             let n = n.max(0) as usize;
+            for i in 0..n.min(FIRST_AHEAD) {
+                self.prefetch(shard, i, Ahead::First);
+            }
+            for i in 0..n.min(SECOND_AHEAD) {
+                self.prefetch(shard, i, Ahead::Second);
+            }
             let mut handled = 0;
             for i in 0..n {
+                if i + FIRST_AHEAD < n {
+                    self.prefetch(shard, i + FIRST_AHEAD, Ahead::First);
+                }
+                if i + SECOND_AHEAD < n {
+                    self.prefetch(shard, i + SECOND_AHEAD, Ahead::Second);
+                }
                 let len = self.hdrs[i].msg_len as usize;
                 let Some(from) = self.names[i].get() else {
                     continue;
@@ -144,5 +156,13 @@ impl MmsgEngine {
         }
         publish(metrics, shard, &mut engine, self.fd);
         Ok(())
+    }
+
+    /// Prefetches what the core will read for datagram `i` of the batch.
+    fn prefetch(&self, shard: &impl Core, i: usize, ahead: Ahead) {
+        let len = (self.hdrs[i].msg_len as usize).min(BUF_SIZE);
+        if let Some(from) = self.names[i].get() {
+            sys::prefetch(shard.lines_ahead(&self.bufs[i][..len], from, ahead));
+        }
     }
 }

@@ -160,6 +160,19 @@ impl Node {
     /// registrations through the socket take a core 7.7 minutes of
     /// signature checks).
     pub fn start_on(config: &Config, presence: Arc<Presence>) -> Result<Node, StartError> {
+        let (start, len) = presence.memory();
+        match sys::advise_huge_pages(start, len) {
+            Ok(0) => {}
+            Ok(huge) => tracing::info!(
+                "presence table: {} of its {} MiB on huge pages",
+                huge >> 20,
+                len >> 20
+            ),
+            Err(e) => tracing::info!(
+                "presence table on 4 KiB pages ({} MiB): the kernel refused huge pages: {e}",
+                len >> 20
+            ),
+        }
         let secret = Arc::new(NodeSecret::new(
             sys::random_secret().map_err(StartError::Random)?,
         ));

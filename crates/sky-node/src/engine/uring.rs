@@ -37,7 +37,7 @@ use super::outbox::Outbox;
 use super::sys::{self, RawAddr};
 use super::{PUBLISH_EVERY, WAKE_EVERY, publish};
 use crate::metrics::{EngineStats, ShardMetrics};
-use crate::shard::Core;
+use crate::shard::{Ahead, Core, FIRST_AHEAD, SECOND_AHEAD};
 use sky_proto::time::MonoTime;
 
 /// Bytes per provided buffer: recvmsg header, source address, payload.
@@ -209,6 +209,7 @@ impl UringEngine {
         let recv = opcode::RecvMsgMulti::new(types::Fd(*fd), &**recv_hdr, BGID)
             .build()
             .user_data(RECV);
+        let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(MAX_CQES_PER_WAKE);
         let (submitter, mut sq, mut cq) = ring.split();
         push(&mut sq, &submitter, &recv)?;
         let ts = Timespec::new().nsec(WAKE_EVERY.as_nanos() as u32);
@@ -224,7 +225,24 @@ impl UringEngine {
             // Datagrams taken since the last flush, which sends their answers.
             let mut batch = Batch { now, datagrams: 0 };
             cq.sync();
-            for cqe in (&mut cq).take(MAX_CQES_PER_WAKE) {
+            // Taken off the ring first, so that the core's lines for the
+            // datagrams a few places ahead can be prefetched.
+            cqes.clear();
+            cqes.extend((&mut cq).take(MAX_CQES_PER_WAKE));
+            for (i, cqe) in cqes.iter().enumerate().take(FIRST_AHEAD) {
+                prefetch(shard, cqe, bufs, recv_hdr, Ahead::First);
+                if i < SECOND_AHEAD {
+                    prefetch(shard, cqe, bufs, recv_hdr, Ahead::Second);
+                }
+            }
+            for i in 0..cqes.len() {
+                if let Some(next) = cqes.get(i + FIRST_AHEAD) {
+                    prefetch(shard, next, bufs, recv_hdr, Ahead::First);
+                }
+                if let Some(next) = cqes.get(i + SECOND_AHEAD) {
+                    prefetch(shard, next, bufs, recv_hdr, Ahead::Second);
+                }
+                let cqe = &cqes[i];
                 let flags = cqe.flags();
                 if cqe.user_data() != RECV {
                     continue;
@@ -347,6 +365,28 @@ fn flush(
     outbox.flush(shard);
     for bid in held.drain(..) {
         recycle(bufring, bufs, bid);
+    }
+}
+
+/// Prefetches what the core will read for the datagram of `cqe`.
+fn prefetch(
+    shard: &impl Core,
+    cqe: &cqueue::Entry,
+    bufs: &[u8],
+    recv_hdr: &libc::msghdr,
+    ahead: Ahead,
+) {
+    if cqe.user_data() != RECV {
+        return;
+    }
+    let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+        return;
+    };
+    let start = bid as usize * BUF_SIZE;
+    if let Ok(m) = RecvMsgOut::parse(&bufs[start..start + BUF_SIZE], recv_hdr)
+        && let Some(from) = sys::decode_sockaddr(m.name_data())
+    {
+        sys::prefetch(shard.lines_ahead(m.payload_data(), from, ahead));
     }
 }
 

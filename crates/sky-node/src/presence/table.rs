@@ -253,6 +253,41 @@ impl Table {
         if b == b1 { b2 } else { b1 }
     }
 
+    /// Where the buckets are and how many bytes they take (for an engine to
+    /// advise the kernel on the pages behind them).
+    pub(super) fn memory(&self) -> (*const u8, usize) {
+        (
+            self.buckets.as_ptr().cast(),
+            std::mem::size_of_val(&*self.buckets),
+        )
+    }
+
+    /// The first cache line of each of `key`'s two buckets (their
+    /// sequence words and tags: what every look reads first), for an
+    /// engine to prefetch a few datagrams ahead of the one it handles.
+    /// Reads nothing.
+    pub(super) fn lines_of(&self, key: &Key) -> [*const u8; 2] {
+        let (b1, b2) = self.buckets_of(&words(key));
+        [b1, b2].map(|b| std::ptr::from_ref(&self.buckets[b]).cast())
+    }
+
+    /// The record line of the first slot in each of `key`'s buckets whose
+    /// tag is the key's (null where none is): what a look reads second,
+    /// named once the tag lines are in the cache. Reads the tags only,
+    /// without the sequence words: a stale answer costs a wasted prefetch.
+    pub(super) fn record_lines_of(&self, key: &Key) -> [*const u8; 2] {
+        let key = words(key);
+        let (b1, b2) = self.buckets_of(&key);
+        [b1, b2].map(|b| {
+            let bucket = &self.buckets[b];
+            (0..SLOTS)
+                .find(|&s| bucket.tag[s].load(Ordering::Relaxed) == key[0])
+                .map_or(std::ptr::null(), |s| {
+                    std::ptr::from_ref(&bucket.rec[s]).cast()
+                })
+        })
+    }
+
     /// A consistent copy of slot `s` of bucket `b` if it holds `key`; None
     /// if it does not, or if the slot is being rewritten (never waited on:
     /// see the module's doc for why that loses no entry).

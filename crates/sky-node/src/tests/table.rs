@@ -76,6 +76,37 @@ fn inserts_finds_updates_and_removals() {
     assert!(t.find(&key(1)).is_none());
 }
 
+/// What an engine prefetches for a key is what a look for it reads: the
+/// first line of both its buckets, then the record line of its slot.
+#[test]
+fn the_lines_named_ahead_are_the_ones_a_look_reads() {
+    let t = Table::new(10_000);
+    let w = t.write();
+    for i in 0..5_000 {
+        assert!(w.insert(&key(i), &value(i, 10)));
+    }
+    drop(w);
+    for i in 0..5_000 {
+        let found = t.find(&key(i)).unwrap();
+        let bucket = &t.buckets[found.bucket];
+        let first: *const u8 = std::ptr::from_ref(bucket).cast();
+        assert!(t.lines_of(&key(i)).contains(&first), "key {i}");
+        let record: *const u8 = std::ptr::from_ref(&bucket.rec[found.slot]).cast();
+        assert!(t.record_lines_of(&key(i)).contains(&record), "key {i}");
+        // Each named line starts a line (a bucket's first, a record's).
+        for line in t
+            .lines_of(&key(i))
+            .into_iter()
+            .chain(t.record_lines_of(&key(i)))
+        {
+            assert!(line.is_null() || (line as usize).is_multiple_of(32));
+        }
+    }
+    // A key nobody holds has no record line to name (unless another
+    // key's first word is its: not these).
+    assert_eq!(t.record_lines_of(&key(9_999_999)), [std::ptr::null(); 2]);
+}
+
 #[test]
 fn a_table_takes_its_whole_capacity_and_finds_every_entry() {
     for capacity in [10, 1_000, 200_000] {

@@ -271,6 +271,44 @@ mod basics {
         expected.extend([0x33; 16]);
         assert_eq!(&buf[..n], &expected[..]);
     }
+
+    /// The prefetch hint finds the address where the parser reads it, and
+    /// nothing in any other kind or in a cut datagram.
+    #[test]
+    fn the_named_address_is_the_lookups_target_and_the_keepalives_address() {
+        let mut buf = [0u8; MAX_MESSAGE_LEN];
+        let lookup = Message::Lookup {
+            tag: Tag([1; 4]),
+            cookie: Cookie([2; 8]),
+            target: VirtualAddr([0x11; 16]),
+            caller: VirtualAddr([0x22; 16]),
+            hint: [0x33; 16],
+        };
+        let n = lookup.emit(&mut buf);
+        assert_eq!(
+            named_address(&buf[..n]),
+            Some((Kind::Lookup, &[0x11; 16][..]))
+        );
+        let keepalive = Message::Keepalive {
+            tag: Tag([1; 4]),
+            cookie: Cookie([2; 8]),
+            address: VirtualAddr([0x44; 16]),
+            ring: 7,
+        };
+        let k = keepalive.emit(&mut buf);
+        assert_eq!(
+            named_address(&buf[..k]),
+            Some((Kind::Keepalive, &[0x44; 16][..]))
+        );
+        assert_eq!(named_address(&buf[..20]), None, "cut short");
+        let ping = Message::Ping {
+            tag: Tag([1; 4]),
+            cookie: Cookie([0; 8]),
+        };
+        let p = ping.emit(&mut buf);
+        assert_eq!(named_address(&buf[..p]), None);
+        assert_eq!(named_address(&[]), None);
+    }
 }
 
 mod members {

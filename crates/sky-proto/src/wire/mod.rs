@@ -72,6 +72,21 @@ pub fn register_statement(cookie: &Cookie, flags: Flags) -> [u8; 25] {
     s
 }
 
+/// The presence-table address a `keepalive` or `lookup` names, and which
+/// of the two it is, read from their fixed places without parsing or
+/// checking anything else: a hint for a node that wants the table's memory
+/// for it on the way while it handles the datagrams before it (a wrong hint
+/// costs a wasted prefetch, never an answer). `None` for any other kind or
+/// a datagram too short to hold one.
+pub fn named_address(datagram: &[u8]) -> Option<(Kind, &[u8])> {
+    let (kind, range) = match *datagram.get(field::KIND)? {
+        k if k == Kind::Keepalive as u8 => (Kind::Keepalive, field::KEEPALIVE_ADDRESS),
+        k if k == Kind::Lookup as u8 => (Kind::Lookup, field::LOOKUP_TARGET),
+        _ => return None,
+    };
+    Some((kind, datagram.get(range)?))
+}
+
 /// What an `unregister` signs: a domain and the cookie.
 pub fn unregister_statement(cookie: &Cookie) -> [u8; 25] {
     let mut s = [0u8; 25];
