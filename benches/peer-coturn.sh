@@ -7,7 +7,8 @@
 # Installs coturn from Debian if it is missing (needs root), builds the node
 # in release mode, and runs benches/spec6.py coturn: coturn STUN-only on
 # 127.0.0.1:3478 pinned to core 1 with one relay thread, then `sky node
-# --shards 1` (its shard on core 1); the load generator on core 0 in both.
+# --shards 1` (its shard on core 1) once per engine (io_uring, recvmmsg);
+# the load generator on core 0 in all.
 # Prints markdown rows with the ratios. Everything it starts, it stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
