@@ -29,7 +29,9 @@
 //!
 //! **Memory.** A slot is 40 bytes (sequence, 12-byte key, address, port,
 //! state, expiry), and the table has capacity / 0.9 of them, all allocated
-//! at start: 44 bytes an entry at capacity. Nothing is written to disk.
+//! at start: 44 bytes an entry at capacity. Nothing is written to disk. The
+//! engine asks the kernel for huge pages under it ([`Presence::memory`])
+//! and prefetches the lines a lookup will read ([`Presence::lines_of`]).
 //!
 //! Time here is whole seconds since the engine's origin, passed in: this
 //! module reads no clock.
@@ -559,7 +561,8 @@ impl Presence {
     /// in `named` (the bytes [`wire::named_address`] found) will read, for
     /// an engine to prefetch ([`Core::lines_ahead`](crate::shard::Core::lines_ahead)):
     /// at [`Ahead::First`], the tag lines of its two buckets and, for a
-    /// lookup from `caller`, the caller's introduction counter for it; at
+    /// lookup (`lookup_from`: the caller's IP), the caller's introduction
+    /// counter for it; at
     /// [`Ahead::Second`], once those are in the cache, the record lines of
     /// the slots whose tag matches.
     pub fn lines_of(&self, named: &[u8], lookup_from: Option<IpAddr>, ahead: Ahead) -> Lines {
