@@ -273,7 +273,7 @@ mod basics {
     }
 
     /// The prefetch hint finds the address where the parser reads it, and
-    /// nothing in any other kind or in a cut datagram.
+    /// nothing in any other kind, version or length.
     #[test]
     fn the_named_address_is_the_lookups_target_and_the_keepalives_address() {
         let mut buf = [0u8; MAX_MESSAGE_LEN];
@@ -301,6 +301,10 @@ mod basics {
             Some((Kind::Keepalive, &[0x44; 16][..]))
         );
         assert_eq!(named_address(&buf[..20]), None, "cut short");
+        assert_eq!(named_address(&buf[..k + 1]), None, "too long");
+        let mut other_version = buf;
+        other_version[0] = VERSION + 1;
+        assert_eq!(named_address(&other_version[..k]), None, "another version");
         let ping = Message::Ping {
             tag: Tag([1; 4]),
             cookie: Cookie([0; 8]),

@@ -73,18 +73,22 @@ pub fn register_statement(cookie: &Cookie, flags: Flags) -> [u8; 25] {
 }
 
 /// The presence-table address a `keepalive` or `lookup` names, and which
-/// of the two it is, read from their fixed places without parsing or
-/// checking anything else: a hint for a node that wants the table's memory
-/// for it on the way while it handles the datagrams before it (a wrong hint
-/// costs a wasted prefetch, never an answer). `None` for any other kind or
-/// a datagram too short to hold one.
+/// of the two it is, read from their fixed places after checking only the
+/// version, the kind and the exact length (nothing is parsed or verified):
+/// a hint for a node that wants the table's memory for it on the way while
+/// it handles the datagrams before it (a wrong hint costs a wasted
+/// prefetch, never an answer; junk of another length costs nothing).
+/// `None` for anything else.
 pub fn named_address(datagram: &[u8]) -> Option<(Kind, &[u8])> {
+    if datagram.first() != Some(&VERSION) {
+        return None;
+    }
     let (kind, range) = match *datagram.get(field::KIND)? {
         k if k == Kind::Keepalive as u8 => (Kind::Keepalive, field::KEEPALIVE_ADDRESS),
         k if k == Kind::Lookup as u8 => (Kind::Lookup, field::LOOKUP_TARGET),
         _ => return None,
     };
-    Some((kind, datagram.get(range)?))
+    (datagram.len() == kind.min_len()).then(|| (kind, &datagram[range]))
 }
 
 /// What an `unregister` signs: a domain and the cookie.
