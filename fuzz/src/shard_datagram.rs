@@ -24,6 +24,10 @@
 //!   goes to the source and is no longer than its request; an
 //!   introduction goes to an endpoint that registered (with a cookie),
 //!   and names the source as the caller's endpoint. Nothing else is sent.
+//! - the lines the shard names for an engine to prefetch lie in its
+//!   presence table (or are the caller's introduction counter), and none
+//!   are named for a datagram that is not a well-formed lookup or
+//!   keepalive.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -32,7 +36,7 @@ use std::sync::Arc;
 use sky_node::keys::{CookieJar, NodeSecret};
 use sky_node::presence::Presence;
 use sky_node::probe::AddrSecret;
-use sky_node::shard::{Shard, ShardConfig};
+use sky_node::shard::{Ahead, Core, Shard, ShardConfig};
 use sky_node::snapshot;
 use sky_proto::ring::{Ring, RingConfig};
 use sky_proto::time::MonoTime;
@@ -68,6 +72,10 @@ pub fn run(data: &[u8]) {
     let secret = Arc::new(NodeSecret::new(SECRET));
     let presence = Arc::new(Presence::new(if setup & 2 != 0 { 2 } else { 1000 }));
     let mut now = MonoTime::from_secs(1);
+    let (table_start, table_len) = presence.memory();
+    let in_table = |line: *const u8| {
+        (table_start as usize..table_start as usize + table_len).contains(&(line as usize))
+    };
     let mut shard = Shard::new(secret, presence, ShardConfig::default(), MonoTime::ZERO);
     if setup & 1 != 0 {
         let config = RingConfig {
@@ -115,6 +123,20 @@ pub fn run(data: &[u8]) {
         let cookie_ok = len >= 14 && jar.check(&from, &Cookie(buf[6..14].try_into().unwrap()));
         let request = buf[..len].to_vec();
         let canonical_from = wire::canonical(from);
+
+        // What an engine prefetches for it: table lines only (and the
+        // caller's counter, First's third), nothing for other kinds.
+        let first = shard.lines_ahead(&buf[..len], from, Ahead::First);
+        let second = shard.lines_ahead(&buf[..len], from, Ahead::Second);
+        if wire::named_address(&buf[..len]).is_none() {
+            assert!(first.iter().chain(&second).all(|l| l.is_null()));
+        }
+        assert!(
+            first[..2]
+                .iter()
+                .chain(&second)
+                .all(|&l| l.is_null() || in_table(l))
+        );
 
         let mut reply = [0u8; MAX_MESSAGE_LEN];
         let out = shard.handle_datagram(now, from, &mut buf, datagram.len(), &mut reply);
