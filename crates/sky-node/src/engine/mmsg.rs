@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -31,6 +32,8 @@ pub(super) struct MmsgEngine {
     fd: RawFd,
     bufs: Box<[[u8; BUF_SIZE]]>,
     names: Box<[RawAddr]>,
+    /// `names` decoded, for the batch just received.
+    froms: Box<[Option<SocketAddr>]>,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     outbox: Outbox,
@@ -56,6 +59,7 @@ impl MmsgEngine {
             fd,
             bufs: vec![[0u8; BUF_SIZE]; BATCH].into_boxed_slice(),
             names: vec![RawAddr::zeroed(); BATCH].into_boxed_slice(),
+            froms: vec![None; BATCH].into_boxed_slice(),
             iovs: vec![empty_iov(); BATCH].into_boxed_slice(),
             hdrs: vec![zeroed_mmsghdr(); BATCH].into_boxed_slice(),
             outbox: Outbox::new(fd, v6, 2 * BATCH),
@@ -106,6 +110,10 @@ impl MmsgEngine {
                 }
             }
             let n = n.max(0) as usize;
+            // Each source read once, for the prefetch ahead and the handling.
+            for i in 0..n {
+                self.froms[i] = self.names[i].get();
+            }
             for i in 0..n.min(FIRST_AHEAD) {
                 self.prefetch(shard, i, Ahead::First);
             }
@@ -121,7 +129,7 @@ impl MmsgEngine {
                     self.prefetch(shard, i + SECOND_AHEAD, Ahead::Second);
                 }
                 let len = self.hdrs[i].msg_len as usize;
-                let Some(from) = self.names[i].get() else {
+                let Some(from) = self.froms[i] else {
                     continue;
                 };
                 if self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -161,7 +169,7 @@ impl MmsgEngine {
     /// Prefetches what the core will read for datagram `i` of the batch.
     fn prefetch(&self, shard: &impl Core, i: usize, ahead: Ahead) {
         let len = (self.hdrs[i].msg_len as usize).min(BUF_SIZE);
-        if let Some(from) = self.names[i].get() {
+        if let Some(from) = self.froms[i] {
             sys::prefetch(shard.lines_ahead(&self.bufs[i][..len], from, ahead));
         }
     }

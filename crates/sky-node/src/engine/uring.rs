@@ -22,6 +22,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -209,7 +210,7 @@ impl UringEngine {
         let recv = opcode::RecvMsgMulti::new(types::Fd(*fd), &**recv_hdr, BGID)
             .build()
             .user_data(RECV);
-        let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(MAX_CQES_PER_WAKE);
+        let mut received: Vec<Received> = Vec::with_capacity(MAX_CQES_PER_WAKE);
         let (submitter, mut sq, mut cq) = ring.split();
         push(&mut sq, &submitter, &recv)?;
         let ts = Timespec::new().nsec(WAKE_EVERY.as_nanos() as u32);
@@ -225,56 +226,52 @@ impl UringEngine {
             // Datagrams taken since the last flush, which sends their answers.
             let mut batch = Batch { now, datagrams: 0 };
             cq.sync();
-            // Taken off the ring first, so that the core's lines for the
-            // datagrams a few places ahead can be prefetched.
-            cqes.clear();
-            cqes.extend((&mut cq).take(MAX_CQES_PER_WAKE));
-            for (i, cqe) in cqes.iter().enumerate().take(FIRST_AHEAD) {
-                prefetch(shard, cqe, bufs, recv_hdr, Ahead::First);
+            // Taken off the ring and read first, once, so that the core's
+            // lines for the datagrams a few places ahead can be prefetched.
+            received.clear();
+            received.extend(
+                (&mut cq)
+                    .take(MAX_CQES_PER_WAKE)
+                    .map(|cqe| Received::read(&cqe, bufs, recv_hdr)),
+            );
+            for (i, r) in received.iter().enumerate().take(FIRST_AHEAD) {
+                prefetch(shard, r, bufs, Ahead::First);
                 if i < SECOND_AHEAD {
-                    prefetch(shard, cqe, bufs, recv_hdr, Ahead::Second);
+                    prefetch(shard, r, bufs, Ahead::Second);
                 }
             }
-            for i in 0..cqes.len() {
-                if let Some(next) = cqes.get(i + FIRST_AHEAD) {
-                    prefetch(shard, next, bufs, recv_hdr, Ahead::First);
+            for i in 0..received.len() {
+                if let Some(next) = received.get(i + FIRST_AHEAD) {
+                    prefetch(shard, next, bufs, Ahead::First);
                 }
-                if let Some(next) = cqes.get(i + SECOND_AHEAD) {
-                    prefetch(shard, next, bufs, recv_hdr, Ahead::Second);
+                if let Some(next) = received.get(i + SECOND_AHEAD) {
+                    prefetch(shard, next, bufs, Ahead::Second);
                 }
-                let cqe = &cqes[i];
-                let flags = cqe.flags();
-                if cqe.user_data() != RECV {
-                    continue;
-                }
-                if !cqueue::more(flags) {
-                    rearm = true;
-                }
-                let Some(bid) = cqueue::buffer_select(flags) else {
-                    if cqe.result() == -libc::ENOBUFS {
-                        engine.buffers_exhausted += 1;
+                let (bid, len, from) = match received[i] {
+                    Received::Other => continue,
+                    Received::Empty { more, exhausted } => {
+                        rearm |= !more;
+                        engine.buffers_exhausted += u64::from(exhausted);
+                        continue; // re-armed below once buffers return
                     }
-                    continue; // re-armed below once buffers return
-                };
-                let start = bid as usize * BUF_SIZE;
-                let buf = &mut bufs[start..start + BUF_SIZE];
-                let parsed = RecvMsgOut::parse(buf, recv_hdr).ok().map(|m| {
-                    (
-                        sys::decode_sockaddr(m.name_data()),
-                        m.payload_data().len(),
-                        m.is_payload_truncated(),
-                    )
-                });
-                let (from, len) = match parsed {
-                    Some((Some(from), len, false)) => (from, len),
-                    Some((_, len, true)) => {
-                        shard.drop_oversized(len);
-                        recycle(bufring, bufs, bid);
-                        continue;
-                    }
-                    _ => {
-                        recycle(bufring, bufs, bid);
-                        continue;
+                    Received::Datagram {
+                        more,
+                        bid,
+                        len,
+                        from,
+                        truncated,
+                    } => {
+                        rearm |= !more;
+                        match from {
+                            Some(from) if !truncated => (bid, len, from),
+                            _ => {
+                                if truncated {
+                                    shard.drop_oversized(len);
+                                }
+                                recycle(bufring, bufs, bid);
+                                continue;
+                            }
+                        }
                     }
                 };
                 if outbox.needs_flush(2) {
@@ -368,25 +365,72 @@ fn flush(
     }
 }
 
-/// Prefetches what the core will read for the datagram of `cqe`.
-fn prefetch(
-    shard: &impl Core,
-    cqe: &cqueue::Entry,
-    bufs: &[u8],
-    recv_hdr: &libc::msghdr,
-    ahead: Ahead,
-) {
-    if cqe.user_data() != RECV {
-        return;
+/// One completion of a wake-up, read once: the prefetch ahead and the
+/// handling both use it.
+#[derive(Clone, Copy)]
+enum Received {
+    /// Not the receive's (the cancel's).
+    Other,
+    /// The receive's, without a datagram: no buffer was free
+    /// (`exhausted`: `ENOBUFS`) or it failed.
+    Empty { more: bool, exhausted: bool },
+    /// A datagram of `len` payload bytes in buffer `bid`, from `from`
+    /// (`None` where the header did not parse), cut short by the kernel
+    /// when `truncated`.
+    Datagram {
+        more: bool,
+        bid: u16,
+        len: usize,
+        from: Option<SocketAddr>,
+        truncated: bool,
+    },
+}
+
+impl Received {
+    fn read(cqe: &cqueue::Entry, bufs: &[u8], recv_hdr: &libc::msghdr) -> Received {
+        let flags = cqe.flags();
+        if cqe.user_data() != RECV {
+            return Received::Other;
+        }
+        let more = cqueue::more(flags);
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return Received::Empty {
+                more,
+                exhausted: cqe.result() == -libc::ENOBUFS,
+            };
+        };
+        let start = bid as usize * BUF_SIZE;
+        let (len, from, truncated) =
+            match RecvMsgOut::parse(&bufs[start..start + BUF_SIZE], recv_hdr) {
+                Ok(m) => (
+                    m.payload_data().len(),
+                    sys::decode_sockaddr(m.name_data()),
+                    m.is_payload_truncated(),
+                ),
+                Err(()) => (0, None, false),
+            };
+        Received::Datagram {
+            more,
+            bid,
+            len,
+            from,
+            truncated,
+        }
     }
-    let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
-        return;
-    };
-    let start = bid as usize * BUF_SIZE;
-    if let Ok(m) = RecvMsgOut::parse(&bufs[start..start + BUF_SIZE], recv_hdr)
-        && let Some(from) = sys::decode_sockaddr(m.name_data())
+}
+
+/// Prefetches what the core will read for a datagram to come.
+fn prefetch(shard: &impl Core, received: &Received, bufs: &[u8], ahead: Ahead) {
+    if let Received::Datagram {
+        bid,
+        len,
+        from: Some(from),
+        truncated: false,
+        ..
+    } = *received
     {
-        sys::prefetch(shard.lines_ahead(m.payload_data(), from, ahead));
+        let payload = bid as usize * BUF_SIZE + PAYLOAD_OFFSET;
+        sys::prefetch(shard.lines_ahead(&bufs[payload..payload + len], from, ahead));
     }
 }
 
