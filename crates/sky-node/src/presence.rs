@@ -557,34 +557,33 @@ impl Presence {
         self.table.memory()
     }
 
-    /// The cache lines that handling a keepalive or lookup of the address
-    /// in `named` (the bytes [`wire::named_address`] found) will read, for
-    /// an engine to prefetch ([`Core::lines_ahead`](crate::shard::Core::lines_ahead)):
-    /// at [`Ahead::First`], the tag lines of its two buckets and, for a
-    /// lookup (`lookup_from`: the caller's IP), the caller's introduction
-    /// counter for it; at
-    /// [`Ahead::Second`], once those are in the cache, the record lines of
-    /// the slots whose tag matches.
-    pub fn lines_of(&self, named: &[u8], lookup_from: Option<IpAddr>, ahead: Ahead) -> Lines {
-        let mut lines = [std::ptr::null(); 3];
-        let Some(key) = named.get(..12).and_then(|k| <[u8; 12]>::try_from(k).ok()) else {
-            return lines;
-        };
+    /// The cache lines that handling a keepalive or lookup of `address`
+    /// will read, for an engine to prefetch
+    /// ([`Core::lines_ahead`](crate::shard::Core::lines_ahead)): at
+    /// [`Ahead::First`], the tag lines of its two buckets and, for a lookup
+    /// (`lookup_from`: the caller's IP), the caller's introduction counter
+    /// for it; at [`Ahead::Second`], once those are in the cache, the
+    /// record lines of the slots whose tag matches.
+    pub fn lines_of(
+        &self,
+        address: &VirtualAddr,
+        lookup_from: Option<IpAddr>,
+        ahead: Ahead,
+    ) -> Lines {
+        let key = Key::of(address);
         match ahead {
             Ahead::First => {
-                let [b1, b2] = self.table.lines_of(&key);
-                lines = [b1, b2, std::ptr::null()];
-                if let Some(caller) = lookup_from {
-                    lines[2] =
-                        std::ptr::from_ref(&self.pairs[self.pair_slot(caller, &Key(key))]).cast();
-                }
+                let [b1, b2] = self.table.lines_of(&key.0);
+                let pair = lookup_from.map_or(std::ptr::null(), |caller| {
+                    std::ptr::from_ref(&self.pairs[self.pair_slot(caller, &key)]).cast()
+                });
+                [b1, b2, pair]
             }
             Ahead::Second => {
-                let [r1, r2] = self.table.record_lines_of(&key);
-                lines = [r1, r2, std::ptr::null()];
+                let [r1, r2] = self.table.record_lines_of(&key.0);
+                [r1, r2, std::ptr::null()]
             }
         }
-        lines
     }
 
     /// Drops `address`. Returns whether it was present.

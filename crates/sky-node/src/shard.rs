@@ -344,9 +344,9 @@ impl Core for Shard {
     }
     fn lines_ahead(&self, datagram: &[u8], from: SocketAddr, ahead: Ahead) -> Lines {
         match wire::named_address(datagram) {
-            Some((kind, named)) => {
+            Some((kind, address)) => {
                 let caller = (kind == Kind::Lookup).then(|| from.ip());
-                self.presence.lines_of(named, caller, ahead)
+                self.presence.lines_of(&address, caller, ahead)
             }
             None => [std::ptr::null(); 3],
         }

@@ -287,7 +287,7 @@ mod basics {
         let n = lookup.emit(&mut buf);
         assert_eq!(
             named_address(&buf[..n]),
-            Some((Kind::Lookup, &[0x11; 16][..]))
+            Some((Kind::Lookup, VirtualAddr([0x11; 16])))
         );
         let keepalive = Message::Keepalive {
             tag: Tag([1; 4]),
@@ -298,7 +298,7 @@ mod basics {
         let k = keepalive.emit(&mut buf);
         assert_eq!(
             named_address(&buf[..k]),
-            Some((Kind::Keepalive, &[0x44; 16][..]))
+            Some((Kind::Keepalive, VirtualAddr([0x44; 16])))
         );
         assert_eq!(named_address(&buf[..20]), None, "cut short");
         assert_eq!(named_address(&buf[..k + 1]), None, "too long");

@@ -79,7 +79,7 @@ pub fn register_statement(cookie: &Cookie, flags: Flags) -> [u8; 25] {
 /// it handles the datagrams before it (a wrong hint costs a wasted
 /// prefetch, never an answer; junk of another length costs nothing).
 /// `None` for anything else.
-pub fn named_address(datagram: &[u8]) -> Option<(Kind, &[u8])> {
+pub fn named_address(datagram: &[u8]) -> Option<(Kind, VirtualAddr)> {
     if datagram.first() != Some(&VERSION) {
         return None;
     }
@@ -88,7 +88,7 @@ pub fn named_address(datagram: &[u8]) -> Option<(Kind, &[u8])> {
         k if k == Kind::Lookup as u8 => (Kind::Lookup, field::LOOKUP_TARGET),
         _ => return None,
     };
-    (datagram.len() == kind.min_len()).then(|| (kind, &datagram[range]))
+    (datagram.len() == kind.min_len()).then(|| (kind, VirtualAddr::read(&datagram[range])))
 }
 
 /// What an `unregister` signs: a domain and the cookie.
