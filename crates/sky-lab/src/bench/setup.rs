@@ -55,6 +55,14 @@ impl<'a> Generator<'a> {
             let s2 = socket2::SockRef::from(&socket);
             let _ = s2.set_recv_buffer_size(4 << 20);
             let _ = s2.set_send_buffer_size(4 << 20);
+            // What the node does (DF, so no IP identification to compute
+            // per datagram): without it the generator spends 5% of its core
+            // in `__ip_select_ident` and runs out of core before a node
+            // answering pings does (perf, `sky bench --mode ping`).
+            sky_node::engine::sys::set_dont_fragment(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                local.is_ipv6(),
+            )?;
             clients.push(Client {
                 socket,
                 cookies: vec![Cookie::default(); targets.nodes.len()],
