@@ -31,7 +31,8 @@
 //! state, expiry), and the table has capacity / 0.9 of them, all allocated
 //! at start: 44 bytes an entry at capacity. Nothing is written to disk. The
 //! engine asks the kernel for huge pages under it ([`Presence::memory`])
-//! and prefetches the lines a lookup will read ([`Presence::lines_of`]).
+//! and prefetches the lines a lookup will read ([`Presence::lines_of`]),
+//! placed once ([`Presence::place`]).
 //!
 //! Time here is whole seconds since the engine's origin, passed in: this
 //! module reads no clock.
@@ -47,7 +48,7 @@ use sky_proto::wire::{self, Flags, VirtualAddr};
 
 mod table;
 
-use table::{Table, Value};
+use table::{Buckets, Table, Value};
 
 /// Cache lines to prefetch (null: none); see [`Presence::lines_of`].
 pub type Lines = [*const u8; 3];
@@ -61,6 +62,19 @@ pub enum Ahead {
     Second,
 }
 
+/// Where an address lives in the table, and for a lookup the caller's
+/// introduction counter for it: the keyed hashes (SipHash) a lookup or
+/// keepalive needs, taken once ([`Presence::place`]) for an engine's two
+/// prefetch stages and the handling alike, where each took them again.
+/// Meaningful only to the `Presence` that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    key: Key,
+    buckets: Buckets,
+    /// The caller's counter in `pairs`, if placed for a lookup.
+    pair: Option<usize>,
+}
+
 /// Lock shards of the per-source counts.
 pub const TABLE_SHARDS: usize = 256;
 
@@ -71,7 +85,7 @@ pub const TABLE_SHARDS: usize = 256;
 /// prefix with theirs (2^96 work), and two honest addresses among 10^7
 /// collide with probability about 10^-15. Four bytes less per entry is what
 /// brings an entry under SPEC §6's 64 bytes at 10^7 entries.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key([u8; 12]);
 
 impl Key {
@@ -305,11 +319,12 @@ impl Presence {
         }
     }
 
-    /// Takes one introduction from `caller`'s allowance towards `target`
-    /// this second (`per_second`). Slots are shared by keyed hash, so two
+    /// Takes one introduction from a caller's allowance towards a target
+    /// this second (`per_second`), in their counter `pair`
+    /// ([`Presence::pair_slot`]). Slots are shared by keyed hash, so two
     /// pairs rarely, and never predictably, share one.
-    fn take_pair(&self, caller: IpAddr, target: &Key, now_secs: u32, per_second: u8) -> bool {
-        let cell = &self.pairs[self.pair_slot(caller, target)];
+    fn take_pair(&self, pair: usize, now_secs: u32, per_second: u8) -> bool {
+        let cell = &self.pairs[pair];
         let window = now_secs & 0xffff;
         let mut seen = cell.load(Ordering::Relaxed);
         for _ in 0..4 {
@@ -467,26 +482,26 @@ impl Presence {
         now_secs: u32,
         expires: u32,
     ) -> bool {
-        self.extend(address, endpoint, Some(flags), now_secs, expires)
+        let place = self.place(address, None);
+        self.extend(&place, endpoint, Some(flags), now_secs, expires)
     }
 
-    /// Extends `address` (and takes `flags`, if any) if it is alive at
-    /// exactly `endpoint`. No lock: one atomic store (and a
-    /// compare-exchange for the flags).
+    /// Extends the address placed at `place` (and takes `flags`, if any)
+    /// if it is alive at exactly `endpoint`. No lock: one atomic store (and
+    /// a compare-exchange for the flags).
     fn extend(
         &self,
-        address: &VirtualAddr,
+        place: &Place,
         endpoint: SocketAddr,
         flags: Option<Flags>,
         now_secs: u32,
         expires: u32,
     ) -> bool {
-        let key = Key::of(address);
         let endpoint = wire::canonical(endpoint);
         // A slot rewritten under us (an entry moved between buckets) is
         // looked up again; a few tries.
         for _ in 0..4 {
-            let Some(found) = self.table.find(&key.0) else {
+            let Some(found) = self.table.find_in(&place.key.0, place.buckets) else {
                 return false;
             };
             if !found.value.alive_at(now_secs) || found.value.endpoint() != endpoint {
@@ -514,7 +529,18 @@ impl Presence {
         now_secs: u32,
         expires: u32,
     ) -> bool {
-        self.extend(address, endpoint, None, now_secs, expires)
+        self.refresh_at(&self.place(address, None), endpoint, now_secs, expires)
+    }
+
+    /// [`Presence::refresh`] of the address placed at `place`.
+    pub fn refresh_at(
+        &self,
+        place: &Place,
+        endpoint: SocketAddr,
+        now_secs: u32,
+        expires: u32,
+    ) -> bool {
+        self.extend(place, endpoint, None, now_secs, expires)
     }
 
     /// Whether `address` is online at `now_secs`, and where (reads only:
@@ -538,15 +564,32 @@ impl Presence {
         now_secs: u32,
         limits: (u8, u8),
     ) -> Found {
-        let key = Key::of(target);
-        match self.table.find(&key.0) {
+        self.lookup_at(&self.place(target, Some(caller)), caller, now_secs, limits)
+    }
+
+    /// [`Presence::lookup`] of the target placed at `place` by `caller`
+    /// (whose counter a place made for a lookup by that caller holds; any
+    /// other place has it computed here).
+    pub fn lookup_at(
+        &self,
+        place: &Place,
+        caller: IpAddr,
+        now_secs: u32,
+        limits: (u8, u8),
+    ) -> Found {
+        match self.table.find_in(&place.key.0, place.buckets) {
             Some(f) if f.value.alive_at(now_secs) => Found::Online {
                 endpoint: f.value.endpoint(),
                 flags: f.value.flags(),
-                introduce: self.take_pair(caller, &key, now_secs, limits.1)
-                    && self
-                        .table
-                        .update_state(&f, |st| take_introduction(st, now_secs, limits.0)),
+                introduce: self.take_pair(
+                    place
+                        .pair
+                        .unwrap_or_else(|| self.pair_slot(caller, &place.key)),
+                    now_secs,
+                    limits.1,
+                ) && self
+                    .table
+                    .update_state(&f, |st| take_introduction(st, now_secs, limits.0)),
             },
             _ => Found::Offline,
         }
@@ -557,30 +600,37 @@ impl Presence {
         self.table.memory()
     }
 
-    /// The cache lines that handling a keepalive or lookup of `address`
-    /// will read, for an engine to prefetch
-    /// ([`Core::lines_ahead`](crate::shard::Core::lines_ahead)): at
-    /// [`Ahead::First`], the tag lines of its two buckets and, for a lookup
-    /// (`lookup_from`: the caller's IP), the caller's introduction counter
-    /// for it; at [`Ahead::Second`], once those are in the cache, the
-    /// record lines of the slots whose tag matches.
-    pub fn lines_of(
-        &self,
-        address: &VirtualAddr,
-        lookup_from: Option<IpAddr>,
-        ahead: Ahead,
-    ) -> Lines {
+    /// Where `address` lives, and for a lookup (`lookup_from`: the
+    /// caller's IP) the caller's introduction counter for it: hashed once
+    /// for [`Presence::lines_of`], [`Presence::lookup_at`] and
+    /// [`Presence::refresh_at`].
+    pub fn place(&self, address: &VirtualAddr, lookup_from: Option<IpAddr>) -> Place {
         let key = Key::of(address);
+        Place {
+            key,
+            buckets: self.table.buckets(&key.0),
+            pair: lookup_from.map(|caller| self.pair_slot(caller, &key)),
+        }
+    }
+
+    /// The cache lines that handling a keepalive or lookup of the address
+    /// at `place` will read, for an engine to prefetch
+    /// ([`Core::lines_ahead`](crate::shard::Core::lines_ahead)): at
+    /// [`Ahead::First`], the tag lines of its two buckets and, for a place
+    /// made for a lookup, the caller's introduction counter for it; at
+    /// [`Ahead::Second`], once those are in the cache, the record lines of
+    /// the slots whose tag matches. Hashes nothing.
+    pub fn lines_of(&self, place: &Place, ahead: Ahead) -> Lines {
         match ahead {
             Ahead::First => {
-                let [b1, b2] = self.table.lines_of(&key.0);
-                let pair = lookup_from.map_or(std::ptr::null(), |caller| {
-                    std::ptr::from_ref(&self.pairs[self.pair_slot(caller, &key)]).cast()
+                let [b1, b2] = self.table.lines_of(place.buckets);
+                let pair = place.pair.map_or(std::ptr::null(), |pair| {
+                    std::ptr::from_ref(&self.pairs[pair]).cast()
                 });
                 [b1, b2, pair]
             }
             Ahead::Second => {
-                let [r1, r2] = self.table.record_lines_of(&key.0);
+                let [r1, r2] = self.table.record_lines_of(&place.key.0, place.buckets);
                 [r1, r2, std::ptr::null()]
             }
         }

@@ -23,7 +23,7 @@
 //! are counted in [`Stats::dropped`] by [`DropReason`], never propagated.
 //! Nothing here allocates.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use sky_proto::time::MonoTime;
 
 use crate::keys::{self, CookieJar, IntroKeys, NodeSecret};
 pub use crate::presence::{Ahead, Lines};
-use crate::presence::{Found, Presence, Refused};
+use crate::presence::{Found, Place, Presence, Refused};
 use crate::proof::{self, CheckBudget};
 use crate::snapshot::SharedRing;
 use sky_proto::ring::Ring;
@@ -305,9 +305,10 @@ pub trait Core: Send + 'static {
     /// handling of the datagrams before it. Asked twice per datagram: for
     /// [`Ahead::First`] ([`FIRST_AHEAD`] datagrams before its turn) and
     /// [`Ahead::Second`] ([`SECOND_AHEAD`] before), whose lines are found
-    /// through the first ones. A hint: nothing is changed, and an engine
-    /// may ignore it.
-    fn lines_ahead(&self, _datagram: &[u8], _from: SocketAddr, _ahead: Ahead) -> Lines {
+    /// through the first ones. A hint: what it computes on the way (a
+    /// shard keeps the table's hashes for the handling) changes no
+    /// answer, and an engine may ignore it.
+    fn lines_ahead(&mut self, _datagram: &[u8], _from: SocketAddr, _ahead: Ahead) -> Lines {
         [std::ptr::null(); 3]
     }
 }
@@ -342,11 +343,12 @@ impl Core for Shard {
     fn drop_oversized(&mut self, len: usize) {
         Shard::drop_oversized(self, len)
     }
-    fn lines_ahead(&self, datagram: &[u8], from: SocketAddr, ahead: Ahead) -> Lines {
+    fn lines_ahead(&mut self, datagram: &[u8], from: SocketAddr, ahead: Ahead) -> Lines {
         match wire::named_address(datagram) {
             Some((kind, address)) => {
-                let caller = (kind == Kind::Lookup).then(|| from.ip());
-                self.presence.lines_of(&address, caller, ahead)
+                let caller = (kind == Kind::Lookup).then(|| wire::canonical(from).ip());
+                let place = self.place(&address, caller);
+                self.presence.lines_of(&place, ahead)
             }
             None => [std::ptr::null(); 3],
         }
@@ -365,7 +367,19 @@ pub struct Shard {
     /// The sky's view and this node's own endpoint in it; `None` for a
     /// standalone shard (tests, benchmarks), which owns every address.
     ring: Option<(arc_swap::Cache<SharedRing, Arc<Ring>>, SocketAddr)>,
+    /// The places ([`Presence::place`]) of the addresses named lately, by
+    /// their first byte: an engine's two prefetch stages and the handling
+    /// take a datagram's table hashes from here instead of hashing three
+    /// times. Each entry is what `place` gave for its address and caller,
+    /// checked against both before use: a collision costs a hash, never an
+    /// answer.
+    places: Box<[(VirtualAddr, Option<IpAddr>, Place)]>,
 }
+
+/// Entries in [`Shard`]'s places: a datagram's are taken [`FIRST_AHEAD`]
+/// datagrams after they were made, and each of those in between evicts
+/// them with a chance of 1 in `PLACES`.
+const PLACES: usize = 32;
 
 impl Shard {
     /// `now` is time since the engine's origin, shared by every shard.
@@ -375,6 +389,8 @@ impl Shard {
         config: ShardConfig,
         now: MonoTime,
     ) -> Shard {
+        let none = VirtualAddr([0; 16]);
+        let places = vec![(none, None, presence.place(&none, None)); PLACES].into_boxed_slice();
         Shard {
             cookies: CookieJar::new(&secret, now),
             intro_keys: IntroKeys::new(&secret),
@@ -384,7 +400,18 @@ impl Shard {
             config,
             stats: Stats::default(),
             ring: None,
+            places,
         }
+    }
+
+    /// Where `address` is in the table, and a lookup's caller counter
+    /// ([`Presence::place`]), from `places` if it was placed lately.
+    fn place(&mut self, address: &VirtualAddr, caller: Option<IpAddr>) -> Place {
+        let entry = &mut self.places[usize::from(address.0[0]) % PLACES];
+        if entry.0 != *address || entry.1 != caller {
+            *entry = (*address, caller, self.presence.place(address, caller));
+        }
+        entry.2
     }
 
     /// Makes this shard one member of a sky: it answers members requests
@@ -528,7 +555,8 @@ impl Shard {
                 }
             }
             Message::Keepalive { address, ring, .. } => {
-                if !self.presence.refresh(&address, from, now_secs, expires) {
+                let place = self.place(&address, None);
+                if !self.presence.refresh_at(&place, from, now_secs, expires) {
                     return self.reply(Message::NotRegistered { tag }, reply);
                 }
                 match self.ring_version() {
@@ -573,8 +601,9 @@ impl Shard {
         buf: &mut [u8],
         reply: &mut [u8],
     ) -> Output {
-        match self.presence.lookup(
-            &target,
+        let place = self.place(&target, Some(from.ip()));
+        match self.presence.lookup_at(
+            &place,
             from.ip(),
             now_secs,
             (self.config.intros_per_second, self.config.intros_per_caller),

@@ -167,7 +167,7 @@ impl MmsgEngine {
     }
 
     /// Prefetches what the core will read for datagram `i` of the batch.
-    fn prefetch(&self, shard: &impl Core, i: usize, ahead: Ahead) {
+    fn prefetch(&self, shard: &mut impl Core, i: usize, ahead: Ahead) {
         let len = (self.hdrs[i].msg_len as usize).min(BUF_SIZE);
         if let Some(from) = self.froms[i] {
             sys::prefetch(shard.lines_ahead(&self.bufs[i][..len], from, ahead));

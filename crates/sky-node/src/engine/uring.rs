@@ -420,7 +420,7 @@ impl Received {
 }
 
 /// Prefetches what the core will read for a datagram to come.
-fn prefetch(shard: &impl Core, received: &Received, bufs: &[u8], ahead: Ahead) {
+fn prefetch(shard: &mut impl Core, received: &Received, bufs: &[u8], ahead: Ahead) {
     if let Received::Datagram {
         bid,
         len,

@@ -185,6 +185,12 @@ fn bytes(words: &[u32; 3]) -> Key {
     key
 }
 
+/// A key's two buckets ([`Table::buckets`]): the keyed hash of a key,
+/// taken once for the prefetch stages and the look. Meaningful only to the
+/// table that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Buckets(usize, usize);
+
 /// An entry a reader found: where it is, the version it was read at, and
 /// what it held then.
 #[derive(Clone, Copy, Debug)]
@@ -248,6 +254,13 @@ impl Table {
         (b1, if b2 == b1 { (b1 + 1) % n as usize } else { b2 })
     }
 
+    /// `key`'s two buckets, hashed once for the looks that follow
+    /// ([`Table::find_in`], [`Table::lines_of`], [`Table::record_lines_of`]).
+    pub(super) fn buckets(&self, key: &Key) -> Buckets {
+        let (b1, b2) = self.buckets_of(&words(key));
+        Buckets(b1, b2)
+    }
+
     fn other_bucket(&self, key: &[u32; 3], b: usize) -> usize {
         let (b1, b2) = self.buckets_of(key);
         if b == b1 { b2 } else { b1 }
@@ -262,12 +275,11 @@ impl Table {
         )
     }
 
-    /// The first cache line of each of `key`'s two buckets (their
+    /// The first cache line of each of a key's two buckets (their
     /// sequence words and tags: what every look reads first), for an
     /// engine to prefetch a few datagrams ahead of the one it handles.
     /// Reads nothing.
-    pub(super) fn lines_of(&self, key: &Key) -> [*const u8; 2] {
-        let (b1, b2) = self.buckets_of(&words(key));
+    pub(super) fn lines_of(&self, Buckets(b1, b2): Buckets) -> [*const u8; 2] {
         [b1, b2].map(|b| std::ptr::from_ref(&self.buckets[b]).cast())
     }
 
@@ -275,13 +287,12 @@ impl Table {
     /// tag is the key's (null where none is): what a look reads second,
     /// named once the tag lines are in the cache. Reads the tags only,
     /// without the sequence words: a stale answer costs a wasted prefetch.
-    pub(super) fn record_lines_of(&self, key: &Key) -> [*const u8; 2] {
-        let key = words(key);
-        let (b1, b2) = self.buckets_of(&key);
+    pub(super) fn record_lines_of(&self, key: &Key, Buckets(b1, b2): Buckets) -> [*const u8; 2] {
+        let tag = words(key)[0];
         [b1, b2].map(|b| {
             let bucket = &self.buckets[b];
             (0..SLOTS)
-                .find(|&s| bucket.tag[s].load(Ordering::Relaxed) == key[0])
+                .find(|&s| bucket.tag[s].load(Ordering::Relaxed) == tag)
                 .map_or(std::ptr::null(), |s| {
                     std::ptr::from_ref(&bucket.rec[s]).cast()
                 })
@@ -324,8 +335,12 @@ impl Table {
     /// the writer lock to look once more, so that a present entry is never
     /// reported absent.
     pub(super) fn find(&self, key: &Key) -> Option<Found> {
+        self.find_in(key, self.buckets(key))
+    }
+
+    /// [`Table::find`] in `key`'s buckets as [`Table::buckets`] gave them.
+    pub(super) fn find_in(&self, key: &Key, Buckets(b1, b2): Buckets) -> Option<Found> {
         let key = words(key);
-        let (b1, b2) = self.buckets_of(&key);
         // Both buckets' tag lines at once: their cache misses overlap.
         std::hint::black_box((
             self.buckets[b1].tag[0].load(Ordering::Relaxed),

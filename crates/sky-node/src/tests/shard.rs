@@ -278,6 +278,68 @@ fn introductions_beyond_the_rate_limit_are_not_sent() {
     assert_eq!(more, 3, "the target's allowance caps them all");
 }
 
+/// Names `msg`'s lines ahead, both stages, as an engine does a few
+/// datagrams before handling it.
+fn name_ahead(p: &mut Pair, from: &str, msg: &Message) {
+    let mut buf = [0u8; BUF];
+    let len = msg.emit(&mut buf);
+    for ahead in [Ahead::First, Ahead::Second] {
+        p.shard.lines_ahead(&buf[..len], from.parse().unwrap(), ahead);
+    }
+}
+
+/// The table hashes a shard keeps from naming lines ahead, for the
+/// handling, are used only for their own address and caller: addresses
+/// that share an entry, named in any order, are each answered from their
+/// own entry, and a caller's introductions come from its own allowance.
+#[test]
+fn places_kept_from_naming_ahead_answer_only_their_own_address_and_caller() {
+    let mut p = Pair::new();
+    let entry = |seed: [u8; 16]| usize::from(addr_of(seed)[0]) % PLACES;
+    let seeds: Vec<[u8; 16]> = (0..=255u8)
+        .map(|i| [i; 16])
+        .filter(|&s| entry(s) == entry([0; 16]))
+        .take(3)
+        .collect();
+    assert_eq!(seeds.len(), 3, "three addresses that share an entry");
+    const CAROL: &str = "192.0.2.7:7000";
+    p.register(ALICE, seeds[0]);
+    p.register(CAROL, seeds[1]);
+    let cookie = p.cookie(BOB);
+    let lookups: Vec<Message> = [0, 1, 2, 0, 1, 2]
+        .iter()
+        .map(|&i| lookup(cookie, addr_of(seeds[i])))
+        .collect();
+    // All named before any is handled: each naming evicts the one before.
+    for m in &lookups {
+        name_ahead(&mut p, BOB, m);
+    }
+    let expected = [Some(ALICE), Some(CAROL), None];
+    for (i, m) in lookups.iter().enumerate() {
+        match (p.send(BOB, m.clone()).0, expected[i % 3]) {
+            (Some(Message::Online { endpoint, .. }), Some(at)) => {
+                assert_eq!(endpoint, at.parse::<SocketAddr>().unwrap(), "lookup {i}")
+            }
+            (Some(Message::Offline { .. }), None) => {}
+            (other, want) => panic!("lookup {i}: {other:?}, expected {want:?}"),
+        }
+    }
+    // Another caller's lookups of ALICE, named as BOB's: EVE spends her
+    // own allowance (2), and BOB's for ALICE is untouched by it.
+    const EVE: &str = "203.0.113.5:5000";
+    let fresh = lookup(cookie, addr_of(seeds[0]));
+    p.now = p.now + Duration::from_secs(1);
+    let eve = p.cookie(EVE);
+    let from_eve = lookup(eve, addr_of(seeds[0]));
+    let introduced = |p: &mut Pair, from: &str, m: &Message| {
+        name_ahead(p, BOB, &fresh);
+        usize::from(p.send(from, m.clone()).1.is_some())
+    };
+    let eves: usize = (0..3).map(|_| introduced(&mut p, EVE, &from_eve)).sum();
+    let bobs: usize = (0..3).map(|_| introduced(&mut p, BOB, &fresh)).sum();
+    assert_eq!((eves, bobs), (2, 2));
+}
+
 #[test]
 fn every_reply_before_a_valid_cookie_is_no_larger_than_the_request() {
     let mut p = Pair::new();

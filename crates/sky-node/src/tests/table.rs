@@ -89,22 +89,35 @@ fn the_lines_named_ahead_are_the_ones_a_look_reads() {
     for i in 0..5_000 {
         let found = t.find(&key(i)).unwrap();
         let bucket = &t.buckets[found.bucket];
+        let buckets = t.buckets(&key(i));
+        // The buckets hashed once are the ones a look hashes for itself.
+        assert_eq!(
+            t.find_in(&key(i), buckets).map(|f| f.bucket),
+            Some(found.bucket)
+        );
         let first: *const u8 = std::ptr::from_ref(bucket).cast();
-        assert!(t.lines_of(&key(i)).contains(&first), "key {i}");
+        assert!(t.lines_of(buckets).contains(&first), "key {i}");
         let record: *const u8 = std::ptr::from_ref(&bucket.rec[found.slot]).cast();
-        assert!(t.record_lines_of(&key(i)).contains(&record), "key {i}");
+        assert!(
+            t.record_lines_of(&key(i), buckets).contains(&record),
+            "key {i}"
+        );
         // Each named line starts a line (a bucket's first, a record's).
         for line in t
-            .lines_of(&key(i))
+            .lines_of(buckets)
             .into_iter()
-            .chain(t.record_lines_of(&key(i)))
+            .chain(t.record_lines_of(&key(i), buckets))
         {
             assert!(line.is_null() || (line as usize).is_multiple_of(32));
         }
     }
     // A key nobody holds has no record line to name (unless another
     // key's first word is its: not these).
-    assert_eq!(t.record_lines_of(&key(9_999_999)), [std::ptr::null(); 2]);
+    let absent = key(9_999_999);
+    assert_eq!(
+        t.record_lines_of(&absent, t.buckets(&absent)),
+        [std::ptr::null(); 2]
+    );
 }
 
 #[test]
