@@ -369,8 +369,8 @@ pub struct Shard {
     ring: Option<(arc_swap::Cache<SharedRing, Arc<Ring>>, SocketAddr)>,
     /// The places ([`Presence::place`]) of the addresses named lately, by
     /// their first byte: an engine's two prefetch stages and the handling
-    /// take a datagram's table hashes from here instead of hashing three
-    /// times. Each entry is what `place` gave for its address and caller,
+    /// take a datagram's table hashes from here instead of each hashing
+    /// again. Each entry is what `place` gave for its address and caller,
     /// checked against both before use: a collision costs a hash, never an
     /// answer.
     places: Box<[(VirtualAddr, Option<IpAddr>, Place)]>,

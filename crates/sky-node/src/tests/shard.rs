@@ -284,7 +284,8 @@ fn name_ahead(p: &mut Pair, from: &str, msg: &Message) {
     let mut buf = [0u8; BUF];
     let len = msg.emit(&mut buf);
     for ahead in [Ahead::First, Ahead::Second] {
-        p.shard.lines_ahead(&buf[..len], from.parse().unwrap(), ahead);
+        p.shard
+            .lines_ahead(&buf[..len], from.parse().unwrap(), ahead);
     }
 }
 
