@@ -317,7 +317,7 @@ fn places_kept_from_naming_ahead_answer_only_their_own_address_and_caller() {
     }
     let expected = [Some(ALICE), Some(CAROL), None];
     for (i, m) in lookups.iter().enumerate() {
-        match (p.send(BOB, m.clone()).0, expected[i % 3]) {
+        match (p.send(BOB, *m).0, expected[i % 3]) {
             (Some(Message::Online { endpoint, .. }), Some(at)) => {
                 assert_eq!(endpoint, at.parse::<SocketAddr>().unwrap(), "lookup {i}")
             }
@@ -329,12 +329,12 @@ fn places_kept_from_naming_ahead_answer_only_their_own_address_and_caller() {
     // own allowance (2), and BOB's for ALICE is untouched by it.
     const EVE: &str = "203.0.113.5:5000";
     let fresh = lookup(cookie, addr_of(seeds[0]));
-    p.now = p.now + Duration::from_secs(1);
+    p.now += Duration::from_secs(1);
     let eve = p.cookie(EVE);
     let from_eve = lookup(eve, addr_of(seeds[0]));
     let introduced = |p: &mut Pair, from: &str, m: &Message| {
         name_ahead(p, BOB, &fresh);
-        usize::from(p.send(from, m.clone()).1.is_some())
+        usize::from(p.send(from, *m).1.is_some())
     };
     let eves: usize = (0..3).map(|_| introduced(&mut p, EVE, &from_eve)).sum();
     let bobs: usize = (0..3).map(|_| introduced(&mut p, BOB, &fresh)).sum();
