@@ -19,9 +19,9 @@ use std::time::Instant;
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
 use super::sys::{self, RawAddr};
-use super::{PUBLISH_EVERY, publish};
+use super::{PUBLISH_EVERY, prefetch_schedule, publish};
 use crate::metrics::{EngineStats, ShardMetrics};
-use crate::shard::{Ahead, Core, FIRST_AHEAD, SECOND_AHEAD};
+use crate::shard::{Ahead, Core};
 use sky_proto::time::MonoTime;
 
 /// Datagrams per `recvmmsg`.
@@ -114,19 +114,10 @@ impl MmsgEngine {
             for i in 0..n {
                 self.froms[i] = self.names[i].get();
             }
-            for i in 0..n.min(FIRST_AHEAD) {
-                self.prefetch(shard, i, Ahead::First);
-            }
-            for i in 0..n.min(SECOND_AHEAD) {
-                self.prefetch(shard, i, Ahead::Second);
-            }
             let mut handled = 0;
             for i in 0..n {
-                if i + FIRST_AHEAD < n {
-                    self.prefetch(shard, i + FIRST_AHEAD, Ahead::First);
-                }
-                if i + SECOND_AHEAD < n {
-                    self.prefetch(shard, i + SECOND_AHEAD, Ahead::Second);
+                for (j, ahead) in prefetch_schedule(i, n) {
+                    self.prefetch(shard, j, ahead);
                 }
                 let len = self.hdrs[i].msg_len as usize;
                 let Some(from) = self.froms[i] else {

@@ -29,7 +29,7 @@ use crate::config::{Config, EngineChoice};
 use crate::keys::NodeSecret;
 use crate::metrics::{EngineStats, Metrics, ShardMetrics};
 use crate::presence::Presence;
-use crate::shard::{Core, Shard};
+use crate::shard::{Ahead, Core, FIRST_AHEAD, SECOND_AHEAD, Shard};
 use crate::snapshot::{self, SharedRing};
 use sky_proto::ring::Ring;
 use sky_proto::time::MonoTime;
@@ -550,6 +550,19 @@ impl Node {
     }
 }
 
+/// What an engine prefetches just before it handles datagram `i` of a
+/// batch of `n` it holds: the [`Ahead::First`] lines of the datagram
+/// [`FIRST_AHEAD`] places on and the [`Ahead::Second`] lines of the one
+/// [`SECOND_AHEAD`] on (before the first datagram, also those of every
+/// datagram before them, which have no earlier turn to be named in). Each
+/// datagram of the batch is named once at each stage, `First` first.
+fn prefetch_schedule(i: usize, n: usize) -> impl Iterator<Item = (usize, Ahead)> {
+    let from = |ahead: usize| if i == 0 { 0 } else { i + ahead };
+    let first = (from(FIRST_AHEAD)..=i + FIRST_AHEAD).map(|j| (j, Ahead::First));
+    let second = (from(SECOND_AHEAD)..=i + SECOND_AHEAD).map(|j| (j, Ahead::Second));
+    first.chain(second).filter(move |&(j, _)| j < n)
+}
+
 /// Moves a shard's counters into the node's metrics, with its socket's
 /// receive-queue drop counter as the kernel counts it now.
 fn publish(metrics: &ShardMetrics, shard: &mut impl Core, engine: &mut EngineStats, fd: RawFd) {
@@ -616,4 +629,41 @@ fn bind_shard_sockets(
         );
     }
     Ok(sockets.into_iter().map(|(s, _)| s).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every datagram of a batch of any size is named once at each stage,
+    /// `First` before `Second`, at the distance ahead the constants say (or
+    /// before the first datagram, where it has no earlier turn), and never
+    /// after its own turn.
+    #[test]
+    fn the_prefetch_schedule_names_each_datagram_once_per_stage_ahead_of_its_turn() {
+        for n in 0..3 * FIRST_AHEAD {
+            let mut named = Vec::new();
+            for i in 0..n {
+                named.extend(prefetch_schedule(i, n).map(|(j, ahead)| (i, j, ahead)));
+            }
+            for j in 0..n {
+                let when = |stage| {
+                    let at: Vec<(usize, usize)> = named
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, k, a))| *k == j && *a == stage)
+                        .map(|(order, (i, _, _))| (*i, order))
+                        .collect();
+                    assert_eq!(at.len(), 1, "datagram {j} of {n}, {stage:?}: {at:?}");
+                    at[0]
+                };
+                let (first, first_order) = when(Ahead::First);
+                let (second, second_order) = when(Ahead::Second);
+                assert_eq!(first, j.saturating_sub(FIRST_AHEAD), "{j} of {n}");
+                assert_eq!(second, j.saturating_sub(SECOND_AHEAD), "{j} of {n}");
+                assert!(first_order < second_order, "{j} of {n}");
+            }
+            assert!(named.iter().all(|&(_, j, _)| j < n));
+        }
+    }
 }

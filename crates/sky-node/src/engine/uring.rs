@@ -36,9 +36,9 @@ use io_uring::{IoUring, SubmissionQueue, Submitter};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
 use super::sys::{self, RawAddr};
-use super::{PUBLISH_EVERY, WAKE_EVERY, publish};
+use super::{PUBLISH_EVERY, WAKE_EVERY, prefetch_schedule, publish};
 use crate::metrics::{EngineStats, ShardMetrics};
-use crate::shard::{Ahead, Core, FIRST_AHEAD, SECOND_AHEAD};
+use crate::shard::{Ahead, Core};
 use sky_proto::time::MonoTime;
 
 /// Bytes per provided buffer: recvmsg header, source address, payload.
@@ -234,18 +234,9 @@ impl UringEngine {
                     .take(MAX_CQES_PER_WAKE)
                     .map(|cqe| Received::read(&cqe, bufs, recv_hdr)),
             );
-            for (i, r) in received.iter().enumerate().take(FIRST_AHEAD) {
-                prefetch(shard, r, bufs, Ahead::First);
-                if i < SECOND_AHEAD {
-                    prefetch(shard, r, bufs, Ahead::Second);
-                }
-            }
             for i in 0..received.len() {
-                if let Some(next) = received.get(i + FIRST_AHEAD) {
-                    prefetch(shard, next, bufs, Ahead::First);
-                }
-                if let Some(next) = received.get(i + SECOND_AHEAD) {
-                    prefetch(shard, next, bufs, Ahead::Second);
+                for (j, ahead) in prefetch_schedule(i, received.len()) {
+                    prefetch(shard, &received[j], bufs, ahead);
                 }
                 let (bid, len, from) = match received[i] {
                     Received::Other => continue,
